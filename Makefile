@@ -1,0 +1,62 @@
+# digitdrift: `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_EPOCHS ?= 4
+PYTEST_ARGS ?=
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONUNBUFFERED := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data train promote demo test test-unit test-integration lint bench-train clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements.lock
+	@echo "==> creating $(VENV) and installing the pinned set (requirements.lock)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -r requirements.lock
+	$(PY) -m pip check
+	touch $@
+
+venv: $(VENV)/.installed ## create or reuse .venv with the pinned dependencies
+
+data: venv ## fill the dataset cache (.digitdrift/data) from ../shared/data or the public downloads
+	$(PY) -m common fetch
+
+train: data ## train the Keras CNN, log it to MLflow, register digits-cnn@challenger
+	$(PY) -m training keras
+
+promote: venv ## move digits-cnn@champion to the challenger if it clears the accuracy bar
+	$(PY) -m training promote
+
+demo: data ## the main job: data, train, register, promote; says where to look
+	@echo "==> training the Keras CNN for $(DEMO_EPOCHS) epochs (one line per epoch)"
+	$(PY) -m training keras --epochs $(DEMO_EPOCHS) --run-name demo-keras
+	@echo "==> promoting the challenger"
+	-$(PY) -m training promote
+	@echo "==> done. Review the run and the registered model in the MLflow UI:"
+	@echo "    $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.digitdrift/mlflow.db"
+	@echo "    then open http://127.0.0.1:5000 (experiment 'digitdrift', run 'demo-keras', model 'digits-cnn')"
+
+test: venv ## run the whole test suite (unit and integration)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## run the fast unit tests only
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv ## run the integration tests (real MLflow, servers, Spark)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: venv ## ruff over the project
+	$(VENV)/bin/ruff check .
+
+bench-train: data ## benchmark: full-MNIST training to accuracy, written to bench/results/
+	$(PY) -m bench.train_keras
+
+clean: ## remove the local state (.digitdrift: tracking store, artifacts, caches, logs)
+	rm -rf .digitdrift

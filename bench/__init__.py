@@ -1,0 +1,1 @@
+"""Benchmarks with recorded results; never part of the test run."""

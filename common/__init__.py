@@ -1,0 +1,1 @@
+"""Contracts every part of digitdrift shares: images, datasets, records, settings."""

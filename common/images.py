@@ -1,0 +1,56 @@
+"""The image contract: 28x28 uint8, white digit on black, as MNIST."""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGE_SIDE = 28
+PIXELS = IMAGE_SIDE * IMAGE_SIDE
+NUM_CLASSES = 10
+CLASS_NAMES = [str(digit) for digit in range(NUM_CLASSES)]
+NUMPY_KINDS = {"U": "strings", "S": "strings", "O": "strings, nulls or mixed values", "b": "booleans", "c": "complex numbers"}
+
+
+class ImageContractError(ValueError):
+    """Input that is not a batch of 28x28 (or 784 flat) grey values in 0..255."""
+
+
+def to_image_batch(values: object) -> np.ndarray:
+    """Validate nested numbers as a batch of images and return uint8 (N, 28, 28).
+
+    Accepts (N, 28, 28), (N, 784), (N, 28, 28, 1), or one image as (28, 28) or (784,).
+    Raises ImageContractError naming the problem, never echoing the input.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):
+        raise ImageContractError("images must be rectangular arrays of numbers (a ragged array was given)") from None
+    if array.size and array.dtype.kind not in "iuf":
+        raise ImageContractError(f"pixel values must be numbers; got {NUMPY_KINDS.get(array.dtype.kind, array.dtype.name)}")
+    array = array.astype(np.float64)
+    if array.size == 0:
+        raise ImageContractError("the batch is empty: send at least one image")
+    if array.shape in ((IMAGE_SIDE, IMAGE_SIDE), (PIXELS,)):
+        array = array[np.newaxis]
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2 and array.shape[1] == PIXELS:
+        array = array.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise ImageContractError(f"each image must be 28x28 or 784 flat grey values; got shape {describe_shape(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ImageContractError("pixel values must be finite numbers (NaN or infinity found)")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise ImageContractError(f"pixel values must lie in 0..255; found values from {low:g} to {high:g}")
+    return np.rint(array).astype(np.uint8)
+
+
+def describe_shape(shape: tuple[int, ...]) -> str:
+    """A shape as people write it: 27x28, 2x28x28x3."""
+    return "x".join(str(side) for side in shape) or "scalar"
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) to the models' input: float32 (N, 784) grey levels 0..255."""
+    return images.reshape(len(images), PIXELS).astype(np.float32)

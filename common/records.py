@@ -1,0 +1,89 @@
+"""The prediction-record and ground-truth contracts, and their SQLite layout (readers use this)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.images import NUM_CLASSES
+
+PROBABILITY_COLUMNS = [f"prob_{digit}" for digit in range(NUM_CLASSES)]
+LOW_CONFIDENCE_FLAG = "low_confidence"
+
+# Column name -> SQLite type, in order. One row per scored image; no label ever.
+PREDICTION_COLUMNS: dict[str, str] = {
+    "request_id": "TEXT NOT NULL",
+    "image_index": "INTEGER NOT NULL",  # position of the image in its request
+    "model_name": "TEXT NOT NULL",
+    "model_version": "TEXT NOT NULL",
+    "timestamp": "TEXT NOT NULL",  # ISO-8601 UTC, when the server scored it
+    "window": "INTEGER",  # the simulated day or hour the client stamped, if any
+    "predicted": "INTEGER NOT NULL",
+    **{column: "REAL NOT NULL" for column in PROBABILITY_COLUMNS},
+    "confidence": "REAL NOT NULL",
+    "flags": "TEXT NOT NULL",  # comma-separated flag names, '' when none
+    "fingerprint": "TEXT NOT NULL",  # first 16 hex digits of the SHA-256 of the 784 uint8 pixels
+}
+PREDICTIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS predictions ("
+    + ", ".join(f'"{name}" {kind}' for name, kind in PREDICTION_COLUMNS.items())
+    + ", PRIMARY KEY (request_id, image_index))"
+)
+
+GROUND_TRUTH_COLUMNS: dict[str, str] = {
+    "request_id": "TEXT NOT NULL",
+    "image_index": "INTEGER NOT NULL",
+    "window": "INTEGER NOT NULL",
+    "source": "TEXT NOT NULL",  # mnist, japanese, devanagari, ...
+    "label": "INTEGER NOT NULL",
+}
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One scored image, as the log stores it."""
+
+    request_id: str
+    image_index: int
+    model_name: str
+    model_version: str
+    timestamp: str
+    window: int | None
+    predicted: int
+    probabilities: tuple[float, ...]
+    confidence: float
+    flags: tuple[str, ...]
+    fingerprint: str
+
+    def row(self) -> tuple:
+        """The record as a row in PREDICTION_COLUMNS order."""
+        return (
+            self.request_id,
+            self.image_index,
+            self.model_name,
+            self.model_version,
+            self.timestamp,
+            self.window,
+            self.predicted,
+            *self.probabilities,
+            self.confidence,
+            ",".join(self.flags),
+            self.fingerprint,
+        )
+
+
+def read_prediction_log(path: str | Path) -> dict[str, np.ndarray]:
+    """The whole SQLite prediction log as columns (name -> array), ordered by timestamp."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no prediction log here")
+    names = list(PREDICTION_COLUMNS)
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        rows = connection.execute(
+            "SELECT " + ", ".join(f'"{name}"' for name in names) + " FROM predictions ORDER BY timestamp, request_id, image_index"
+        ).fetchall()
+    columns = list(zip(*rows)) if rows else [[] for _ in names]
+    return {name: np.asarray(values) for name, values in zip(names, columns)}

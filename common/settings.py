@@ -1,0 +1,53 @@
+"""Paths and settings with embedded defaults, each overridable by an environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+MODEL_NAME = "digits-cnn"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+# Top probability under this marks a prediction as low confidence (the original demo's 0.9).
+LOW_CONFIDENCE_THRESHOLD = 0.9
+# MNIST test accuracy a challenger must reach before `promote` makes it the champion.
+PROMOTION_MIN_ACCURACY = 0.99
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where digitdrift keeps its state; built from the environment by `load_settings`."""
+
+    state_dir: Path
+    data_dir: Path
+    mirror: str | None
+    tracking_uri: str
+    experiment: str
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+
+def default_mirror() -> str | None:
+    """The read-only mirror beside the checkout (`../shared/data`) when it exists."""
+    candidate = PROJECT_ROOT.parent / "shared" / "data"
+    return str(candidate) if candidate.is_dir() else None
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default: the process environment) over the embedded defaults."""
+    env = os.environ if environ is None else environ
+    state_dir = Path(env.get("DIGITDRIFT_HOME", PROJECT_ROOT / ".digitdrift")).resolve()
+    data_dir = Path(env.get("DIGITDRIFT_DATA", state_dir / "data")).resolve()
+    tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir / 'mlflow.db'}"
+    return Settings(
+        state_dir=state_dir,
+        data_dir=data_dir,
+        mirror=env.get("DIGITDRIFT_MIRROR") or default_mirror(),
+        tracking_uri=tracking_uri,
+        experiment=env.get("MLFLOW_EXPERIMENT_NAME", "digitdrift"),
+    )

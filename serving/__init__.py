@@ -1,0 +1,1 @@
+"""Serving: one scoring core behind Azure ML's score.py and an HTTP server, and the prediction log."""

@@ -1,0 +1,67 @@
+"""python -m serving: serve a registered model over HTTP (Azure ML /score and MLflow /invocations)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import uvicorn
+
+from common.settings import LOW_CONFIDENCE_THRESHOLD, load_settings
+from serving.core import DEFAULT_MODEL_URI, load_core
+from serving.prediction_log import PredictionLog, export_parquet
+from serving.server import ServerConfig, create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--model", default=DEFAULT_MODEL_URI, help="MLflow model URI or folder (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--prediction-log",
+        default=str(settings.state_dir / "predictions.db"),
+        help="SQLite prediction log (default: %(default)s); 'none' to keep no log",
+    )
+    parser.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE_THRESHOLD)
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms)
+    parser.add_argument("--max-images", type=int, default=defaults.max_images)
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    parser.add_argument(
+        "--api-key-env",
+        default="DIGITDRIFT_API_KEY",
+        help="environment variable holding the API key; unset: no key needed (default: %(default)s)",
+    )
+    parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    if args.export_parquet:
+        rows = export_parquet(args.prediction_log, args.export_parquet)
+        print(f"exported {rows} records to {args.export_parquet}")
+        return 0
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    core = load_core(args.model, args.low_confidence)
+    prediction_log = None if args.prediction_log == "none" else PredictionLog(args.prediction_log)
+    config = ServerConfig(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_images=args.max_images,
+        max_body_bytes=args.max_body_bytes,
+        timeout_s=args.timeout_s,
+        api_key=os.environ.get(args.api_key_env) or None,
+    )
+    uvicorn.run(create_app(core, prediction_log, config), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

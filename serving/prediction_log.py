@@ -1,0 +1,83 @@
+"""The durable prediction log: SQLite in WAL mode, one transaction per batch, Parquet export."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.records import PREDICTION_COLUMNS, PREDICTIONS_DDL, PredictionRecord
+
+log = logging.getLogger(__name__)
+
+INSERT = (
+    "INSERT OR IGNORE INTO predictions ("
+    + ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" for _ in PREDICTION_COLUMNS)
+    + ")"
+)
+
+
+class PredictionLog:
+    """Appends prediction records; a write returns only once its transaction is committed.
+
+    Records are keyed by (request_id, image_index): a retried request adds nothing twice.
+    `synchronous` is SQLite's: FULL survives power loss, NORMAL survives process crashes.
+    """
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute(f"PRAGMA synchronous={synchronous}")
+        self._connection.execute(PREDICTIONS_DDL)
+
+    def write(self, records: list[PredictionRecord]) -> int:
+        """Commit `records` in one transaction; return how many were new."""
+        if not records:
+            return 0
+        with self._lock:
+            before = self._connection.total_changes
+            self._connection.execute("BEGIN")
+            try:
+                self._connection.executemany(INSERT, [record.row() for record in records])
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            return self._connection.total_changes - before
+
+    def count(self) -> int:
+        with self._lock:
+            return self._connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+def export_parquet(log_path: str | Path, parquet_path: str | Path, chunk_rows: int = 500_000) -> int:
+    """Write the SQLite log to one Parquet file (columns as in common.records); return the row count."""
+    arrow_types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
+    schema = pa.schema([(name, arrow_types[kind.split()[0]]) for name, kind in PREDICTION_COLUMNS.items()])
+    rows_written = 0
+    with sqlite3.connect(f"file:{Path(log_path)}?mode=ro", uri=True) as connection:
+        cursor = connection.execute(
+            "SELECT " + ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS) + " FROM predictions ORDER BY rowid"
+        )
+        with pq.ParquetWriter(str(parquet_path), schema) as writer:
+            while rows := cursor.fetchmany(chunk_rows):
+                columns = list(zip(*rows))
+                writer.write_table(
+                    pa.table([pa.array(column, type=field.type) for column, field in zip(columns, schema)], schema=schema)
+                )
+                rows_written += len(rows)
+    log.info("exported %d records from %s to %s", rows_written, log_path, parquet_path)
+    return rows_written

@@ -1,0 +1,147 @@
+"""Request bodies of both doors (Azure ML's /score, MLflow's /invocations) and their answers; pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.images import PIXELS, ImageContractError, to_image_batch
+from serving.core import ModelIdentity, Scored
+
+SCORE_KEYS = {"data", "request_id", "window"}
+INVOCATION_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+class HttpError(Exception):
+    """An error answered over HTTP with `status` and this message as {"error": ...}."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BadRequest(HttpError):
+    """The client's mistake: a 4xx (400 unless said otherwise)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message, status)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    images: np.ndarray  # uint8 (N, 28, 28)
+    request_id: str | None = None
+    window: int | None = None
+
+
+def decode_json(body: bytes | str) -> object:
+    try:
+        return json.loads(body)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, and numbers too long to convert
+        raise BadRequest(f"the body is not valid JSON ({type(err).__name__} at position {getattr(err, 'pos', '?')})") from None
+
+
+def parse_score_body(payload: object, max_images: int) -> ScoreRequest:
+    """Azure ML's body: {"data": images, "request_id"?: str, "window"?: int}."""
+    if not isinstance(payload, dict):
+        raise BadRequest(f"the body must be a JSON object with a 'data' key; got a JSON {type(payload).__name__}")
+    unknown = sorted(set(payload) - SCORE_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"unknown key(s) {', '.join(map(repr, unknown))[:200]}; expected 'data' and optionally 'request_id', 'window'"
+        )
+    if "data" not in payload:
+        raise BadRequest("missing key 'data': send {\"data\": [image, ...]} with 28x28 or 784 grey values per image")
+    request_id = payload.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 200):
+        raise BadRequest("'request_id' must be a string of 1 to 200 characters")
+    return ScoreRequest(_images(payload["data"], max_images), request_id, parse_window(payload.get("window")))
+
+
+def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
+    """MLflow's bodies: dataframe_split, dataframe_records, instances or inputs (plus optional params)."""
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            f"the body must be a JSON object with one of {', '.join(INVOCATION_FORMATS)}; got a JSON {type(payload).__name__}"
+        )
+    formats = [key for key in INVOCATION_FORMATS if key in payload]
+    unknown = sorted(set(payload) - set(INVOCATION_FORMATS) - {"params"})
+    if unknown:
+        raise BadRequest(f"unknown key(s) {', '.join(map(repr, unknown))[:200]}; expected one of {', '.join(INVOCATION_FORMATS)}")
+    if len(formats) != 1:
+        raise BadRequest(f"the body must hold exactly one of {', '.join(INVOCATION_FORMATS)}; it holds {len(formats)}")
+    key = formats[0]
+    value = payload[key]
+    if key == "dataframe_split":
+        if not isinstance(value, dict) or "data" not in value:
+            raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values) and optionally 'columns'")
+        columns = value.get("columns")
+        if columns is not None and (not isinstance(columns, list) or len(columns) != PIXELS):
+            got = len(columns) if isinstance(columns, list) else type(columns).__name__
+            raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns; got {got}")
+        value = value["data"]
+    elif key == "dataframe_records":
+        value = _records_to_rows(value)
+    elif key == "inputs" and isinstance(value, dict):
+        if len(value) != 1:
+            raise BadRequest(f"named 'inputs' must hold one tensor (the model has one input); got {len(value)}")
+        value = next(iter(value.values()))
+    return _images(value, max_images)
+
+
+def _records_to_rows(records: object) -> list:
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        raise BadRequest("'dataframe_records' must be a list of objects, one per image, with 784 pixel values each")
+    if records:
+        columns = list(records[0])
+        if len(columns) != PIXELS or any(list(record) != columns for record in records):
+            raise BadRequest("every record in 'dataframe_records' must have the same 784 pixel keys")
+    return [list(record.values()) for record in records]
+
+
+def _images(values: object, max_images: int) -> np.ndarray:
+    if isinstance(values, list) and len(values) > max_images:
+        raise BadRequest(f"{len(values)} images in one request; the limit is {max_images}", status=413)
+    try:
+        images = to_image_batch(values)
+    except ImageContractError as err:
+        raise BadRequest(str(err)) from None
+    if len(images) > max_images:
+        raise BadRequest(f"{len(images)} images in one request; the limit is {max_images}", status=413)
+    return images
+
+
+def parse_window(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        window = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"the window must be a whole number; got {str(value)[:40]!r}") from None
+    if isinstance(value, float) and value != window or window < 0:
+        raise BadRequest(f"the window must be a whole number >= 0; got {str(value)[:40]!r}")
+    return window
+
+
+def score_answer(scored: Scored, identity: ModelIdentity, request_id: str) -> dict:
+    """Azure ML /score answer: per image class, probabilities, confidence and flags."""
+    return {
+        "request_id": request_id,
+        "model": {"name": identity.name, "version": identity.version},
+        "predictions": [
+            {
+                "class": int(scored.predicted[index]),
+                "probabilities": [float(p) for p in scored.probabilities[index]],
+                "confidence": float(scored.confidence[index]),
+                "flags": list(scored.flags[index]),
+            }
+            for index in range(len(scored.predicted))
+        ],
+    }
+
+
+def invocations_answer(scored: Scored) -> dict:
+    """MLflow /invocations answer, as `mlflow models serve` gives for this model: the probabilities."""
+    return {"predictions": scored.probabilities.astype(float).tolist()}

@@ -1,0 +1,69 @@
+"""Azure ML entry script: init() loads the model, run(raw_data) scores an Azure ML /score body.
+
+Runs unchanged under the Azure ML inference server (`azmlinfsrv --entry_script serving/score.py`)
+and in a managed online deployment. The model comes from AZUREML_MODEL_DIR when set, else from
+DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion). DIGITDRIFT_PREDICTION_LOG, when set,
+names the SQLite prediction log every scored image is appended to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+# azmlinfsrv puts this file's folder on sys.path, not the project root the packages live in.
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+if PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, PROJECT_ROOT)
+
+from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
+
+from common.settings import LOW_CONFIDENCE_THRESHOLD  # noqa: E402
+from serving.core import DEFAULT_MODEL_URI, ScoringCore, load_core, to_records  # noqa: E402
+from serving.prediction_log import PredictionLog  # noqa: E402
+from serving.protocol import BadRequest, decode_json, parse_score_body, score_answer  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES = int(os.environ.get("DIGITDRIFT_MAX_IMAGES", "1024"))
+core: ScoringCore | None = None
+prediction_log: PredictionLog | None = None
+
+
+def find_model_folder(root: str | Path) -> Path:
+    """The MLflow model folder (the one holding MLmodel) inside an Azure ML model directory."""
+    root = Path(root)
+    for candidate in [root, *sorted(path.parent for path in root.rglob("MLmodel"))]:
+        if (candidate / "MLmodel").is_file():
+            return candidate
+    raise FileNotFoundError(f"{root}: no MLflow model (no MLmodel file) under AZUREML_MODEL_DIR")
+
+
+def init() -> None:
+    global core, prediction_log
+    model_dir = os.environ.get("AZUREML_MODEL_DIR")
+    source = str(find_model_folder(model_dir)) if model_dir else os.environ.get("DIGITDRIFT_MODEL_URI", DEFAULT_MODEL_URI)
+    threshold = float(os.environ.get("DIGITDRIFT_LOW_CONFIDENCE", LOW_CONFIDENCE_THRESHOLD))
+    core = load_core(source, threshold, version=os.environ.get("DIGITDRIFT_MODEL_VERSION"))
+    log_path = os.environ.get("DIGITDRIFT_PREDICTION_LOG")
+    prediction_log = PredictionLog(log_path) if log_path else None
+
+
+def run(raw_data: str | bytes) -> dict | AMLResponse:
+    """Score an Azure ML body; a client mistake answers 400/413 with a message, a model failure 500."""
+    try:
+        request = parse_score_body(decode_json(raw_data), MAX_IMAGES)
+    except BadRequest as err:
+        return AMLResponse({"error": str(err)}, err.status, json_str=True)
+    request_id = request.request_id or uuid.uuid4().hex
+    try:
+        scored = core.score(request.images)
+    except Exception:
+        log.exception("the model failed on request %s", request_id)
+        return AMLResponse({"error": "the model failed to score this request"}, 500, json_str=True)
+    if prediction_log is not None:
+        prediction_log.write(to_records(scored, request.images, core.identity, request_id, request.window))
+    return score_answer(scored, core.identity, request_id)

@@ -1,0 +1,144 @@
+"""The HTTP server: /score (Azure ML body), /invocations (MLflow bodies), /health, /ready, /metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from serving.batcher import Job, MicroBatcher, split_scored
+from serving.core import Scored, ScoringCore, to_records
+from serving.prediction_log import PredictionLog
+from serving.protocol import (
+    BadRequest,
+    HttpError,
+    decode_json,
+    invocations_answer,
+    parse_invocations_body,
+    parse_score_body,
+    parse_window,
+    score_answer,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and batching of the server; each has a command-line flag."""
+
+    max_batch: int = 256  # images per model call when micro-batching
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_images: int = 1024  # images per request
+    max_body_bytes: int = 16 * 2**20
+    timeout_s: float = 30.0  # scoring timeout per request
+    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+
+
+def create_app(core: ScoringCore, prediction_log: PredictionLog | None, config: ServerConfig) -> FastAPI:
+    """The FastAPI app around one scoring core; the log, when given, receives every scored image."""
+
+    def process(jobs: list[Job]) -> list[Scored]:
+        images = np.concatenate([job.images for job in jobs])
+        pieces = split_scored(core.score(images), [len(job.images) for job in jobs])
+        if prediction_log is not None:
+            records = [
+                record
+                for job, piece in zip(jobs, pieces)
+                for record in to_records(piece, job.images, core.identity, job.request_id, job.window)
+            ]
+            prediction_log.write(records)
+        return pieces
+
+    batcher = MicroBatcher(process, config.max_batch, config.max_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="digitdrift scoring server", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.exception_handler(HttpError)
+    async def http_error(_: Request, err: HttpError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    async def read_json(request: Request) -> object:
+        if config.api_key is not None:
+            supplied = request.headers.get("authorization", "")
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {config.api_key}".encode()):
+                raise BadRequest("missing or wrong API key: send 'Authorization: Bearer <key>'", status=401)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise BadRequest(f"content type {content_type or 'none'!r} is not supported; send application/json", 415)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
+            raise BadRequest(f"the body has {declared} bytes; the limit is {config.max_body_bytes}", 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise BadRequest(f"the body exceeds the limit of {config.max_body_bytes} bytes", 413)
+        return decode_json(bytes(body))
+
+    async def score_images(images: np.ndarray, request_id: str, window: int | None) -> Scored:
+        try:
+            return await asyncio.wait_for(batcher.submit(images, request_id, window), config.timeout_s)
+        except TimeoutError:
+            raise HttpError(f"scoring took longer than {config.timeout_s} s", 504) from None
+        except Exception:  # logged by the batcher; the client learns only that it was our fault
+            raise HttpError("the model failed to score this request", 500) from None
+
+    def request_meta(request: Request) -> tuple[str, int | None]:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if len(request_id) > 200:
+            raise BadRequest("the X-Request-Id header is longer than 200 characters")
+        return request_id, parse_window(request.headers.get("x-window"))
+
+    @app.post("/score")
+    async def score(request: Request) -> JSONResponse:
+        header_id, header_window = request_meta(request)
+        parsed = parse_score_body(await read_json(request), config.max_images)
+        request_id = parsed.request_id or header_id
+        window = parsed.window if parsed.window is not None else header_window
+        scored = await score_images(parsed.images, request_id, window)
+        return JSONResponse(score_answer(scored, core.identity, request_id), headers={"x-request-id": request_id})
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        request_id, window = request_meta(request)
+        images = parse_invocations_body(await read_json(request), config.max_images)
+        scored = await score_images(images, request_id, window)
+        return JSONResponse(invocations_answer(scored), headers={"x-request-id": request_id})
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        loaded = batcher.running
+        return JSONResponse(
+            {"ready": loaded, "model": core.identity.name, "version": core.identity.version}, status_code=200 if loaded else 503
+        )
+
+    @app.get("/metadata")
+    async def metadata() -> dict:
+        return {
+            "model": asdict(core.identity),
+            "low_confidence_threshold": core.threshold,
+            "limits": {key: value for key, value in asdict(config).items() if key != "api_key"},
+            "prediction_log": str(prediction_log.path) if prediction_log else None,
+            "stats": {"model_calls": core.calls, "batches": batcher.batches},
+        }
+
+    return app

@@ -1,0 +1,1 @@
+"""Simulation: scenarios of foreign-digit traffic sent to the served model (not built yet)."""

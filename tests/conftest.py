@@ -1,0 +1,75 @@
+"""Shared fixtures: the read-only dataset mirror and a real MLflow server."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SHARED_DATA, VENV_BIN, free_port, stop, wait_for_http
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only mirror of the real datasets (../shared/data)."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.fail(f"the dataset mirror {SHARED_DATA} is missing: tests read the real datasets from it")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real `mlflow server` on a free loopback port (SQLite backend, local artifacts); its URL."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=open(home / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process)
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def champion(shared_data, tmp_path_factory):
+    """A small digits-cnn trained for real into its own SQLite store, registered and promoted to @champion."""
+    import mlflow
+
+    from tests.helpers import ChampionModel, settings_for
+    from training.keras_job import KerasJobConfig, run_keras_job
+    from training.registry import promote
+
+    home = tmp_path_factory.mktemp("champion")
+    settings = settings_for(home, data_dir=shared_data)
+    config = KerasJobConfig(
+        data_dir=str(shared_data),
+        epochs=1,
+        train_limit=3000,
+        validation_size=500,
+        foreign_limit_per_class=5,
+        batch_size=64,
+        run_name="test-champion",
+    )
+    result = run_keras_job(config, settings)
+    assert promote("digits-cnn", threshold=0.0).promoted
+    folder = Path(mlflow.artifacts.download_artifacts("models:/digits-cnn@champion", dst_path=str(home / "download")))
+    return ChampionModel(settings.tracking_uri, "models:/digits-cnn@champion", folder, result.model_version, result.model)

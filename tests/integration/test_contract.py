@@ -1,0 +1,143 @@
+"""Same answer from every door: score.run(), our /score and /invocations, `mlflow models serve`, azmlinfsrv."""
+
+import importlib
+import json
+import os
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from common.datasets import load_source
+from tests.helpers import VENV_BIN, free_port, running, serving_command
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def images(shared_data):
+    """Real digits from every source: what production sends."""
+    parts = [load_source(source, shared_data, limit_per_class=1).images[:10] for source in ("mnist", "devanagari", "japanese")]
+    return np.concatenate(parts)
+
+
+def mlflow_bodies(images):
+    flat = images.reshape(len(images), 784).tolist()
+    columns = [f"pixel_{i}" for i in range(784)]
+    return {
+        "dataframe_split": {"dataframe_split": {"columns": columns, "data": flat}},
+        "dataframe_records": {"dataframe_records": [dict(zip(columns, row)) for row in flat]},
+        "instances": {"instances": flat},
+        "inputs": {"inputs": flat},
+    }
+
+
+def probabilities_from(answer):
+    if isinstance(answer.get("predictions", [None])[0], dict):  # Azure ML answer
+        return np.array([item["probabilities"] for item in answer["predictions"]])
+    return np.array(answer["predictions"])
+
+
+@pytest.fixture(scope="module")
+def in_process(champion, images, monkeypatch_module):
+    monkeypatch_module.setenv("AZUREML_MODEL_DIR", str(champion.folder))
+    monkeypatch_module.delenv("DIGITDRIFT_PREDICTION_LOG", raising=False)
+    score = importlib.import_module("serving.score")
+    score.init()
+    answer = score.run(json.dumps({"data": images.tolist()}))
+    assert isinstance(answer, dict), answer
+    return probabilities_from(answer)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def assert_same(expected, answer_probabilities):
+    assert answer_probabilities.shape == expected.shape
+    assert (answer_probabilities.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert np.abs(answer_probabilities - expected).max() <= 1e-6
+
+
+def test_score_run_matches_the_trained_model(in_process, champion, images):
+    direct = champion.keras_model.predict(images.reshape(len(images), 784).astype("float32"), verbose=0)
+    assert_same(direct, in_process)
+
+
+def test_score_run_answers_bad_input_with_400(in_process):
+    score = sys.modules["serving.score"]
+    response = score.run('{"data": [[1, 2, 3]]}')
+    assert response.status_code == 400 and "got shape 1x3" in response.get_json()["error"]
+
+
+def test_our_server_gives_the_same_answer_at_both_doors(champion, images, in_process, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = serving_command(champion.uri, port, "--prediction-log", "none")
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, tmp_path / "server.log"):
+        assert_same(in_process, probabilities_from(httpx.post(f"{url}/score", json={"data": images.tolist()}).json()))
+        for name, body in mlflow_bodies(images).items():
+            response = httpx.post(f"{url}/invocations", json=body, timeout=30)
+            assert response.status_code == 200, (name, response.text)
+            assert_same(in_process, probabilities_from(response.json()))
+
+
+def test_mlflow_models_serve_gives_the_same_answer(champion, images, in_process, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(VENV_BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        champion.uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    env = {"MLFLOW_TRACKING_URI": champion.tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    with running(command, f"{url}/ping", env, tmp_path / "mlflow.log"):  # it execs uvicorn from PATH
+        for name, body in mlflow_bodies(images).items():
+            response = httpx.post(f"{url}/invocations", json=body, timeout=60)
+            assert response.status_code == 200, (name, response.text[:500])
+            assert_same(in_process, probabilities_from(response.json()))
+
+
+def test_azure_ml_inference_server_runs_score_py_unchanged(champion, images, in_process, tmp_path):
+    port, health_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(VENV_BIN / "azmlinfsrv"),
+        "--entry_script",
+        "serving/score.py",
+        "--model_dir",
+        str(champion.folder),
+        "--port",
+        str(port),
+        "--health_port",
+        str(health_port),
+    ]
+    env = {"DIGITDRIFT_PREDICTION_LOG": str(tmp_path / "log.db")}
+    with running(command, f"{url}/", env, tmp_path / "azmlinfsrv.log"):
+        response = httpx.post(f"{url}/score", json={"data": images.tolist(), "request_id": "azure-1", "window": 4}, timeout=60)
+        assert response.status_code == 200, response.text[:500]
+        assert response.json()["request_id"] == "azure-1"
+        assert_same(in_process, probabilities_from(response.json()))
+        bad = httpx.post(
+            f"{url}/score",
+            content=json.dumps({"data": [[float("nan")] * 785]}),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert bad.status_code == 400 and "got shape 1x785" in bad.json()["error"]
+        assert httpx.post(f"{url}/score", json={"data": images[:1].tolist()}, timeout=30).status_code == 200
+    from common.records import read_prediction_log
+
+    log = read_prediction_log(tmp_path / "log.db")
+    assert len(log["request_id"]) == len(images) + 1 and set(log["window"][log["request_id"] == "azure-1"]) == {4}

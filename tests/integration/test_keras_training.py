@@ -1,0 +1,133 @@
+"""Keras training against real MLflow stores: a real `mlflow server`, and the CLI on the SQLite default."""
+
+import os
+import re
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+
+from common.datasets import load_source
+from common.images import to_model_input
+from common.settings import PROJECT_ROOT
+from tests.helpers import settings_for
+from training.keras_job import KerasJobConfig, run_keras_job
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(epochs=1, train_limit=2000, validation_size=500, foreign_limit_per_class=5, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained_on_server(mlflow_server, shared_data, tmp_path_factory):
+    settings = settings_for(tmp_path_factory.mktemp("keras-home"), tracking_uri=mlflow_server, data_dir=shared_data)
+    config = KerasJobConfig(data_dir=str(shared_data), run_name="test-keras", **SMALL)
+    result = run_keras_job(config, settings)
+    return settings, result
+
+
+def test_run_logs_parameters_and_per_epoch_and_evaluation_metrics(trained_on_server):
+    _, result = trained_on_server
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.info.run_name == "test-keras" and run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "1" and run.data.params["train_size"] == "2000"
+    metrics = run.data.metrics
+    for name in ("accuracy", "loss", "val_accuracy", "val_loss"):
+        assert name in metrics, name
+    assert metrics["mnist_test_accuracy"] == pytest.approx(result.test_accuracy)
+    for source in ("mnist_test", "devanagari", "japanese"):
+        assert 0 <= metrics[f"{source}_accuracy"] <= 1
+        assert 0 <= metrics[f"{source}_low_confidence_share"] <= 1
+        assert 0.1 <= metrics[f"{source}_mean_confidence"] <= 1
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_accuracy")
+    assert [point.step for point in history] == [0]
+
+
+def test_run_has_the_review_artifacts(trained_on_server):
+    _, result = trained_on_server
+    client = mlflow.MlflowClient()
+    names = {item.path for item in client.list_artifacts(result.run_id, "evaluation")}
+    assert names == {"evaluation/confusion_matrix.html", "evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
+    html = mlflow.artifacts.load_text(f"runs:/{result.run_id}/evaluation/confusion_matrix.html")
+    assert "plotly" in html.lower() and "MNIST test confusion matrix" in html
+    assert "model_summary.txt" in {item.path for item in client.list_artifacts(result.run_id)}
+
+
+def test_model_is_registered_with_challenger_alias_signature_and_example(trained_on_server):
+    _, result = trained_on_server
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("digits-cnn", "challenger")
+    assert str(version.version) == result.model_version and version.run_id == result.run_id
+    info = mlflow.models.get_model_info("models:/digits-cnn@challenger")
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 784)
+    assert info.saved_input_example_info is not None
+    example = mlflow.models.Model.load("models:/digits-cnn@challenger").load_input_example()
+    assert np.asarray(example).shape == (2, 784)
+
+
+def test_model_loaded_back_predicts_exactly_what_the_trained_one_did(trained_on_server, shared_data):
+    _, result = trained_on_server
+    images = to_model_input(load_source("mnist", shared_data).images[:64])
+    expected = result.model.predict(images, verbose=0)
+    loaded = mlflow.keras.load_model("models:/digits-cnn@challenger")
+    assert np.array_equal(loaded.predict(images, verbose=0), expected)
+    pyfunc = mlflow.pyfunc.load_model("models:/digits-cnn@challenger")
+    assert np.array_equal(np.asarray(pyfunc.predict(images)), expected)
+
+
+def test_cli_trains_on_the_sqlite_default_and_promote_guards_the_champion(shared_data, tmp_path):
+    env = {**os.environ, "DIGITDRIFT_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "keras",
+            "--data-dir",
+            str(shared_data),
+            "--epochs",
+            "1",
+            "--train-limit",
+            "1000",
+            "--validation-size",
+            "500",
+            "--foreign-limit-per-class",
+            "3",
+            "--run-name",
+            "cli-run",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert re.search(r"^\d+/\d+ - \d+s - .*val_accuracy: [0-9.]+", train.stdout, re.MULTILINE), "no per-epoch line"
+    assert "registered digits-cnn version 1 as @challenger" in train.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in train.stdout
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "training", "promote", "--min-accuracy", "1.01"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and "not promoted: version 1 has MNIST test accuracy" in refused.stdout
+    promoted = subprocess.run(
+        [sys.executable, "-m", "training", "promote", "--min-accuracy", "0"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert promoted.returncode == 0 and "champion moves from none to 1" in promoted.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    assert str(mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion").version) == "1"

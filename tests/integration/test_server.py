@@ -1,0 +1,174 @@
+"""Our HTTP server over loopback: bad input at both doors, API key, micro-batching, model failures."""
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+
+from common.datasets import load_source
+from common.records import read_prediction_log
+from tests.helpers import free_port, running, serving_command
+
+pytestmark = pytest.mark.slow
+
+GOOD = (np.arange(784) % 256).tolist()
+
+
+@pytest.fixture(scope="module")
+def server(champion, tmp_path_factory):
+    home = tmp_path_factory.mktemp("server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = serving_command(
+        champion.uri, port, "--prediction-log", str(home / "predictions.db"), "--max-images", "64", "--max-body-bytes", "400000"
+    )
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, home / "server.log"):
+        yield url, home / "predictions.db"
+
+
+def raw_post(url, body: bytes, content_type="application/json", **headers):
+    return httpx.post(url, content=body, headers={"content-type": content_type, **headers}, timeout=30)
+
+
+def bad_bodies(door):
+    """Each bad case as (name, bytes, content type): the Azure body at /score, MLflow's at /invocations."""
+
+    def wrap(images):
+        return {"data": images} if door == "/score" else {"instances": images}
+
+    def encoded(payload):
+        return json.dumps(payload).encode()
+
+    return [
+        ("malformed-json", b'{"data": [[1, 2', "application/json"),
+        ("unknown-key", encoded({"pixels": [GOOD]}), "application/json"),
+        ("missing-key", encoded({"params": {}} if door == "/invocations" else {"window": 1}), "application/json"),
+        ("27x28", encoded(wrap([np.zeros((27, 28)).tolist()])), "application/json"),
+        ("3-channels", encoded(wrap([np.zeros((28, 28, 3)).tolist()])), "application/json"),
+        ("785-values", encoded(wrap([[0] * 785])), "application/json"),
+        ("nan", encoded(wrap([[math.nan] * 784])), "application/json"),
+        ("infinity", encoded(wrap([[math.inf] * 784])), "application/json"),
+        ("out-of-range", encoded(wrap([[256] * 784])), "application/json"),
+        ("negative", encoded(wrap([[-3] * 784])), "application/json"),
+        ("strings", encoded(wrap([["7"] * 784])), "application/json"),
+        ("empty-batch", encoded(wrap([])), "application/json"),
+        ("over-the-cap", encoded(wrap([[0] * 784] * 65)), "application/json"),
+        ("wrong-content-type", encoded(wrap([GOOD])), "text/plain"),
+        ("oversized-body", encoded(wrap([[255] * 784] * 200)), "application/json"),
+    ]
+
+
+EXPECTED_STATUS = {"over-the-cap": 413, "oversized-body": 413, "wrong-content-type": 415}
+
+
+def test_bad_input_gets_a_clear_4xx_at_both_doors_and_only_good_requests_are_logged(server):
+    url, log_path = server
+    for door in ("/score", "/invocations"):
+        for name, body, content_type in bad_bodies(door):
+            response = raw_post(url + door, body, content_type, **{"x-request-id": f"bad-{door}-{name}"})
+            assert response.status_code == EXPECTED_STATUS.get(name, 400), (door, name, response.text)
+            message = response.json()["error"]
+            assert 10 < len(message) < 300, (door, name, message)
+        good = raw_post(
+            url + door,
+            json.dumps({"data": [GOOD]} if door == "/score" else {"inputs": [GOOD, GOOD]}).encode(),
+            **{"x-request-id": f"good{door}", "x-window": "3"},
+        )
+        assert good.status_code == 200, good.text
+    log = read_prediction_log(log_path)
+    logged = sorted(zip(log["request_id"], log["image_index"]))
+    assert logged == [("good/invocations", 0), ("good/invocations", 1), ("good/score", 0)]
+    assert set(log["window"]) == {3}
+
+
+def test_messages_name_the_problem(server):
+    url, _ = server
+    cases = {
+        b'{"data": [[1, 2': "not valid JSON",
+        json.dumps({"data": [[0] * 785]}).encode(): "got shape 1x785",
+        json.dumps({"data": [[math.nan] * 784]}).encode(): "NaN or infinity",
+        json.dumps({"data": [[300] * 784]}).encode(): "must lie in 0..255",
+    }
+    for body, expected in cases.items():
+        assert expected in raw_post(url + "/score", body).json()["error"]
+
+
+def test_health_ready_and_metadata(server, champion):
+    url, log_path = server
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{url}/ready").json()
+    assert ready == {"ready": True, "model": "digits-cnn", "version": champion.version}
+    metadata = httpx.get(f"{url}/metadata").json()
+    assert metadata["model"]["alias"] == "champion" and metadata["model"]["flavor"] == "keras"
+    assert metadata["model"]["signature"]["inputs"]
+    assert metadata["low_confidence_threshold"] == 0.9 and metadata["limits"]["max_images"] == 64
+    assert metadata["prediction_log"] == str(log_path)
+
+
+def test_concurrent_single_images_are_micro_batched_and_answered_correctly(server, champion, shared_data):
+    url, log_path = server
+    images = load_source("mnist", shared_data).images[:48]
+    expected = champion.keras_model.predict(images.reshape(48, 784).astype("float32"), verbose=0).argmax(axis=1)
+    before = httpx.get(f"{url}/metadata").json()["stats"]
+
+    def send(index):
+        body = json.dumps({"data": [images[index].tolist()], "request_id": f"mb-{index}"}).encode()
+        return raw_post(url + "/score", body).json()["predictions"][0]["class"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        classes = list(pool.map(send, range(48)))
+    after = httpx.get(f"{url}/metadata").json()["stats"]
+    assert classes == expected.tolist()
+    assert after["model_calls"] - before["model_calls"] < 48  # several requests shared a model call
+    log = read_prediction_log(log_path)
+    assert sum(request_id.startswith("mb-") for request_id in log["request_id"]) == 48
+
+
+def test_a_retried_request_id_is_logged_once(server):
+    url, log_path = server
+    body = json.dumps({"data": [GOOD, GOOD], "request_id": "retry-me"}).encode()
+    assert raw_post(url + "/score", body).status_code == 200
+    assert raw_post(url + "/score", body).status_code == 200
+    log = read_prediction_log(log_path)
+    assert list(log["request_id"]).count("retry-me") == 2  # two images, once each
+
+
+def test_api_key_is_required_when_configured(champion, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_TRACKING_URI": champion.tracking_uri, "DIGITDRIFT_API_KEY": "s3cret"}
+    command = serving_command(champion.uri, port, "--prediction-log", "none")
+    with running(command, f"{url}/health", env, tmp_path / "server.log"):
+        body = json.dumps({"data": [GOOD]}).encode()
+        assert raw_post(url + "/score", body).status_code == 401
+        wrong = raw_post(url + "/invocations", body, authorization="Bearer nope")
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        assert raw_post(url + "/score", body, authorization="Bearer s3cret").status_code == 200
+
+
+class FailingModel(mlflow.pyfunc.PythonModel):
+    """A real pyfunc model that fails on all-white images, to see the server's 5xx."""
+
+    def predict(self, context, model_input, params=None):
+        batch = np.asarray(model_input)
+        if (batch == 255).all(axis=1).any():
+            raise RuntimeError("all-white image")
+        return np.full((len(batch), 10), 0.1)
+
+
+def test_a_failure_inside_the_model_is_a_5xx_and_the_server_keeps_serving(tmp_path):
+    model_dir = tmp_path / "failing-model"
+    mlflow.pyfunc.save_model(model_dir, python_model=FailingModel())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = serving_command(str(model_dir), port, "--prediction-log", str(tmp_path / "log.db"))
+    with running(command, f"{url}/ready", {}, tmp_path / "server.log"):
+        failed = raw_post(url + "/score", json.dumps({"data": [[255] * 784]}).encode())
+        assert failed.status_code == 500 and "model" in failed.json()["error"]
+        ok = raw_post(url + "/score", json.dumps({"data": [GOOD]}).encode())
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["confidence"] == pytest.approx(0.1)
+    assert len(read_prediction_log(tmp_path / "log.db")["request_id"]) == 1

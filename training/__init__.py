@@ -1,0 +1,1 @@
+"""Training jobs (Keras CNN, Spark ML) that log to MLflow and register the models."""

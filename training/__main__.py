@@ -1,0 +1,88 @@
+"""python -m training keras|promote: train and register digit classifiers, promote the champion."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from common.datasets import DatasetError
+from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    keras_cmd = commands.add_parser("keras", help="train the Keras CNN on MNIST, log and register it")
+    keras_cmd.add_argument(
+        "--data-dir", default=str(settings.data_dir), help="datasets in their public layouts (default: %(default)s)"
+    )
+    keras_cmd.add_argument("--epochs", type=int, default=8)
+    keras_cmd.add_argument("--batch-size", type=int, default=128)
+    keras_cmd.add_argument("--learning-rate", type=float, default=2e-3)
+    keras_cmd.add_argument("--validation-size", type=int, default=5000)
+    keras_cmd.add_argument("--seed", type=int, default=42)
+    keras_cmd.add_argument("--no-augment", dest="augment", action="store_false", help="train without random shifts and rotations")
+    keras_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled images only")
+    keras_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
+    keras_cmd.add_argument("--run-name", default=None)
+
+    promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
+    promote_cmd.add_argument("--model-name", default=MODEL_NAME)
+    promote_cmd.add_argument("--min-accuracy", type=float, default=PROMOTION_MIN_ACCURACY)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command == "keras":
+        return _train_keras(args, settings)
+    return _promote(args, settings)
+
+
+def _train_keras(args: argparse.Namespace, settings) -> int:
+    from training.keras_job import KerasJobConfig, run_keras_job  # TensorFlow loads only for this command
+
+    config = KerasJobConfig(
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        validation_size=args.validation_size,
+        seed=args.seed,
+        augment=args.augment,
+        train_limit=args.train_limit,
+        foreign_limit_per_class=args.foreign_limit_per_class,
+        run_name=args.run_name,
+    )
+    try:
+        result = run_keras_job(config, settings)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"run {result.run_name} ({result.run_id}): MNIST test accuracy {result.test_accuracy:.4f}, "
+        f"trained in {result.train_seconds:.0f} s"
+    )
+    for name, evaluation in result.evaluations.items():
+        print(
+            f"  {name:<11} accuracy {evaluation.accuracy:.4f}  low-confidence share "
+            f"{evaluation.low_confidence_share:.4f}  mean confidence {evaluation.mean_confidence:.4f}"
+        )
+    print(f"registered {config.model_name} version {result.model_version} as @challenger ({result.model_uri})")
+    print(f"review it: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    return 0
+
+
+def _promote(args: argparse.Namespace, settings) -> int:
+    from training.registry import promote
+    from training.tracking import use_tracking
+
+    use_tracking(settings)
+    decision = promote(args.model_name, args.min_accuracy)
+    print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+    return 0 if decision.promoted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Pure evaluation of class probabilities against true labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.images import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class SetEvaluation:
+    """What a run logs per evaluation set."""
+
+    source: str
+    count: int
+    accuracy: float
+    low_confidence_share: float
+    mean_confidence: float
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}_accuracy": self.accuracy,
+            f"{prefix}_low_confidence_share": self.low_confidence_share,
+            f"{prefix}_mean_confidence": self.mean_confidence,
+        }
+
+
+def evaluate_probabilities(source: str, probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> SetEvaluation:
+    """Accuracy, share of top probabilities under `threshold`, and mean top probability."""
+    confidence = probabilities.max(axis=1)
+    return SetEvaluation(
+        source=source,
+        count=len(labels),
+        accuracy=float((probabilities.argmax(axis=1) == labels).mean()),
+        low_confidence_share=float((confidence < threshold).mean()),
+        mean_confidence=float(confidence.mean()),
+    )
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts (true class, predicted class), 10x10."""
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def worst_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of wrong predictions, most confidently wrong first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")
+    return wrong[order][:count]

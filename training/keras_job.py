@@ -1,0 +1,163 @@
+"""The Keras training job: MNIST train -> CNN -> one MLflow run, registered as digits-cnn@challenger."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
+
+from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
+from common.images import to_model_input
+from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
+from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
+from training.model import build_cnn, compile_cnn
+from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
+from training.tracking import log_files, log_keras_model, use_tracking
+
+log = logging.getLogger(__name__)
+
+SERVING_REQUIREMENTS = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas")
+
+
+@dataclass(frozen=True)
+class KerasJobConfig:
+    """Everything that decides a training run; logged as the run's parameters."""
+
+    data_dir: str
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    validation_size: int = 5000
+    seed: int = 42
+    augment: bool = True
+    train_limit: int | None = None  # first N shuffled training images, for quick runs
+    foreign_limit_per_class: int | None = None
+    low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
+    model_name: str = MODEL_NAME
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class KerasJobResult:
+    run_id: str
+    run_name: str
+    model_uri: str
+    model_version: str | None
+    test_accuracy: float
+    train_seconds: float
+    evaluations: dict[str, SetEvaluation]
+    model: keras.Model  # the trained model, in memory
+
+
+def split_train_validation(digits: Digits, validation_size: int, seed: int, limit: int | None) -> tuple[Digits, Digits]:
+    """Shuffle with `seed`, hold out `validation_size` for validation, keep at most `limit` for training."""
+    if validation_size >= len(digits):
+        raise ValueError(f"validation_size {validation_size} leaves no training data out of {len(digits)} images")
+    order = np.random.default_rng(seed).permutation(len(digits))
+    validation, train = order[:validation_size], order[validation_size:]
+    return digits.subset(train[:limit]), digits.subset(validation)
+
+
+def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
+    """Train, evaluate on MNIST test and the foreign sets, log everything to one MLflow run, register."""
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    data_dir = Path(config.data_dir)
+    train, validation = split_train_validation(
+        load_mnist(data_dir / "mnist", "train"), config.validation_size, config.seed, config.train_limit
+    )
+    evaluation_sets = {"mnist_test": load_source("mnist", data_dir)}
+    for source in FOREIGN_LAYOUTS:
+        evaluation_sets[source] = load_source(source, data_dir, config.foreign_limit_per_class)
+    log.info(
+        "data: %d train, %d validation, %s",
+        len(train),
+        len(validation),
+        ", ".join(f"{len(d)} {name}" for name, d in evaluation_sets.items()),
+    )
+
+    use_tracking(settings)
+    model = build_cnn(augment=config.augment)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    compile_cnn(model, config.learning_rate, steps_per_epoch * config.epochs)
+    with mlflow.start_run(run_name=config.run_name) as run:
+        mlflow.set_tags({"digitdrift.job": "train-keras", "model_name": config.model_name})
+        mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
+        mlflow.log_params({"train_size": len(train), "model_parameters": model.count_params()})
+        started = time.perf_counter()
+        model.fit(
+            to_model_input(train.images),
+            train.labels,
+            validation_data=(to_model_input(validation.images), validation.labels),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            shuffle=True,
+            verbose=2,
+            callbacks=[mlflow.keras.MlflowCallback(run)],
+        )
+        train_seconds = time.perf_counter() - started
+        mlflow.log_metric("train_seconds", train_seconds)
+
+        evaluations, test_probabilities = {}, None
+        for name, digits in evaluation_sets.items():
+            probabilities = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)
+            evaluations[name] = evaluate_probabilities(name, probabilities, digits.labels, config.low_confidence_threshold)
+            mlflow.log_metrics(evaluations[name].metrics(name))
+            log.info(
+                "%s: accuracy %.4f, low-confidence share %.4f, mean confidence %.4f",
+                name,
+                evaluations[name].accuracy,
+                evaluations[name].low_confidence_share,
+                evaluations[name].mean_confidence,
+            )
+            if name == "mnist_test":
+                test_probabilities = probabilities
+        _log_review_artifacts(evaluation_sets["mnist_test"], test_probabilities)
+
+        example = to_model_input(evaluation_sets["mnist_test"].images[:2])
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
+        info = log_keras_model(model, signature, example, config.model_name, requirements)
+        model_version = str(info.registered_model_version) if info.registered_model_version else None
+        if model_version:
+            mlflow.MlflowClient().set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, model_version)
+            mlflow.set_tag("registered_version", model_version)
+        return KerasJobResult(
+            run_id=run.info.run_id,
+            run_name=run.info.run_name,
+            model_uri=info.model_uri,
+            model_version=model_version,
+            test_accuracy=evaluations["mnist_test"].accuracy,
+            train_seconds=train_seconds,
+            evaluations=evaluations,
+            model=model,
+        )
+
+
+def _log_review_artifacts(test: Digits, probabilities: np.ndarray) -> None:
+    """Confusion matrix (HTML and PNG) and the worst misclassified digits (MlflowCallback logs the summary)."""
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(test.labels, predicted)
+    accuracy = float((predicted == test.labels).mean())
+    title = f"MNIST test confusion matrix (accuracy {accuracy:.2%})"
+    worst = worst_misclassified(probabilities, test.labels, 32)
+    captions = [f"true {test.labels[i]} / pred {predicted[i]} ({probabilities[i].max():.2f})" for i in worst]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        log_files(
+            [
+                confusion_matrix_html(matrix, title, out / "confusion_matrix.html"),
+                confusion_matrix_png(matrix, title, out / "confusion_matrix.png"),
+                digit_grid_png(test.images[worst], captions, "Worst misclassified MNIST test digits", out / "misclassified.png"),
+            ],
+            "evaluation",
+        )

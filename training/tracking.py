@@ -1,0 +1,65 @@
+"""MLflow plumbing shared by the training jobs: tracking URI, experiment, Keras model logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+from mlflow.models import Model
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def use_tracking(settings: Settings) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id.
+
+    With the embedded SQLite default, artifacts go under the project's state folder rather
+    than MLflow's `./mlruns`, so every part finds them whatever its working directory.
+    """
+    if settings.tracking_uri.startswith("sqlite:///"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(settings.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    elif settings.tracking_uri.startswith("sqlite:///"):
+        experiment_id = mlflow.create_experiment(settings.experiment, settings.artifact_root.as_uri())
+    else:  # a tracking server decides where artifacts live
+        experiment_id = mlflow.create_experiment(settings.experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _save_keras_with_example(path: str, **kwargs) -> None:
+    # mlflow.keras.save_model writes the input example before it creates `path`
+    # (FileNotFoundError .../input_example.json with MLflow 3.17): create it first.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# A flavor module for Model.log: mlflow.keras with the folder made first. Same MLmodel, same loaders.
+KERAS_FLAVOR = SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_with_example)
+
+
+def log_keras_model(model, signature, input_example, registered_model_name: str | None, pip_requirements: list[str]):
+    """Log a Keras model with signature and input example (and register it); return the ModelInfo."""
+    return Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=KERAS_FLAVOR,
+        registered_model_name=registered_model_name,
+        model=model,
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=pip_requirements,
+    )
+
+
+def log_files(paths: list[Path], artifact_path: str | None = None) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path)

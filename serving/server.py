@@ -35,7 +35,9 @@ class ServerConfig:
     """Limits and batching of the server; each has a command-line flag."""
 
     max_batch: int = 256  # images per model call when micro-batching
-    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    # How long the first request of a batch waits for company. 0: batch what queued while the model
+    # was busy, which at concurrency 8 beat 2 ms (1,097 vs 928 requests/s) and halves latency at concurrency 1.
+    max_wait_ms: float = 0.0
     max_images: int = 1024  # images per request
     max_body_bytes: int = 16 * 2**20
     timeout_s: float = 30.0  # scoring timeout per request

@@ -1,0 +1,245 @@
+"""Serving benchmark, all in one run: python -m bench.serving [--model URI] [--duration S].
+
+The bare Keras model in-process (the ceiling), our server, `mlflow models serve` under the same
+load, and the prediction log against the original one-MLflow-run-per-request bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+
+from bench.load import closed_loop
+from bench.machine import describe_machine
+from common.datasets import load_source
+from common.settings import load_settings
+from serving.core import DEFAULT_MODEL_URI, ModelIdentity, compiled_call, flag_predictions, to_records
+from serving.prediction_log import PredictionLog
+
+log = logging.getLogger("bench.serving")
+RESULTS = Path(__file__).parent / "results"
+VENV_BIN = Path(sys.executable).parent
+
+
+def bare_model(uri: str, images: np.ndarray, seconds: float) -> dict:
+    """Images/s of the Keras model called directly (as one traced graph), and through model.predict at batch 1."""
+    model = mlflow.keras.load_model(uri)
+    call = compiled_call(model)
+    flat = images.reshape(len(images), 784).astype(np.float32)
+    figures = {}
+    for batch in (1, 32, 256):
+        call(flat[:batch])  # warm up
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            start = done % (len(flat) - batch)
+            call(flat[start : start + batch])
+            done += batch
+        figures[f"images_per_s_batch{batch}"] = round(done / (time.perf_counter() - started), 1)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.predict(flat[done % 100 : done % 100 + 1], verbose=0)
+        done += 1
+    figures["model_predict_images_per_s_batch1"] = round(done / (time.perf_counter() - started), 1)
+    return figures
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(command: list[str], ready_url: str, env: dict) -> subprocess.Popen:
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:3]} exited with {process.returncode}")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise TimeoutError(f"{ready_url} not ready")
+
+
+def load_figures(url: str, images: np.ndarray, body_key: str, duration: float, big_batches: bool = True) -> dict:
+    """Single-image requests at concurrency 1 and 8, and 256-image requests at concurrency 1."""
+    flat = images.reshape(len(images), 784)
+
+    def bodies(size: int) -> list[bytes]:
+        return [
+            json.dumps({body_key: flat[start : start + size].tolist()}).encode()
+            for start in range(0, len(images) - size + 1, size)
+        ][:64]
+
+    figures = {
+        "single_c1": closed_loop(url, bodies(1), 1, duration, 1).summary(),
+        "single_c8": closed_loop(url, bodies(1), 8, duration, 1).summary(),
+    }
+    if big_batches:
+        figures["batch256_c1"] = closed_loop(url, bodies(256), 1, duration, 256, warmup_requests=3).summary()
+    return figures
+
+
+def prediction_log_rate(folder: Path, images: np.ndarray, batch: int, count: int) -> float:
+    """Predictions/s written to the SQLite log, one commit per `batch` records."""
+    identity = ModelIdentity("digits-cnn", "1", "champion", "bench", "keras")
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=batch).astype(np.float32)
+    scored = flag_predictions(probabilities, 0.9)
+    prediction_log = PredictionLog(folder / f"log-{batch}.db")
+    started = time.perf_counter()
+    for request in range(count):
+        prediction_log.write(to_records(scored, images[:batch], identity, f"r{request}", 1))
+    return count * batch / (time.perf_counter() - started)
+
+
+def original_bookkeeping_rate(folder: Path, images: np.ndarray, requests: int) -> float:
+    """The original mlops-demo: one MLflow run per request, a dozen metrics, two artifacts."""
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'original.db'}")
+    experiment = mlflow.create_experiment("original", (folder / "original-artifacts").as_uri())
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(10))
+    started = time.perf_counter()
+    for request in range(requests):
+        with mlflow.start_run(experiment_id=experiment):
+            for digit in range(10):
+                mlflow.log_metric(f"prob_{digit}", float(probabilities[digit]))
+            mlflow.log_metric("prediction", float(probabilities.argmax()))
+            mlflow.log_metric("confidence", float(probabilities.max()))
+            image_path = folder / "input.npy"
+            np.save(image_path, images[request % len(images)])
+            mlflow.log_artifact(str(image_path))
+            result_path = folder / "prediction.json"
+            result_path.write_text(json.dumps({"probabilities": probabilities.tolist()}))
+            mlflow.log_artifact(str(result_path))
+    return requests / (time.perf_counter() - started)
+
+
+def run_benchmark(model_uri: str, duration: float, settings, server_args: list[str]) -> dict:
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    images = load_source("mnist", settings.data_dir).images[:4096]
+    env = {
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    figures: dict = {}
+    log.info("bare model in-process")
+    figures["bare_model"] = bare_model(model_uri, images, duration / 2)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        port = free_port()
+        log.info("our server")
+        server = start(
+            [
+                sys.executable,
+                "-m",
+                "serving",
+                "--model",
+                model_uri,
+                "--port",
+                str(port),
+                "--prediction-log",
+                str(folder / "server-log.db"),
+                *server_args,
+            ],
+            f"http://127.0.0.1:{port}/ready",
+            env,
+        )
+        try:
+            figures["our_server_score"] = load_figures(f"http://127.0.0.1:{port}/score", images, "data", duration)
+            figures["our_server_invocations"] = load_figures(
+                f"http://127.0.0.1:{port}/invocations", images, "inputs", duration, big_batches=False
+            )
+        finally:
+            server.terminate()
+            server.wait()
+        port = free_port()
+        log.info("mlflow models serve")
+        mlflow_server = start(
+            [
+                str(VENV_BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            f"http://127.0.0.1:{port}/ping",
+            env,
+        )
+        try:
+            figures["mlflow_models_serve"] = load_figures(f"http://127.0.0.1:{port}/invocations", images, "inputs", duration)
+        finally:
+            mlflow_server.terminate()
+            mlflow_server.wait()
+        log.info("prediction log and the original bookkeeping")
+        figures["prediction_log_predictions_per_s"] = {
+            f"commit_every_{batch}": round(prediction_log_rate(folder, images, batch, count), 1)
+            for batch, count in ((1, 2000), (8, 1000), (256, 100))
+        }
+        figures["original_bookkeeping_predictions_per_s"] = round(original_bookkeeping_rate(folder, images, 40), 2)
+    figures["ratios"] = ratios(figures)
+    return figures
+
+
+def ratios(figures: dict) -> dict:
+    ours, theirs, bare = figures["our_server_score"], figures["mlflow_models_serve"], figures["bare_model"]
+    log_rates = figures["prediction_log_predictions_per_s"]
+    original = figures["original_bookkeeping_predictions_per_s"]
+    return {
+        "single_c8_ours_over_mlflow_serve": round(ours["single_c8"]["requests_per_s"] / theirs["single_c8"]["requests_per_s"], 1),
+        "single_c1_ours_over_mlflow_serve": round(ours["single_c1"]["requests_per_s"] / theirs["single_c1"]["requests_per_s"], 1),
+        "single_c8_ours_over_bare_batch1": round(ours["single_c8"]["images_per_s"] / bare["images_per_s_batch1"], 2),
+        "batch256_ours_over_bare_batch256": round(ours["batch256_c1"]["images_per_s"] / bare["images_per_s_batch256"], 2),
+        "log_commit_every_8_over_original": round(log_rates["commit_every_8"] / original, 0),
+        "log_commit_every_1_over_original": round(log_rates["commit_every_1"] / original, 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=DEFAULT_MODEL_URI)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    parser.add_argument("--out", default=str(RESULTS / "serving.json"))
+    parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--max-wait-ms 0'")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    figures = run_benchmark(args.model, args.duration, load_settings(), args.server_args.split())
+    result = {
+        "benchmark": "serving: bare model, our server, mlflow models serve, prediction log vs per-request MLflow runs",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": describe_machine(),
+        "model": args.model,
+        "seconds_per_load_level": args.duration,
+        "server_args": args.server_args,
+        "command": f"python -m bench.serving --model {args.model} --duration {args.duration}",
+        **figures,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

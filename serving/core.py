@@ -112,7 +112,9 @@ def load_core(
     import mlflow  # heavy: imported when a model is loaded, not when the module is
 
     identity = _identify(source, name, version)
-    model_info = mlflow.models.get_model_info(source)
+    # Model.load reads only the MLmodel file: get_model_info would also look the model up in the
+    # tracking store, which fails for a downloaded folder served elsewhere (e.g. AZUREML_MODEL_DIR).
+    model_info = mlflow.models.Model.load(source)
     signature = model_info.signature.to_dict() if model_info.signature else None
     if "keras" in model_info.flavors:
         predict = compiled_call(mlflow.keras.load_model(source))

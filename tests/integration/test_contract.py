@@ -141,3 +141,14 @@ def test_azure_ml_inference_server_runs_score_py_unchanged(champion, images, in_
 
     log = read_prediction_log(tmp_path / "log.db")
     assert len(log["request_id"]) == len(images) + 1 and set(log["window"][log["request_id"] == "azure-1"]) == {4}
+
+
+def test_a_downloaded_model_folder_loads_without_its_tracking_store(champion, tmp_path, monkeypatch):
+    from serving.core import load_core
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    core = load_core(str(champion.folder))
+    assert core.identity.flavor == "keras" and core.identity.version == "local:download"

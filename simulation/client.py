@@ -1,0 +1,206 @@
+"""The traffic client: sends a plan's requests over HTTP (or in-process through score.py) and keeps the sidecar."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import numpy as np
+
+from common.datasets import Digits
+from simulation.scenario import PlannedRequest
+from simulation.sidecar import GroundTruthSidecar
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+
+
+class ServerRefused(RuntimeError):
+    """The server refused a request (or kept failing); the run stops, keeping what was acknowledged."""
+
+    def __init__(self, status: int | None, message: str, request_id: str) -> None:
+        where = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"request {request_id}: {where}: {message}")
+        self.status = status
+
+
+class Transport(Protocol):
+    def send(self, request_id: str, window: int, images: np.ndarray) -> dict: ...
+
+
+def score_body(request_id: str, window: int, images: np.ndarray) -> str:
+    """The Azure ML /score body the server and score.py take: images, id and window; never the labels."""
+    return json.dumps({"data": images.reshape(len(images), -1).tolist(), "request_id": request_id, "window": window})
+
+
+class HttpTransport:
+    """POSTs to the server's /score, retrying transient failures with the same id (the log ignores repeats)."""
+
+    def __init__(
+        self, url: str, api_key: str | None = None, timeout_s: float = 30.0, retries: int = 4, backoff_s: float = 0.2
+    ) -> None:
+        self.url = url.rstrip("/") if url.rstrip("/").endswith("/score") else url.rstrip("/") + "/score"
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self.client = httpx.Client(
+            timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        )
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def send(self, request_id: str, window: int, images: np.ndarray) -> dict:
+        body = score_body(request_id, window, images)
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = self.client.post(self.url, content=body)
+            except httpx.TransportError as err:
+                problem = f"{type(err).__name__}: {err}"
+                continue
+            if response.status_code == 200:
+                return response.json()
+            problem = _error_message(response)
+            if response.status_code not in TRANSIENT_STATUSES:
+                raise ServerRefused(response.status_code, problem, request_id)
+        raise ServerRefused(None, f"gave up after {self.retries + 1} tries; last: {problem}", request_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))[:300]
+    except (ValueError, AttributeError):
+        return response.text[:300]
+
+
+class EntryScriptTransport:
+    """Scores in-process through an Azure ML entry script's init()/run() contract (serving/score.py)."""
+
+    def __init__(self, entry_script: str | Path, prediction_log: str | Path, model_uri: str | None = None) -> None:
+        os.environ["DIGITDRIFT_PREDICTION_LOG"] = str(prediction_log)
+        if model_uri:
+            os.environ["DIGITDRIFT_MODEL_URI"] = model_uri
+        spec = importlib.util.spec_from_file_location("digitdrift_entry_script", Path(entry_script).resolve())
+        self.script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.script)
+        self.script.init()
+        self._lock = threading.Lock()
+
+    def send(self, request_id: str, window: int, images: np.ndarray) -> dict:
+        with self._lock:
+            answer = self.script.run(score_body(request_id, window, images))
+        if isinstance(answer, dict):
+            return answer
+        raise ServerRefused(answer.status_code, str(answer.get_json().get("error")), request_id)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class SendStats:
+    sent: int = 0
+    skipped: int = 0  # already acknowledged in an earlier, interrupted run
+    seconds: float = 0.0
+    model_versions: set[str] = field(default_factory=set)
+    stopped_by: str | None = None
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def images_of(request: PlannedRequest, pools: dict[str, Digits]) -> tuple[np.ndarray, list[int]]:
+    images = np.stack([pools[s].images[i] for s, i in zip(request.sources, request.pool_indices)])
+    labels = [int(pools[s].labels[i]) for s, i in zip(request.sources, request.pool_indices)]
+    return images, labels
+
+
+def send_plan(
+    plan: list[PlannedRequest],
+    pools: dict[str, Digits],
+    transport: Transport,
+    sidecar: GroundTruthSidecar,
+    concurrency: int = 8,
+    rate: float | None = None,
+    on_progress: Callable[[PlannedRequest, SendStats], None] | None = None,
+    flush_every: int = 100,
+) -> SendStats:
+    """Send every request not yet in the sidecar; record ground truth once the server has acknowledged it.
+
+    Stops at the first refusal (ServerRefused propagates) after flushing what was acknowledged.
+    """
+    done = sidecar.done_request_ids()
+    pending = [request for request in plan if request.request_id not in done]
+    stats = SendStats(skipped=len(plan) - len(pending))
+    rows: list[tuple] = []
+    started = time.perf_counter()
+    interval = 1.0 / rate if rate else 0.0
+    next_send = started
+
+    def send_one(request: PlannedRequest) -> tuple[PlannedRequest, dict, list[int]]:
+        images, labels = images_of(request, pools)
+        return request, transport.send(request.request_id, request.window, images), labels
+
+    def collect(future: Future) -> None:
+        request, answer, labels = future.result()
+        rows.extend(
+            (request.request_id, index, request.window, source, label)
+            for index, (source, label) in enumerate(zip(request.sources, labels))
+        )
+        stats.sent += 1
+        version = answer.get("model", {}).get("version")
+        if version:
+            stats.model_versions.add(str(version))
+        if on_progress:
+            stats.seconds = time.perf_counter() - started
+            on_progress(request, stats)
+
+    in_flight: set[Future] = set()
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="traffic") as pool:
+            try:
+                for request in pending:
+                    if interval:
+                        next_send += interval
+                        time.sleep(max(0.0, next_send - time.perf_counter()))
+                    while len(in_flight) >= concurrency:
+                        finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            collect(future)
+                    in_flight.add(pool.submit(send_one, request))
+                    if len(rows) >= flush_every:
+                        sidecar.write(rows)
+                        rows.clear()
+            finally:
+                failure = None
+                for future in in_flight:  # let the requests already sent finish and keep their rows
+                    try:
+                        collect(future)
+                    except ServerRefused as err:
+                        failure = failure or err
+                if failure:
+                    raise failure
+    except (ServerRefused, KeyboardInterrupt) as err:
+        stats.stopped_by = str(err) or type(err).__name__
+        raise
+    finally:
+        sidecar.write(rows)
+        stats.seconds = time.perf_counter() - started
+    return stats

@@ -1,0 +1,48 @@
+"""The ground-truth sidecar: per request id and image, window, source and true label. Never sent to the server."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from common.records import GROUND_TRUTH_COLUMNS
+
+DDL = (
+    "CREATE TABLE IF NOT EXISTS ground_truth ("
+    + ", ".join(f'"{name}" {kind}' for name, kind in GROUND_TRUTH_COLUMNS.items())
+    + ", PRIMARY KEY (request_id, image_index))"
+)
+INSERT = (
+    "INSERT OR IGNORE INTO ground_truth ("
+    + ", ".join(f'"{name}"' for name in GROUND_TRUTH_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" for _ in GROUND_TRUTH_COLUMNS)
+    + ")"
+)
+
+
+class GroundTruthSidecar:
+    """SQLite rows written only after the server acknowledged the request; also the resume journal."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.path, isolation_level=None)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute(DDL)
+
+    def write(self, rows: list[tuple]) -> None:
+        """Rows in GROUND_TRUTH_COLUMNS order, in one transaction."""
+        if rows:
+            self._connection.execute("BEGIN")
+            self._connection.executemany(INSERT, rows)
+            self._connection.execute("COMMIT")
+
+    def done_request_ids(self) -> set[str]:
+        return {row[0] for row in self._connection.execute("SELECT DISTINCT request_id FROM ground_truth")}
+
+    def count(self) -> int:
+        return self._connection.execute("SELECT COUNT(*) FROM ground_truth").fetchone()[0]
+
+    def close(self) -> None:
+        self._connection.close()

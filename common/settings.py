@@ -31,6 +31,12 @@ class Settings:
     def artifact_root(self) -> Path:
         return self.state_dir / "mlartifacts"
 
+    @property
+    def experiment_artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts: under the state folder with the embedded SQLite
+        store (not MLflow's cwd-relative ./mlruns); a tracking server decides for itself (None)."""
+        return self.artifact_root.as_uri() if self.tracking_uri.startswith("sqlite:///") else None
+
 
 def default_mirror() -> str | None:
     """The read-only mirror beside the checkout (`../shared/data`) when it exists."""

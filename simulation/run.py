@@ -79,6 +79,8 @@ def run_simulation(
     run_id = None
     if track:
         mlflow.set_tracking_uri(settings.tracking_uri)
+        if mlflow.get_experiment_by_name(settings.experiment) is None:
+            mlflow.create_experiment(settings.experiment, settings.experiment_artifact_location)
         mlflow.set_experiment(settings.experiment)
         active = mlflow.start_run(
             run_id=state.get("mlflow_run_id"), run_name=state.get("run_name") or f"simulate-{scenario.name}"

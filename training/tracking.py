@@ -16,21 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def use_tracking(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment; return the experiment id.
-
-    With the embedded SQLite default, artifacts go under the project's state folder rather
-    than MLflow's `./mlruns`, so every part finds them whatever its working directory.
-    """
+    """Point MLflow at the configured store and experiment; return the experiment id."""
     if settings.tracking_uri.startswith("sqlite:///"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id
-    elif settings.tracking_uri.startswith("sqlite:///"):
-        experiment_id = mlflow.create_experiment(settings.experiment, settings.artifact_root.as_uri())
-    else:  # a tracking server decides where artifacts live
-        experiment_id = mlflow.create_experiment(settings.experiment)
+    else:
+        experiment_id = mlflow.create_experiment(settings.experiment, settings.experiment_artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common.images import NUM_CLASSES
+from common.images import IMAGE_SIDE, NUM_CLASSES
+from common.reference import PROJECTION_DIMS
 
 PROBABILITY_COLUMNS = [f"prob_{digit}" for digit in range(NUM_CLASSES)]
+PROJECTION_COLUMNS = [f"emb_{index}" for index in range(PROJECTION_DIMS)]
 LOW_CONFIDENCE_FLAG = "low_confidence"
+FOREIGN_FLAG = "foreign"
 
 # Column name -> SQLite type, in order. One row per scored image; no label ever.
 PREDICTION_COLUMNS: dict[str, str] = {
@@ -26,6 +30,11 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "confidence": "REAL NOT NULL",
     "flags": "TEXT NOT NULL",  # comma-separated flag names, '' when none
     "fingerprint": "TEXT NOT NULL",  # first 16 hex digits of the SHA-256 of the 784 uint8 pixels
+    # Monitoring's inputs, NULL when the model has no reference: the foreign-digit score and the
+    # embedding projected on 8 reference directions (32 bytes of drift signal instead of 2 KB).
+    "foreign_score": "REAL",
+    **{column: "REAL" for column in PROJECTION_COLUMNS},
+    "image": "BLOB",  # zlib-compressed 784 uint8 pixels, kept for flagged images only (galleries)
 }
 PREDICTIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS predictions ("
@@ -57,9 +66,13 @@ class PredictionRecord:
     confidence: float
     flags: tuple[str, ...]
     fingerprint: str
+    foreign_score: float | None = None
+    projection: tuple[float, ...] | None = None
+    image: bytes | None = None
 
     def row(self) -> tuple:
         """The record as a row in PREDICTION_COLUMNS order."""
+        projection = self.projection if self.projection is not None else (None,) * PROJECTION_DIMS
         return (
             self.request_id,
             self.image_index,
@@ -72,7 +85,18 @@ class PredictionRecord:
             self.confidence,
             ",".join(self.flags),
             self.fingerprint,
+            self.foreign_score,
+            *projection,
+            self.image,
         )
+
+
+def compress_image(image: np.ndarray) -> bytes:
+    return zlib.compress(np.ascontiguousarray(image, dtype=np.uint8).tobytes(), 6)
+
+
+def decompress_image(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
 
 
 def read_prediction_log(path: str | Path) -> dict[str, np.ndarray]:

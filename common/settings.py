@@ -13,6 +13,9 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 # Top probability under this marks a prediction as low confidence (the original demo's 0.9).
 LOW_CONFIDENCE_THRESHOLD = 0.9
+# The monitoring reference is an artifact of the model version's training run: reference/reference.npz.
+REFERENCE_ARTIFACT_DIR = "reference"
+REFERENCE_FILE = "reference.npz"
 # MNIST test accuracy a challenger must reach before `promote` makes it the champion.
 PROMOTION_MIN_ACCURACY = 0.99
 

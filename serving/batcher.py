@@ -29,16 +29,8 @@ def split_scored(scored: Scored, sizes: list[int]) -> list[Scored]:
     """Cut one batch's Scored back into per-request pieces of `sizes` images."""
     pieces, start = [], 0
     for size in sizes:
-        stop = start + size
-        pieces.append(
-            Scored(
-                scored.predicted[start:stop],
-                scored.probabilities[start:stop],
-                scored.confidence[start:stop],
-                scored.flags[start:stop],
-            )
-        )
-        start = stop
+        pieces.append(scored[start : start + size])
+        start += size
     return pieces
 
 

@@ -5,15 +5,22 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from common.images import to_model_input
-from common.records import LOW_CONFIDENCE_FLAG, PredictionRecord
-from common.settings import CHAMPION_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME
+from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
+from common.reference import EMBEDDING_LAYER, Reference, foreign_scores, load_reference, project
+from common.settings import (
+    CHAMPION_ALIAS,
+    LOW_CONFIDENCE_THRESHOLD,
+    MODEL_NAME,
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ class ModelIdentity:
     source: str
     flavor: str
     signature: dict | None = None
+    run_id: str | None = None
+    has_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,13 +49,36 @@ class Scored:
     probabilities: np.ndarray  # float32 (N, 10)
     confidence: np.ndarray  # float (N,)
     flags: list[tuple[str, ...]]
+    foreign_score: np.ndarray | None = None  # (N,) when the model has a reference
+    projection: np.ndarray | None = None  # (N, 8) embedding projection when the model has one
+
+    def __getitem__(self, rows: slice) -> Scored:
+        return Scored(
+            self.predicted[rows],
+            self.probabilities[rows],
+            self.confidence[rows],
+            self.flags[rows],
+            None if self.foreign_score is None else self.foreign_score[rows],
+            None if self.projection is None else self.projection[rows],
+        )
 
 
-def flag_predictions(probabilities: np.ndarray, threshold: float) -> Scored:
-    """Class, confidence and flags from probabilities: low confidence when the top probability < threshold."""
+def flag_predictions(
+    probabilities: np.ndarray,
+    threshold: float,
+    foreign_score: np.ndarray | None = None,
+    foreign_threshold: float | None = None,
+    projection: np.ndarray | None = None,
+) -> Scored:
+    """Class, confidence and flags: low confidence under `threshold`, foreign over `foreign_threshold`."""
     confidence = probabilities.max(axis=1)
-    flags = [(LOW_CONFIDENCE_FLAG,) if value < threshold else () for value in confidence]
-    return Scored(probabilities.argmax(axis=1), probabilities, confidence, flags)
+    flags = []
+    for index, value in enumerate(confidence):
+        flag = (LOW_CONFIDENCE_FLAG,) if value < threshold else ()
+        if foreign_score is not None and foreign_score[index] > foreign_threshold:
+            flag += (FOREIGN_FLAG,)
+        flags.append(flag)
+    return Scored(probabilities.argmax(axis=1), probabilities, confidence, flags, foreign_score, projection)
 
 
 def fingerprint(image: np.ndarray) -> str:
@@ -77,6 +109,9 @@ def to_records(
             confidence=float(scored.confidence[offset]),
             flags=scored.flags[offset],
             fingerprint=fingerprint(images[offset]),
+            foreign_score=None if scored.foreign_score is None else float(scored.foreign_score[offset]),
+            projection=None if scored.projection is None else tuple(float(v) for v in scored.projection[offset]),
+            image=compress_image(images[offset]) if scored.flags[offset] else None,
         )
         for offset in range(len(images))
     ]
@@ -86,16 +121,27 @@ def to_records(
 class ScoringCore:
     """A model and its identity; `score` is the one way every door turns images into predictions."""
 
-    predict_probabilities: Callable[[np.ndarray], np.ndarray]  # float32 (N, 784) -> (N, 10)
+    # float32 (N, 784) -> probabilities (N, 10) and embeddings (N, D) or None
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
     identity: ModelIdentity
     threshold: float = LOW_CONFIDENCE_THRESHOLD
+    reference: Reference | None = None
     calls: int = field(default=0, init=False)
 
     def score(self, images: np.ndarray) -> Scored:
-        """Score uint8 (N, 28, 28) images in one model call."""
+        """Score uint8 (N, 28, 28) images in one model call, with foreign scores when a reference is loaded."""
         self.calls += 1
-        probabilities = np.asarray(self.predict_probabilities(to_model_input(images)), dtype=np.float32)
-        return flag_predictions(probabilities, self.threshold)
+        probabilities, embeddings = self.predict(to_model_input(images))
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if self.reference is None:
+            return flag_predictions(probabilities, self.threshold)
+        return flag_predictions(
+            probabilities,
+            self.threshold,
+            foreign_scores(self.reference, images, embeddings),
+            self.reference.threshold,
+            project(self.reference, embeddings),
+        )
 
 
 def load_core(
@@ -103,11 +149,13 @@ def load_core(
     threshold: float = LOW_CONFIDENCE_THRESHOLD,
     name: str | None = None,
     version: str | None = None,
+    reference_path: str | None = None,
 ) -> ScoringCore:
     """Load a model from an MLflow model URI (models:/name@alias, runs:/...) or a local MLflow model folder.
 
     Keras models are called directly (not through `model.predict`, which costs ~60 ms a call);
-    any other flavor goes through pyfunc.
+    any other flavor goes through pyfunc. The monitoring reference comes from `reference_path`,
+    else from the model version's run (reference/reference.npz), else beside a model folder.
     """
     import mlflow  # heavy: imported when a model is loaded, not when the module is
 
@@ -122,29 +170,73 @@ def load_core(
     else:
         pyfunc = mlflow.pyfunc.load_model(source)
 
-        def predict(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(pyfunc.predict(batch))
+        def predict(batch: np.ndarray) -> tuple[np.ndarray, None]:
+            return np.asarray(pyfunc.predict(batch)), None
 
         flavor = next(iter(set(model_info.flavors) - {"python_function"}), "python_function")
-    identity = ModelIdentity(identity.name, identity.version, identity.alias, source, flavor, signature)
-    log.info("loaded %s version %s (%s flavor) from %s", identity.name, identity.version, flavor, source)
-    return ScoringCore(predict, identity, threshold)
+    reference = _find_reference(source, identity.run_id, reference_path)
+    identity = replace(identity, flavor=flavor, signature=signature, has_reference=reference is not None)
+    log.info(
+        "loaded %s version %s (%s flavor) from %s; reference: %s",
+        identity.name,
+        identity.version,
+        flavor,
+        source,
+        "yes" if reference else "none (no foreign scores)",
+    )
+    return ScoringCore(predict, identity, threshold, reference)
 
 
-def compiled_call(model) -> Callable[[np.ndarray], np.ndarray]:
-    """The Keras model as one traced TensorFlow graph for any batch size.
+def _find_reference(source: str, run_id: str | None, reference_path: str | None) -> Reference | None:
+    import mlflow
+
+    if reference_path:
+        return load_reference(reference_path)
+    if run_id:
+        try:
+            downloaded = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+            )
+            return load_reference(downloaded)
+        except (OSError, mlflow.exceptions.MlflowException):
+            log.warning("run %s has no %s/%s", run_id, REFERENCE_ARTIFACT_DIR, REFERENCE_FILE)
+            return None
+    for candidate in (Path(source) / REFERENCE_FILE, Path(source).parent / REFERENCE_ARTIFACT_DIR / REFERENCE_FILE):
+        if candidate.is_file():
+            return load_reference(candidate)
+    return None
+
+
+def compiled_call(model) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """The Keras model as one traced TensorFlow graph for any batch size: probabilities, and the
+    `embedding` layer's output when the model has one.
 
     An eager Keras 3 call costs ~10 ms per batch on this CPU, the traced graph ~1.4 ms at batch 1.
     """
+    import keras
     import tensorflow as tf
 
     width = model.inputs[0].shape[-1]
 
+    names = [layer.name for layer in model.layers]
+    if EMBEDDING_LAYER in names:
+        model = keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING_LAYER).output])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32)])
+        def call(batch):
+            return model(batch, training=False)
+
+        def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            probabilities, embeddings = call(batch)
+            return probabilities.numpy(), embeddings.numpy()
+
+        return run
+
     @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32)])
-    def call(batch):
+    def call_probabilities(batch):
         return model(batch, training=False)
 
-    return lambda batch: call(batch).numpy()
+    return lambda batch: (call_probabilities(batch).numpy(), None)
 
 
 def _identify(source: str, name: str | None, version: str | None) -> ModelIdentity:
@@ -160,6 +252,6 @@ def _identify(source: str, name: str | None, version: str | None) -> ModelIdenti
         else:
             model_name, _, number = reference.partition("/")
             found = client.get_model_version(model_name, number)
-        return ModelIdentity(model_name, str(found.version), alias or None, source, "")
+        return ModelIdentity(model_name, str(found.version), alias or None, source, "", run_id=found.run_id)
     folder_name = Path(source).name if not source.startswith("runs:/") else source
     return ModelIdentity(name or MODEL_NAME, version or f"local:{folder_name}", None, source, "")

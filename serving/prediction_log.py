@@ -65,7 +65,7 @@ class PredictionLog:
 
 def export_parquet(log_path: str | Path, parquet_path: str | Path, chunk_rows: int = 500_000) -> int:
     """Write the SQLite log to one Parquet file (columns as in common.records); return the row count."""
-    arrow_types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
+    arrow_types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64(), "BLOB": pa.binary()}
     schema = pa.schema([(name, arrow_types[kind.split()[0]]) for name, kind in PREDICTION_COLUMNS.items()])
     rows_written = 0
     with sqlite3.connect(f"file:{Path(log_path)}?mode=ro", uri=True) as connection:

@@ -2,7 +2,8 @@
 
 Runs unchanged under the Azure ML inference server (`azmlinfsrv --entry_script serving/score.py`)
 and in a managed online deployment. The model comes from AZUREML_MODEL_DIR when set, else from
-DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion). DIGITDRIFT_PREDICTION_LOG, when set,
+DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion); its monitoring reference from
+DIGITDRIFT_REFERENCE, its run, or reference.npz beside the model. DIGITDRIFT_PREDICTION_LOG, when set,
 names the SQLite prediction log every scored image is appended to.
 """
 
@@ -47,7 +48,12 @@ def init() -> None:
     model_dir = os.environ.get("AZUREML_MODEL_DIR")
     source = str(find_model_folder(model_dir)) if model_dir else os.environ.get("DIGITDRIFT_MODEL_URI", DEFAULT_MODEL_URI)
     threshold = float(os.environ.get("DIGITDRIFT_LOW_CONFIDENCE", LOW_CONFIDENCE_THRESHOLD))
-    core = load_core(source, threshold, version=os.environ.get("DIGITDRIFT_MODEL_VERSION"))
+    core = load_core(
+        source,
+        threshold,
+        version=os.environ.get("DIGITDRIFT_MODEL_VERSION"),
+        reference_path=os.environ.get("DIGITDRIFT_REFERENCE"),
+    )
     log_path = os.environ.get("DIGITDRIFT_PREDICTION_LOG")
     prediction_log = PredictionLog(log_path) if log_path else None
 
@@ -61,9 +67,9 @@ def run(raw_data: str | bytes) -> dict | AMLResponse:
     request_id = request.request_id or uuid.uuid4().hex
     try:
         scored = core.score(request.images)
-    except Exception:
-        log.exception("the model failed on request %s", request_id)
+        if prediction_log is not None:
+            prediction_log.write(to_records(scored, request.images, core.identity, request_id, request.window))
+    except Exception:  # our failure, not the client's: a 500, and the server goes on serving
+        log.exception("scoring or logging request %s failed", request_id)
         return AMLResponse({"error": "the model failed to score this request"}, 500, json_str=True)
-    if prediction_log is not None:
-        prediction_log.write(to_records(scored, request.images, core.identity, request_id, request.window))
     return score_answer(scored, core.identity, request_id)

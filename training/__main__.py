@@ -33,11 +33,31 @@ def main(argv: list[str] | None = None) -> int:
     promote_cmd.add_argument("--model-name", default=MODEL_NAME)
     promote_cmd.add_argument("--min-accuracy", type=float, default=PROMOTION_MIN_ACCURACY)
 
+    reference_cmd = commands.add_parser(
+        "reference", help="(re)compute the monitoring reference of a registered model from its held-out split"
+    )
+    reference_cmd.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="models:/name@alias")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "keras":
         return _train_keras(args, settings)
+    if args.command == "reference":
+        return _reference(args, settings)
     return _promote(args, settings)
+
+
+def _reference(args: argparse.Namespace, settings) -> int:
+    from training.keras_job import reference_for_registered
+    from training.tracking import use_tracking
+
+    use_tracking(settings)
+    run_id, reference = reference_for_registered(args.model, settings)
+    print(
+        f"reference of {args.model} logged to run {run_id}: held-out accuracy {float(reference.accuracy):.4f}, "
+        f"foreign threshold {reference.threshold:.2f}"
+    )
+    return 0
 
 
 def _train_keras(args: argparse.Namespace, settings) -> int:

@@ -17,7 +17,15 @@ from mlflow.models import infer_signature
 
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import to_model_input
-from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
+from common.reference import EMBEDDING_LAYER, Reference, fit_reference, save_reference
+from common.settings import (
+    CHALLENGER_ALIAS,
+    LOW_CONFIDENCE_THRESHOLD,
+    MODEL_NAME,
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE,
+    Settings,
+)
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import build_cnn, compile_cnn
 from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
@@ -122,6 +130,7 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
             if name == "mnist_test":
                 test_probabilities = probabilities
         _log_review_artifacts(evaluation_sets["mnist_test"], test_probabilities)
+        log_reference(fit_model_reference(model, validation, config.seed), run.info.run_id)
 
         example = to_model_input(evaluation_sets["mnist_test"].images[:2])
         signature = infer_signature(example, model.predict(example, verbose=0))
@@ -141,6 +150,35 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
             evaluations=evaluations,
             model=model,
         )
+
+
+def fit_model_reference(model: keras.Model, held_out: Digits, seed: int) -> Reference:
+    """The monitoring reference of `model`, fitted on held-out digits it never trained on."""
+    with_embedding = keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING_LAYER).output])
+    probabilities, embeddings = with_embedding.predict(to_model_input(held_out.images), batch_size=512, verbose=0)
+    return fit_reference(held_out.images, held_out.labels, probabilities, embeddings, seed)
+
+
+def log_reference(reference: Reference, run_id: str) -> None:
+    """Store the reference with the model: reference/reference.npz on its training run, plus two metrics."""
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as folder:
+        client.log_artifact(run_id, str(save_reference(reference, Path(folder) / REFERENCE_FILE)), REFERENCE_ARTIFACT_DIR)
+    client.log_metric(run_id, "reference_foreign_threshold", reference.threshold)
+    client.log_metric(run_id, "reference_accuracy", float(reference.accuracy))
+
+
+def reference_for_registered(model_uri: str, settings: Settings) -> tuple[str, Reference]:
+    """Compute (again) the reference of `models:/name@alias` from its run's own validation split."""
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    params = mlflow.get_run(version.run_id).data.params
+    data_dir = Path(params["data_dir"]) if (Path(params["data_dir"]) / "mnist").is_dir() else settings.data_dir
+    train = load_mnist(data_dir / "mnist", "train")
+    _, held_out = split_train_validation(train, int(params["validation_size"]), int(params["seed"]), None)
+    reference = fit_model_reference(mlflow.keras.load_model(model_uri), held_out, int(params["seed"]))
+    log_reference(reference, version.run_id)
+    return version.run_id, reference
 
 
 def _log_review_artifacts(test: Digits, probabilities: np.ndarray) -> None:

@@ -6,8 +6,7 @@ import keras
 from keras import layers
 
 from common.images import IMAGE_SIDE, NUM_CLASSES, PIXELS
-
-EMBEDDING_LAYER = "embedding"
+from common.reference import EMBEDDING_LAYER
 
 
 def build_cnn(augment: bool = True, dropout: float = 0.4) -> keras.Model:

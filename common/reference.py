@@ -1,0 +1,216 @@
+"""The monitoring reference of a model version, and the per-image foreign-digit score; numpy only.
+
+Fitted once per model version on held-out MNIST (the training job's validation split, never the
+training data): one half fits the distances, the other calibrates their tails, the thresholds and
+the confidence-to-accuracy map. No foreign digit is used for any of it. Serving scores each image
+with it; monitoring compares windows with its samples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from common.images import IMAGE_SIDE, NUM_CLASSES
+
+EMBEDDING_LAYER = "embedding"  # the model layer whose output the reference describes
+STATISTIC_NAMES = ("ink", "ink_area", "stroke_intensity", "edge_pixels", "centre_row", "centre_column", "height", "width")
+PROJECTION_DIMS = 8
+FOREIGN_FALSE_ALARM_RATE = 0.01  # share of held-out MNIST a threshold flags as foreign
+CONFIDENCE_BINS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0001])
+
+
+def image_statistics(images: np.ndarray) -> np.ndarray:
+    """(N, 8) generic statistics of uint8 (N, 28, 28) digits: how much ink, how it is drawn, where it sits."""
+    x = images.astype(np.float64) / 255.0
+    flat = x.reshape(len(x), -1)
+    ink = flat.sum(axis=1)
+    strong = flat > 0.5
+    area = strong.sum(axis=1)
+    stroke = np.where(area > 0, (flat * strong).sum(axis=1) / np.maximum(area, 1), 0.0)
+    edges = ((flat > 0.05) & (flat <= 0.5)).sum(axis=1)
+    rows, columns = x.sum(axis=2), x.sum(axis=1)
+    positions = np.arange(IMAGE_SIDE)
+    safe_ink = np.maximum(ink, 1e-9)
+    centre_row, centre_column = (rows @ positions) / safe_ink, (columns @ positions) / safe_ink
+    used_rows, used_columns = rows > 0.05, columns > 0.05
+    height = IMAGE_SIDE - used_rows.argmax(axis=1) - used_rows[:, ::-1].argmax(axis=1)
+    width = IMAGE_SIDE - used_columns.argmax(axis=1) - used_columns[:, ::-1].argmax(axis=1)
+    return np.stack([ink, area, stroke, edges, centre_row, centre_column, height, width], axis=1)
+
+
+@dataclass
+class Reference:
+    """Everything monitoring and serving need from held-out MNIST for one model version."""
+
+    statistics_mean: np.ndarray  # (8,)
+    statistics_precision: np.ndarray  # (8, 8)
+    class_means: np.ndarray  # (10, D) embedding means per class; D = 0 when the model has no embedding
+    embedding_precision: np.ndarray  # (D, D)
+    projection_mean: np.ndarray  # (D,)
+    projection: np.ndarray  # (8, D) top principal directions of the embeddings
+    statistics_distance_tail: np.ndarray  # sorted calibration distances
+    embedding_distance_tail: np.ndarray  # sorted calibration distances (empty without embeddings)
+    foreign_threshold: np.ndarray  # () score above which an image is flagged foreign
+    confidence_bin_accuracy: np.ndarray  # (len(CONFIDENCE_BINS) - 1,) accuracy per confidence bin
+    sample_confidence: np.ndarray  # calibration half: top probabilities
+    sample_predicted: np.ndarray  # calibration half: predicted classes
+    sample_foreign_score: np.ndarray
+    sample_projection: np.ndarray  # (n, 8)
+    class_shares: np.ndarray  # (10,) predicted-class mix on held-out MNIST
+    accuracy: np.ndarray  # () held-out accuracy
+
+    @property
+    def has_embeddings(self) -> bool:
+        return self.class_means.shape[1] > 0
+
+    @property
+    def threshold(self) -> float:
+        return float(self.foreign_threshold)
+
+
+def _mahalanobis(vectors: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    centred = vectors - mean
+    return np.einsum("ij,jk,ik->i", centred, precision, centred)
+
+
+def _class_distance(embeddings: np.ndarray, class_means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Distance to the nearest class mean under a shared covariance (Lee et al., 2018)."""
+    return np.min(np.stack([_mahalanobis(embeddings, mean, precision) for mean in class_means], axis=1), axis=1)
+
+
+def _tail_score(sorted_reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """-log of the smoothed share of reference values at or above each value: 0 typical, large rare."""
+    above = len(sorted_reference) - np.searchsorted(sorted_reference, values, side="left")
+    return -np.log((above + 1) / (len(sorted_reference) + 1))
+
+
+def foreign_scores(reference: Reference, images: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+    """Per-image foreign-digit score: the summed tail scores of the image-statistics and embedding distances."""
+    statistics = image_statistics(images)
+    score = _tail_score(
+        reference.statistics_distance_tail, _mahalanobis(statistics, reference.statistics_mean, reference.statistics_precision)
+    )
+    if reference.has_embeddings and embeddings is not None:
+        distance = _class_distance(embeddings, reference.class_means, reference.embedding_precision)
+        score = score + _tail_score(reference.embedding_distance_tail, distance)
+    return score
+
+
+def project(reference: Reference, embeddings: np.ndarray | None) -> np.ndarray | None:
+    """Embeddings onto the reference's top principal directions: compact, for drift tests."""
+    if not reference.has_embeddings or embeddings is None:
+        return None
+    return (embeddings - reference.projection_mean) @ reference.projection.T
+
+
+def fit_reference(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    embeddings: np.ndarray | None,
+    seed: int = 0,
+    shrinkage: float = 0.01,
+) -> Reference:
+    """Fit on one half of held-out MNIST, calibrate tails, thresholds and accuracy on the other half."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    fit, calibrate = order[: len(order) // 2], order[len(order) // 2 :]
+    statistics = image_statistics(images)
+    statistics_mean = statistics[fit].mean(axis=0)
+    statistics_precision = np.linalg.inv(np.cov(statistics[fit].T) + 1e-6 * np.eye(statistics.shape[1]))
+    dims = 0 if embeddings is None else embeddings.shape[1]
+    class_means = np.zeros((NUM_CLASSES, dims))
+    embedding_precision = np.zeros((dims, dims))
+    projection_mean, projection = np.zeros(dims), np.zeros((PROJECTION_DIMS, dims))
+    embedding_tail = np.zeros(0)
+    if embeddings is not None:
+        embeddings = embeddings.astype(np.float64)
+        fit_labels = labels[fit]
+        class_means = np.stack([embeddings[fit][fit_labels == c].mean(axis=0) for c in range(NUM_CLASSES)])
+        centred = embeddings[fit] - class_means[fit_labels]
+        covariance = centred.T @ centred / len(fit)
+        covariance += shrinkage * np.trace(covariance) / dims * np.eye(dims)
+        embedding_precision = np.linalg.inv(covariance)
+        projection_mean = embeddings[fit].mean(axis=0)
+        _, _, directions = np.linalg.svd(embeddings[fit] - projection_mean, full_matrices=False)
+        projection = directions[:PROJECTION_DIMS]
+        embedding_tail = np.sort(_class_distance(embeddings[calibrate], class_means, embedding_precision))
+    statistics_tail = np.sort(_mahalanobis(statistics[calibrate], statistics_mean, statistics_precision))
+    reference = Reference(
+        statistics_mean,
+        statistics_precision,
+        class_means,
+        embedding_precision,
+        projection_mean,
+        projection,
+        statistics_tail,
+        embedding_tail,
+        np.array(0.0),
+        np.zeros(len(CONFIDENCE_BINS) - 1),
+        probabilities[calibrate].max(axis=1),
+        probabilities[calibrate].argmax(axis=1),
+        np.zeros(0),
+        np.zeros((0, PROJECTION_DIMS)),
+        np.zeros(NUM_CLASSES),
+        np.array(0.0),
+    )
+    # Tail scores of the calibration half against itself are what serving will see on MNIST.
+    calibration_scores = foreign_scores(reference, images[calibrate], None if embeddings is None else embeddings[calibrate])
+    reference.sample_foreign_score = calibration_scores
+    reference.foreign_threshold = np.array(np.quantile(calibration_scores, 1 - FOREIGN_FALSE_ALARM_RATE))
+    correct = probabilities.argmax(axis=1) == labels
+    reference.confidence_bin_accuracy = _bin_accuracy(probabilities[calibrate].max(axis=1), correct[calibrate])
+    reference.sample_projection = project(reference, None if embeddings is None else embeddings[calibrate])
+    if reference.sample_projection is None:
+        reference.sample_projection = np.zeros((0, PROJECTION_DIMS))
+    reference.class_shares = np.bincount(probabilities.argmax(axis=1), minlength=NUM_CLASSES) / len(probabilities)
+    reference.accuracy = np.array(correct.mean())
+    return reference
+
+
+def _bin_accuracy(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Accuracy per confidence bin, shrunk towards the bin's mean confidence where it holds few images."""
+    bins = np.clip(np.digitize(confidence, CONFIDENCE_BINS) - 1, 0, len(CONFIDENCE_BINS) - 2)
+    accuracy = np.zeros(len(CONFIDENCE_BINS) - 1)
+    for index in range(len(accuracy)):
+        members = bins == index
+        prior = (CONFIDENCE_BINS[index] + min(CONFIDENCE_BINS[index + 1], 1.0)) / 2
+        weight = 20.0  # pseudo-images of prior: keeps sparse bins near their confidence
+        accuracy[index] = (correct[members].sum() + weight * prior) / (members.sum() + weight)
+    return accuracy
+
+
+def expected_accuracy(reference: Reference, confidence: np.ndarray) -> np.ndarray:
+    """Label-free P(correct) per image from its top probability, calibrated on held-out MNIST."""
+    bins = np.clip(np.digitize(confidence, CONFIDENCE_BINS) - 1, 0, len(CONFIDENCE_BINS) - 2)
+    return reference.confidence_bin_accuracy[bins]
+
+
+def save_reference(reference: Reference, path: str | Path) -> Path:
+    path = Path(path)
+    np.savez_compressed(path, **{field.name: np.asarray(getattr(reference, field.name)) for field in fields(Reference)})
+    return path
+
+
+def load_reference(path: str | Path) -> Reference:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no monitoring reference here (the training job writes reference/reference.npz)")
+    with np.load(path) as stored:
+        missing = [field.name for field in fields(Reference) if field.name not in stored]
+        if missing:
+            raise ValueError(f"{path}: not a digitdrift reference (missing {', '.join(missing)})")
+        return Reference(**{field.name: stored[field.name] for field in fields(Reference)})
+
+
+def describe(reference: Reference) -> str:
+    return json.dumps(
+        {
+            "accuracy": float(reference.accuracy),
+            "foreign_threshold": reference.threshold,
+            "embedding_dims": int(reference.class_means.shape[1]),
+        }
+    )

@@ -1,0 +1,135 @@
+"""python -m monitoring run|evaluate: judge a prediction log window by window; score the monitor itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from common.settings import MODEL_NAME, PROJECT_ROOT, load_settings
+from monitoring.evaluate import JudgedRun, evaluation_figures
+from monitoring.job import MonitoringError, for_version, monitor, read_log, read_truth, resolve_model, use_tracking
+from monitoring.metrics import MonitorConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "monitor a prediction log: window metrics, drift tests, alerts, dashboard, MLflow run"),
+        ("evaluate", "monitor simulated runs with their ground truth and score the monitor"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument(
+            "--log",
+            default=str(settings.state_dir / "predictions.db"),
+            help="prediction log: SQLite, or Parquet exported from it (default: %(default)s)",
+        )
+        command.add_argument(
+            "--model",
+            default=f"models:/{MODEL_NAME}@champion",
+            help="the served model, whose reference the windows are compared with (default: %(default)s)",
+        )
+        command.add_argument("--model-version", help="with --reference: the version whose records to monitor")
+        command.add_argument("--reference", help="a reference.npz file instead of the registry's")
+        command.add_argument("--min-window-size", type=int, default=MonitorConfig.min_window_size)
+        command.add_argument("--no-mlflow", dest="track", action="store_false", help="do not log MLflow runs")
+        command.add_argument(
+            "--engine",
+            choices=["pandas"],
+            default="pandas",
+            help="where window metrics are computed (a Spark engine is not built yet)",
+        )
+    run = commands.choices["run"]
+    run.add_argument("--truth", help="a simulation's ground_truth.db: adds realised accuracy and true foreign share")
+    run.add_argument("--label", default=None, help="what the traffic was (default: the log's file name)")
+    run.add_argument("--out", type=Path, help="a new folder for the outputs (default: .digitdrift/monitoring/<label>-<time>)")
+    run.add_argument("--webhook", help="POST each alert as JSON to this URL")
+    evaluate = commands.choices["evaluate"]
+    evaluate.add_argument(
+        "--runs", nargs="+", type=Path, required=True, help="simulation run folders (scenario.yaml, ground_truth.db)"
+    )
+    evaluate.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "monitoring_evaluation.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        use_tracking(settings)
+        model = resolve_model(args.model, args.reference, args.model_version, MODEL_NAME)
+        frame = for_version(read_log(args.log), model, args.log)
+        config = MonitorConfig(min_window_size=args.min_window_size)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if args.command == "run":
+            label = args.label or Path(args.log).stem
+            truth = read_truth(args.truth) if args.truth else None
+            out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
+            result = monitor(frame, model, out, label, config, truth, args.webhook, args.track)
+            _report(result)
+            return 0
+        return _evaluate(args, frame, model, config, settings, stamp)
+    except MonitoringError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _report(result) -> None:
+    print(f"{len(result.metrics)} windows, {int(result.metrics['volume'].sum())} records, {len(result.alerts)} alerts")
+    for alert in result.alerts:
+        print(f"  window {alert.window}: {alert.rule} ({alert.metric} = {alert.value:.3g}): {alert.message}")
+    print(f"dashboard: {result.out_dir / 'dashboard.html'}")
+    if result.mlflow_run_id:
+        print(f"MLflow run {result.mlflow_run_id} (metrics by window as steps; dashboard, report, gallery as artifacts)")
+
+
+def _evaluate(args, frame, model, config, settings, stamp) -> int:
+    judged = []
+    for run_dir in args.runs:
+        scenario = (
+            yaml.safe_load((run_dir / "scenario.yaml").read_text())["name"]
+            if (run_dir / "scenario.yaml").is_file()
+            else run_dir.name
+        )
+        truth = read_truth(run_dir / "ground_truth.db")
+        records = frame.merge(truth[["request_id", "image_index", "source", "label"]], on=["request_id", "image_index"])
+        if records.empty:
+            raise MonitoringError(f"{run_dir}: none of its requests are in {args.log}")
+        result = monitor(
+            frame[frame["request_id"].isin(truth["request_id"])],
+            model,
+            settings.state_dir / "monitoring" / f"evaluate-{scenario}-{stamp}",
+            scenario,
+            config,
+            truth,
+            track=args.track,
+        )
+        print(f"{scenario}:")
+        _report(result)
+        judged.append(JudgedRun(scenario, records, result.metrics, result.alerts))
+    figures = {
+        "benchmark": "monitor scorecard on simulated traffic with ground truth",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": f"{model.name} v{model.version}",
+        "runs": {run.scenario: {"windows": len(run.metrics), "records": len(run.records)} for run in judged},
+        **evaluation_figures(judged),
+        "command": "python -m monitoring evaluate --runs " + " ".join(str(path) for path in args.runs),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    print(
+        json.dumps(
+            {key: value for key, value in figures.items() if key.startswith(("auroc", "detection", "false", "label_free"))},
+            indent=2,
+        )
+    )
+    print(f"scorecard written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Alert rules over window metrics: thresholds, minimum window size, cooldown, de-duplication; and sinks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Fires when `metric` is below (p-values) or above `threshold` in a window big enough to judge."""
+
+    name: str
+    metric: str
+    threshold: float
+    below: bool  # True: fire when metric < threshold (p-values); False: when metric > threshold
+    message: str
+
+
+# p-value thresholds are tiny because every window runs several tests; the foreign test's null
+# (1% of held-out MNIST flagged) and the accuracy bar come from the model's reference.
+DEFAULT_RULES = (
+    Rule("foreign_digits", "foreign_p", 1e-4, True, "more images flagged foreign than the reference's 1% allows"),
+    Rule("class_mix_drift", "class_mix_p", 1e-4, True, "the predicted-class mix departs from the reference"),
+    Rule("confidence_drift", "confidence_p", 1e-4, True, "the confidence distribution departs from the reference"),
+    Rule("embedding_drift", "embedding_p", 0.0025, True, "the inputs' embeddings depart from the reference (MMD)"),
+)
+
+
+def accuracy_rule(reference_accuracy: float, drop_points: float = 3.0) -> Rule:
+    """Estimated accuracy more than `drop_points` under the reference's held-out accuracy."""
+    threshold = reference_accuracy - drop_points / 100
+    return Rule(
+        "accuracy_drop",
+        "estimated_accuracy_high",
+        threshold,
+        True,
+        f"estimated accuracy fell more than {drop_points:g} points under the reference's {reference_accuracy:.1%}",
+    )
+
+
+@dataclass(frozen=True)
+class Alert:
+    window: int
+    rule: str
+    metric: str
+    value: float
+    threshold: float
+    message: str
+    model_name: str
+    model_version: str
+
+
+def evaluate_rules(
+    metrics: pd.DataFrame, rules: tuple[Rule, ...], model_name: str, model_version: str, cooldown_windows: int = 5
+) -> list[Alert]:
+    """Alerts in window order. A rule that keeps firing raises once (de-duplication) and again only
+    after `cooldown_windows` quiet windows; windows marked too small are never judged."""
+    alerts: list[Alert] = []
+    last_fired: dict[str, int] = {}
+    for row in metrics.sort_values("window").itertuples(index=False):
+        if row.too_small:
+            continue
+        for rule in rules:
+            value = getattr(row, rule.metric, math.nan)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            firing = value < rule.threshold if rule.below else value > rule.threshold
+            if not firing:
+                continue
+            previous = last_fired.get(rule.name)
+            last_fired[rule.name] = row.window
+            if previous is not None and row.window - previous <= cooldown_windows:
+                continue  # still the same episode: already raised
+            alerts.append(
+                Alert(
+                    int(row.window), rule.name, rule.metric, float(value), rule.threshold, rule.message, model_name, model_version
+                )
+            )
+    return alerts
+
+
+def write_jsonl(alerts: list[Alert], path: Path) -> Path:
+    with path.open("a") as stream:
+        for alert in alerts:
+            stream.write(json.dumps(asdict(alert)) + "\n")
+    return path
+
+
+def post_webhook(alerts: list[Alert], url: str, timeout_s: float = 10.0) -> int:
+    """POST each alert as JSON; return how many the receiver accepted (2xx). Failures are logged, not raised."""
+    accepted = 0
+    with httpx.Client(timeout=timeout_s) as client:
+        for alert in alerts:
+            try:
+                response = client.post(url, json={"source": "digitdrift", **asdict(alert)})
+                accepted += response.is_success
+                if not response.is_success:
+                    log.warning("webhook %s answered %d for %s", url, response.status_code, alert.rule)
+            except httpx.HTTPError as err:
+                log.warning("webhook %s failed for %s: %s", url, alert.rule, err)
+    return accepted
+
+
+def firing_windows(metrics: pd.DataFrame, rules: tuple[Rule, ...]) -> list[int]:
+    """Windows (big enough to judge) where any rule fires, alerted or not."""
+    firing = pd.Series(False, index=metrics.index)
+    for rule in rules:
+        values = metrics.get(rule.metric)
+        if values is not None:
+            firing |= (values < rule.threshold) if rule.below else (values > rule.threshold)
+    return [int(window) for window in metrics.loc[firing & ~metrics["too_small"].astype(bool), "window"]]

@@ -1,0 +1,124 @@
+"""The monitoring dashboard: one self-contained Plotly HTML page of every window metric over time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from monitoring.alerts import Alert
+
+PANELS = (
+    "Volume and flag rates",
+    "Confidence",
+    "Predicted-class mix",
+    "Drift tests (p-values, log scale)",
+    "Accuracy: estimated without labels",
+    "Foreign digits: estimated share",
+)
+
+
+def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, window_unit: str = "window") -> go.Figure:
+    figure = make_subplots(
+        rows=len(PANELS),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=PANELS,
+        vertical_spacing=0.04,
+        specs=[[{"secondary_y": index == 0}] for index in range(len(PANELS))],
+    )
+    x = metrics["window"]
+    figure.add_bar(x=x, y=metrics["volume"], name="volume", marker_color="#c7d3e3", row=1, col=1, secondary_y=True)
+    figure.add_scatter(x=x, y=metrics["low_confidence_rate"], name="low-confidence rate", row=1, col=1)
+    if metrics["foreign_rate"].notna().any():
+        figure.add_scatter(x=x, y=metrics["foreign_rate"], name="foreign-flag rate", row=1, col=1)
+    for column, name in (
+        ("confidence_p10", "confidence p10"),
+        ("confidence_p50", "confidence median"),
+        ("confidence_mean", "confidence mean"),
+    ):
+        figure.add_scatter(x=x, y=metrics[column], name=name, row=2, col=1)
+    for digit in range(10):
+        figure.add_scatter(
+            x=x,
+            y=metrics[f"class_{digit}_share"],
+            name=f"class {digit}",
+            stackgroup="classes",
+            mode="none",
+            row=3,
+            col=1,
+            legendgroup="classes",
+        )
+    for column, name in (
+        ("foreign_p", "foreign-flag test"),
+        ("class_mix_p", "class mix (chi-square)"),
+        ("confidence_p", "confidence (KS)"),
+        ("embedding_p", "embeddings (MMD)"),
+    ):
+        if metrics[column].notna().any():
+            figure.add_scatter(
+                x=x, y=metrics[column].clip(lower=1e-12), name=name, mode="lines+markers", marker_size=4, row=4, col=1
+            )
+    figure.update_yaxes(type="log", row=4, col=1)
+    figure.add_scatter(x=x, y=metrics["estimated_accuracy_high"], line_width=0, showlegend=False, row=5, col=1, hoverinfo="skip")
+    figure.add_scatter(
+        x=x,
+        y=metrics["estimated_accuracy_low"],
+        fill="tonexty",
+        line_width=0,
+        name="95% interval",
+        fillcolor="rgba(31,119,180,0.2)",
+        row=5,
+        col=1,
+    )
+    figure.add_scatter(x=x, y=metrics["estimated_accuracy"], name="estimated accuracy", line_color="#1f77b4", row=5, col=1)
+    if "realised_accuracy" in metrics:
+        figure.add_scatter(
+            x=x,
+            y=metrics["realised_accuracy"],
+            name="realised accuracy (sidecar)",
+            line={"color": "black", "dash": "dot"},
+            row=5,
+            col=1,
+        )
+    if metrics["estimated_foreign_share"].notna().any():
+        figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)
+    if "true_foreign_share" in metrics:
+        figure.add_scatter(
+            x=x,
+            y=metrics["true_foreign_share"],
+            name="true foreign share (sidecar)",
+            line={"color": "black", "dash": "dot"},
+            row=6,
+            col=1,
+        )
+    _mark_alerts(figure, alerts)
+    figure.update_xaxes(title_text=window_unit, row=len(PANELS), col=1)
+    figure.update_layout(title=title, height=300 * len(PANELS), template="plotly_white", hovermode="x unified")
+    return figure
+
+
+def _mark_alerts(figure: go.Figure, alerts: list[Alert]) -> None:
+    """A red dotted line on every panel at each alert's window, with the rule on hover in the first panel."""
+    for alert in alerts:
+        figure.add_vline(x=alert.window, line={"color": "red", "dash": "dot", "width": 1})
+    if alerts:
+        figure.add_scatter(
+            x=[a.window for a in alerts],
+            y=np.ones(len(alerts)),
+            mode="markers",
+            name="alerts",
+            marker={"color": "red", "symbol": "triangle-down", "size": 10},
+            text=[f"{a.rule}: {a.message}" for a in alerts],
+            hoverinfo="text",
+            row=1,
+            col=1,
+        )
+
+
+def write_dashboard(figure: go.Figure, path: Path) -> Path:
+    figure.write_html(path, include_plotlyjs=True, full_html=True)
+    return path

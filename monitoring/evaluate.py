@@ -1,0 +1,88 @@
+"""Evaluation mode: join the simulator's sidecar with the log and score the monitor itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG
+from monitoring.alerts import Alert
+
+DRIFT_ONSET_SHARE = 0.20  # detection delay counts from the first window whose true foreign share reaches this
+CLEAN_SHARE = 0.05  # windows under this true foreign share judge the label-free accuracy
+
+
+@dataclass(frozen=True)
+class JudgedRun:
+    """One simulated traffic run, monitored: its scenario, records joined with truth, windows and alerts."""
+
+    scenario: str
+    records: pd.DataFrame  # log records joined with the sidecar (source, label)
+    metrics: pd.DataFrame  # window metrics with realised_accuracy and true_foreign_share
+    alerts: list[Alert]
+
+
+def per_image_figures(records: pd.DataFrame) -> dict:
+    """AUROC of the foreign score (and of the original top-probability flag) per foreign source against MNIST."""
+    figures: dict = {}
+    mnist = records[records["source"] == "mnist"]
+    figures["mnist_images"] = len(mnist)
+    figures["mnist_foreign_flag_rate"] = float(mnist["flags"].str.contains(FOREIGN_FLAG).mean())
+    figures["mnist_low_confidence_flag_rate"] = float(mnist["flags"].str.contains(LOW_CONFIDENCE_FLAG).mean())
+    for source in sorted(set(records["source"]) - {"mnist"}):
+        foreign = records[records["source"] == source]
+        labels = np.r_[np.zeros(len(mnist)), np.ones(len(foreign))]
+        figures[f"{source}_images"] = len(foreign)
+        figures[f"auroc_{source}"] = float(roc_auc_score(labels, np.r_[mnist["foreign_score"], foreign["foreign_score"]]))
+        figures[f"auroc_{source}_top_probability_baseline"] = float(
+            roc_auc_score(labels, np.r_[-mnist["confidence"], -foreign["confidence"]])
+        )
+        figures[f"{source}_foreign_flag_rate"] = float(foreign["flags"].str.contains(FOREIGN_FLAG).mean())
+        figures[f"{source}_low_confidence_flag_rate"] = float(foreign["flags"].str.contains(LOW_CONFIDENCE_FLAG).mean())
+    return figures
+
+
+def detection_delay(metrics: pd.DataFrame, alerts: list[Alert]) -> int | None:
+    """Windows from the first window whose true foreign share reaches 20% to the first alert after foreign
+    traffic began (negative: caught earlier); None when foreign traffic never reaches 20% or no alert came."""
+    onset_rows = metrics[metrics["true_foreign_share"] >= DRIFT_ONSET_SHARE]
+    if onset_rows.empty:
+        return None
+    onset = int(onset_rows["window"].min())
+    began = int(metrics.loc[metrics["true_foreign_share"] > 0, "window"].min())
+    after = [alert.window for alert in alerts if alert.window >= began]
+    return min(after) - onset if after else None
+
+
+def accuracy_error(metrics: pd.DataFrame) -> dict:
+    """Mean absolute error, in points, of the label-free accuracy on clean and on drifted windows."""
+    error = (metrics["estimated_accuracy"] - metrics["realised_accuracy"]).abs() * 100
+    clean = metrics["true_foreign_share"] < CLEAN_SHARE
+    return {
+        "label_free_accuracy_mae_points": float(error[clean].mean()) if clean.any() else None,
+        "label_free_accuracy_mae_points_drifted": float(error[~clean].mean()) if (~clean).any() else None,
+        "clean_windows": int(clean.sum()),
+        "drifted_windows": int((~clean).sum()),
+    }
+
+
+def evaluation_figures(runs: list[JudgedRun]) -> dict:
+    """The monitor's scorecard over all runs, with keys that name each figure."""
+    figures = per_image_figures(pd.concat([run.records for run in runs], ignore_index=True))
+    delays = {}
+    for run in runs:
+        delay = detection_delay(run.metrics, run.alerts)
+        if delay is not None or (run.metrics["true_foreign_share"] >= DRIFT_ONSET_SHARE).any():
+            delays[run.scenario] = delay
+        if run.scenario == "stable" or (run.metrics["true_foreign_share"] == 0).all():
+            figures[f"false_alarms_per_100_{run.scenario}"] = 100 * len(run.alerts) / len(run.metrics)
+            figures[f"alerts_{run.scenario}"] = [alert.rule for alert in run.alerts]
+    figures["detection_delay_windows"] = delays
+    figures["detection_delay_windows_max"] = max((d for d in delays.values() if d is not None), default=None)
+    all_metrics = pd.concat([run.metrics for run in runs], ignore_index=True)
+    figures.update(accuracy_error(all_metrics))
+    figures["alerts_per_run"] = {run.scenario: [(a.window, a.rule) for a in run.alerts] for run in runs}
+    return figures

@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train promote demo test test-unit test-integration lint bench-train clean
+.PHONY: help venv data train promote demo evaluate test test-unit test-integration lint bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,14 +34,11 @@ train: data ## train the Keras CNN, log it to MLflow, register digits-cnn@challe
 promote: venv ## move digits-cnn@champion to the challenger if it clears the accuracy bar
 	$(PY) -m training promote
 
-demo: data ## the main job: data, train, register, promote; says where to look
-	@echo "==> training the Keras CNN for $(DEMO_EPOCHS) epochs (one line per epoch)"
-	$(PY) -m training keras --epochs $(DEMO_EPOCHS) --run-name demo-keras
-	@echo "==> promoting the challenger"
-	-$(PY) -m training promote
-	@echo "==> done. Review the run and the registered model in the MLflow UI:"
-	@echo "    $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.digitdrift/mlflow.db"
-	@echo "    then open http://127.0.0.1:5000 (experiment 'digitdrift', run 'demo-keras', model 'digits-cnn')"
+demo: data ## the main job: train (or reuse the champion), serve, simulate, monitor, evaluate; says where to look
+	scripts/demo.sh $(DEMO_EPOCHS) 200
+
+evaluate: data ## the monitor's scorecard at 200 requests per window, into bench/results/
+	scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
 
 test: venv ## run the whole test suite (unit and integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -53,6 +53,10 @@ LOGGED_METRICS = (
 )
 
 
+REPORT_SAMPLE = 20_000  # records of the drifted windows in the Evidently report
+GALLERY_WINDOWS = 12  # flagged windows in the gallery: those with the most low-confidence predictions
+
+
 class MonitoringError(RuntimeError):
     """A log or reference that cannot be monitored; the message says what and how to fix it."""
 
@@ -175,11 +179,13 @@ def monitor(
         write_dashboard(dashboard_figure(metrics, alerts, title), out_dir / "dashboard.html"),
     ]
     flagged = firing_windows(metrics, rules)
-    report_windows = drifted_windows(metrics, flagged)
-    current = frame[frame["window"].isin(report_windows)]
+    current = frame[frame["window"].isin(drifted_windows(metrics, flagged))]
+    if len(current) > REPORT_SAMPLE:  # Evidently's cost grows with rows; a sample shows the same drift
+        current = current.sample(REPORT_SAMPLE, random_state=0)
     outputs.append(evidently_report(model.reference, current, out_dir / "evidently_report.html"))
+    most_foreign = metrics[metrics["window"].isin(flagged)].nlargest(GALLERY_WINDOWS, "low_confidence_rate")["window"]
     gallery = gallery_png(
-        least_confident(frame, flagged, gallery_per_window),
+        least_confident(frame, sorted(most_foreign), gallery_per_window),
         f"{label}: least confident inputs of flagged windows",
         out_dir / "gallery.png",
         gallery_per_window,

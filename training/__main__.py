@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     keras_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled images only")
     keras_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
     keras_cmd.add_argument("--run-name", default=None)
+    keras_cmd.add_argument("--skip-if-champion", action="store_true", help="do nothing when the model already has a @champion")
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
     promote_cmd.add_argument("--model-name", default=MODEL_NAME)
@@ -61,6 +62,14 @@ def _reference(args: argparse.Namespace, settings) -> int:
 
 
 def _train_keras(args: argparse.Namespace, settings) -> int:
+    if args.skip_if_champion:
+        from training.registry import champion_version
+        from training.tracking import use_tracking
+
+        use_tracking(settings)
+        if version := champion_version(MODEL_NAME):
+            print(f"reusing {MODEL_NAME} version {version}, the @champion (train anyway without --skip-if-champion)")
+            return 0
     from training.keras_job import KerasJobConfig, run_keras_job  # TensorFlow loads only for this command
 
     config = KerasJobConfig(

@@ -37,6 +37,13 @@ def decide_promotion(version: str, accuracy: float | None, threshold: float, cha
     )
 
 
+def champion_version(model_name: str) -> str | None:
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(model_name, CHAMPION_ALIAS).version)
+    except MlflowException:
+        return None
+
+
 def promote(model_name: str, threshold: float) -> PromotionDecision:
     """Read the challenger's accuracy from its run and move the champion alias if it qualifies."""
     client = mlflow.MlflowClient()
@@ -44,10 +51,7 @@ def promote(model_name: str, threshold: float) -> PromotionDecision:
         challenger = client.get_model_version_by_alias(model_name, CHALLENGER_ALIAS)
     except MlflowException:
         return PromotionDecision(False, None, f"model {model_name!r} has no @{CHALLENGER_ALIAS}: train one first")
-    try:
-        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS).version
-    except MlflowException:
-        champion = None
+    champion = champion_version(model_name)
     accuracy = client.get_run(challenger.run_id).data.metrics.get(ACCURACY_METRIC)
     decision = decide_promotion(str(challenger.version), accuracy, threshold, champion)
     if decision.promoted:

@@ -1,0 +1,125 @@
+"""Monitoring speed on a big log: python -m bench.monitoring --source-log LOG [--records 1000000] [--windows 365].
+
+The big log is made of real records of `--source-log` (a log the server or score.py wrote),
+resampled with new request ids across `--windows` windows, written as SQLite and as Parquet.
+Each stage of a monitoring run is timed; the MLflow run goes to a scratch SQLite store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from bench.machine import describe_machine
+from common.records import PredictionRecord
+from monitoring.job import ModelRef, for_version, judge, monitor, read_log, resolve_model
+from monitoring.metrics import DEFAULT_CONFIG
+from serving.prediction_log import PredictionLog, export_parquet
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build_big_log(source: pd.DataFrame, records: int, windows: int, path: Path, seed: int = 0) -> None:
+    """`records` rows resampled from `source`, spread evenly over `windows` windows, in one SQLite log."""
+    rng = np.random.default_rng(seed)
+    picks = source.iloc[rng.integers(0, len(source), records)].reset_index(drop=True)
+    picks["window"] = np.arange(records) * windows // records
+    picks["request_id"] = [f"big-{index}" for index in range(records)]
+    picks["image_index"] = 0
+    prediction_log = PredictionLog(path, synchronous="NORMAL")
+    columns = list(picks.columns)
+    chunk = 50_000
+    for start in range(0, records, chunk):
+        rows = picks.iloc[start : start + chunk]
+        prediction_log.write([_record(dict(zip(columns, values))) for values in rows.itertuples(index=False)])
+    prediction_log.close()
+
+
+def _record(row: dict) -> PredictionRecord:
+    image = row["image"] if isinstance(row["image"], bytes) else None
+    projection = tuple(row[f"emb_{i}"] for i in range(8)) if pd.notna(row["emb_0"]) else None
+    return PredictionRecord(
+        row["request_id"],
+        row["image_index"],
+        row["model_name"],
+        str(row["model_version"]),
+        row["timestamp"],
+        int(row["window"]),
+        int(row["predicted"]),
+        tuple(row[f"prob_{d}"] for d in range(10)),
+        row["confidence"],
+        tuple(flag for flag in str(row["flags"]).split(",") if flag),
+        row["fingerprint"],
+        row["foreign_score"],
+        projection,
+        image,
+    )
+
+
+def timed(stage: dict, name: str, action):
+    started = time.perf_counter()
+    result = action()
+    stage[name] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def run(source_log: Path, model: ModelRef, records: int, windows: int) -> dict:
+    figures: dict = {"records": records, "windows": windows}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        source = read_log(source_log)
+        timed(figures, "build_log_seconds", lambda: build_big_log(source, records, windows, folder / "big.db"))
+        timed(figures, "export_parquet_seconds", lambda: export_parquet(folder / "big.db", folder / "big.parquet"))
+        for kind, path in (("sqlite", folder / "big.db"), ("parquet", folder / "big.parquet")):
+            stages: dict = {}
+            frame = timed(stages, "read_seconds", lambda path=path: for_version(read_log(path), model, path))
+            timed(stages, "window_metrics_and_alerts_seconds", lambda frame=frame: judge(frame, model, DEFAULT_CONFIG))
+            mlflow.set_tracking_uri(f"sqlite:///{folder / f'mlflow-{kind}.db'}")
+            timed(
+                stages,
+                "full_monitoring_run_seconds",
+                lambda frame=frame, kind=kind: monitor(frame, model, folder / f"out-{kind}", f"bench-{kind}"),
+            )
+            stages["total_seconds"] = round(stages["read_seconds"] + stages["full_monitoring_run_seconds"], 2)
+            figures[kind] = stages
+    figures["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--source-log", type=Path, required=True)
+    parser.add_argument("--model", default="models:/digits-cnn@champion")
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--windows", type=int, default=365)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from common.settings import load_settings
+
+    mlflow.set_tracking_uri(load_settings().tracking_uri)
+    model = resolve_model(args.model, None, None, "digits-cnn")
+    figures = run(args.source_log, model, args.records, args.windows)
+    result = {
+        "benchmark": "monitoring a big prediction log (real records resampled), each stage timed",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": describe_machine(("pandas", "numpy", "scipy", "mlflow", "evidently", "plotly")),
+        "model": args.model,
+        **figures,
+        "command": f"python -m bench.monitoring --source-log LOG --records {args.records} --windows {args.windows}",
+    }
+    (RESULTS / "monitoring_1m.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

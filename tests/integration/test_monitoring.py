@@ -1,0 +1,151 @@
+"""Monitoring a real prediction log: alerts to a real webhook, the MLflow run, bad input, the dashboard in Chromium."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import mlflow
+import pytest
+import yaml
+
+from common.settings import PROJECT_ROOT
+from serving.prediction_log import PredictionLog
+
+pytestmark = pytest.mark.slow
+
+SCENARIO = {
+    "name": "devanagari-day-4", "windows": 8, "requests_per_window": 60, "seed": 3, "mode": "mix",
+    "sources": {"mnist": {"weight": {"constant": 1.0}}, "devanagari": {"weight": {"step": {"at": 4, "after": 1.0}}}},
+}
+
+
+def cli(module, args, env, timeout=300):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def traffic(champion, shared_data, tmp_path_factory):
+    """Real traffic through score.py in-process: MNIST, then half Devanagari from window 4."""
+    home = tmp_path_factory.mktemp("monitoring")
+    (home / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
+    env = {"DIGITDRIFT_DATA": str(shared_data), "DIGITDRIFT_HOME": str(home), "MLFLOW_TRACKING_URI": champion.tracking_uri}
+    run = cli("simulation", ["run", "--scenario", str(home / "scenario.yaml"), "--url", "inprocess", "--model", champion.uri,
+                             "--prediction-log", str(home / "log.db"), "--run-dir", str(home / "run"), "--no-mlflow"], env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return home, env
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (the http.server API)
+        Receiver.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def webhook():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", Receiver.received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monitored(traffic, champion, tmp_path_factory):
+    home, env = traffic
+    out = home / "out"
+    return home, env, out
+
+
+def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, champion):
+    home, env, out = monitored
+    url, received = webhook
+    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--model", champion.uri, "--truth",
+                             str(home / "run" / "ground_truth.db"), "--out", str(out), "--webhook", url, "--label", "test"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+    foreign = [alert for alert in alerts if alert["rule"] == "foreign_digits"]
+    assert foreign and foreign[0]["window"] == 4, alerts
+    assert not [alert for alert in alerts if alert["window"] < 4], "no alert before the Devanagari digits arrive"
+    assert [(a["window"], a["rule"]) for a in received] == [(a["window"], a["rule"]) for a in alerts]
+    assert received[0]["source"] == "digitdrift" and received[0]["model_version"] == champion.version
+
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    found = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`digitdrift.job` = 'monitor'",
+                               output_format="list")
+    assert len(found) == 1
+    monitoring_run = found[0]
+    assert monitoring_run.data.tags["model_version"] == champion.version
+    assert monitoring_run.data.tags["model_alias"] == "champion"
+    history = mlflow.MlflowClient().get_metric_history(monitoring_run.info.run_id, "estimated_foreign_share")
+    assert sorted(point.step for point in history) == list(range(8))
+    assert max(point.value for point in history if point.step >= 4) > 0.3 > max(p.value for p in history if p.step < 4)
+    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(monitoring_run.info.run_id)}
+    assert {"dashboard.html", "evidently_report.html", "gallery.png", "alerts.jsonl", "window_metrics.csv"} <= artifacts
+
+
+def test_the_dashboard_draws_in_headless_chromium(monitored, tmp_path):
+    _, _, out = monitored
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is needed for this test (.ci/run installs Debian's chromium)"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", (out / "dashboard.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    dom = result.stdout
+    assert dom.count('class="main-svg"') >= 2, result.stderr[-2000:]  # Plotly drew its SVG layers
+    assert dom.count('class="trace scatter') >= 10  # the lines of the panels
+    for title in ("Drift tests (p-values, log scale)", "Accuracy: estimated without labels", "Foreign digits: estimated share"):
+        assert title in dom
+
+
+def test_an_existing_output_folder_is_never_overwritten(monitored, champion):
+    home, env, out = monitored
+    before = (out / "alerts.jsonl").read_text()
+    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--model", champion.uri, "--out", str(out)], env)
+    assert run.returncode == 2 and "already exists; monitoring never overwrites" in run.stderr
+    assert (out / "alerts.jsonl").read_text() == before
+
+
+def test_an_empty_log_is_named(traffic, champion, tmp_path):
+    _, env = traffic
+    PredictionLog(tmp_path / "empty.db").close()
+    run = cli("monitoring", ["run", "--log", str(tmp_path / "empty.db"), "--model", champion.uri, "--no-mlflow"], env)
+    assert run.returncode == 2 and "the prediction log is empty" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_log_from_another_model_version_is_named(traffic, champion, tmp_path):
+    home, env = traffic
+    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--reference", str(tmp_path / "x.npz"),
+                             "--model-version", "77", "--no-mlflow"], env)
+    assert run.returncode == 2 and "no monitoring reference here" in run.stderr
+    shutil.copy(mlflow.artifacts.download_artifacts(run_id=mlflow.MlflowClient(champion.tracking_uri)
+                                                    .get_model_version_by_alias("digits-cnn", "champion").run_id,
+                                                    artifact_path="reference/reference.npz", tracking_uri=champion.tracking_uri),
+                tmp_path / "reference.npz")
+    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--reference", str(tmp_path / "reference.npz"),
+                             "--model-version", "77", "--no-mlflow"], env)
+    assert run.returncode == 2 and f"no records of digits-cnn version 77 (the log holds versions {champion.version})" in run.stderr
+
+
+def test_windows_with_too_few_records_are_shown_but_not_judged(traffic, champion, tmp_path):
+    home, env = traffic
+    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--model", champion.uri, "--min-window-size", "100",
+                             "--out", str(tmp_path / "out"), "--no-mlflow"], env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "8 windows, 480 records, 0 alerts" in run.stdout
+    assert (tmp_path / "out" / "alerts.jsonl").read_text() == ""

@@ -1,0 +1,129 @@
+"""Monitoring's pure parts: the reference and foreign score, MMD, window metrics, alert rules, the scorecard."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.records import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, PROJECTION_COLUMNS
+from common.reference import fit_reference, foreign_scores, load_reference, project, save_reference
+from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows
+from monitoring.evaluate import accuracy_error, detection_delay
+from monitoring.metrics import MonitorConfig, mmd_permutation_test, window_metrics
+
+
+def synthetic_digits(count, seed, thickness=1):
+    """Bars of ink at random places: a stand-in population of 'digits' with a stroke thickness."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    for image in images:
+        row, column = rng.integers(6, 20, 2)
+        image[row - 5 : row + 5, column : column + thickness] = 255
+        image[row, column - 3 : column + 3] = 200
+    labels = rng.integers(0, 10, count)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def reference():
+    images, labels = synthetic_digits(1000, 0, thickness=3)
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(1000, 16)) + labels[:, None] * 0.5
+    logits = rng.normal(size=(1000, 10))
+    logits[np.arange(1000), labels] += 6
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return fit_reference(images, labels, probabilities, embeddings, seed=0)
+
+
+def test_the_threshold_flags_about_one_percent_of_held_out_digits(reference):
+    images, labels = synthetic_digits(2000, 5, thickness=3)
+    embeddings = np.random.default_rng(6).normal(size=(2000, 16)) + labels[:, None] * 0.5
+    rate = (foreign_scores(reference, images, embeddings) > reference.threshold).mean()
+    assert rate < 0.04
+
+
+def test_digits_drawn_differently_score_as_foreign(reference):
+    thin, labels = synthetic_digits(300, 7, thickness=1)
+    same, _ = synthetic_digits(300, 8, thickness=3)
+    embeddings = np.random.default_rng(9).normal(size=(300, 16)) + labels[:, None] * 0.5
+    assert np.median(foreign_scores(reference, thin, embeddings)) > np.median(foreign_scores(reference, same, embeddings))
+    assert (foreign_scores(reference, thin, embeddings) > reference.threshold).mean() > 0.5
+
+
+def test_reference_round_trips_and_a_wrong_file_is_named(reference, tmp_path):
+    loaded = load_reference(save_reference(reference, tmp_path / "reference.npz"))
+    assert loaded.threshold == reference.threshold and loaded.has_embeddings
+    assert project(loaded, np.zeros((2, 16))).shape == (2, 8)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a digitdrift reference"):
+        load_reference(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="no monitoring reference here"):
+        load_reference(tmp_path / "missing.npz")
+
+
+def test_mmd_finds_a_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 8))
+    _, same_p = mmd_permutation_test(rng.normal(size=(100, 8)), reference, 200, rng)
+    _, shifted_p = mmd_permutation_test(rng.normal(size=(100, 8)) + 0.8, reference, 200, rng)
+    assert same_p > 0.01 and shifted_p == pytest.approx(1 / 201)
+
+
+def log_frame(reference, windows, per_window, foreign_from=None, seed=0):
+    """A prediction log in the record columns, with thin 'foreign' digits from window `foreign_from` on."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for window in range(windows):
+        thickness = 1 if foreign_from is not None and window >= foreign_from else 3
+        images, labels = synthetic_digits(per_window, seed + window, thickness)
+        embeddings = rng.normal(size=(per_window, 16)) + labels[:, None] * 0.5
+        scores = foreign_scores(reference, images, embeddings)
+        projection = project(reference, embeddings)
+        logits = rng.normal(size=(per_window, 10))
+        logits[np.arange(per_window), labels] += 6
+        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        for index in range(per_window):
+            flags = ",".join(f for f, on in (("low_confidence", probabilities[index].max() < 0.9),
+                                             ("foreign", scores[index] > reference.threshold)) if on)
+            rows.append({"request_id": f"w{window}-{index}", "image_index": 0, "model_name": "digits-cnn",
+                         "model_version": "1", "timestamp": "", "window": window, "predicted": int(probabilities[index].argmax()),
+                         **dict(zip(PROBABILITY_COLUMNS, probabilities[index])), "confidence": probabilities[index].max(),
+                         "flags": flags, "fingerprint": "", "foreign_score": scores[index],
+                         **dict(zip(PROJECTION_COLUMNS, projection[index])), "image": None})
+    return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+
+
+def test_window_metrics_judge_windows_and_skip_tests_on_small_ones(reference):
+    frame = log_frame(reference, 4, 80, foreign_from=2)
+    frame = frame[~((frame["window"] == 3) & (frame.index % 80 >= 20))]  # window 3 keeps 20 records
+    metrics = window_metrics(frame, reference, MonitorConfig(min_window_size=50, mmd_permutations=100))
+    assert list(metrics["volume"]) == [80, 80, 80, 20]
+    assert np.allclose(metrics[[f"class_{d}_share" for d in range(10)]].sum(axis=1), 1)
+    assert metrics.loc[3, "too_small"] and np.isnan(metrics.loc[3, "foreign_p"])
+    assert metrics.loc[2, "foreign_p"] < 1e-6 < metrics.loc[0, "foreign_p"]
+    assert metrics.loc[2, "estimated_foreign_share"] > 0.5 > metrics.loc[0, "estimated_foreign_share"]
+    assert (metrics["estimated_accuracy_low"] <= metrics["estimated_accuracy"]).all()
+
+
+def test_rules_deduplicate_cool_down_and_skip_small_windows():
+    metrics = pd.DataFrame({"window": range(12), "too_small": [False] * 11 + [True],
+                            "foreign_p": [0.5, 1e-6, 1e-6, 1e-6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1e-6, 1e-9]})
+    rule = Rule("foreign_digits", "foreign_p", 1e-4, True, "m")
+    alerts = evaluate_rules(metrics, (rule,), "digits-cnn", "1", cooldown_windows=5)
+    assert [alert.window for alert in alerts] == [1, 10]  # once for 1-3, again after 6 quiet windows; 11 too small
+    assert firing_windows(metrics, (rule,)) == [1, 2, 3, 10]
+
+
+def test_detection_delay_counts_from_the_twenty_percent_window():
+    metrics = pd.DataFrame({"window": range(10), "true_foreign_share": [0, 0, 0.05, 0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3]})
+    alert = Alert(5, "foreign_digits", "foreign_p", 1e-9, 1e-4, "m", "digits-cnn", "1")
+    early = Alert(0, "confidence_drift", "confidence_p", 1e-9, 1e-4, "m", "digits-cnn", "1")
+    assert detection_delay(metrics, [early, alert]) == 1  # the alert before foreign traffic began does not count
+    assert detection_delay(metrics, []) is None
+
+
+def test_accuracy_error_splits_clean_and_drifted_windows():
+    metrics = pd.DataFrame({"estimated_accuracy": [0.99, 0.98, 0.9], "realised_accuracy": [0.98, 0.98, 0.6],
+                            "true_foreign_share": [0.0, 0.02, 0.4]})
+    errors = accuracy_error(metrics)
+    assert errors["label_free_accuracy_mae_points"] == pytest.approx(0.5)
+    assert errors["label_free_accuracy_mae_points_drifted"] == pytest.approx(30)

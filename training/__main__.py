@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     keras_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled images only")
     keras_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
     keras_cmd.add_argument("--run-name", default=None)
+    keras_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
     keras_cmd.add_argument("--skip-if-champion", action="store_true", help="do nothing when the model already has a @champion")
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
@@ -82,6 +83,7 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
         augment=args.augment,
         train_limit=args.train_limit,
         foreign_limit_per_class=args.foreign_limit_per_class,
+        model_output=args.model_output,
         run_name=args.run_name,
     )
     try:

@@ -29,7 +29,7 @@ from common.settings import (
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import build_cnn, compile_cnn
 from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
-from training.tracking import log_files, log_keras_model, use_tracking
+from training.tracking import log_files, log_keras_model, save_keras_model, use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class KerasJobConfig:
     low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
     model_name: str = MODEL_NAME
     run_name: str | None = None
+    model_output: str | None = None  # also save the MLflow model folder (and reference.npz) here
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,16 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
             if name == "mnist_test":
                 test_probabilities = probabilities
         _log_review_artifacts(evaluation_sets["mnist_test"], test_probabilities)
-        log_reference(fit_model_reference(model, validation, config.seed), run.info.run_id)
+        reference = fit_model_reference(model, validation, config.seed)
+        log_reference(reference, run.info.run_id)
 
         example = to_model_input(evaluation_sets["mnist_test"].images[:2])
         signature = infer_signature(example, model.predict(example, verbose=0))
         requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
         info = log_keras_model(model, signature, example, config.model_name, requirements)
+        if config.model_output:  # e.g. an Azure ML job's mlflow_model output, registered from there
+            save_keras_model(Path(config.model_output), model, signature, example, requirements)
+            save_reference(reference, Path(config.model_output) / REFERENCE_FILE)
         model_version = str(info.registered_model_version) if info.registered_model_version else None
         if model_version:
             mlflow.MlflowClient().set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, model_version)

@@ -54,6 +54,16 @@ def log_keras_model(model, signature, input_example, registered_model_name: str 
     )
 
 
+def save_keras_model(folder: Path, model, signature, input_example, pip_requirements: list[str]) -> Path:
+    """The same MLflow model folder as log_keras_model logs, written to `folder` (new, or empty)."""
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: not empty; the model folder is written only into an empty or new folder")
+    KERAS_FLAVOR.save_model(
+        path=str(folder), model=model, signature=signature, input_example=input_example, pip_requirements=pip_requirements
+    )
+    return folder
+
+
 def log_files(paths: list[Path], artifact_path: str | None = None) -> None:
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path)

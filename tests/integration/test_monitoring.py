@@ -18,14 +18,24 @@ from serving.prediction_log import PredictionLog
 pytestmark = pytest.mark.slow
 
 SCENARIO = {
-    "name": "devanagari-day-4", "windows": 8, "requests_per_window": 60, "seed": 3, "mode": "mix",
+    "name": "devanagari-day-4",
+    "windows": 8,
+    "requests_per_window": 60,
+    "seed": 3,
+    "mode": "mix",
     "sources": {"mnist": {"weight": {"constant": 1.0}}, "devanagari": {"weight": {"step": {"at": 4, "after": 1.0}}}},
 }
 
 
 def cli(module, args, env, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,24 @@ def traffic(champion, shared_data, tmp_path_factory):
     home = tmp_path_factory.mktemp("monitoring")
     (home / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
     env = {"DIGITDRIFT_DATA": str(shared_data), "DIGITDRIFT_HOME": str(home), "MLFLOW_TRACKING_URI": champion.tracking_uri}
-    run = cli("simulation", ["run", "--scenario", str(home / "scenario.yaml"), "--url", "inprocess", "--model", champion.uri,
-                             "--prediction-log", str(home / "log.db"), "--run-dir", str(home / "run"), "--no-mlflow"], env)
+    run = cli(
+        "simulation",
+        [
+            "run",
+            "--scenario",
+            str(home / "scenario.yaml"),
+            "--url",
+            "inprocess",
+            "--model",
+            champion.uri,
+            "--prediction-log",
+            str(home / "log.db"),
+            "--run-dir",
+            str(home / "run"),
+            "--no-mlflow",
+        ],
+        env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return home, env
 
@@ -72,8 +98,25 @@ def monitored(traffic, champion, tmp_path_factory):
 def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, champion):
     home, env, out = monitored
     url, received = webhook
-    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--model", champion.uri, "--truth",
-                             str(home / "run" / "ground_truth.db"), "--out", str(out), "--webhook", url, "--label", "test"], env)
+    run = cli(
+        "monitoring",
+        [
+            "run",
+            "--log",
+            str(home / "log.db"),
+            "--model",
+            champion.uri,
+            "--truth",
+            str(home / "run" / "ground_truth.db"),
+            "--out",
+            str(out),
+            "--webhook",
+            url,
+            "--label",
+            "test",
+        ],
+        env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
     foreign = [alert for alert in alerts if alert["rule"] == "foreign_digits"]
@@ -83,8 +126,9 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
     assert received[0]["source"] == "digitdrift" and received[0]["model_version"] == champion.version
 
     mlflow.set_tracking_uri(champion.tracking_uri)
-    found = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`digitdrift.job` = 'monitor'",
-                               output_format="list")
+    found = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`digitdrift.job` = 'monitor'", output_format="list"
+    )
     assert len(found) == 1
     monitoring_run = found[0]
     assert monitoring_run.data.tags["model_version"] == champion.version
@@ -101,10 +145,23 @@ def test_the_dashboard_draws_in_headless_chromium(monitored, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is needed for this test (.ci/run installs Debian's chromium)"
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=10000", "--dump-dom", (out / "dashboard.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            (out / "dashboard.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     dom = result.stdout
     assert dom.count('class="main-svg"') >= 2, result.stderr[-2000:]  # Plotly drew its SVG layers
@@ -130,22 +187,57 @@ def test_an_empty_log_is_named(traffic, champion, tmp_path):
 
 def test_a_log_from_another_model_version_is_named(traffic, champion, tmp_path):
     home, env = traffic
-    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--reference", str(tmp_path / "x.npz"),
-                             "--model-version", "77", "--no-mlflow"], env)
+    run = cli(
+        "monitoring",
+        ["run", "--log", str(home / "log.db"), "--reference", str(tmp_path / "x.npz"), "--model-version", "77", "--no-mlflow"],
+        env,
+    )
     assert run.returncode == 2 and "no monitoring reference here" in run.stderr
-    shutil.copy(mlflow.artifacts.download_artifacts(run_id=mlflow.MlflowClient(champion.tracking_uri)
-                                                    .get_model_version_by_alias("digits-cnn", "champion").run_id,
-                                                    artifact_path="reference/reference.npz", tracking_uri=champion.tracking_uri),
-                tmp_path / "reference.npz")
-    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--reference", str(tmp_path / "reference.npz"),
-                             "--model-version", "77", "--no-mlflow"], env)
-    assert run.returncode == 2 and f"no records of digits-cnn version 77 (the log holds versions {champion.version})" in run.stderr
+    shutil.copy(
+        mlflow.artifacts.download_artifacts(
+            run_id=mlflow.MlflowClient(champion.tracking_uri).get_model_version_by_alias("digits-cnn", "champion").run_id,
+            artifact_path="reference/reference.npz",
+            tracking_uri=champion.tracking_uri,
+        ),
+        tmp_path / "reference.npz",
+    )
+    run = cli(
+        "monitoring",
+        [
+            "run",
+            "--log",
+            str(home / "log.db"),
+            "--reference",
+            str(tmp_path / "reference.npz"),
+            "--model-version",
+            "77",
+            "--no-mlflow",
+        ],
+        env,
+    )
+    assert (
+        run.returncode == 2 and f"no records of digits-cnn version 77 (the log holds versions {champion.version})" in run.stderr
+    )
 
 
 def test_windows_with_too_few_records_are_shown_but_not_judged(traffic, champion, tmp_path):
     home, env = traffic
-    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--model", champion.uri, "--min-window-size", "100",
-                             "--out", str(tmp_path / "out"), "--no-mlflow"], env)
+    run = cli(
+        "monitoring",
+        [
+            "run",
+            "--log",
+            str(home / "log.db"),
+            "--model",
+            champion.uri,
+            "--min-window-size",
+            "100",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-mlflow",
+        ],
+        env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "8 windows, 480 records, 0 alerts" in run.stdout
     assert (tmp_path / "out" / "alerts.jsonl").read_text() == ""

@@ -82,13 +82,32 @@ def log_frame(reference, windows, per_window, foreign_from=None, seed=0):
         logits[np.arange(per_window), labels] += 6
         probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         for index in range(per_window):
-            flags = ",".join(f for f, on in (("low_confidence", probabilities[index].max() < 0.9),
-                                             ("foreign", scores[index] > reference.threshold)) if on)
-            rows.append({"request_id": f"w{window}-{index}", "image_index": 0, "model_name": "digits-cnn",
-                         "model_version": "1", "timestamp": "", "window": window, "predicted": int(probabilities[index].argmax()),
-                         **dict(zip(PROBABILITY_COLUMNS, probabilities[index])), "confidence": probabilities[index].max(),
-                         "flags": flags, "fingerprint": "", "foreign_score": scores[index],
-                         **dict(zip(PROJECTION_COLUMNS, projection[index])), "image": None})
+            flags = ",".join(
+                f
+                for f, on in (
+                    ("low_confidence", probabilities[index].max() < 0.9),
+                    ("foreign", scores[index] > reference.threshold),
+                )
+                if on
+            )
+            rows.append(
+                {
+                    "request_id": f"w{window}-{index}",
+                    "image_index": 0,
+                    "model_name": "digits-cnn",
+                    "model_version": "1",
+                    "timestamp": "",
+                    "window": window,
+                    "predicted": int(probabilities[index].argmax()),
+                    **dict(zip(PROBABILITY_COLUMNS, probabilities[index])),
+                    "confidence": probabilities[index].max(),
+                    "flags": flags,
+                    "fingerprint": "",
+                    "foreign_score": scores[index],
+                    **dict(zip(PROJECTION_COLUMNS, projection[index])),
+                    "image": None,
+                }
+            )
     return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
 
 
@@ -105,8 +124,13 @@ def test_window_metrics_judge_windows_and_skip_tests_on_small_ones(reference):
 
 
 def test_rules_deduplicate_cool_down_and_skip_small_windows():
-    metrics = pd.DataFrame({"window": range(12), "too_small": [False] * 11 + [True],
-                            "foreign_p": [0.5, 1e-6, 1e-6, 1e-6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1e-6, 1e-9]})
+    metrics = pd.DataFrame(
+        {
+            "window": range(12),
+            "too_small": [False] * 11 + [True],
+            "foreign_p": [0.5, 1e-6, 1e-6, 1e-6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1e-6, 1e-9],
+        }
+    )
     rule = Rule("foreign_digits", "foreign_p", 1e-4, True, "m")
     alerts = evaluate_rules(metrics, (rule,), "digits-cnn", "1", cooldown_windows=5)
     assert [alert.window for alert in alerts] == [1, 10]  # once for 1-3, again after 6 quiet windows; 11 too small
@@ -122,8 +146,9 @@ def test_detection_delay_counts_from_the_twenty_percent_window():
 
 
 def test_accuracy_error_splits_clean_and_drifted_windows():
-    metrics = pd.DataFrame({"estimated_accuracy": [0.99, 0.98, 0.9], "realised_accuracy": [0.98, 0.98, 0.6],
-                            "true_foreign_share": [0.0, 0.02, 0.4]})
+    metrics = pd.DataFrame(
+        {"estimated_accuracy": [0.99, 0.98, 0.9], "realised_accuracy": [0.98, 0.98, 0.6], "true_foreign_share": [0.0, 0.02, 0.4]}
+    )
     errors = accuracy_error(metrics)
     assert errors["label_free_accuracy_mae_points"] == pytest.approx(0.5)
     assert errors["label_free_accuracy_mae_points_drifted"] == pytest.approx(30)

@@ -23,6 +23,7 @@ class Rule:
     threshold: float
     below: bool  # True: fire when metric < threshold (p-values); False: when metric > threshold
     message: str
+    consecutive: int = 1  # windows in a row the condition must hold before the rule fires
 
 
 # p-value thresholds are tiny because every window runs several tests; the foreign test's null
@@ -31,7 +32,9 @@ DEFAULT_RULES = (
     Rule("foreign_digits", "foreign_p", 1e-4, True, "more images flagged foreign than the reference's 1% allows"),
     Rule("class_mix_drift", "class_mix_p", 1e-4, True, "the predicted-class mix departs from the reference"),
     Rule("confidence_drift", "confidence_p", 1e-4, True, "the confidence distribution departs from the reference"),
-    Rule("embedding_drift", "embedding_p", 0.0025, True, "the inputs' embeddings depart from the reference (MMD)"),
+    # A permutation p-value cannot go under 1/(permutations + 1) = 0.0025, so one window alone would
+    # fire by chance once in 400: two windows in a row are required.
+    Rule("embedding_drift", "embedding_p", 0.0025, True, "the inputs' embeddings depart from the reference (MMD)", 2),
 )
 
 
@@ -66,6 +69,7 @@ def evaluate_rules(
     after `cooldown_windows` quiet windows; windows marked too small are never judged."""
     alerts: list[Alert] = []
     last_fired: dict[str, int] = {}
+    streak: dict[str, int] = {}
     for row in metrics.sort_values("window").itertuples(index=False):
         if row.too_small:
             continue
@@ -74,7 +78,8 @@ def evaluate_rules(
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             firing = value < rule.threshold if rule.below else value > rule.threshold
-            if not firing:
+            streak[rule.name] = streak.get(rule.name, 0) + 1 if firing else 0
+            if streak[rule.name] < rule.consecutive:
                 continue
             previous = last_fired.get(rule.name)
             last_fired[rule.name] = row.window

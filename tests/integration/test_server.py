@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -158,6 +159,32 @@ class FailingModel(mlflow.pyfunc.PythonModel):
         if (batch == 255).all(axis=1).any():
             raise RuntimeError("all-white image")
         return np.full((len(batch), 10), 0.1)
+
+
+class SlowModel(mlflow.pyfunc.PythonModel):
+    """A real pyfunc model that takes 3 s on all-black images, to see the scoring timeout."""
+
+    def predict(self, context, model_input, params=None):
+        import time
+
+        batch = np.asarray(model_input)
+        if (batch == 0).all(axis=1).any():
+            time.sleep(3)
+        return np.full((len(batch), 10), 0.1)
+
+
+def test_a_scoring_timeout_is_a_504_and_the_server_keeps_serving(tmp_path):
+    model_dir = tmp_path / "slow-model"
+    mlflow.pyfunc.save_model(model_dir, python_model=SlowModel())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = serving_command(str(model_dir), port, "--prediction-log", "none", "--timeout-s", "1")
+    with running(command, f"{url}/ready", {}, tmp_path / "server.log"):
+        slow = raw_post(url + "/score", json.dumps({"data": [[0] * 784]}).encode())
+        assert slow.status_code == 504 and "longer than 1.0 s" in slow.json()["error"]
+        time.sleep(2.5)  # the timed-out call still holds the one scoring thread until it returns
+        ok = raw_post(url + "/score", json.dumps({"data": [GOOD]}).encode())
+        assert ok.status_code == 200
 
 
 def test_a_failure_inside_the_model_is_a_5xx_and_the_server_keeps_serving(tmp_path):

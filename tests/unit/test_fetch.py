@@ -63,3 +63,23 @@ def test_fetch_all_copies_the_foreign_layouts(shared_data, tmp_path):
     cache = fetch_all(tmp_path / "cache", str(shared_data))
     assert len(list((cache / "devanagari" / "Test" / "digit_3").glob("*.png"))) == 240
     assert len(list((cache / "japanese" / "07").glob("*.png"))) == len(list((shared_data / "japanese" / "07").glob("*.png")))
+
+
+def test_fetch_from_a_url_mirror_over_loopback(shared_data, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(shared_data)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fetch_mnist(tmp_path / "mnist", f"http://127.0.0.1:{server.server_address[1]}/")
+        with pytest.raises(DatasetError, match=r"could not fetch mnist/train-images-idx3-ubyte.gz: .*404"):
+            fetch_mnist(tmp_path / "other", f"http://127.0.0.1:{server.server_address[1]}/nowhere")
+    finally:
+        server.shutdown()
+    assert len(load_mnist(tmp_path / "mnist", "test")) == 10000

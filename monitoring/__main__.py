@@ -102,20 +102,22 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
         result = monitor(
             frame[frame["request_id"].isin(truth["request_id"])],
             model,
-            settings.state_dir / "monitoring" / f"evaluate-{scenario}-{stamp}",
-            scenario,
+            settings.state_dir / "monitoring" / f"evaluate-{run_dir.name}-{stamp}",
+            run_dir.name,
             config,
             truth,
             track=args.track,
         )
-        print(f"{scenario}:")
+        print(f"{run_dir.name} ({scenario}):")
         _report(result)
-        judged.append(JudgedRun(scenario, records, result.metrics, result.alerts))
+        judged.append(JudgedRun(scenario, run_dir.name, records, result.metrics, result.alerts))
     figures = {
         "benchmark": "monitor scorecard on simulated traffic with ground truth",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": f"{model.name} v{model.version}",
-        "runs": {run.scenario: {"windows": len(run.metrics), "records": len(run.records)} for run in judged},
+        "runs": {
+            run.label: {"scenario": run.scenario, "windows": len(run.metrics), "records": len(run.records)} for run in judged
+        },
         **evaluation_figures(judged),
         "command": "python -m monitoring evaluate --runs " + " ".join(str(path) for path in args.runs),
     }

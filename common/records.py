@@ -36,11 +36,21 @@ PREDICTION_COLUMNS: dict[str, str] = {
     **{column: "REAL" for column in PROJECTION_COLUMNS},
     "image": "BLOB",  # zlib-compressed 784 uint8 pixels, kept for flagged images only (galleries)
 }
-PREDICTIONS_DDL = (
-    "CREATE TABLE IF NOT EXISTS predictions ("
-    + ", ".join(f'"{name}" {kind}' for name, kind in PREDICTION_COLUMNS.items())
-    + ", PRIMARY KEY (request_id, image_index))"
-)
+
+
+def create_table_sql(table: str, columns: dict[str, str]) -> str:
+    """DDL of a record table, keyed by (request_id, image_index) as every record table here is."""
+    body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+    return f"CREATE TABLE IF NOT EXISTS {table} ({body}, PRIMARY KEY (request_id, image_index))"
+
+
+def insert_sql(table: str, columns: dict[str, str]) -> str:
+    """INSERT that ignores a record already there: a retried request adds nothing twice."""
+    names = ", ".join(f'"{name}"' for name in columns)
+    return f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+PREDICTIONS_DDL = create_table_sql("predictions", PREDICTION_COLUMNS)
 
 GROUND_TRUTH_COLUMNS: dict[str, str] = {
     "request_id": "TEXT NOT NULL",

@@ -75,30 +75,22 @@ def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, win
         col=1,
     )
     figure.add_scatter(x=x, y=metrics["estimated_accuracy"], name="estimated accuracy", line_color="#1f77b4", row=5, col=1)
-    if "realised_accuracy" in metrics:
-        figure.add_scatter(
-            x=x,
-            y=metrics["realised_accuracy"],
-            name="realised accuracy (sidecar)",
-            line={"color": "black", "dash": "dot"},
-            row=5,
-            col=1,
-        )
+    _truth_line(figure, metrics, "realised_accuracy", "realised accuracy (sidecar)", row=5)
     if metrics["estimated_foreign_share"].notna().any():
         figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)
-    if "true_foreign_share" in metrics:
-        figure.add_scatter(
-            x=x,
-            y=metrics["true_foreign_share"],
-            name="true foreign share (sidecar)",
-            line={"color": "black", "dash": "dot"},
-            row=6,
-            col=1,
-        )
+    _truth_line(figure, metrics, "true_foreign_share", "true foreign share (sidecar)", row=6)
     _mark_alerts(figure, alerts)
     figure.update_xaxes(title_text=window_unit, row=len(PANELS), col=1)
     figure.update_layout(title=title, height=300 * len(PANELS), template="plotly_white", hovermode="x unified")
     return figure
+
+
+def _truth_line(figure: go.Figure, metrics: pd.DataFrame, column: str, name: str, row: int) -> None:
+    """A dotted black line of a figure only the simulator's sidecar knows, when evaluating."""
+    if column in metrics:
+        figure.add_scatter(
+            x=metrics["window"], y=metrics[column], name=name, line={"color": "black", "dash": "dot"}, row=row, col=1
+        )
 
 
 def _mark_alerts(figure: go.Figure, alerts: list[Alert]) -> None:

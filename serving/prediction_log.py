@@ -10,17 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.records import PREDICTION_COLUMNS, PREDICTIONS_DDL, PredictionRecord
+from common.records import PREDICTION_COLUMNS, PREDICTIONS_DDL, PredictionRecord, insert_sql
 
 log = logging.getLogger(__name__)
 
-INSERT = (
-    "INSERT OR IGNORE INTO predictions ("
-    + ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
-    + ") VALUES ("
-    + ", ".join("?" for _ in PREDICTION_COLUMNS)
-    + ")"
-)
+INSERT = insert_sql("predictions", PREDICTION_COLUMNS)
 
 
 class PredictionLog:

@@ -5,20 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from common.records import GROUND_TRUTH_COLUMNS
+from common.records import GROUND_TRUTH_COLUMNS, create_table_sql, insert_sql
 
-DDL = (
-    "CREATE TABLE IF NOT EXISTS ground_truth ("
-    + ", ".join(f'"{name}" {kind}' for name, kind in GROUND_TRUTH_COLUMNS.items())
-    + ", PRIMARY KEY (request_id, image_index))"
-)
-INSERT = (
-    "INSERT OR IGNORE INTO ground_truth ("
-    + ", ".join(f'"{name}"' for name in GROUND_TRUTH_COLUMNS)
-    + ") VALUES ("
-    + ", ".join("?" for _ in GROUND_TRUTH_COLUMNS)
-    + ")"
-)
+DDL = create_table_sql("ground_truth", GROUND_TRUTH_COLUMNS)
+INSERT = insert_sql("ground_truth", GROUND_TRUTH_COLUMNS)
 
 
 class GroundTruthSidecar:

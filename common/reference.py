@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +72,22 @@ class Reference:
     def threshold(self) -> float:
         return float(self.foreign_threshold)
 
+    @cached_property
+    def whitening(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, class means @ W) with W W^T = the embedding precision: one product per call instead of ten."""
+        factor = np.linalg.cholesky(self.embedding_precision)
+        return factor, self.class_means @ factor
+
 
 def _mahalanobis(vectors: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     centred = vectors - mean
     return np.einsum("ij,jk,ik->i", centred, precision, centred)
 
 
-def _class_distance(embeddings: np.ndarray, class_means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Distance to the nearest class mean under a shared covariance (Lee et al., 2018)."""
-    return np.min(np.stack([_mahalanobis(embeddings, mean, precision) for mean in class_means], axis=1), axis=1)
+def _class_distance(embeddings: np.ndarray, whitening: np.ndarray, whitened_means: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance to the nearest class mean under a shared covariance (Lee et al., 2018)."""
+    whitened = embeddings @ whitening
+    return np.min(np.sum((whitened[:, None, :] - whitened_means[None, :, :]) ** 2, axis=2), axis=1)
 
 
 def _tail_score(sorted_reference: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -95,7 +103,7 @@ def foreign_scores(reference: Reference, images: np.ndarray, embeddings: np.ndar
         reference.statistics_distance_tail, _mahalanobis(statistics, reference.statistics_mean, reference.statistics_precision)
     )
     if reference.has_embeddings and embeddings is not None:
-        distance = _class_distance(embeddings, reference.class_means, reference.embedding_precision)
+        distance = _class_distance(embeddings, *reference.whitening)
         score = score + _tail_score(reference.embedding_distance_tail, distance)
     return score
 
@@ -137,7 +145,8 @@ def fit_reference(
         projection_mean = embeddings[fit].mean(axis=0)
         _, _, directions = np.linalg.svd(embeddings[fit] - projection_mean, full_matrices=False)
         projection = directions[:PROJECTION_DIMS]
-        embedding_tail = np.sort(_class_distance(embeddings[calibrate], class_means, embedding_precision))
+        factor = np.linalg.cholesky(embedding_precision)
+        embedding_tail = np.sort(_class_distance(embeddings[calibrate], factor, class_means @ factor))
     statistics_tail = np.sort(_mahalanobis(statistics[calibrate], statistics_mean, statistics_precision))
     reference = Reference(
         statistics_mean,

@@ -158,3 +158,13 @@ def test_a_rule_needing_two_windows_in_a_row_ignores_a_lone_one():
     metrics = pd.DataFrame({"window": range(6), "too_small": [False] * 6, "embedding_p": [0.5, 0.001, 0.5, 0.001, 0.001, 0.5]})
     rule = Rule("embedding_drift", "embedding_p", 0.0025, True, "m", consecutive=2)
     assert [alert.window for alert in evaluate_rules(metrics, (rule,), "digits-cnn", "1")] == [4]
+
+
+def test_the_whitened_class_distance_equals_the_mahalanobis_formula(reference):
+    from common.reference import _class_distance
+
+    embeddings = np.random.default_rng(4).normal(size=(5, 16))
+    direct = np.min(
+        [[(e - m) @ reference.embedding_precision @ (e - m) for m in reference.class_means] for e in embeddings], axis=1
+    )
+    assert np.allclose(_class_distance(embeddings, *reference.whitening), direct)

@@ -101,8 +101,12 @@ def load_figures(url: str, images: np.ndarray, body_key: str, duration: float, b
 def prediction_log_rate(folder: Path, images: np.ndarray, batch: int, count: int) -> float:
     """Predictions/s written to the SQLite log, one commit per `batch` records."""
     identity = ModelIdentity("digits-cnn", "1", "champion", "bench", "keras")
-    probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=batch).astype(np.float32)
-    scored = flag_predictions(probabilities, 0.9)
+    rng = np.random.default_rng(0)
+    # records as MNIST traffic makes them: confident, with foreign scores and projections, ~1% flagged
+    probabilities = np.full((batch, 10), 0.0001, dtype=np.float32)
+    probabilities[np.arange(batch), rng.integers(0, 10, batch)] = 0.9991
+    probabilities[rng.random(batch) < 0.01] = 0.1
+    scored = flag_predictions(probabilities, 0.9, rng.exponential(1.0, batch), 7.0, rng.normal(size=(batch, 8)))
     prediction_log = PredictionLog(folder / f"log-{batch}.db")
     started = time.perf_counter()
     for request in range(count):

@@ -158,7 +158,11 @@ def load_core(
     else from the model version's run (reference/reference.npz), else beside a model folder.
     """
     import mlflow  # heavy: imported when a model is loaded, not when the module is
+    from threadpoolctl import threadpool_limits
 
+    # numpy's BLAS threads, spinning after the foreign score's small products, slowed the next
+    # TensorFlow call from 34 to 64 ms (256 images, 2 cores): one BLAS thread for this process.
+    threadpool_limits(1, user_api="blas")
     identity = _identify(source, name, version)
     # Model.load reads only the MLmodel file: get_model_info would also look the model up in the
     # tracking store, which fails for a downloaded folder served elsewhere (e.g. AZUREML_MODEL_DIR).

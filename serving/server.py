@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import ORJSONResponse
 
 from serving.batcher import Job, MicroBatcher, split_scored
 from serving.core import Scored, ScoringCore, to_records
@@ -71,8 +71,8 @@ def create_app(core: ScoringCore, prediction_log: PredictionLog | None, config: 
     app.state.batcher = batcher
 
     @app.exception_handler(HttpError)
-    async def http_error(_: Request, err: HttpError) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=err.status)
+    async def http_error(_: Request, err: HttpError) -> ORJSONResponse:
+        return ORJSONResponse({"error": str(err)}, status_code=err.status)
 
     async def read_json(request: Request) -> object:
         if config.api_key is not None:
@@ -107,29 +107,29 @@ def create_app(core: ScoringCore, prediction_log: PredictionLog | None, config: 
         return request_id, parse_window(request.headers.get("x-window"))
 
     @app.post("/score")
-    async def score(request: Request) -> JSONResponse:
+    async def score(request: Request) -> ORJSONResponse:
         header_id, header_window = request_meta(request)
         parsed = parse_score_body(await read_json(request), config.max_images)
         request_id = parsed.request_id or header_id
         window = parsed.window if parsed.window is not None else header_window
         scored = await score_images(parsed.images, request_id, window)
-        return JSONResponse(score_answer(scored, core.identity, request_id), headers={"x-request-id": request_id})
+        return ORJSONResponse(score_answer(scored, core.identity, request_id), headers={"x-request-id": request_id})
 
     @app.post("/invocations")
-    async def invocations(request: Request) -> JSONResponse:
+    async def invocations(request: Request) -> ORJSONResponse:
         request_id, window = request_meta(request)
         images = parse_invocations_body(await read_json(request), config.max_images)
         scored = await score_images(images, request_id, window)
-        return JSONResponse(invocations_answer(scored), headers={"x-request-id": request_id})
+        return ORJSONResponse(invocations_answer(scored), headers={"x-request-id": request_id})
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready() -> JSONResponse:
+    async def ready() -> ORJSONResponse:
         loaded = batcher.running
-        return JSONResponse(
+        return ORJSONResponse(
             {"ready": loaded, "model": core.identity.name, "version": core.identity.version}, status_code=200 if loaded else 503
         )
 

@@ -7,7 +7,9 @@ PYTEST_ARGS ?=
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
+# TensorFlow's C++ logger prints harmless "NodeDef mentions attribute use_unbounded_threadpool"
+# errors for every Keras data pipeline (a Keras 3.15 / TF 2.21 mismatch); Python errors still show.
+export TF_CPP_MIN_LOG_LEVEL := 3
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data train promote demo evaluate test test-unit test-integration lint bench-train clean

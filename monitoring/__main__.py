@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "monitoring_evaluation.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     try:
         use_tracking(settings)
         model = resolve_model(args.model, args.reference, args.model_version, MODEL_NAME)

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-mlflow", dest="track", action="store_false", help="do not log an MLflow run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     if args.command == "list":
         for name in builtin_names():
             scenario = load_scenario(name)

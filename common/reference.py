@@ -8,7 +8,6 @@ with it; monitoring compares windows with its samples.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +17,6 @@ import numpy as np
 from common.images import IMAGE_SIDE, NUM_CLASSES
 
 EMBEDDING_LAYER = "embedding"  # the model layer whose output the reference describes
-STATISTIC_NAMES = ("ink", "ink_area", "stroke_intensity", "edge_pixels", "centre_row", "centre_column", "height", "width")
 PROJECTION_DIMS = 8
 FOREIGN_FALSE_ALARM_RATE = 0.01  # share of held-out MNIST a threshold flags as foreign
 CONFIDENCE_BINS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0001])
@@ -214,12 +212,3 @@ def load_reference(path: str | Path) -> Reference:
             raise ValueError(f"{path}: not a digitdrift reference (missing {', '.join(missing)})")
         return Reference(**{field.name: stored[field.name] for field in fields(Reference)})
 
-
-def describe(reference: Reference) -> str:
-    return json.dumps(
-        {
-            "accuracy": float(reference.accuracy),
-            "foreign_threshold": reference.threshold,
-            "embedding_dims": int(reference.class_means.shape[1]),
-        }
-    )

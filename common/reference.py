@@ -211,4 +211,3 @@ def load_reference(path: str | Path) -> Reference:
         if missing:
             raise ValueError(f"{path}: not a digitdrift reference (missing {', '.join(missing)})")
         return Reference(**{field.name: stored[field.name] for field in fields(Reference)})
-

@@ -73,3 +73,13 @@ def champion(shared_data, tmp_path_factory):
     assert promote("digits-cnn", threshold=0.0).promoted
     folder = Path(mlflow.artifacts.download_artifacts("models:/digits-cnn@champion", dst_path=str(home / "download")))
     return ChampionModel(settings.tracking_uri, "models:/digits-cnn@champion", folder, result.model_version, result.model)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one SparkSession of the test run (local mode)."""
+    from training.spark_job import spark_session
+
+    session = spark_session("local[2]")
+    yield session
+    session.stop()

@@ -31,6 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     keras_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
     keras_cmd.add_argument("--skip-if-champion", action="store_true", help="do nothing when the model already has a @champion")
 
+    spark_cmd = commands.add_parser(
+        "spark", help="train a Spark ML classifier (PCA + perceptron or logistic), log and register it"
+    )
+    spark_cmd.add_argument("--data-dir", default=str(settings.data_dir))
+    spark_cmd.add_argument("--classifier", choices=["mlp", "logistic"], default="mlp")
+    spark_cmd.add_argument("--pca-k", type=int, default=50)
+    spark_cmd.add_argument("--hidden", type=int, default=256)
+    spark_cmd.add_argument("--max-iter", type=int, default=200)
+    spark_cmd.add_argument("--seed", type=int, default=42)
+    spark_cmd.add_argument("--train-limit", type=int, default=None)
+    spark_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
+    spark_cmd.add_argument("--spark-master", default="local[*]", help="local[*] here, or a cluster's master URL")
+    spark_cmd.add_argument("--run-name", default=None)
+
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
     promote_cmd.add_argument("--model-name", default=MODEL_NAME)
     promote_cmd.add_argument("--min-accuracy", type=float, default=PROMOTION_MIN_ACCURACY)
@@ -44,9 +58,38 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "keras":
         return _train_keras(args, settings)
+    if args.command == "spark":
+        return _train_spark(args, settings)
     if args.command == "reference":
         return _reference(args, settings)
     return _promote(args, settings)
+
+
+def _train_spark(args: argparse.Namespace, settings) -> int:
+    from training.spark_job import SparkJobConfig, run_spark_job
+
+    config = SparkJobConfig(
+        data_dir=args.data_dir,
+        classifier=args.classifier,
+        pca_k=args.pca_k,
+        hidden=args.hidden,
+        max_iter=args.max_iter,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        foreign_limit_per_class=args.foreign_limit_per_class,
+        spark_master=args.spark_master,
+        run_name=args.run_name,
+    )
+    try:
+        result = run_spark_job(config, settings)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"run {result.run_id}: {config.classifier} trained in {result.train_seconds:.0f} s")
+    for name, evaluation in result.evaluations.items():
+        print(f"  {name:<11} accuracy {evaluation.accuracy:.4f}  low-confidence share {evaluation.low_confidence_share:.4f}")
+    print(f"registered {config.model_name} version {result.model_version} as @challenger")
+    return 0
 
 
 def _reference(args: argparse.Namespace, settings) -> int:

@@ -26,6 +26,7 @@ from common.settings import (
     REFERENCE_FILE,
     Settings,
 )
+from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import build_cnn, compile_cnn
 from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
@@ -65,15 +66,6 @@ class KerasJobResult:
     train_seconds: float
     evaluations: dict[str, SetEvaluation]
     model: keras.Model  # the trained model, in memory
-
-
-def split_train_validation(digits: Digits, validation_size: int, seed: int, limit: int | None) -> tuple[Digits, Digits]:
-    """Shuffle with `seed`, hold out `validation_size` for validation, keep at most `limit` for training."""
-    if validation_size >= len(digits):
-        raise ValueError(f"validation_size {validation_size} leaves no training data out of {len(digits)} images")
-    order = np.random.default_rng(seed).permutation(len(digits))
-    validation, train = order[:validation_size], order[validation_size:]
-    return digits.subset(train[:limit]), digits.subset(validation)
 
 
 def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:

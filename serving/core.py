@@ -163,7 +163,7 @@ def load_core(
     # numpy's BLAS threads, spinning after the foreign score's small products, slowed the next
     # TensorFlow call from 34 to 64 ms (256 images, 2 cores): one BLAS thread for this process.
     threadpool_limits(1, user_api="blas")
-    identity = _identify(source, name, version)
+    identity = identify_model(source, name, version)
     # Model.load reads only the MLmodel file: get_model_info would also look the model up in the
     # tracking store, which fails for a downloaded folder served elsewhere (e.g. AZUREML_MODEL_DIR).
     model_info = mlflow.models.Model.load(source)
@@ -243,7 +243,7 @@ def compiled_call(model) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray 
     return lambda batch: (call_probabilities(batch).numpy(), None)
 
 
-def _identify(source: str, name: str | None, version: str | None) -> ModelIdentity:
+def identify_model(source: str, name: str | None, version: str | None) -> ModelIdentity:
     """Name, version and alias of a model source: from the registry for models:/ URIs."""
     if source.startswith("models:/"):
         import mlflow

@@ -86,10 +86,17 @@ def _train_spark(args: argparse.Namespace, settings) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"run {result.run_id}: {config.classifier} trained in {result.train_seconds:.0f} s")
-    for name, evaluation in result.evaluations.items():
-        print(f"  {name:<11} accuracy {evaluation.accuracy:.4f}  low-confidence share {evaluation.low_confidence_share:.4f}")
+    _print_evaluations(result.evaluations)
     print(f"registered {config.model_name} version {result.model_version} as @challenger")
     return 0
+
+
+def _print_evaluations(evaluations) -> None:
+    for name, evaluation in evaluations.items():
+        print(
+            f"  {name:<11} accuracy {evaluation.accuracy:.4f}  low-confidence share "
+            f"{evaluation.low_confidence_share:.4f}  mean confidence {evaluation.mean_confidence:.4f}"
+        )
 
 
 def _reference(args: argparse.Namespace, settings) -> int:
@@ -138,11 +145,7 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
         f"run {result.run_name} ({result.run_id}): MNIST test accuracy {result.test_accuracy:.4f}, "
         f"trained in {result.train_seconds:.0f} s"
     )
-    for name, evaluation in result.evaluations.items():
-        print(
-            f"  {name:<11} accuracy {evaluation.accuracy:.4f}  low-confidence share "
-            f"{evaluation.low_confidence_share:.4f}  mean confidence {evaluation.mean_confidence:.4f}"
-        )
+    _print_evaluations(result.evaluations)
     print(f"registered {config.model_name} version {result.model_version} as @challenger ({result.model_uri})")
     print(f"review it: mlflow ui --backend-store-uri {settings.tracking_uri}")
     return 0

@@ -21,6 +21,26 @@ PROMOTION_MIN_ACCURACY = 0.99
 
 
 @dataclass(frozen=True)
+class RegistryRef:
+    """A registered model as a `models:/` URI names it: by alias (name@alias) or by version (name/3)."""
+
+    name: str
+    alias: str | None
+    version: str | None
+
+
+def parse_registry_uri(uri: str) -> RegistryRef:
+    """`models:/digits-cnn@champion` or `models:/digits-cnn/3` as its parts; anything else is a ValueError."""
+    reference = uri.removeprefix("models:/").rstrip("/") if uri.startswith("models:/") else ""
+    name, _, alias = reference.partition("@")
+    if not alias:
+        name, _, version = reference.partition("/")
+    if not name or not (alias or version):
+        raise ValueError(f"{uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+    return RegistryRef(name, alias or None, None if alias else version)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where digitdrift keeps its state; built from the environment by `load_settings`."""
 

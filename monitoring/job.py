@@ -13,7 +13,7 @@ from mlflow.entities import Metric
 
 from common.records import GROUND_TRUTH_COLUMNS, read_prediction_log
 from common.reference import Reference, load_reference
-from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings
+from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
 from monitoring.alerts import (
     DEFAULT_RULES,
     Alert,
@@ -124,10 +124,17 @@ def resolve_model(model_uri: str | None, reference_path: str | None, version: st
             return ModelRef(name, version, None, load_reference(reference_path))
         except (FileNotFoundError, ValueError) as err:
             raise MonitoringError(str(err)) from None
-    model_name, _, alias = (model_uri or "").removeprefix("models:/").partition("@")
+    try:
+        ref = parse_registry_uri(model_uri or "")
+    except ValueError as err:
+        raise MonitoringError(f"--model: {err}") from None
     client = mlflow.MlflowClient()
     try:
-        found = client.get_model_version_by_alias(model_name, alias) if alias else client.get_model_version(model_name, version)
+        found = (
+            client.get_model_version_by_alias(ref.name, ref.alias)
+            if ref.alias
+            else client.get_model_version(ref.name, ref.version)
+        )
     except mlflow.exceptions.MlflowException as err:
         raise MonitoringError(f"{model_uri}: not in the model registry at {mlflow.get_tracking_uri()} ({err.message})") from None
     try:
@@ -136,11 +143,11 @@ def resolve_model(model_uri: str | None, reference_path: str | None, version: st
         )
     except (OSError, mlflow.exceptions.MlflowException):
         raise MonitoringError(
-            f"{model_name} version {found.version} has no monitoring reference "
+            f"{ref.name} version {found.version} has no monitoring reference "
             f"({REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE} on run {found.run_id}); create it with "
             f"`python -m training reference --model {model_uri}`"
         ) from None
-    return ModelRef(model_name, str(found.version), alias or None, load_reference(path))
+    return ModelRef(ref.name, str(found.version), ref.alias, load_reference(path))
 
 
 def judge(

@@ -20,6 +20,7 @@ from common.settings import (
     MODEL_NAME,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
+    parse_registry_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -248,14 +249,12 @@ def identify_model(source: str, name: str | None, version: str | None) -> ModelI
     if source.startswith("models:/"):
         import mlflow
 
-        reference = source.removeprefix("models:/").rstrip("/")
-        model_name, _, alias = reference.partition("@")
+        ref = parse_registry_uri(source)
         client = mlflow.MlflowClient()
-        if alias:
-            found = client.get_model_version_by_alias(model_name, alias)
+        if ref.alias:
+            found = client.get_model_version_by_alias(ref.name, ref.alias)
         else:
-            model_name, _, number = reference.partition("/")
-            found = client.get_model_version(model_name, number)
-        return ModelIdentity(model_name, str(found.version), alias or None, source, "", run_id=found.run_id)
+            found = client.get_model_version(ref.name, ref.version)
+        return ModelIdentity(ref.name, str(found.version), ref.alias, source, "", run_id=found.run_id)
     folder_name = Path(source).name if not source.startswith("runs:/") else source
     return ModelIdentity(name or MODEL_NAME, version or f"local:{folder_name}", None, source, "")

@@ -25,6 +25,7 @@ from common.settings import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     Settings,
+    parse_registry_uri,
 )
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
@@ -166,9 +167,12 @@ def log_reference(reference: Reference, run_id: str) -> None:
 
 
 def reference_for_registered(model_uri: str, settings: Settings) -> tuple[str, Reference]:
-    """Compute (again) the reference of `models:/name@alias` from its run's own validation split."""
-    name, _, alias = model_uri.removeprefix("models:/").partition("@")
-    version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    """Compute (again) the reference of a registered model (models:/name@alias or /version) from its run's validation split."""
+    ref = parse_registry_uri(model_uri)
+    client = mlflow.MlflowClient()
+    version = (
+        client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else client.get_model_version(ref.name, ref.version)
+    )
     params = mlflow.get_run(version.run_id).data.params
     data_dir = Path(params["data_dir"]) if (Path(params["data_dir"]) / "mnist").is_dir() else settings.data_dir
     train = load_mnist(data_dir / "mnist", "train")

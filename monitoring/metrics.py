@@ -40,13 +40,14 @@ def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int, rng: n
     membership[:n, 0] = 1
     for column in range(1, permutations + 1):
         membership[rng.choice(total, n, replace=False), column] = 1
-    inside = membership
-    outside = 1 - membership
     m = total - n
-    k_in = inside * (kernel @ inside)
-    k_out = outside * (kernel @ outside)
-    k_cross = inside * (kernel @ outside)
-    statistic = k_in.sum(0) / n**2 + k_out.sum(0) / m**2 - 2 * k_cross.sum(0) / (n * m)
+    outside = 1 - membership
+    to_inside = kernel @ membership  # the one product: kernel @ outside = row sums - this
+    to_outside = kernel.sum(axis=1, keepdims=True) - to_inside
+    within_x = (membership * to_inside).sum(0)
+    within_y = (outside * to_outside).sum(0)
+    across = (membership * to_outside).sum(0)
+    statistic = within_x / n**2 + within_y / m**2 - 2 * across / (n * m)
     p_value = (1 + np.sum(statistic[1:] >= statistic[0])) / (permutations + 1)
     return float(statistic[0]), float(p_value)
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.machine import describe_machine
 from common.records import PredictionRecord
-from monitoring.job import ModelRef, for_version, judge, monitor, read_log, resolve_model
+from monitoring.job import ModelRef, PandasLog, for_version, judge, monitor, read_log, resolve_model
 from monitoring.metrics import DEFAULT_CONFIG
 from serving.prediction_log import PredictionLog, export_parquet
 
@@ -82,7 +82,7 @@ def run(source_log: Path, model: ModelRef, records: int, windows: int) -> dict:
         timed(figures, "export_parquet_seconds", lambda: export_parquet(folder / "big.db", folder / "big.parquet"))
         for kind, path in (("sqlite", folder / "big.db"), ("parquet", folder / "big.parquet")):
             stages: dict = {}
-            frame = timed(stages, "read_seconds", lambda path=path: for_version(read_log(path), model, path))
+            frame = timed(stages, "read_seconds", lambda path=path: for_version(PandasLog(read_log(path)), model, path))
             timed(stages, "window_metrics_and_alerts_seconds", lambda frame=frame: judge(frame, model, DEFAULT_CONFIG))
             mlflow.set_tracking_uri(f"sqlite:///{folder / f'mlflow-{kind}.db'}")
             timed(

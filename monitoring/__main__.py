@@ -13,8 +13,19 @@ from pathlib import Path
 import yaml
 
 from common.settings import MODEL_NAME, PROJECT_ROOT, load_settings
+from common.spark import DEFAULT_MASTER
 from monitoring.evaluate import JudgedRun, evaluation_figures
-from monitoring.job import MonitoringError, for_version, monitor, read_log, read_truth, resolve_model, use_tracking
+from monitoring.job import (
+    MonitoringError,
+    PandasLog,
+    for_version,
+    monitor,
+    open_log,
+    read_log,
+    read_truth,
+    resolve_model,
+    use_tracking,
+)
 from monitoring.metrics import MonitorConfig
 
 
@@ -41,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--reference", help="a reference.npz file instead of the registry's")
         command.add_argument("--min-window-size", type=int, default=MonitorConfig.min_window_size)
         command.add_argument("--no-mlflow", dest="track", action="store_false", help="do not log MLflow runs")
-        command.add_argument(
-            "--engine",
-            choices=["pandas"],
-            default="pandas",
-            help="where window metrics are computed (a Spark engine is not built yet)",
-        )
     run = commands.choices["run"]
+    run.add_argument(
+        "--engine",
+        choices=["pandas", "spark"],
+        default="pandas",
+        help="who computes the window metrics: pandas in memory (SQLite or Parquet logs), or Spark (Parquet logs)",
+    )
+    run.add_argument("--spark-master", default=DEFAULT_MASTER, help="with --engine spark: local[*] or a cluster's master URL")
     run.add_argument("--truth", help="a simulation's ground_truth.db: adds realised accuracy and true foreign share")
     run.add_argument("--label", default=None, help="what the traffic was (default: the log's file name)")
     run.add_argument("--out", type=Path, help="a new folder for the outputs (default: .digitdrift/monitoring/<label>-<time>)")
@@ -63,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         use_tracking(settings)
         model = resolve_model(args.model, args.reference, args.model_version, MODEL_NAME)
-        frame = for_version(read_log(args.log), model, args.log)
         config = MonitorConfig(min_window_size=args.min_window_size)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if args.command == "run":
+            records = for_version(open_log(args.log, args.engine, args.spark_master), model, args.log)
             label = args.label or Path(args.log).stem
             truth = read_truth(args.truth) if args.truth else None
             out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
-            result = monitor(frame, model, out, label, config, truth, args.webhook, args.track)
+            result = monitor(records, model, out, label, config, truth, args.webhook, args.track)
             _report(result)
             return 0
+        frame = for_version(PandasLog(read_log(args.log)), model, args.log).frame
         return _evaluate(args, frame, model, config, settings, stamp)
     except MonitoringError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -101,7 +114,7 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
         if records.empty:
             raise MonitoringError(f"{run_dir}: none of its requests are in {args.log}")
         result = monitor(
-            frame[frame["request_id"].isin(truth["request_id"])],
+            PandasLog(frame[frame["request_id"].isin(truth["request_id"])]),
             model,
             settings.state_dir / "monitoring" / f"evaluate-{run_dir.name}-{stamp}",
             run_dir.name,

@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -14,6 +15,7 @@ from mlflow.entities import Metric
 from common.records import GROUND_TRUTH_COLUMNS, read_prediction_log
 from common.reference import Reference, load_reference
 from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
+from common.spark import DEFAULT_MASTER
 from monitoring.alerts import (
     DEFAULT_RULES,
     Alert,
@@ -26,10 +28,21 @@ from monitoring.alerts import (
 )
 from monitoring.dashboard import dashboard_figure, write_dashboard
 from monitoring.gallery import gallery_png, least_confident
-from monitoring.metrics import DEFAULT_CONFIG, MonitorConfig, truth_metrics, window_metrics
+from monitoring.metrics import (
+    DEFAULT_CONFIG,
+    MonitorConfig,
+    judge_windows,
+    sample_keys,
+    truth_metrics,
+    window_aggregates,
+    window_samples,
+)
 from monitoring.report import drifted_windows, evidently_report
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from monitoring.spark_engine import SparkLog
+
+logger = logging.getLogger(__name__)
 LOGGED_METRICS = (
     "volume",
     "low_confidence_rate",
@@ -101,17 +114,69 @@ def read_truth(path: str | Path) -> pd.DataFrame:
         return pd.read_sql_query(f"SELECT {', '.join(GROUND_TRUTH_COLUMNS)} FROM ground_truth", connection)
 
 
-def for_version(frame: pd.DataFrame, model: ModelRef, path: str | Path) -> pd.DataFrame:
+class PandasLog:
+    """A prediction log in memory: the methods the monitoring job asks of an engine (SparkLog has the same)."""
+
+    engine = "pandas"
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def versions(self) -> list[str]:
+        return sorted(set(self.frame["model_version"].astype(str)))
+
+    def of_version(self, name: str, version: str) -> PandasLog:
+        frame = self.frame
+        return PandasLog(frame[(frame["model_version"].astype(str) == version) & (frame["model_name"] == name)])
+
+    def is_empty(self) -> bool:
+        return self.frame.empty
+
+    def aggregates(self, reference: Reference) -> pd.DataFrame:
+        return window_aggregates(self.frame, reference)
+
+    def samples(self, size: int) -> pd.DataFrame:
+        return window_samples(self.frame, size)
+
+    def rows_of_windows(self, windows: list[int], limit: int) -> pd.DataFrame:
+        """Up to `limit` records of `windows`: those with the smallest sample keys."""
+        chosen = self.frame[self.frame["window"].isin(windows)]
+        if len(chosen) <= limit:
+            return chosen
+        return chosen.assign(sample_key=sample_keys(chosen["request_id"], chosen["image_index"])).nsmallest(limit, "sample_key")
+
+    def least_confident(self, windows: list[int], per_window: int) -> pd.DataFrame:
+        return least_confident(self.frame, windows, per_window)
+
+    def truth_metrics(self, truth: pd.DataFrame) -> pd.DataFrame:
+        return truth_metrics(self.frame, truth)
+
+
+def open_log(path: str | Path, engine: str = "pandas", spark_master: str = DEFAULT_MASTER) -> PandasLog | SparkLog:
+    """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet)."""
+    if engine == "pandas":
+        return PandasLog(read_log(path))
+    if engine != "spark":
+        raise MonitoringError(f"unknown engine {engine!r}: expected pandas or spark")
+    from monitoring.spark_engine import SparkLog, SparkLogError
+
+    try:
+        return SparkLog.read(path, spark_master)
+    except SparkLogError as err:
+        raise MonitoringError(str(err)) from None
+
+
+def for_version(log: PandasLog | SparkLog, model: ModelRef, path: str | Path) -> PandasLog | SparkLog:
     """Only the records of the model version the reference belongs to."""
-    versions = sorted(set(frame["model_version"].astype(str)))
-    selected = frame[(frame["model_version"].astype(str) == model.version) & (frame["model_name"] == model.name)]
-    if selected.empty:
+    versions = log.versions()
+    selected = log.of_version(model.name, model.version)
+    if selected.is_empty():
         raise MonitoringError(
             f"{path}: no records of {model.name} version {model.version} (the log holds versions "
             f"{', '.join(versions)}); pass --model for the version that served them"
         )
     if len(versions) > 1:
-        log.warning("%s holds versions %s; monitoring version %s only", path, ", ".join(versions), model.version)
+        logger.warning("%s holds versions %s; monitoring version %s only", path, ", ".join(versions), model.version)
     return selected
 
 
@@ -151,18 +216,22 @@ def resolve_model(model_uri: str | None, reference_path: str | None, version: st
 
 
 def judge(
-    frame: pd.DataFrame, model: ModelRef, config: MonitorConfig, truth: pd.DataFrame | None = None, cooldown_windows: int = 5
+    log: PandasLog | SparkLog,
+    model: ModelRef,
+    config: MonitorConfig,
+    truth: pd.DataFrame | None = None,
+    cooldown_windows: int = 5,
 ) -> tuple[pd.DataFrame, list[Alert], tuple[Rule, ...]]:
     """Window metrics (with the sidecar's truth when given) and the alerts they raise."""
-    metrics = window_metrics(frame, model.reference, config)
+    metrics = judge_windows(log.aggregates(model.reference), log.samples(config.sample_size), model.reference, config)
     if truth is not None:
-        metrics = metrics.merge(truth_metrics(frame, truth), on="window", how="left")
+        metrics = metrics.merge(log.truth_metrics(truth), on="window", how="left")
     rules = (*DEFAULT_RULES, accuracy_rule(float(model.reference.accuracy)))
     return metrics, evaluate_rules(metrics, rules, model.name, model.version, cooldown_windows), rules
 
 
 def monitor(
-    frame: pd.DataFrame,
+    log: PandasLog | SparkLog,
     model: ModelRef,
     out_dir: Path,
     label: str,
@@ -175,7 +244,7 @@ def monitor(
     """Judge every window, write the outputs into a new `out_dir`, post alerts, and log one MLflow run."""
     if out_dir.exists():
         raise MonitoringError(f"{out_dir}: already exists; monitoring never overwrites a run's outputs")
-    metrics, alerts, rules = judge(frame, model, config, truth)
+    metrics, alerts, rules = judge(log, model, config, truth)
     out_dir.mkdir(parents=True)
     metrics.to_csv(out_dir / "window_metrics.csv", index=False)
     alerts_path = write_jsonl(alerts, out_dir / "alerts.jsonl")
@@ -186,13 +255,12 @@ def monitor(
         write_dashboard(dashboard_figure(metrics, alerts, title), out_dir / "dashboard.html"),
     ]
     flagged = firing_windows(metrics, rules)
-    current = frame[frame["window"].isin(drifted_windows(metrics, flagged))]
-    if len(current) > REPORT_SAMPLE:  # Evidently's cost grows with rows; a sample shows the same drift
-        current = current.sample(REPORT_SAMPLE, random_state=0)
+    # Evidently's cost grows with rows; a sample shows the same drift
+    current = log.rows_of_windows(drifted_windows(metrics, flagged), REPORT_SAMPLE)
     outputs.append(evidently_report(model.reference, current, out_dir / "evidently_report.html"))
     most_foreign = metrics[metrics["window"].isin(flagged)].nlargest(GALLERY_WINDOWS, "low_confidence_rate")["window"]
     gallery = gallery_png(
-        least_confident(frame, sorted(most_foreign), gallery_per_window),
+        log.least_confident(sorted(most_foreign), gallery_per_window),
         f"{label}: least confident inputs of flagged windows",
         out_dir / "gallery.png",
         gallery_per_window,
@@ -200,7 +268,7 @@ def monitor(
     if gallery:
         outputs.append(gallery)
     if webhook and alerts:
-        log.info("webhook accepted %d of %d alerts", post_webhook(alerts, webhook), len(alerts))
+        logger.info("webhook accepted %d of %d alerts", post_webhook(alerts, webhook), len(alerts))
     run_id = _log_to_mlflow(metrics, alerts, model, label, outputs) if track else None
     return MonitorResult(out_dir, metrics, alerts, run_id)
 

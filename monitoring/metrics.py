@@ -1,7 +1,8 @@
-"""Per-window metrics and drift tests of a prediction log against a model's reference; pure pandas/numpy."""
+"""Per-window metrics and drift tests against a model's reference: the pandas engine, and the judging both engines share."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +19,38 @@ class MonitorConfig:
     """How windows are judged; the alert thresholds live in monitoring.alerts."""
 
     min_window_size: int = 50  # fewer records: metrics are shown, tests and alerts skipped
+    ks_max_window: int = 5000  # window sample size for the KS test on confidence
     mmd_max_window: int = 200  # window sample size for the MMD test
     mmd_reference_size: int = 300
     mmd_permutations: int = 400
     seed: int = 0
 
+    @property
+    def sample_size(self) -> int:
+        """Records per window that the tests read: the window's sample (by sample key), or all of a smaller window."""
+        return max(self.ks_max_window, self.mmd_max_window)
+
 
 DEFAULT_CONFIG = MonitorConfig()
+ENTROPY_FLOOR = 1e-12
+CONFIDENCE_QUANTILES = {"confidence_p10": 0.10, "confidence_p50": 0.50}
+SAMPLE_KEY_HEX_DIGITS = 15  # 60 bits: a signed 64-bit integer in both engines
+# What an engine computes per window; judge_windows turns these into the metrics.
+AGGREGATE_COLUMNS = (
+    "window",
+    "volume",
+    "low_confidence_count",
+    "foreign_count",
+    "confidence_sum",
+    *CONFIDENCE_QUANTILES,
+    "entropy_sum",
+    "expected_correct_sum",
+    "expected_correct_variance_sum",
+    "foreign_score_count",
+    "foreign_score_sum",
+    *(f"class_{digit}_count" for digit in range(NUM_CLASSES)),
+)
+SAMPLE_COLUMNS = ("window", "confidence", *PROJECTION_COLUMNS)
 
 
 def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -52,61 +78,134 @@ def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int, rng: n
     return float(statistic[0]), float(p_value)
 
 
+def sample_keys(request_ids: pd.Series, image_indexes: pd.Series) -> np.ndarray:
+    """Each record's place in its window's sample: sha256 of "request_id:image_index", first 15 hex digits.
+
+    Both engines compute the same key, so a window's sample does not depend on who reads the log or its row order.
+    """
+    return np.fromiter(
+        (
+            int(hashlib.sha256(f"{request_id}:{index}".encode()).hexdigest()[:SAMPLE_KEY_HEX_DIGITS], 16)
+            for request_id, index in zip(request_ids, image_indexes)
+        ),
+        dtype=np.int64,
+        count=len(request_ids),
+    )
+
+
 def _entropy(probabilities: np.ndarray) -> np.ndarray:
-    return -np.sum(probabilities * np.log(np.clip(probabilities, 1e-12, 1)), axis=1)
+    return -np.sum(probabilities * np.log(np.clip(probabilities, ENTROPY_FLOOR, 1)), axis=1)
+
+
+def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
+    """The pandas engine's per-window sums and counts (AGGREGATE_COLUMNS), one row per window in order."""
+    confidence = log["confidence"].to_numpy(dtype=float)
+    flags = log["flags"].fillna("").astype(str)
+    p_correct = expected_accuracy(reference, confidence)
+    predicted = log["predicted"].to_numpy().astype(int)
+    scores = log["foreign_score"].to_numpy(dtype=float) if "foreign_score" in log else np.full(len(log), np.nan)
+    per_record = pd.DataFrame(
+        {
+            "window": log["window"].to_numpy().astype(int),
+            "low_confidence": flags.str.contains(LOW_CONFIDENCE_FLAG).to_numpy(dtype=int),
+            "foreign": flags.str.contains(FOREIGN_FLAG).to_numpy(dtype=int),
+            "confidence": confidence,
+            "entropy": _entropy(log[PROBABILITY_COLUMNS].to_numpy(dtype=float)),
+            "expected_correct": p_correct,
+            "expected_correct_variance": p_correct * (1 - p_correct),
+            "foreign_score": scores,
+            **{f"class_{digit}": (predicted == digit).astype(int) for digit in range(NUM_CLASSES)},
+        }
+    )
+    grouped = per_record.groupby("window", sort=True)
+    aggregates = grouped.agg(
+        volume=("confidence", "size"),
+        low_confidence_count=("low_confidence", "sum"),
+        foreign_count=("foreign", "sum"),
+        confidence_sum=("confidence", "sum"),
+        entropy_sum=("entropy", "sum"),
+        expected_correct_sum=("expected_correct", "sum"),
+        expected_correct_variance_sum=("expected_correct_variance", "sum"),
+        foreign_score_count=("foreign_score", "count"),
+        foreign_score_sum=("foreign_score", "sum"),
+        **{f"class_{digit}_count": (f"class_{digit}", "sum") for digit in range(NUM_CLASSES)},
+    )
+    quantiles = grouped["confidence"].quantile(list(CONFIDENCE_QUANTILES.values())).unstack()
+    for name, q in CONFIDENCE_QUANTILES.items():
+        aggregates[name] = quantiles[q]
+    return aggregates.reset_index()[list(AGGREGATE_COLUMNS)]
+
+
+def window_samples(log: pd.DataFrame, size: int) -> pd.DataFrame:
+    """The pandas engine's per-window samples: the `size` records of each window with the smallest sample keys,
+    in key order (SAMPLE_COLUMNS)."""
+    keyed = log.assign(sample_key=sample_keys(log["request_id"], log["image_index"]))
+    for column in PROJECTION_COLUMNS:
+        if column not in keyed:
+            keyed[column] = np.nan
+    keyed = keyed.sort_values(["window", "sample_key", "request_id", "image_index"], kind="stable")
+    return keyed.groupby("window", sort=True).head(size)[list(SAMPLE_COLUMNS)].reset_index(drop=True)
 
 
 def window_metrics(log: pd.DataFrame, reference: Reference, config: MonitorConfig = DEFAULT_CONFIG) -> pd.DataFrame:
-    """One row per window: volume, confidence, entropy, class mix, drift tests, foreign share, estimated accuracy."""
+    """One row per window of an in-memory log (the pandas engine)."""
+    return judge_windows(window_aggregates(log, reference), window_samples(log, config.sample_size), reference, config)
+
+
+def judge_windows(
+    aggregates: pd.DataFrame, samples: pd.DataFrame, reference: Reference, config: MonitorConfig = DEFAULT_CONFIG
+) -> pd.DataFrame:
+    """One row per window: volume, confidence, entropy, class mix, drift tests, foreign share, estimated accuracy.
+
+    Whichever engine read the log, this judges its aggregates and samples, so both engines give the same metrics.
+    """
     rng = np.random.default_rng(config.seed)
     reference_projection = reference.sample_projection
     if len(reference_projection) > config.mmd_reference_size:
         reference_projection = reference_projection[
             rng.choice(len(reference_projection), config.mmd_reference_size, replace=False)
         ]
-    rows = []
-    for window, group in log.groupby("window", sort=True):
-        rows.append(_one_window(int(window), group, reference, reference_projection, config, rng))
-    return pd.DataFrame(rows)
+    by_window = {int(window): group for window, group in samples.groupby("window", sort=True)}
+    empty = samples.iloc[:0]
+    return pd.DataFrame(
+        [
+            _one_window(row, by_window.get(int(row["window"]), empty), reference, reference_projection, config, rng)
+            for row in aggregates.sort_values("window").to_dict("records")
+        ]
+    )
 
 
 def _one_window(
-    window: int,
-    group: pd.DataFrame,
+    sums: dict,
+    sample: pd.DataFrame,
     reference: Reference,
     reference_projection: np.ndarray,
     config: MonitorConfig,
     rng: np.random.Generator,
 ) -> dict:
-    volume = len(group)
-    confidence = group["confidence"].to_numpy()
-    probabilities = group[PROBABILITY_COLUMNS].to_numpy()
-    flags = group["flags"].astype(str)
-    class_counts = np.bincount(group["predicted"].to_numpy().astype(int), minlength=NUM_CLASSES)
-    p_correct = expected_accuracy(reference, confidence)
-    estimated = float(p_correct.mean())
-    spread = 1.96 * float(np.sqrt(np.sum(p_correct * (1 - p_correct)))) / volume
+    volume = int(sums["volume"])
+    class_counts = np.array([int(sums[f"class_{digit}_count"]) for digit in range(NUM_CLASSES)])
+    estimated = float(sums["expected_correct_sum"]) / volume
+    spread = 1.96 * float(np.sqrt(sums["expected_correct_variance_sum"])) / volume
     row = {
-        "window": window,
+        "window": int(sums["window"]),
         "volume": volume,
-        "low_confidence_rate": float(flags.str.contains(LOW_CONFIDENCE_FLAG).mean()),
-        "confidence_mean": float(confidence.mean()),
-        "confidence_p10": float(np.quantile(confidence, 0.10)),
-        "confidence_p50": float(np.quantile(confidence, 0.50)),
-        "entropy_mean": float(_entropy(probabilities).mean()),
+        "low_confidence_rate": int(sums["low_confidence_count"]) / volume,
+        "confidence_mean": float(sums["confidence_sum"]) / volume,
+        **{name: float(sums[name]) for name in CONFIDENCE_QUANTILES},
+        "entropy_mean": float(sums["entropy_sum"]) / volume,
         **{f"class_{digit}_share": float(class_counts[digit] / volume) for digit in range(NUM_CLASSES)},
         "estimated_accuracy": estimated,
         "estimated_accuracy_low": max(0.0, estimated - spread),
         "estimated_accuracy_high": min(1.0, estimated + spread),
         "too_small": volume < config.min_window_size,
     }
-    scores = group["foreign_score"].to_numpy(dtype=float) if "foreign_score" in group else np.full(volume, np.nan)
-    has_scores = not np.isnan(scores).all()
-    foreign_count = int(flags.str.contains(FOREIGN_FLAG).sum()) if has_scores else 0
+    has_scores = int(sums["foreign_score_count"]) > 0
+    foreign_count = int(sums["foreign_count"]) if has_scores else 0
     alpha = FOREIGN_FALSE_ALARM_RATE
     row.update(
         foreign_rate=foreign_count / volume if has_scores else np.nan,
-        foreign_score_mean=float(np.nanmean(scores)) if has_scores else np.nan,
+        foreign_score_mean=float(sums["foreign_score_sum"]) / int(sums["foreign_score_count"]) if has_scores else np.nan,
         estimated_foreign_share=max(0.0, (foreign_count / volume - alpha) / (1 - alpha)) if has_scores else np.nan,
     )
     if row["too_small"]:
@@ -117,11 +216,10 @@ def _one_window(
     )
     shares = np.maximum(reference.class_shares, 1e-9)
     row["class_mix_p"] = float(stats.chisquare(class_counts, shares / shares.sum() * volume).pvalue)
+    confidence = sample["confidence"].to_numpy(dtype=float)[: config.ks_max_window]
     row["confidence_p"] = float(stats.ks_2samp(confidence, reference.sample_confidence).pvalue)
-    projection = group[PROJECTION_COLUMNS].to_numpy(dtype=float) if PROJECTION_COLUMNS[0] in group else None
-    if projection is not None and not np.isnan(projection).any() and len(reference_projection):
-        if len(projection) > config.mmd_max_window:
-            projection = projection[rng.choice(len(projection), config.mmd_max_window, replace=False)]
+    projection = sample[PROJECTION_COLUMNS].to_numpy(dtype=float)[: config.mmd_max_window]
+    if len(projection) and not np.isnan(projection).any() and len(reference_projection):
         row["embedding_mmd"], row["embedding_p"] = mmd_permutation_test(
             projection, reference_projection, config.mmd_permutations, rng
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from common.datasets import FOREIGN_LAYOUTS, DatasetError, load_mnist, load_png_
 from common.images import NUM_CLASSES, PIXELS
 from common.records import LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.settings import LOW_CONFIDENCE_THRESHOLD, load_settings
+from common.spark import DEFAULT_MASTER, spark_session
 from serving.core import DEFAULT_MODEL_URI, fingerprint, identify_model
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL_URI)
     parser.add_argument("--window", type=int, default=None, help="the window to stamp on every record")
     parser.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE_THRESHOLD)
-    parser.add_argument("--spark-master", default="local[*]")
+    parser.add_argument("--spark-master", default=DEFAULT_MASTER)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if Path(args.output).exists():
@@ -112,11 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import mlflow
-    from pyspark.sql import SparkSession
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = SparkSession.builder.master(args.spark_master).appName("digitdrift-batch").getOrCreate()
+    spark = spark_session(args.spark_master, "digitdrift-batch")
     batch_score(spark, args.model, images, args.window, args.low_confidence).write.parquet(args.output)
     print(f"scored {len(images)} images with {args.model}: {args.output}")
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from mlflow.models import infer_signature
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist
 from common.images import NUM_CLASSES, PIXELS
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, Settings
+from common.spark import DEFAULT_MASTER, spark_session
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 from training.tracking import use_tracking
@@ -38,25 +37,9 @@ class SparkJobConfig:
     validation_size: int = 5000
     train_limit: int | None = None
     foreign_limit_per_class: int | None = None
-    spark_master: str = "local[*]"
+    spark_master: str = DEFAULT_MASTER
     model_name: str = SPARK_MODEL_NAME
     run_name: str | None = None
-
-
-def spark_session(master: str = "local[*]"):
-    """The one SparkSession of this process: local[*] by default, a cluster with its master URL."""
-    from pyspark.sql import SparkSession
-
-    # Python workers must run this environment's interpreter (pandas, PIL), not the system's.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
-        SparkSession.builder.master(master)
-        .appName("digitdrift")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.memory", "4g")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
 
 
 def pixels_frame(digits: Digits) -> pd.DataFrame:

@@ -9,6 +9,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -241,3 +243,71 @@ def test_windows_with_too_few_records_are_shown_but_not_judged(traffic, champion
     assert run.returncode == 0, run.stderr[-2000:]
     assert "8 windows, 480 records, 0 alerts" in run.stdout
     assert (tmp_path / "out" / "alerts.jsonl").read_text() == ""
+
+
+def assert_same_frames(left, right, exact):
+    """Columns in `exact` equal; every other column within 1e-9 (NaN where the other is NaN)."""
+    assert list(left.columns) == list(right.columns)
+    assert len(left) == len(right)
+    for column in left.columns:
+        a, b = left[column].to_numpy(), right[column].to_numpy()
+        if column in exact or a.dtype == bool:
+            assert (a == b).all(), column
+        else:
+            assert np.allclose(a.astype(float), b.astype(float), rtol=0, atol=1e-9, equal_nan=True), column
+
+
+def test_spark_and_pandas_engines_judge_the_same_log_alike(traffic, champion, spark, tmp_path):
+    from monitoring.job import PandasLog, judge, read_log, read_truth, resolve_model
+    from monitoring.metrics import AGGREGATE_COLUMNS, MonitorConfig
+    from monitoring.spark_engine import SparkLog
+    from serving.prediction_log import export_parquet
+
+    home, _ = traffic
+    export_parquet(home / "log.db", tmp_path / "log.parquet")
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    model = resolve_model(champion.uri, None, None, "digits-cnn")
+    truth = read_truth(home / "run" / "ground_truth.db")
+    # windows of 60 records and samples of 40 and 25: both engines must pick the same records
+    config = MonitorConfig(ks_max_window=40, mmd_max_window=25, mmd_permutations=200)
+    by_pandas, by_spark = PandasLog(read_log(tmp_path / "log.parquet")), SparkLog.read(tmp_path / "log.parquet")
+
+    counts = [column for column in AGGREGATE_COLUMNS if column.endswith("_count") or column in ("window", "volume")]
+    assert_same_frames(by_pandas.aggregates(model.reference), by_spark.aggregates(model.reference), exact=counts)
+    assert_same_frames(by_pandas.samples(40), by_spark.samples(40), exact=["window"])
+    metrics_pandas, alerts_pandas, _ = judge(by_pandas, model, config, truth)
+    metrics_spark, alerts_spark, _ = judge(by_spark, model, config, truth)
+    assert_same_frames(metrics_pandas, metrics_spark, exact=["window", "volume", "too_small"])
+    assert alerts_pandas == alerts_spark and alerts_pandas
+    assert metrics_pandas["embedding_p"].notna().all() and metrics_pandas["true_foreign_share"].iloc[-1] > 0.3
+
+    drifted = [4, 5, 6, 7]
+    columns = ["request_id", "image_index", "window", "confidence"]
+    pandas_rows = by_pandas.rows_of_windows(drifted, 50)[columns].sort_values(columns[:2]).reset_index(drop=True)
+    spark_rows = by_spark.rows_of_windows(drifted, 50)[columns].sort_values(columns[:2]).reset_index(drop=True)
+    assert len(pandas_rows) == 50 and pandas_rows.equals(spark_rows)
+    gallery_pandas = by_pandas.least_confident(drifted, 3)[columns].reset_index(drop=True)
+    assert gallery_pandas.equals(by_spark.least_confident(drifted, 3)[columns].reset_index(drop=True))
+
+
+def test_the_spark_engine_from_the_command_line_matches_the_pandas_run(monitored, champion, tmp_path):
+    from serving.prediction_log import export_parquet
+
+    home, env, pandas_out = monitored  # the pandas run of the first test, on the SQLite log
+    export_parquet(home / "log.db", tmp_path / "log.parquet")
+    arguments = ["--model", champion.uri, "--truth", str(home / "run" / "ground_truth.db"), "--label", "test", "--no-mlflow"]
+    sqlite_run = cli("monitoring", ["run", "--engine", "spark", "--log", str(home / "log.db"), *arguments], env)
+    assert sqlite_run.returncode == 2 and "the Spark engine reads Parquet logs" in sqlite_run.stderr
+    out = tmp_path / "spark-out"
+    engine = ["--engine", "spark", "--spark-master", "local[1]"]
+    run = cli("monitoring", ["run", *engine, "--log", str(tmp_path / "log.parquet"), *arguments, "--out", str(out)], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_frames(
+        pd.read_csv(pandas_out / "window_metrics.csv"), pd.read_csv(out / "window_metrics.csv"), exact=["window", "volume"]
+    )
+    alerts = [
+        [(json.loads(line)["window"], json.loads(line)["rule"]) for line in (folder / "alerts.jsonl").open()]
+        for folder in (pandas_out, out)
+    ]
+    assert alerts[0] == alerts[1] and alerts[0]
+    assert {"dashboard.html", "evidently_report.html", "gallery.png"} <= {path.name for path in out.iterdir()}

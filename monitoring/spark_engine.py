@@ -1,0 +1,161 @@
+"""The Spark engine: per-window aggregates and samples of a Parquet prediction log, computed by Spark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from common.images import NUM_CLASSES
+from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
+from common.reference import CONFIDENCE_BINS, Reference
+from common.spark import DEFAULT_MASTER, spark_session
+from monitoring.metrics import AGGREGATE_COLUMNS, CONFIDENCE_QUANTILES, ENTROPY_FLOOR, SAMPLE_COLUMNS, SAMPLE_KEY_HEX_DIGITS
+
+REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
+
+
+class SparkLogError(ValueError):
+    """A log the Spark engine cannot read; the message names the path and what was expected."""
+
+
+class SparkLog:
+    """A prediction log as a Spark DataFrame: the methods the monitoring job asks of an engine."""
+
+    engine = "spark"
+
+    def __init__(self, frame) -> None:
+        self.frame = frame
+
+    @classmethod
+    def read(cls, path: str | Path, spark_master: str = DEFAULT_MASTER) -> SparkLog:
+        """A Parquet log (a file, or a folder of part files as Spark writes); only records with a window."""
+        from pyspark.errors import AnalysisException
+        from pyspark.sql import functions as F
+
+        path = Path(path)
+        if path.suffix == ".db":
+            raise SparkLogError(
+                f"{path}: the Spark engine reads Parquet logs; export the SQLite log first "
+                "(python -m serving --prediction-log LOG --export-parquet LOG.parquet), or use --engine pandas"
+            )
+        if not path.exists():
+            raise SparkLogError(f"{path}: no prediction log here (a Parquet file or folder)")
+        spark = spark_session(spark_master, "digitdrift-monitoring")  # after the checks: a JVM takes seconds to start
+        try:
+            frame = spark.read.parquet(str(path))
+        except AnalysisException as err:
+            raise SparkLogError(f"{path}: not a readable Parquet log ({str(err).splitlines()[0]})") from None
+        missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+        if missing:
+            raise SparkLogError(f"{path}: not a prediction log (missing column(s) {', '.join(missing)})")
+        if frame.isEmpty():
+            raise SparkLogError(f"{path}: the prediction log is empty: nothing to monitor yet")
+        windowed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
+        if windowed.isEmpty():
+            raise SparkLogError(f"{path}: no record carries a window (send X-Window or 'window' with each request)")
+        for column in PREDICTION_COLUMNS:  # logs from before a column existed: NULLs, as in pandas
+            if column not in windowed.columns:
+                windowed = windowed.withColumn(column, F.lit(None).cast("double"))
+        return cls(windowed)
+
+    def versions(self) -> list[str]:
+        return sorted({str(row[0]) for row in self.frame.select("model_version").distinct().collect()})
+
+    def of_version(self, name: str, version: str) -> SparkLog:
+        from pyspark.sql import functions as F
+
+        selected = self.frame.where((F.col("model_version").cast("string") == version) & (F.col("model_name") == name))
+        return SparkLog(selected)
+
+    def is_empty(self) -> bool:
+        return self.frame.isEmpty()
+
+    def aggregates(self, reference: Reference) -> pd.DataFrame:
+        """AGGREGATE_COLUMNS per window, as monitoring.metrics.window_aggregates defines them."""
+        from pyspark.sql import functions as F
+
+        confidence = F.col("confidence").cast("double")
+        entropy = sum(
+            (-F.col(p) * F.log(F.least(F.greatest(F.col(p), F.lit(ENTROPY_FLOOR)), F.lit(1.0))) for p in PROBABILITY_COLUMNS),
+            F.lit(0.0),
+        )
+        p_correct = expected_correct(confidence, reference)
+        sums = [
+            F.count(F.lit(1)).alias("volume"),
+            F.sum(F.col("flags").contains(LOW_CONFIDENCE_FLAG).cast("long")).alias("low_confidence_count"),
+            F.sum(F.col("flags").contains(FOREIGN_FLAG).cast("long")).alias("foreign_count"),
+            F.sum(confidence).alias("confidence_sum"),
+            F.percentile(confidence, list(CONFIDENCE_QUANTILES.values())).alias("quantiles"),
+            F.sum(entropy).alias("entropy_sum"),
+            F.sum(p_correct).alias("expected_correct_sum"),
+            F.sum(p_correct * (1 - p_correct)).alias("expected_correct_variance_sum"),
+            F.count("foreign_score").alias("foreign_score_count"),
+            F.sum("foreign_score").alias("foreign_score_sum"),
+            *(F.sum((F.col("predicted") == digit).cast("long")).alias(f"class_{digit}_count") for digit in range(NUM_CLASSES)),
+        ]
+        rows = self.frame.groupBy("window").agg(*sums).orderBy("window").toPandas()
+        for index, name in enumerate(CONFIDENCE_QUANTILES):
+            rows[name] = rows["quantiles"].map(lambda values, index=index: float(values[index]))
+        rows["foreign_score_sum"] = rows["foreign_score_sum"].fillna(0.0)
+        return rows[list(AGGREGATE_COLUMNS)]
+
+    def samples(self, size: int) -> pd.DataFrame:
+        """Per window, the `size` records with the smallest sample keys, in key order (SAMPLE_COLUMNS)."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        order = Window.partitionBy("window").orderBy("sample_key", "request_id", "image_index")
+        ranked = self.with_sample_keys().withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= size)
+        return ranked.orderBy("window", "rank").select(*SAMPLE_COLUMNS).toPandas()
+
+    def with_sample_keys(self):
+        from pyspark.sql import functions as F
+
+        text = F.concat_ws(":", F.col("request_id"), F.col("image_index").cast("string"))
+        key = F.conv(F.substring(F.sha2(text, 256), 1, SAMPLE_KEY_HEX_DIGITS), 16, 10).cast("long")
+        return self.frame.withColumn("sample_key", key)
+
+    def rows_of_windows(self, windows: list[int], limit: int) -> pd.DataFrame:
+        """Up to `limit` records of `windows`: those with the smallest sample keys."""
+        from pyspark.sql import functions as F
+
+        chosen = self.with_sample_keys().where(F.col("window").isin([int(w) for w in windows]))
+        return chosen.orderBy("sample_key", "request_id", "image_index").limit(limit).drop("sample_key").toPandas()
+
+    def least_confident(self, windows: list[int], per_window: int) -> pd.DataFrame:
+        """Per window, the `per_window` least confident records that kept their image."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        kept = self.frame.where(F.col("window").isin([int(w) for w in windows]) & F.col("image").isNotNull())
+        order = Window.partitionBy("window").orderBy("confidence", "request_id", "image_index")
+        ranked = kept.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= per_window)
+        return ranked.orderBy("window", "rank").drop("rank").toPandas()
+
+    def truth_metrics(self, truth: pd.DataFrame) -> pd.DataFrame:
+        """Per window, from the simulator's sidecar: realised accuracy and the true share of foreign digits."""
+        from pyspark.sql import functions as F
+
+        sidecar = self.frame.sparkSession.createDataFrame(truth[["request_id", "image_index", "source", "label"]])
+        joined = self.frame.join(sidecar, ["request_id", "image_index"])
+        return (
+            joined.groupBy("window")
+            .agg(
+                F.avg((F.col("predicted") == F.col("label")).cast("double")).alias("realised_accuracy"),
+                F.avg((F.col("source") != "mnist").cast("double")).alias("true_foreign_share"),
+            )
+            .orderBy("window")
+            .toPandas()
+        )
+
+
+def expected_correct(confidence, reference: Reference):
+    """common.reference.expected_accuracy as a Spark column: the calibration bin's accuracy for each confidence."""
+    from pyspark.sql import functions as F
+
+    edges_below = sum((F.when(confidence >= float(edge), 1).otherwise(0) for edge in CONFIDENCE_BINS), F.lit(0))
+    last_bin = len(CONFIDENCE_BINS) - 2
+    index = F.least(F.greatest(edges_below - 1, F.lit(0)), F.lit(last_bin))
+    accuracies = F.array(*(F.lit(float(value)) for value in reference.confidence_bin_accuracy))
+    return F.element_at(accuracies, index + 1)

@@ -19,7 +19,9 @@ class MonitorConfig:
     """How windows are judged; the alert thresholds live in monitoring.alerts."""
 
     min_window_size: int = 50  # fewer records: metrics are shown, tests and alerts skipped
-    ks_max_window: int = 5000  # window sample size for the KS test on confidence
+    # window sample size for the KS test on confidence: the reference's sample size (2,500), which bounds the
+    # test's power whatever the window holds
+    ks_max_window: int = 2500
     mmd_max_window: int = 200  # window sample size for the MMD test
     mmd_reference_size: int = 300
     mmd_permutations: int = 400

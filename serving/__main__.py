@@ -10,7 +10,7 @@ import sys
 import uvicorn
 
 from common.settings import LOW_CONFIDENCE_THRESHOLD, load_settings
-from serving.core import DEFAULT_MODEL_URI, load_core
+from serving.core import DEFAULT_MODEL_URI, ModelOutputError, load_core
 from serving.prediction_log import PredictionLog, export_parquet
 from serving.server import ServerConfig, create_app
 
@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    core = load_core(args.model, args.low_confidence)
+    try:
+        core = load_core(args.model, args.low_confidence)
+    except ModelOutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     prediction_log = None if args.prediction_log == "none" else PredictionLog(args.prediction_log)
     config = ServerConfig(
         max_batch=args.max_batch,

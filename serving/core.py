@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.images import to_model_input
+from common.images import NUM_CLASSES, PIXELS, to_model_input
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
 from common.reference import EMBEDDING_LAYER, Reference, foreign_scores, load_reference, project
 from common.settings import (
@@ -173,12 +173,9 @@ def load_core(
         predict = compiled_call(mlflow.keras.load_model(source))
         flavor = "keras"
     else:
-        pyfunc = mlflow.pyfunc.load_model(source)
-
-        def predict(batch: np.ndarray) -> tuple[np.ndarray, None]:
-            return np.asarray(pyfunc.predict(batch)), None
-
+        predict = pyfunc_call(mlflow.pyfunc.load_model(source), model_info.signature)
         flavor = next(iter(set(model_info.flavors) - {"python_function"}), "python_function")
+    check_output(predict, source)
     reference = _find_reference(source, identity.run_id, reference_path)
     identity = replace(identity, flavor=flavor, signature=signature, has_reference=reference is not None)
     log.info(
@@ -242,6 +239,38 @@ def compiled_call(model) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray 
         return model(batch, training=False)
 
     return lambda batch: (call_probabilities(batch).numpy(), None)
+
+
+def pyfunc_call(pyfunc, signature) -> Callable[[np.ndarray], tuple[np.ndarray, None]]:
+    """A pyfunc model as the core's call. A model whose signature takes one named column (Spark ML's `pixels`
+    vector) gets each image's 784 grey levels in that column; any other gets the (N, 784) array."""
+    import pandas as pd
+
+    names = signature.inputs.input_names() if signature and signature.inputs else []
+    column = names[0] if len(names) == 1 and isinstance(names[0], str) else None
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, None]:
+        if column is None:
+            return np.asarray(pyfunc.predict(batch)), None
+        rows = pd.DataFrame({column: list(batch.astype(np.float64))})
+        return np.asarray(list(pyfunc.predict(rows)), dtype=np.float64), None
+
+    return run
+
+
+class ModelOutputError(ValueError):
+    """A model whose answer is not ten probabilities per image: digitdrift cannot flag or monitor it."""
+
+
+def check_output(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], source: str) -> None:
+    """One blank image through the model at load time: it must answer (1, 10) probabilities."""
+    probabilities, _ = predict(np.zeros((1, PIXELS), dtype=np.float32))
+    shape = np.shape(probabilities)
+    if shape != (1, NUM_CLASSES):
+        raise ModelOutputError(
+            f"{source}: the model answers shape {shape} for one image; digitdrift serves models that answer "
+            f"{NUM_CLASSES} class probabilities per image (a Spark pipeline: put them in its 'prediction' column)"
+        )
 
 
 def identify_model(source: str, name: str | None, version: str | None) -> ModelIdentity:

@@ -68,7 +68,11 @@ def parse_score_body(payload: object, max_images: int) -> ScoreRequest:
 
 
 def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
-    """MLflow's bodies: dataframe_split, dataframe_records, instances or inputs (plus optional params)."""
+    """MLflow's bodies: dataframe_split, dataframe_records, instances or inputs (plus optional params).
+
+    Images come as 784 pixel columns, or as one column holding 784 values per row (Spark ML's `pixels` vector,
+    as `mlflow models serve` takes it for digits-spark).
+    """
     if not isinstance(payload, dict):
         raise BadRequest(
             f"the body must be a JSON object with one of {', '.join(INVOCATION_FORMATS)}; got a JSON {type(payload).__name__}"
@@ -85,12 +89,16 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
         if not isinstance(value, dict) or "data" not in value:
             raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values) and optionally 'columns'")
         columns = value.get("columns")
-        if columns is not None and (not isinstance(columns, list) or len(columns) != PIXELS):
+        if columns is not None and (not isinstance(columns, list) or len(columns) not in (1, PIXELS)):
             got = len(columns) if isinstance(columns, list) else type(columns).__name__
-            raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns; got {got}")
+            raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns, or one column of 784 values; got {got}")
         value = value["data"]
+        if columns is not None and len(columns) == 1:
+            value = _one_column_rows(value, "dataframe_split.data")
     elif key == "dataframe_records":
         value = _records_to_rows(value)
+    elif key == "instances" and isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        value = _records_to_rows(value, "instances")
     elif key == "inputs" and isinstance(value, dict):
         if len(value) != 1:
             raise BadRequest(f"named 'inputs' must hold one tensor (the model has one input); got {len(value)}")
@@ -98,14 +106,24 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
     return _images(value, max_images)
 
 
-def _records_to_rows(records: object) -> list:
+def _records_to_rows(records: object, key: str = "dataframe_records") -> list:
     if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
-        raise BadRequest("'dataframe_records' must be a list of objects, one per image, with 784 pixel values each")
-    if records:
-        columns = list(records[0])
-        if len(columns) != PIXELS or any(list(record) != columns for record in records):
-            raise BadRequest("every record in 'dataframe_records' must have the same 784 pixel keys")
+        raise BadRequest(f"'{key}' must be a list of objects, one per image, with 784 pixel values each")
+    if not records:
+        return []
+    columns = list(records[0])
+    if len(columns) not in (1, PIXELS) or any(list(record) != columns for record in records):
+        raise BadRequest(f"every record in '{key}' must have the same 784 pixel keys, or the same one key of 784 values")
+    if len(columns) == 1:
+        return [record[columns[0]] for record in records]
     return [list(record.values()) for record in records]
+
+
+def _one_column_rows(rows: object, where: str) -> list:
+    """Rows of one column each ([[image], ...]) as the images."""
+    if not isinstance(rows, list) or not all(isinstance(row, list) and len(row) == 1 for row in rows):
+        raise BadRequest(f"'{where}' must hold one value per row (784 grey levels) for its one column")
+    return [row[0] for row in rows]
 
 
 def _images(values: object, max_images: int) -> np.ndarray:

@@ -3,8 +3,9 @@
 Runs unchanged under the Azure ML inference server (`azmlinfsrv --entry_script serving/score.py`)
 and in a managed online deployment. The model comes from AZUREML_MODEL_DIR when set, else from
 DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion); its monitoring reference from
-DIGITDRIFT_REFERENCE, its run, or reference.npz beside the model. DIGITDRIFT_PREDICTION_LOG, when set,
-names the SQLite prediction log every scored image is appended to.
+DIGITDRIFT_REFERENCE, its run, or reference.npz beside the model. DIGITDRIFT_MODEL_NAME and
+DIGITDRIFT_MODEL_VERSION name a model folder in the records (default digits-cnn, local:<folder>).
+DIGITDRIFT_PREDICTION_LOG, when set, names the SQLite prediction log every scored image is appended to.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def init() -> None:
     core = load_core(
         source,
         threshold,
+        name=os.environ.get("DIGITDRIFT_MODEL_NAME"),
         version=os.environ.get("DIGITDRIFT_MODEL_VERSION"),
         reference_path=os.environ.get("DIGITDRIFT_REFERENCE"),
     )

@@ -83,3 +83,30 @@ def spark():
     session = spark_session("local[2]")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_model(spark, shared_data, tmp_path_factory):
+    """A small digits-spark (logistic regression on PCA 20) trained in the shared session and registered @challenger."""
+    import mlflow
+
+    from tests.helpers import SparkModel, settings_for
+    from training.spark_job import SparkJobConfig, run_spark_job
+
+    home = tmp_path_factory.mktemp("spark-model")
+    settings = settings_for(home, data_dir=shared_data)
+    config = SparkJobConfig(
+        data_dir=str(shared_data),
+        classifier="logistic",
+        pca_k=20,
+        max_iter=20,
+        train_limit=2000,
+        validation_size=500,
+        foreign_limit_per_class=3,
+        spark_master="local[2]",
+        run_name="spark-test",
+    )
+    result = run_spark_job(config, settings)
+    uri = "models:/digits-spark@challenger"
+    folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(home / "download")))
+    return SparkModel(settings.tracking_uri, uri, folder, result.model_version, result.run_id, result.model)

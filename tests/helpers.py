@@ -107,6 +107,18 @@ class ChampionModel:
     keras_model: object
 
 
+@dataclass(frozen=True)
+class SparkModel:
+    """A small digits-spark pipeline trained for real and registered @challenger: its store, URI, folder, run."""
+
+    tracking_uri: str
+    uri: str
+    folder: Path
+    version: str
+    run_id: str
+    pipeline: object  # the fitted PipelineModel
+
+
 @contextmanager
 def running(command: list[str], health_url: str, env: dict | None = None, log_path: Path | None = None, timeout: float = 120.0):
     """Start a server process, wait until `health_url` answers, and stop it afterwards."""

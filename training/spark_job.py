@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SPARK_MODEL_NAME = "digits-spark"
 CLASSIFIERS = ("mlp", "logistic")
+CLASS_COLUMN = "predicted_class"
+PYFUNC_OUTPUT_COLUMN = "prediction"  # the column MLflow's Spark pyfunc returns
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,15 @@ def read_png_folders(spark, folder: str | Path, source: str, limit_per_class: in
 
 
 def build_pipeline(config: SparkJobConfig):
+    """pixels -> PCA(k) -> scaled features -> classifier (class in `predicted_class`, probabilities in `probability`)
+    -> the probabilities again as `prediction`.
+
+    MLflow's Spark pyfunc answers with the `prediction` column whatever the pipeline computes, so the last stage
+    puts the ten probabilities there: served through pyfunc, digits-spark answers like digits-cnn does.
+    """
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import LogisticRegression, MultilayerPerceptronClassifier
-    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.feature import PCA, StandardScaler, VectorAssembler
 
     if config.classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {config.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
@@ -104,11 +112,18 @@ def build_pipeline(config: SparkJobConfig):
     if config.classifier == "mlp":
         stages.append(
             MultilayerPerceptronClassifier(
-                layers=[config.pca_k, config.hidden, NUM_CLASSES], maxIter=config.max_iter, seed=config.seed, blockSize=256
+                layers=[config.pca_k, config.hidden, NUM_CLASSES],
+                maxIter=config.max_iter,
+                seed=config.seed,
+                blockSize=256,
+                predictionCol=CLASS_COLUMN,
             )
         )
     else:
-        stages.append(LogisticRegression(family="multinomial", maxIter=config.max_iter, regParam=1e-4))
+        stages.append(
+            LogisticRegression(family="multinomial", maxIter=config.max_iter, regParam=1e-4, predictionCol=CLASS_COLUMN)
+        )
+    stages.append(VectorAssembler(inputCols=["probability"], outputCol=PYFUNC_OUTPUT_COLUMN))
     return Pipeline(stages=stages)
 
 
@@ -157,11 +172,12 @@ def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
             mlflow.log_metrics(evaluations[name].metrics(name))
             log.info("%s: accuracy %.4f", name, evaluations[name].accuracy)
         example = with_vectors(spark.createDataFrame(pixels_frame(Digits(train.images[:2], train.labels[:2], "mnist"))))
-        prediction = model.transform(example).select("prediction").toPandas()
+        prediction = model.transform(example).select(PYFUNC_OUTPUT_COLUMN)
         info = mlflow.spark.log_model(
             model,
             "model",  # artifact_path: still required by MLflow 3.17's Spark flavor to register the model
-            signature=infer_signature(example.select("pixels"), prediction),  # pixels: a SparkML vector
+            # in: pixels, a SparkML vector; out: prediction, the ten probabilities as a SparkML vector
+            signature=infer_signature(example.select("pixels"), prediction),
             registered_model_name=config.model_name,
         )
         version = str(info.registered_model_version) if info.registered_model_version else None

@@ -1,15 +1,20 @@
-"""Same answer from every door: score.run(), our /score and /invocations, `mlflow models serve`, azmlinfsrv."""
+"""Same answer from every door, for digits-cnn (Keras) and digits-spark (Spark ML through pyfunc):
+score.run(), our /score and /invocations, `mlflow models serve`, azmlinfsrv."""
 
 import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pytest
 
-from common.datasets import load_source
+from common.datasets import Digits, load_source
 from tests.helpers import VENV_BIN, free_port, running, serving_command
 
 pytestmark = pytest.mark.slow
@@ -22,8 +27,55 @@ def images(shared_data):
     return np.concatenate(parts)
 
 
-def mlflow_bodies(images):
+@dataclass(frozen=True)
+class Served:
+    """A registered model under test: where it is, the body column its signature names, and its own answer."""
+
+    uri: str
+    folder: Path
+    tracking_uri: str
+    column: str | None  # None: 784 pixel columns (Keras); "pixels": one column of 784 values (Spark ML)
+    trained_probabilities: Callable[[np.ndarray], np.ndarray]
+    mlflow_serve_formats: tuple[str, ...] = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+@pytest.fixture(scope="module", params=["digits-cnn", "digits-spark"])
+def served(request):
+    if request.param == "digits-cnn":
+        champion = request.getfixturevalue("champion")
+        return Served(
+            champion.uri,
+            champion.folder,
+            champion.tracking_uri,
+            None,
+            lambda images: champion.keras_model.predict(images.reshape(len(images), 784).astype("float32"), verbose=0),
+        )
+    from training.spark_job import pixels_frame, probabilities_of
+
+    spark, model = request.getfixturevalue("spark"), request.getfixturevalue("spark_model")
+
+    def trained_probabilities(images):
+        digits = Digits(images, np.zeros(len(images), dtype=np.int64), "test")
+        return probabilities_of(model.pipeline, spark.createDataFrame(pixels_frame(digits)))[0]
+
+    # `mlflow models serve` turns instances/inputs bodies into a dict of arrays, which MLflow's Spark pyfunc
+    # cannot score (400 "Failed to predict data"): for digits-spark it takes the two dataframe bodies.
+    return Served(
+        model.uri, model.folder, model.tracking_uri, "pixels", trained_probabilities, ("dataframe_split", "dataframe_records")
+    )
+
+
+def mlflow_bodies(images, column=None):
+    """The four bodies of MLflow's scoring protocol, in the columns the model's signature names."""
     flat = images.reshape(len(images), 784).tolist()
+    if column:  # a Spark ML vector holds doubles; MLflow's schema check refuses JSON integers for it
+        flat = images.reshape(len(images), 784).astype(float).tolist()
+        return {
+            "dataframe_split": {"dataframe_split": {"columns": [column], "data": [[row] for row in flat]}},
+            "dataframe_records": {"dataframe_records": [{column: row} for row in flat]},
+            "instances": {"instances": [{column: row} for row in flat]},
+            "inputs": {"inputs": {column: flat}},
+        }
     columns = [f"pixel_{i}" for i in range(784)]
     return {
         "dataframe_split": {"dataframe_split": {"columns": columns, "data": flat}},
@@ -40,8 +92,8 @@ def probabilities_from(answer):
 
 
 @pytest.fixture(scope="module")
-def in_process(champion, images, monkeypatch_module):
-    monkeypatch_module.setenv("AZUREML_MODEL_DIR", str(champion.folder))
+def in_process(served, images, monkeypatch_module):
+    monkeypatch_module.setenv("AZUREML_MODEL_DIR", str(served.folder))
     monkeypatch_module.delenv("DIGITDRIFT_PREDICTION_LOG", raising=False)
     score = importlib.import_module("serving.score")
     score.init()
@@ -62,9 +114,8 @@ def assert_same(expected, answer_probabilities):
     assert np.abs(answer_probabilities - expected).max() <= 1e-6
 
 
-def test_score_run_matches_the_trained_model(in_process, champion, images):
-    direct = champion.keras_model.predict(images.reshape(len(images), 784).astype("float32"), verbose=0)
-    assert_same(direct, in_process)
+def test_score_run_matches_the_trained_model(in_process, served, images):
+    assert_same(served.trained_probabilities(images), in_process)
 
 
 def test_score_run_answers_bad_input_with_400(in_process):
@@ -73,19 +124,20 @@ def test_score_run_answers_bad_input_with_400(in_process):
     assert response.status_code == 400 and "got shape 1x3" in response.get_json()["error"]
 
 
-def test_our_server_gives_the_same_answer_at_both_doors(champion, images, in_process, tmp_path):
+def test_our_server_gives_the_same_answer_at_both_doors(served, images, in_process, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = serving_command(champion.uri, port, "--prediction-log", "none")
-    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, tmp_path / "server.log"):
-        assert_same(in_process, probabilities_from(httpx.post(f"{url}/score", json={"data": images.tolist()}).json()))
-        for name, body in mlflow_bodies(images).items():
+    command = serving_command(served.uri, port, "--prediction-log", "none")
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": served.tracking_uri}, tmp_path / "server.log"):
+        score = httpx.post(f"{url}/score", json={"data": images.tolist()}, timeout=60)
+        assert_same(in_process, probabilities_from(score.json()))
+        for name, body in mlflow_bodies(images, served.column).items():
             response = httpx.post(f"{url}/invocations", json=body, timeout=30)
             assert response.status_code == 200, (name, response.text)
             assert_same(in_process, probabilities_from(response.json()))
 
 
-def test_mlflow_models_serve_gives_the_same_answer(champion, images, in_process, tmp_path):
+def test_mlflow_models_serve_gives_the_same_answer(served, images, in_process, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
@@ -93,7 +145,7 @@ def test_mlflow_models_serve_gives_the_same_answer(champion, images, in_process,
         "models",
         "serve",
         "-m",
-        champion.uri,
+        served.uri,
         "--env-manager",
         "local",
         "-h",
@@ -101,15 +153,15 @@ def test_mlflow_models_serve_gives_the_same_answer(champion, images, in_process,
         "-p",
         str(port),
     ]
-    env = {"MLFLOW_TRACKING_URI": champion.tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {"MLFLOW_TRACKING_URI": served.tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     with running(command, f"{url}/ping", env, tmp_path / "mlflow.log"):  # it execs uvicorn from PATH
-        for name, body in mlflow_bodies(images).items():
-            response = httpx.post(f"{url}/invocations", json=body, timeout=60)
+        for name in served.mlflow_serve_formats:
+            response = httpx.post(f"{url}/invocations", json=mlflow_bodies(images, served.column)[name], timeout=60)
             assert response.status_code == 200, (name, response.text[:500])
             assert_same(in_process, probabilities_from(response.json()))
 
 
-def test_azure_ml_inference_server_runs_score_py_unchanged(champion, images, in_process, tmp_path):
+def test_azure_ml_inference_server_runs_score_py_unchanged(served, images, in_process, tmp_path):
     port, health_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
@@ -117,7 +169,7 @@ def test_azure_ml_inference_server_runs_score_py_unchanged(champion, images, in_
         "--entry_script",
         "serving/score.py",
         "--model_dir",
-        str(champion.folder),
+        str(served.folder),
         "--port",
         str(port),
         "--health_port",
@@ -152,3 +204,18 @@ def test_a_downloaded_model_folder_loads_without_its_tracking_store(champion, tm
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     core = load_core(str(champion.folder))
     assert core.identity.flavor == "keras" and core.identity.version == "local:download"
+
+
+class ClassesOnly(mlflow.pyfunc.PythonModel):
+    """A pyfunc model that answers a class per image, not the ten probabilities the core needs."""
+
+    def predict(self, context, model_input, params=None):
+        return np.zeros(len(model_input), dtype=int)
+
+
+def test_a_model_answering_classes_only_is_refused_at_load_naming_what_it_answered(tmp_path):
+    from serving.core import ModelOutputError, load_core
+
+    mlflow.pyfunc.save_model(str(tmp_path / "classes-only"), python_model=ClassesOnly())
+    with pytest.raises(ModelOutputError, match=r"answers shape \(1,\) for one image; digitdrift serves models that answer 10"):
+        load_core(str(tmp_path / "classes-only"))

@@ -1,0 +1,186 @@
+"""Monitoring engines compared: python -m bench.monitoring_engines --source-log LOG [--sizes 100000 1000000 10000000].
+
+For each size, a Parquet log of that many real records (resampled from `--source-log`, spread over
+`--windows` windows) is judged by the pandas engine and by the Spark engine, each in a fresh process:
+read, select the model version, window metrics and alerts. Spark is timed cold (the JVM and session
+start inside the measurement) and warm (the same work again on the running session). Peak memory is
+the most resident memory of the measured process and its children (Spark's JVM), sampled every 0.1 s;
+a process that passes `--memory-limit-gib` is stopped and reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench.machine import describe_machine
+
+RESULTS = Path(__file__).parent / "results"
+ENGINES = ("pandas", "spark")
+log = logging.getLogger(__name__)
+
+
+def build_parquet_log(source_parquet: Path, records: int, windows: int, path: Path, seed: int = 0) -> None:
+    """`records` rows resampled from a Parquet log, with new request ids, spread evenly over `windows` windows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.read_table(source_parquet)
+    rng = np.random.default_rng(seed)
+    chunk = 1_000_000
+    with pq.ParquetWriter(str(path), source.schema) as writer:
+        for start in range(0, records, chunk):
+            count = min(chunk, records - start)
+            rows = source.take(pa.array(rng.integers(0, source.num_rows, count)))
+            ordinal = np.arange(start, start + count)
+            replaced = {
+                "request_id": pa.array([f"big-{index}" for index in ordinal], pa.string()),
+                "image_index": pa.array(np.zeros(count, dtype=np.int64)),
+                "window": pa.array(ordinal * windows // records),
+            }
+            for name, values in replaced.items():
+                rows = rows.set_column(rows.schema.get_field_index(name), name, values)
+            writer.write_table(rows)
+            log.info("%s: %d of %d records written", path.name, start + count, records)
+
+
+def measure(engine: str, log_path: str, model_uri: str) -> dict:
+    """In this process: time the engine's read + version selection + window metrics and alerts."""
+    from monitoring.job import for_version, judge, open_log, resolve_model
+    from monitoring.metrics import DEFAULT_CONFIG
+
+    import mlflow
+
+    from common.settings import load_settings
+
+    mlflow.set_tracking_uri(load_settings().tracking_uri)
+    model = resolve_model(model_uri, None, None, "digits-cnn")
+
+    def once(figures: dict) -> float:
+        started = time.perf_counter()
+        records = for_version(open_log(log_path, engine), model, log_path)
+        metrics, alerts, _ = judge(records, model, DEFAULT_CONFIG)
+        figures.update(windows=len(metrics), records=int(metrics["volume"].sum()), alerts=len(alerts))
+        return time.perf_counter() - started
+
+    figures: dict = {}
+    if engine == "spark":
+        from common.spark import spark_session
+
+        started = time.perf_counter()
+        spark_session(app_name="digitdrift-monitoring")
+        figures["session_start_seconds"] = round(time.perf_counter() - started, 2)
+        figures["cold_seconds"] = round(figures["session_start_seconds"] + once(figures), 2)
+        figures["warm_seconds"] = round(once(figures), 2)
+    else:
+        figures["seconds"] = round(once(figures), 2)
+    return figures
+
+
+def run_measured(engine: str, log_path: Path, model_uri: str, limit_gib: float) -> dict:
+    """`measure` in a fresh process, sampling the memory of it and its children; stopped past `limit_gib`."""
+    import psutil
+
+    command = [sys.executable, "-m", "bench.monitoring_engines", "measure", "--engine", engine, "--log", str(log_path)]
+    process = subprocess.Popen([*command, "--model", model_uri], stdout=subprocess.PIPE, text=True)
+    watched = psutil.Process(process.pid)
+    peak = 0
+    exceeded = False
+    while process.poll() is None:
+        try:
+            tree = [watched, *watched.children(recursive=True)]
+            peak = max(peak, sum(member.memory_info().rss for member in tree if member.is_running()))
+        except psutil.NoSuchProcess:
+            pass
+        if peak > limit_gib * 2**30:
+            exceeded = True
+            for member in [*watched.children(recursive=True), watched]:
+                member.kill()
+            break
+        time.sleep(0.1)
+    output, _ = process.communicate()
+    result = {"peak_memory_mib": round(peak / 2**20)}
+    if exceeded:
+        return {**result, "failed": f"stopped: the process passed the {limit_gib} GiB memory limit"}
+    if process.returncode != 0:
+        return {**result, "failed": f"exit status {process.returncode}"}
+    return {**json.loads(output.strip().splitlines()[-1]), **result}
+
+
+def crossover(sizes: dict, key: str) -> int | None:
+    """The smallest size at which Spark's `key` time beats pandas, when pandas finished there."""
+    for size, row in sizes.items():
+        pandas_seconds = row["pandas"].get("seconds")
+        spark_seconds = row["spark"].get(key)
+        if spark_seconds is not None and (pandas_seconds is None or spark_seconds < pandas_seconds):
+            return int(size)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command")
+    one = commands.add_parser("measure", help="(internal) measure one engine on one log in this process")
+    one.add_argument("--engine", choices=ENGINES, required=True)
+    one.add_argument("--log", required=True)
+    one.add_argument("--model", required=True)
+    parser.add_argument("--source-log", type=Path, help="a real prediction log (SQLite) to resample")
+    parser.add_argument("--model", default="models:/digits-cnn@challenger")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--windows", type=int, default=365)
+    parser.add_argument("--memory-limit-gib", type=float, default=20.0)
+    parser.add_argument("--scratch", type=Path, default=None, help="where the big logs go (default: a temporary folder)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "measure":
+        print(json.dumps(measure(args.engine, args.log, args.model)))
+        return
+    if not args.source_log:
+        parser.error("--source-log is required")
+    from serving.prediction_log import export_parquet
+
+    sizes: dict = {}
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        folder = Path(scratch)
+        export_parquet(args.source_log, folder / "source.parquet")
+        for size in args.sizes:
+            path = folder / f"log-{size}.parquet"
+            build_parquet_log(folder / "source.parquet", size, args.windows, path)
+            sizes[str(size)] = {"parquet_mib": round(path.stat().st_size / 2**20)}
+            for engine in ENGINES:
+                log.info("measuring %s on %d records", engine, size)
+                sizes[str(size)][engine] = run_measured(engine, path, args.model, args.memory_limit_gib)
+                log.info("%s on %d records: %s", engine, size, sizes[str(size)][engine])
+            path.unlink()
+    for row in sizes.values():
+        pandas_seconds = row["pandas"].get("seconds")
+        for key in ("cold_seconds", "warm_seconds"):
+            if pandas_seconds and row["spark"].get(key):
+                row[f"spark_{key.split('_')[0]}_vs_pandas_time_ratio"] = round(row["spark"][key] / pandas_seconds, 2)
+    result = {
+        "benchmark": "monitoring engines: pandas against Spark (local[*]) on Parquet prediction logs of real records",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": describe_machine(("pandas", "numpy", "scipy", "pyarrow", "pyspark", "mlflow")),
+        "model": args.model,
+        "windows": args.windows,
+        "measured": "read the Parquet log, select the model version, window metrics and alerts (default config)",
+        "sizes": sizes,
+        "crossover_records_cold": crossover(sizes, "cold_seconds"),
+        "crossover_records_warm": crossover(sizes, "warm_seconds"),
+        "command": "python -m bench.monitoring_engines --source-log LOG --sizes " + " ".join(map(str, args.sizes)),
+    }
+    (RESULTS / "monitoring_engines.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

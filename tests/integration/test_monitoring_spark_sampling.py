@@ -1,0 +1,49 @@
+"""The Spark engine's window samples: the same records in the same order as pandas, on windows big enough to cut."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.records import PROJECTION_COLUMNS
+from monitoring import spark_engine
+from monitoring.metrics import window_samples
+from monitoring.spark_engine import SparkLog
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def big_windows(tmp_path_factory):
+    """Three windows of 1,500 records (a sample of 30 keeps a small share of each), as a Parquet log."""
+    rng = np.random.default_rng(4)
+    count = 4500
+    frame = pd.DataFrame(
+        {
+            "request_id": [f"r-{index}" for index in rng.permutation(count)],
+            "image_index": rng.integers(0, 3, count),
+            "model_name": "digits-cnn",
+            "model_version": "1",
+            "window": np.repeat([0, 1, 2], 1500),
+            "predicted": rng.integers(0, 10, count),
+            "confidence": rng.uniform(0.3, 1.0, count),
+            "flags": "",
+            **{column: rng.normal(size=count) for column in PROJECTION_COLUMNS},
+        }
+    )
+    path = tmp_path_factory.mktemp("sampling") / "log.parquet"
+    frame.to_parquet(path)
+    return frame, path
+
+
+def test_spark_samples_the_records_pandas_samples_in_the_same_order(spark, big_windows):
+    frame, path = big_windows
+    assert spark_engine.key_cut(1500, 30) < spark_engine.KEY_SPACE  # the cut is taken, not everything collected
+    expected = window_samples(frame, 30)
+    sampled = SparkLog.read(path).samples(30)
+    assert len(sampled) == 90 and sampled.equals(expected)
+
+
+def test_a_window_the_cut_leaves_short_is_sampled_whole(spark, big_windows, monkeypatch):
+    frame, path = big_windows
+    monkeypatch.setattr(spark_engine, "key_cut", lambda volume, size: spark_engine.KEY_SPACE // 1000)
+    assert SparkLog.read(path).samples(30).equals(window_samples(frame, 30))

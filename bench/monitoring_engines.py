@@ -55,12 +55,11 @@ def build_parquet_log(source_parquet: Path, records: int, windows: int, path: Pa
 
 def measure(engine: str, log_path: str, model_uri: str) -> dict:
     """In this process: time the engine's read + version selection + window metrics and alerts."""
-    from monitoring.job import for_version, judge, open_log, resolve_model
-    from monitoring.metrics import DEFAULT_CONFIG
-
     import mlflow
 
     from common.settings import load_settings
+    from monitoring.job import for_version, judge, open_log, resolve_model
+    from monitoring.metrics import DEFAULT_CONFIG
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)
     model = resolve_model(model_uri, None, None, "digits-cnn")
@@ -74,10 +73,10 @@ def measure(engine: str, log_path: str, model_uri: str) -> dict:
 
     figures: dict = {}
     if engine == "spark":
-        from common.spark import spark_session
+        from monitoring.spark_engine import spark_session
 
         started = time.perf_counter()
-        spark_session(app_name="digitdrift-monitoring")
+        spark_session()
         figures["session_start_seconds"] = round(time.perf_counter() - started, 2)
         figures["cold_seconds"] = round(figures["session_start_seconds"] + once(figures), 2)
         figures["warm_seconds"] = round(once(figures), 2)

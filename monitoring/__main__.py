@@ -12,8 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from common.settings import MODEL_NAME, PROJECT_ROOT, load_settings
-from common.spark import DEFAULT_MASTER
+from common.settings import DEFAULT_SPARK_MASTER, MODEL_NAME, PROJECT_ROOT, load_settings
 from monitoring.evaluate import JudgedRun, evaluation_figures
 from monitoring.job import (
     MonitoringError,
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         default="pandas",
         help="who computes the window metrics: pandas in memory (SQLite or Parquet logs), or Spark (Parquet logs)",
     )
-    run.add_argument("--spark-master", default=DEFAULT_MASTER, help="with --engine spark: local[*] or a cluster's master URL")
+    run.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER, help="with --engine spark: local[*] or a master URL")
     run.add_argument("--truth", help="a simulation's ground_truth.db: adds realised accuracy and true foreign share")
     run.add_argument("--label", default=None, help="what the traffic was (default: the log's file name)")
     run.add_argument("--out", type=Path, help="a new folder for the outputs (default: .digitdrift/monitoring/<label>-<time>)")

@@ -14,8 +14,7 @@ from mlflow.entities import Metric
 
 from common.records import GROUND_TRUTH_COLUMNS, read_prediction_log
 from common.reference import Reference, load_reference
-from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
-from common.spark import DEFAULT_MASTER
+from common.settings import DEFAULT_SPARK_MASTER, REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
 from monitoring.alerts import (
     DEFAULT_RULES,
     Alert,
@@ -152,7 +151,7 @@ class PandasLog:
         return truth_metrics(self.frame, truth)
 
 
-def open_log(path: str | Path, engine: str = "pandas", spark_master: str = DEFAULT_MASTER) -> PandasLog | SparkLog:
+def open_log(path: str | Path, engine: str = "pandas", spark_master: str = DEFAULT_SPARK_MASTER) -> PandasLog | SparkLog:
     """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet)."""
     if engine == "pandas":
         return PandasLog(read_log(path))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,10 +12,18 @@ import pandas as pd
 from common.images import NUM_CLASSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.reference import CONFIDENCE_BINS, Reference
-from common.spark import DEFAULT_MASTER, spark_session
+from common.settings import DEFAULT_SPARK_MASTER, spark_config
 from monitoring.metrics import AGGREGATE_COLUMNS, CONFIDENCE_QUANTILES, ENTROPY_FLOOR, SAMPLE_COLUMNS, SAMPLE_KEY_HEX_DIGITS
 
 REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
+
+
+def spark_session(master: str = DEFAULT_SPARK_MASTER):
+    """This process's SparkSession (local[*] by default, a cluster by its master URL), created on first use."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run this environment's interpreter
+    return SparkSession.builder.config(map=spark_config(master, "digitdrift-monitoring")).getOrCreate()
 
 
 class SparkLogError(ValueError):
@@ -29,7 +39,7 @@ class SparkLog:
         self.frame = frame
 
     @classmethod
-    def read(cls, path: str | Path, spark_master: str = DEFAULT_MASTER) -> SparkLog:
+    def read(cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER) -> SparkLog:
         """A Parquet log (a file, or a folder of part files as Spark writes); only records with a window."""
         from pyspark.errors import AnalysisException
         from pyspark.sql import functions as F
@@ -42,7 +52,7 @@ class SparkLog:
             )
         if not path.exists():
             raise SparkLogError(f"{path}: no prediction log here (a Parquet file or folder)")
-        spark = spark_session(spark_master, "digitdrift-monitoring")  # after the checks: a JVM takes seconds to start
+        spark = spark_session(spark_master)  # after the checks: a JVM takes seconds to start
         try:
             frame = spark.read.parquet(str(path))
         except AnalysisException as err:

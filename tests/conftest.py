@@ -78,7 +78,7 @@ def champion(shared_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def spark():
     """The one SparkSession of the test run (local mode)."""
-    from common.spark import spark_session
+    from training.spark_job import spark_session
 
     session = spark_session("local[2]")
     yield session

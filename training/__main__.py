@@ -7,8 +7,7 @@ import logging
 import sys
 
 from common.datasets import DatasetError
-from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, load_settings
-from common.spark import DEFAULT_MASTER
+from common.settings import DEFAULT_SPARK_MASTER, MODEL_NAME, PROMOTION_MIN_ACCURACY, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     spark_cmd.add_argument("--seed", type=int, default=42)
     spark_cmd.add_argument("--train-limit", type=int, default=None)
     spark_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
-    spark_cmd.add_argument("--spark-master", default=DEFAULT_MASTER, help="local[*] here, or a cluster's master URL")
+    spark_cmd.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER, help="local[*] here, or a cluster's master URL")
     spark_cmd.add_argument("--run-name", default=None)
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,8 +16,7 @@ from mlflow.models import infer_signature
 
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist
 from common.images import NUM_CLASSES, PIXELS
-from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, Settings
-from common.spark import DEFAULT_MASTER, spark_session
+from common.settings import CHALLENGER_ALIAS, DEFAULT_SPARK_MASTER, LOW_CONFIDENCE_THRESHOLD, Settings, spark_config
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 from training.tracking import use_tracking
@@ -39,9 +40,17 @@ class SparkJobConfig:
     validation_size: int = 5000
     train_limit: int | None = None
     foreign_limit_per_class: int | None = None
-    spark_master: str = DEFAULT_MASTER
+    spark_master: str = DEFAULT_SPARK_MASTER
     model_name: str = SPARK_MODEL_NAME
     run_name: str | None = None
+
+
+def spark_session(master: str = DEFAULT_SPARK_MASTER):
+    """This process's SparkSession (local[*] by default, a cluster by its master URL), created on first use."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run this environment's interpreter
+    return SparkSession.builder.config(map=spark_config(master, "digitdrift-training")).getOrCreate()
 
 
 def pixels_frame(digits: Digits) -> pd.DataFrame:

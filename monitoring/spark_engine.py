@@ -41,6 +41,7 @@ class SparkLog:
     @classmethod
     def read(cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER) -> SparkLog:
         """A Parquet log (a file, or a folder of part files as Spark writes); only records with a window."""
+        from py4j.protocol import Py4JJavaError
         from pyspark.errors import AnalysisException
         from pyspark.sql import functions as F
 
@@ -55,12 +56,14 @@ class SparkLog:
         spark = spark_session(spark_master)  # after the checks: a JVM takes seconds to start
         try:
             frame = spark.read.parquet(str(path))
-        except AnalysisException as err:
-            raise SparkLogError(f"{path}: not a readable Parquet log ({str(err).splitlines()[0]})") from None
+            empty = frame.isEmpty()
+        except (AnalysisException, Py4JJavaError) as err:
+            reason = err.java_exception.getMessage() if isinstance(err, Py4JJavaError) else str(err)
+            raise SparkLogError(f"{path}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
         missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
         if missing:
             raise SparkLogError(f"{path}: not a prediction log (missing column(s) {', '.join(missing)})")
-        if frame.isEmpty():
+        if empty:
             raise SparkLogError(f"{path}: the prediction log is empty: nothing to monitor yet")
         windowed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
         if windowed.isEmpty():

@@ -47,3 +47,32 @@ def test_a_window_the_cut_leaves_short_is_sampled_whole(spark, big_windows, monk
     frame, path = big_windows
     monkeypatch.setattr(spark_engine, "key_cut", lambda volume, size: spark_engine.KEY_SPACE // 1000)
     assert SparkLog.read(path).samples(30).equals(window_samples(frame, 30))
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "message"),
+    [
+        ("log.db", lambda path: path.write_bytes(b"SQLite format 3\0"), "the Spark engine reads Parquet logs"),
+        ("missing.parquet", None, "no prediction log here"),
+        ("text.parquet", lambda path: path.write_text("request_id,window\nr-1,0\n"), "not a readable Parquet log"),
+        (
+            "no-flags.parquet",
+            lambda path: pd.DataFrame({"request_id": ["r"], "window": [0]}).to_parquet(path),
+            "missing column(s)",
+        ),
+        ("empty.parquet", "empty", "the prediction log is empty"),
+        ("no-window.parquet", "no-window", "no record carries a window"),
+    ],
+)
+def test_a_log_the_spark_engine_cannot_read_is_named_with_what_was_expected(spark, big_windows, tmp_path, name, write, message):
+    frame, _ = big_windows
+    path = tmp_path / name
+    if write == "empty":
+        frame.iloc[:0].to_parquet(path)
+    elif write == "no-window":
+        frame.head(3).assign(window=None).to_parquet(path)
+    elif write is not None:
+        write(path)
+    with pytest.raises(spark_engine.SparkLogError) as raised:
+        SparkLog.read(path)
+    assert str(raised.value).startswith(str(path)) and message in str(raised.value)

@@ -268,11 +268,13 @@ def monitor(
         outputs.append(gallery)
     if webhook and alerts:
         logger.info("webhook accepted %d of %d alerts", post_webhook(alerts, webhook), len(alerts))
-    run_id = _log_to_mlflow(metrics, alerts, model, label, outputs) if track else None
+    run_id = _log_to_mlflow(metrics, alerts, model, label, outputs, log.engine) if track else None
     return MonitorResult(out_dir, metrics, alerts, run_id)
 
 
-def _log_to_mlflow(metrics: pd.DataFrame, alerts: list[Alert], model: ModelRef, label: str, outputs: list[Path]) -> str:
+def _log_to_mlflow(
+    metrics: pd.DataFrame, alerts: list[Alert], model: ModelRef, label: str, outputs: list[Path], engine: str
+) -> str:
     with mlflow.start_run(run_name=f"monitor-{label}-v{model.version}") as run:
         mlflow.set_tags(
             {
@@ -283,7 +285,9 @@ def _log_to_mlflow(metrics: pd.DataFrame, alerts: list[Alert], model: ModelRef, 
                 "traffic": label,
             }
         )
-        mlflow.log_params({"windows": len(metrics), "alerts": len(alerts), "records": int(metrics["volume"].sum())})
+        mlflow.log_params(
+            {"windows": len(metrics), "alerts": len(alerts), "records": int(metrics["volume"].sum()), "engine": engine}
+        )
         timestamp = int(pd.Timestamp.now().timestamp() * 1000)
         batch = [
             Metric(name, float(row[name]), timestamp, int(row["window"]))

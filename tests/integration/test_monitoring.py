@@ -134,7 +134,7 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
     assert len(found) == 1
     monitoring_run = found[0]
     assert monitoring_run.data.tags["model_version"] == champion.version
-    assert monitoring_run.data.tags["model_alias"] == "champion"
+    assert monitoring_run.data.tags["model_alias"] == "champion" and monitoring_run.data.params["engine"] == "pandas"
     history = mlflow.MlflowClient().get_metric_history(monitoring_run.info.run_id, "estimated_foreign_share")
     assert sorted(point.step for point in history) == list(range(8))
     assert max(point.value for point in history if point.step >= 4) > 0.3 > max(p.value for p in history if p.step < 4)
@@ -295,7 +295,7 @@ def test_the_spark_engine_from_the_command_line_matches_the_pandas_run(monitored
 
     home, env, pandas_out = monitored  # the pandas run of the first test, on the SQLite log
     export_parquet(home / "log.db", tmp_path / "log.parquet")
-    arguments = ["--model", champion.uri, "--truth", str(home / "run" / "ground_truth.db"), "--label", "test", "--no-mlflow"]
+    arguments = ["--model", champion.uri, "--truth", str(home / "run" / "ground_truth.db"), "--label", "test-spark"]
     sqlite_run = cli("monitoring", ["run", "--engine", "spark", "--log", str(home / "log.db"), *arguments], env)
     assert sqlite_run.returncode == 2 and "the Spark engine reads Parquet logs" in sqlite_run.stderr
     out = tmp_path / "spark-out"
@@ -311,3 +311,6 @@ def test_the_spark_engine_from_the_command_line_matches_the_pandas_run(monitored
     ]
     assert alerts[0] == alerts[1] and alerts[0]
     assert {"dashboard.html", "evidently_report.html", "gallery.png"} <= {path.name for path in out.iterdir()}
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    found = mlflow.search_runs(search_all_experiments=True, filter_string="params.engine = 'spark'", output_format="list")
+    assert len(found) == 1 and found[0].data.tags["traffic"] == "test-spark"

@@ -35,8 +35,9 @@ class SparkLog:
 
     engine = "spark"
 
-    def __init__(self, frame) -> None:
+    def __init__(self, frame, inventory: pd.DataFrame) -> None:
         self.frame = frame
+        self.inventory = inventory  # records per model_name and model_version, counted once when the log is read
 
     @classmethod
     def read(cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER) -> SparkLog:
@@ -56,34 +57,42 @@ class SparkLog:
         spark = spark_session(spark_master)  # after the checks: a JVM takes seconds to start
         try:
             frame = spark.read.parquet(str(path))
-            empty = frame.isEmpty()
+            missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+            if missing:
+                raise SparkLogError(f"{path}: not a prediction log (missing column(s) {', '.join(missing)})")
+            frame = frame.withColumn("model_version", F.col("model_version").cast("string"))
+            # one pass answers: empty? windowless? which versions?
+            inventory = (
+                frame.groupBy("model_name", "model_version")
+                .agg(F.count(F.lit(1)).alias("records"), F.count("window").alias("windowed"))
+                .toPandas()
+            )
         except (AnalysisException, Py4JJavaError) as err:
             reason = err.java_exception.getMessage() if isinstance(err, Py4JJavaError) else str(err)
             raise SparkLogError(f"{path}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
-        missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-        if missing:
-            raise SparkLogError(f"{path}: not a prediction log (missing column(s) {', '.join(missing)})")
-        if empty:
+        if inventory.empty:
             raise SparkLogError(f"{path}: the prediction log is empty: nothing to monitor yet")
-        windowed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
-        if windowed.isEmpty():
+        if inventory["windowed"].sum() == 0:
             raise SparkLogError(f"{path}: no record carries a window (send X-Window or 'window' with each request)")
-        for column in PREDICTION_COLUMNS:  # logs from before a column existed: NULLs, as in pandas
+        windowed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
+        for column in PREDICTION_COLUMNS:  # logs from before a column existed: NULLs
             if column not in windowed.columns:
                 windowed = windowed.withColumn(column, F.lit(None).cast("double"))
-        return cls(windowed)
+        return cls(windowed, inventory[inventory["windowed"] > 0])
 
     def versions(self) -> list[str]:
-        return sorted({str(row[0]) for row in self.frame.select("model_version").distinct().collect()})
+        return sorted(set(self.inventory["model_version"]))
 
     def of_version(self, name: str, version: str) -> SparkLog:
         from pyspark.sql import functions as F
 
-        selected = self.frame.where((F.col("model_version").cast("string") == version) & (F.col("model_name") == name))
-        return SparkLog(selected)
+        chosen = (self.inventory["model_version"] == version) & (self.inventory["model_name"] == name)
+        return SparkLog(
+            self.frame.where((F.col("model_version") == version) & (F.col("model_name") == name)), self.inventory[chosen]
+        )
 
     def is_empty(self) -> bool:
-        return self.frame.isEmpty()
+        return self.inventory.empty
 
     def aggregates(self, reference: Reference) -> pd.DataFrame:
         """AGGREGATE_COLUMNS per window, as monitoring.metrics.window_aggregates defines them."""

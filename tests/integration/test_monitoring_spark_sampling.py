@@ -76,3 +76,11 @@ def test_a_log_the_spark_engine_cannot_read_is_named_with_what_was_expected(spar
     with pytest.raises(spark_engine.SparkLogError) as raised:
         SparkLog.read(path)
     assert str(raised.value).startswith(str(path)) and message in str(raised.value)
+
+
+def test_the_spark_log_knows_its_versions_from_one_count_when_read(spark, big_windows):
+    _, path = big_windows
+    log = SparkLog.read(path)
+    assert log.versions() == ["1"] and int(log.inventory["windowed"].sum()) == 4500
+    assert log.of_version("digits-cnn", "77").is_empty() and not log.of_version("digits-cnn", "1").is_empty()
+    assert log.of_version("digits-cnn", "1").frame.count() == 4500

@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train promote demo evaluate test test-unit test-integration lint bench-train clean
+.PHONY: help venv azurite data train promote demo evaluate test test-unit test-integration lint bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,14 @@ $(VENV)/.installed: requirements.lock
 	touch $@
 
 venv: $(VENV)/.installed ## create or reuse .venv with the pinned dependencies
+
+AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
+AZURITE_VERSION := 3.37.0
+$(AZURITE):
+	@echo "==> installing the Azure Storage emulator (npm azurite@$(AZURITE_VERSION)) into $(VENV)/node"
+	npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+
+azurite: $(AZURITE) ## install Azurite (the Azure Storage emulator the tests run blob storage on)
 
 data: venv ## fill the dataset cache (.digitdrift/data) from ../shared/data or the public downloads
 	$(PY) -m common fetch
@@ -42,13 +50,13 @@ demo: data ## the main job: train (or reuse the champion), serve, simulate, moni
 evaluate: data ## the monitor's scorecard at 200 requests per window, into bench/results/
 	scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
 
-test: venv ## run the whole test suite (unit and integration)
+test: venv $(AZURITE) ## run the whole test suite (unit and integration)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv ## run the integration tests (real MLflow, servers, Spark)
+test-integration: venv $(AZURITE) ## run the integration tests (real MLflow, servers, Spark)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv ## ruff over the project

@@ -22,8 +22,11 @@ import pandas as pd
 
 from bench.machine import describe_machine
 from common.records import PredictionRecord
-from monitoring.job import ModelRef, PandasLog, for_version, judge, monitor, read_log, resolve_model
+from monitoring.engine import for_version
+from monitoring.job import judge, monitor
 from monitoring.metrics import DEFAULT_CONFIG
+from monitoring.model import ModelRef, resolve_model
+from monitoring.pandas_engine import PandasLog, read_log
 from serving.prediction_log import PredictionLog, export_parquet
 
 RESULTS = Path(__file__).parent / "results"

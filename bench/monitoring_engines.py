@@ -58,8 +58,10 @@ def measure(engine: str, log_path: str, model_uri: str) -> dict:
     import mlflow
 
     from common.settings import load_settings
-    from monitoring.job import for_version, judge, open_log, resolve_model
+    from monitoring.engine import for_version, open_log
+    from monitoring.job import judge
     from monitoring.metrics import DEFAULT_CONFIG
+    from monitoring.model import resolve_model
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)
     model = resolve_model(model_uri, None, None, "digits-cnn")
@@ -73,7 +75,7 @@ def measure(engine: str, log_path: str, model_uri: str) -> dict:
 
     figures: dict = {}
     if engine == "spark":
-        from monitoring.spark_engine import spark_session
+        from common.spark import spark_session
 
         started = time.perf_counter()
         spark_session()

@@ -1,1 +1,1 @@
-"""Azure ML: job, environment, compute and endpoint specs and their submission (not built yet)."""
+"""Azure ML: job, environment, compute and endpoint specs and their submission; the only part that imports azure.*."""

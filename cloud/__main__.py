@@ -11,7 +11,8 @@ from pathlib import Path
 from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, resolved_yaml, submit
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
     parser = argparse.ArgumentParser(prog="python -m cloud", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     submit_cmd = commands.add_parser("submit", help="create the specs of an action in the workspace")
@@ -23,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     submit_cmd.add_argument("--dry-run", action="store_true", help="validate with the SDK and print the resolved specs")
     submit_cmd.add_argument("--config", type=Path, help="the workspace's config.json (default: ./config.json)")
     submit_cmd.add_argument("--no-stream", dest="stream", action="store_false", help="do not wait for the job's logs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         specs = load_specs(args.action)

@@ -1,1 +1,1 @@
-"""Contracts every part of digitdrift shares: images, datasets, records, settings."""
+"""Contracts every part of digitdrift shares: images, datasets, records, settings, MLflow and Spark plumbing."""

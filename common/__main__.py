@@ -8,11 +8,11 @@ import sys
 
 from common.datasets import DatasetError
 from common.fetch import fetch_all
-from common.settings import load_settings
+from common.settings import Settings, load_settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
     parser = argparse.ArgumentParser(prog="python -m common", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="fill the dataset cache from a mirror or the public downloads")
@@ -22,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.mirror,
         help="a folder or URL in the public layouts, read only (default: %(default)s; none: MNIST from its public downloads)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cache = fetch_all(args.cache, args.mirror)

@@ -19,8 +19,6 @@ REFERENCE_FILE = "reference.npz"
 # MNIST test accuracy a challenger must reach before `promote` makes it the champion.
 PROMOTION_MIN_ACCURACY = 0.99
 
-DEFAULT_SPARK_MASTER = "local[*]"
-
 
 @dataclass(frozen=True)
 class RegistryRef:
@@ -82,15 +80,3 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         tracking_uri=tracking_uri,
         experiment=env.get("MLFLOW_EXPERIMENT_NAME", "digitdrift"),
     )
-
-
-def spark_config(master: str, app_name: str) -> dict[str, str]:
-    """The configuration every digitdrift SparkSession is built with; each part builds its own session from it
-    (`SparkSession.builder.config(map=...)`), so common itself never imports Spark."""
-    return {
-        "spark.master": master,
-        "spark.app.name": app_name,
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.driver.memory": os.environ.get("DIGITDRIFT_SPARK_DRIVER_MEMORY", "4g"),
-        "spark.ui.showConsoleProgress": "false",
-    }

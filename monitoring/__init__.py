@@ -1,1 +1,1 @@
-"""Monitoring: per-window metrics, drift tests, label-free accuracy, alerts, dashboards (not built yet)."""
+"""Monitoring: per-window metrics, drift tests, label-free accuracy, alerts, dashboards; pandas and Spark engines."""

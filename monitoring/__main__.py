@@ -12,24 +12,20 @@ from pathlib import Path
 
 import yaml
 
-from common.settings import DEFAULT_SPARK_MASTER, MODEL_NAME, PROJECT_ROOT, load_settings
+from common.prediction_dataset import is_dataset_url
+from common.settings import MODEL_NAME, Settings, load_settings
+from common.spark import DEFAULT_SPARK_MASTER
+from common.tracking import use_tracking
+from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
 from monitoring.evaluate import JudgedRun, evaluation_figures
-from monitoring.job import (
-    MonitoringError,
-    PandasLog,
-    for_version,
-    monitor,
-    open_log,
-    read_log,
-    read_truth,
-    resolve_model,
-    use_tracking,
-)
+from monitoring.job import DatasetSource, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
+from monitoring.model import resolve_model
+from monitoring.pandas_engine import PandasLog, read_log
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
     parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
@@ -40,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--log",
             default=str(settings.state_dir / "predictions.db"),
-            help="prediction log: SQLite, or Parquet exported from it (default: %(default)s)",
+            help="prediction log: SQLite, Parquet exported from it, or (run) a partitioned dataset: a folder or "
+            "az://container/prefix with AZURE_STORAGE_CONNECTION_STRING (default: %(default)s)",
         )
         command.add_argument(
             "--model",
@@ -49,12 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         command.add_argument("--model-version", help="with --reference: the version whose records to monitor")
         command.add_argument("--reference", help="a reference.npz file instead of the registry's")
-        command.add_argument("--min-window-size", type=int, default=MonitorConfig.min_window_size)
+        command.add_argument(
+            "--min-window-size",
+            type=int,
+            default=MonitorConfig.min_window_size,
+            help="windows with fewer records are reported but raise no alert (default: %(default)s)",
+        )
         command.add_argument("--no-mlflow", dest="track", action="store_false", help="do not log MLflow runs")
     run = commands.choices["run"]
     run.add_argument(
         "--engine",
-        choices=["pandas", "spark"],
+        choices=ENGINES,
         default="pandas",
         help="who computes the window metrics: pandas in memory (SQLite or Parquet logs), or Spark (Parquet logs)",
     )
@@ -63,12 +65,38 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--label", default=None, help="what the traffic was (default: the log's file name)")
     run.add_argument("--out", type=Path, help="a new folder for the outputs (default: .digitdrift/monitoring/<label>-<time>)")
     run.add_argument("--webhook", help="POST each alert as JSON to this URL")
+    run.add_argument(
+        "--close-windows",
+        action="store_true",
+        help="with a dataset: judge the newest window too (the traffic is over); by default it waits for a later window",
+    )
+    run.add_argument(
+        "--full",
+        action="store_true",
+        help="with a dataset: ignore the watermark, read every part and judge every window",
+    )
+    run.add_argument(
+        "--watermark",
+        type=Path,
+        help="with a dataset: keep the watermark in this file (default: with the last MLflow monitoring run of the "
+        "dataset and model version)",
+    )
     evaluate = commands.choices["evaluate"]
     evaluate.add_argument(
         "--runs", nargs="+", type=Path, required=True, help="simulation run folders (scenario.yaml, ground_truth.db)"
     )
-    evaluate.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "monitoring_evaluation.json")
-    args = parser.parse_args(argv)
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=settings.state_dir / "monitoring_evaluation.json",
+        help="the scorecard JSON (default: %(default)s; `make evaluate` writes bench/results/monitoring_evaluation.json)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     try:
@@ -77,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         config = MonitorConfig(min_window_size=args.min_window_size)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if args.command == "run":
-            records = for_version(open_log(args.log, args.engine, args.spark_master), model, args.log)
-            label = args.label or Path(args.log).stem
+            label = args.label or Path(args.log.rstrip("/")).stem
             truth = read_truth(args.truth) if args.truth else None
             out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
+            if is_dataset_url(args.log):
+                return _run_dataset(args, model, config, truth, label, out, settings)
+            records = for_version(open_log(args.log, args.engine, args.spark_master), model, args.log)
             result = monitor(records, model, out, label, config, truth, args.webhook, args.track)
             _report(result)
             return 0
@@ -89,6 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     except MonitoringError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _run_dataset(args, model, config, truth, label, out, settings) -> int:
+    source = DatasetSource(args.log, args.watermark, args.full, args.close_windows, args.track)
+    cache = settings.state_dir / "cache" / "datasets"
+    result, increment, parts = monitor_dataset(
+        source, model, out, label, cache, config, truth, args.webhook, args.engine, args.spark_master
+    )
+    if result is None:
+        print(f"nothing to judge: {parts} part(s), every complete window already judged (through {increment.after})")
+        return 0
+    print(
+        f"read {len(increment.parts)} of {parts} parts ({increment.bytes} bytes); judged windows "
+        f"{'' if increment.after is None else f'after {increment.after} '}through {increment.through}"
+    )
+    _report(result)
+    return 0
 
 
 def _report(result) -> None:

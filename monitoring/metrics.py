@@ -171,7 +171,7 @@ def judge_windows(
     empty = samples.iloc[:0]
     return pd.DataFrame(
         [
-            _one_window(row, by_window.get(int(row["window"]), empty), reference, reference_projection, config, rng)
+            _one_window(row, by_window.get(int(row["window"]), empty), reference, reference_projection, config)
             for row in aggregates.sort_values("window").to_dict("records")
         ]
     )
@@ -183,7 +183,6 @@ def _one_window(
     reference: Reference,
     reference_projection: np.ndarray,
     config: MonitorConfig,
-    rng: np.random.Generator,
 ) -> dict:
     volume = int(sums["volume"])
     class_counts = np.array([int(sums[f"class_{digit}_count"]) for digit in range(NUM_CLASSES)])
@@ -222,8 +221,10 @@ def _one_window(
     row["confidence_p"] = float(stats.ks_2samp(confidence, reference.sample_confidence).pvalue)
     projection = sample[PROJECTION_COLUMNS].to_numpy(dtype=float)[: config.mmd_max_window]
     if len(projection) and not np.isnan(projection).any() and len(reference_projection):
+        # permutations seeded by the window: its p-value does not depend on which other windows a run judges
+        window_rng = np.random.default_rng([config.seed, int(row["window"])])
         row["embedding_mmd"], row["embedding_p"] = mmd_permutation_test(
-            projection, reference_projection, config.mmd_permutations, rng
+            projection, reference_projection, config.mmd_permutations, window_rng
         )
     else:
         row["embedding_mmd"] = row["embedding_p"] = np.nan

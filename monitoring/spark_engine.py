@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,18 +10,10 @@ import pandas as pd
 from common.images import NUM_CLASSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.reference import CONFIDENCE_BINS, Reference
-from common.settings import DEFAULT_SPARK_MASTER, spark_config
+from common.spark import DEFAULT_SPARK_MASTER, spark_session
 from monitoring.metrics import AGGREGATE_COLUMNS, CONFIDENCE_QUANTILES, ENTROPY_FLOOR, SAMPLE_COLUMNS, SAMPLE_KEY_HEX_DIGITS
 
 REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
-
-
-def spark_session(master: str = DEFAULT_SPARK_MASTER):
-    """This process's SparkSession (local[*] by default, a cluster by its master URL), created on first use."""
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run this environment's interpreter
-    return SparkSession.builder.config(map=spark_config(master, "digitdrift-monitoring")).getOrCreate()
 
 
 class SparkLogError(ValueError):
@@ -42,10 +32,6 @@ class SparkLog:
     @classmethod
     def read(cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER) -> SparkLog:
         """A Parquet log (a file, or a folder of part files as Spark writes); only records with a window."""
-        from py4j.protocol import Py4JJavaError
-        from pyspark.errors import AnalysisException
-        from pyspark.sql import functions as F
-
         path = Path(path)
         if path.suffix == ".db":
             raise SparkLogError(
@@ -54,12 +40,32 @@ class SparkLog:
             )
         if not path.exists():
             raise SparkLogError(f"{path}: no prediction log here (a Parquet file or folder)")
-        spark = spark_session(spark_master)  # after the checks: a JVM takes seconds to start
+        return cls._load([str(path)], str(path), spark_master)
+
+    @classmethod
+    def read_files(cls, files: list[str], label: str, spark_master: str, after: int | None, through: int) -> SparkLog:
+        """Parts of a partitioned dataset: records of windows after `after` through `through`, one per
+        (request_id, image_index) as replicas write at least once."""
+        return cls._load(files, label, spark_master, (after, through))
+
+    @classmethod
+    def _load(cls, paths: list[str], label: str, spark_master: str, windows: tuple[int | None, int] | None = None) -> SparkLog:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import AnalysisException
+        from pyspark.sql import functions as F
+
+        path = label
+        spark = spark_session(spark_master, "digitdrift-monitoring")  # after the checks: a JVM takes seconds to start
         try:
-            frame = spark.read.parquet(str(path))
+            frame = spark.read.parquet(*paths)
             missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
             if missing:
                 raise SparkLogError(f"{path}: not a prediction log (missing column(s) {', '.join(missing)})")
+            if windows is not None:
+                after, through = windows
+                chosen = F.col("window") <= through
+                frame = frame.where(chosen if after is None else chosen & (F.col("window") > after))
+                frame = frame.dropDuplicates(["request_id", "image_index"])
             frame = frame.withColumn("model_version", F.col("model_version").cast("string"))
             # one pass answers: empty? windowless? which versions?
             inventory = (

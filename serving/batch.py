@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,8 @@ import pandas as pd
 from common.datasets import FOREIGN_LAYOUTS, DatasetError, load_mnist, load_png_digits
 from common.images import NUM_CLASSES, PIXELS
 from common.records import LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
-from common.settings import DEFAULT_SPARK_MASTER, LOW_CONFIDENCE_THRESHOLD, load_settings, spark_config
+from common.settings import LOW_CONFIDENCE_THRESHOLD, load_settings
+from common.spark import DEFAULT_SPARK_MASTER, spark_session
 from serving.core import DEFAULT_MODEL_URI, fingerprint, identify_model
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,6 @@ def images_frame(source: str, layout: str | None) -> pd.DataFrame:
         )
     frame["image_index"] = 0
     return frame[["request_id", "image_index", "pixels"]]
-
-
-def spark_session(master: str = DEFAULT_SPARK_MASTER):
-    """This process's SparkSession (local[*] by default, a cluster by its master URL), created on first use."""
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run this environment's interpreter
-    return SparkSession.builder.config(map=spark_config(master, "digitdrift-batch")).getOrCreate()
 
 
 def batch_score(spark, model_uri: str, images: pd.DataFrame, window: int | None, threshold: float):
@@ -98,18 +90,30 @@ def batch_score(spark, model_uri: str, images: pd.DataFrame, window: int | None,
     return scored.select(*[columns[name].alias(name) for name in PREDICTION_COLUMNS])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--input", required=True, help="a folder in a public layout, or a .parquet with 'pixels'")
     parser.add_argument("--layout", choices=LAYOUTS, help="how the --input folder is laid out")
     parser.add_argument("--output", required=True, help="the Parquet folder to write the records to (must not exist)")
-    parser.add_argument("--model", default=DEFAULT_MODEL_URI)
+    parser.add_argument("--model", default=DEFAULT_MODEL_URI, help="MLflow model URI (default: %(default)s)")
     parser.add_argument("--window", type=int, default=None, help="the window to stamp on every record")
-    parser.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE_THRESHOLD)
-    parser.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--low-confidence",
+        type=float,
+        default=LOW_CONFIDENCE_THRESHOLD,
+        help="a top probability under this flags the prediction low_confidence (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spark-master", default=DEFAULT_SPARK_MASTER, help="local[*] here, or a cluster's master URL (default: %(default)s)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if Path(args.output).exists():
         print(f"error: {args.output} already exists; batch scoring never overwrites", file=sys.stderr)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)
-    spark = spark_session(args.spark_master)
+    spark = spark_session(args.spark_master, "digitdrift-batch")
     batch_score(spark, args.model, images, args.window, args.low_confidence).write.parquet(args.output)
     print(f"scored {len(images)} images with {args.model}: {args.output}")
     return 0

@@ -25,15 +25,6 @@ class Job:
     future: asyncio.Future = field(repr=False)
 
 
-def split_scored(scored: Scored, sizes: list[int]) -> list[Scored]:
-    """Cut one batch's Scored back into per-request pieces of `sizes` images."""
-    pieces, start = [], 0
-    for size in sizes:
-        pieces.append(scored[start : start + size])
-        start += size
-    return pieces
-
-
 class MicroBatcher:
     """Gathers jobs for up to `max_wait_s` or `max_batch` images, then runs `process` on one worker thread.
 

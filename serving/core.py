@@ -20,7 +20,6 @@ from common.settings import (
     MODEL_NAME,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
-    parse_registry_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -190,18 +189,15 @@ def load_core(
 
 
 def _find_reference(source: str, run_id: str | None, reference_path: str | None) -> Reference | None:
-    import mlflow
+    from common.tracking import download_reference
 
     if reference_path:
         return load_reference(reference_path)
     if run_id:
         try:
-            downloaded = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
-            )
-            return load_reference(downloaded)
-        except (OSError, mlflow.exceptions.MlflowException):
-            log.warning("run %s has no %s/%s", run_id, REFERENCE_ARTIFACT_DIR, REFERENCE_FILE)
+            return load_reference(download_reference(run_id))
+        except FileNotFoundError as err:
+            log.warning("%s", err)
             return None
     for candidate in (Path(source) / REFERENCE_FILE, Path(source).parent / REFERENCE_ARTIFACT_DIR / REFERENCE_FILE):
         if candidate.is_file():
@@ -276,14 +272,9 @@ def check_output(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | 
 def identify_model(source: str, name: str | None, version: str | None) -> ModelIdentity:
     """Name, version and alias of a model source: from the registry for models:/ URIs."""
     if source.startswith("models:/"):
-        import mlflow
+        from common.tracking import resolve_registered
 
-        ref = parse_registry_uri(source)
-        client = mlflow.MlflowClient()
-        if ref.alias:
-            found = client.get_model_version_by_alias(ref.name, ref.alias)
-        else:
-            found = client.get_model_version(ref.name, ref.version)
-        return ModelIdentity(ref.name, str(found.version), ref.alias, source, "", run_id=found.run_id)
+        found = resolve_registered(source)
+        return ModelIdentity(found.name, found.version, found.alias, source, "", run_id=found.run_id)
     folder_name = Path(source).name if not source.startswith("runs:/") else source
     return ModelIdentity(name or MODEL_NAME, version or f"local:{folder_name}", None, source, "")

@@ -7,9 +7,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.prediction_dataset import ARROW_SCHEMA, records_table
 from common.records import PREDICTION_COLUMNS, PREDICTIONS_DDL, PredictionRecord, insert_sql
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ class PredictionLog:
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(f"PRAGMA synchronous={synchronous}")
         self._connection.execute(PREDICTIONS_DDL)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     def write(self, records: list[PredictionRecord]) -> int:
         """Commit `records` in one transaction; return how many were new."""
@@ -59,19 +62,14 @@ class PredictionLog:
 
 def export_parquet(log_path: str | Path, parquet_path: str | Path, chunk_rows: int = 500_000) -> int:
     """Write the SQLite log to one Parquet file (columns as in common.records); return the row count."""
-    arrow_types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64(), "BLOB": pa.binary()}
-    schema = pa.schema([(name, arrow_types[kind.split()[0]]) for name, kind in PREDICTION_COLUMNS.items()])
     rows_written = 0
     with sqlite3.connect(f"file:{Path(log_path)}?mode=ro", uri=True) as connection:
         cursor = connection.execute(
             "SELECT " + ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS) + " FROM predictions ORDER BY rowid"
         )
-        with pq.ParquetWriter(str(parquet_path), schema) as writer:
+        with pq.ParquetWriter(str(parquet_path), ARROW_SCHEMA) as writer:
             while rows := cursor.fetchmany(chunk_rows):
-                columns = list(zip(*rows))
-                writer.write_table(
-                    pa.table([pa.array(column, type=field.type) for column, field in zip(columns, schema)], schema=schema)
-                )
+                writer.write_table(records_table(rows))
                 rows_written += len(rows)
     log.info("exported %d records from %s to %s", rows_written, log_path, parquet_path)
     return rows_written

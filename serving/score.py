@@ -5,11 +5,15 @@ and in a managed online deployment. The model comes from AZUREML_MODEL_DIR when 
 DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion); its monitoring reference from
 DIGITDRIFT_REFERENCE, its run, or reference.npz beside the model. DIGITDRIFT_MODEL_NAME and
 DIGITDRIFT_MODEL_VERSION name a model folder in the records (default digits-cnn, local:<folder>).
-DIGITDRIFT_PREDICTION_LOG, when set, names the SQLite prediction log every scored image is appended to.
+Every scored image's record goes to one sink: on an Azure ML deployment with data collection enabled, Azure's
+data collector (model_inputs, model_outputs); else the partitioned dataset at DIGITDRIFT_PREDICTION_DATASET
+(a folder or az://container/prefix), staged in DIGITDRIFT_STAGING_DIR; else the SQLite log at
+DIGITDRIFT_PREDICTION_LOG; else none.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -24,15 +28,16 @@ if PROJECT_ROOT not in sys.path:
 from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
 
 from common.settings import LOW_CONFIDENCE_THRESHOLD  # noqa: E402
-from serving.core import DEFAULT_MODEL_URI, ScoringCore, load_core, to_records  # noqa: E402
-from serving.prediction_log import PredictionLog  # noqa: E402
+from serving.collector_sink import CollectorSink, collection_enabled  # noqa: E402
+from serving.core import DEFAULT_MODEL_URI, ScoringCore, load_core  # noqa: E402
 from serving.protocol import BadRequest, decode_json, parse_score_body, score_answer  # noqa: E402
+from serving.scoring import RecordSink, SingleRequest, open_sink, score_and_log  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = int(os.environ.get("DIGITDRIFT_MAX_IMAGES", "1024"))
 core: ScoringCore | None = None
-prediction_log: PredictionLog | None = None
+prediction_log: RecordSink | None = None
 
 
 def find_model_folder(root: str | Path) -> Path:
@@ -56,8 +61,16 @@ def init() -> None:
         version=os.environ.get("DIGITDRIFT_MODEL_VERSION"),
         reference_path=os.environ.get("DIGITDRIFT_REFERENCE"),
     )
-    log_path = os.environ.get("DIGITDRIFT_PREDICTION_LOG")
-    prediction_log = PredictionLog(log_path) if log_path else None
+    if collection_enabled():
+        prediction_log = CollectorSink()
+    else:
+        prediction_log = open_sink(
+            os.environ.get("DIGITDRIFT_PREDICTION_LOG"),
+            os.environ.get("DIGITDRIFT_PREDICTION_DATASET"),
+            os.environ.get("DIGITDRIFT_STAGING_DIR"),
+        )
+    if prediction_log is not None:
+        atexit.register(prediction_log.close)  # the dataset sink publishes what it staged when the server stops
 
 
 def run(raw_data: str | bytes) -> dict | AMLResponse:
@@ -68,9 +81,7 @@ def run(raw_data: str | bytes) -> dict | AMLResponse:
         return AMLResponse({"error": str(err)}, err.status, json_str=True)
     request_id = request.request_id or uuid.uuid4().hex
     try:
-        scored = core.score(request.images)
-        if prediction_log is not None:
-            prediction_log.write(to_records(scored, request.images, core.identity, request_id, request.window))
+        (scored,) = score_and_log(core, prediction_log, [SingleRequest(request.images, request_id, request.window)])
     except Exception:  # our failure, not the client's: a 500, and the server goes on serving
         log.exception("scoring or logging request %s failed", request_id)
         return AMLResponse({"error": "the model failed to score this request"}, 500, json_str=True)

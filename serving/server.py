@@ -13,9 +13,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
 
-from serving.batcher import Job, MicroBatcher, split_scored
-from serving.core import Scored, ScoringCore, to_records
-from serving.prediction_log import PredictionLog
+from serving.batcher import Job, MicroBatcher
+from serving.core import Scored, ScoringCore
 from serving.protocol import (
     BadRequest,
     HttpError,
@@ -26,6 +25,7 @@ from serving.protocol import (
     parse_window,
     score_answer,
 )
+from serving.scoring import RecordSink, score_and_log
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,11 @@ class ServerConfig:
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
 
 
-def create_app(core: ScoringCore, prediction_log: PredictionLog | None, config: ServerConfig) -> FastAPI:
+def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: ServerConfig) -> FastAPI:
     """The FastAPI app around one scoring core; the log, when given, receives every scored image."""
 
     def process(jobs: list[Job]) -> list[Scored]:
-        images = np.concatenate([job.images for job in jobs])
-        pieces = split_scored(core.score(images), [len(job.images) for job in jobs])
-        if prediction_log is not None:
-            records = [
-                record
-                for job, piece in zip(jobs, pieces)
-                for record in to_records(piece, job.images, core.identity, job.request_id, job.window)
-            ]
-            prediction_log.write(records)
-        return pieces
+        return score_and_log(core, prediction_log, jobs)
 
     batcher = MicroBatcher(process, config.max_batch, config.max_wait_ms / 1000)
 
@@ -66,6 +57,8 @@ def create_app(core: ScoringCore, prediction_log: PredictionLog | None, config: 
         batcher.start()
         yield
         await batcher.stop()
+        if prediction_log is not None:
+            prediction_log.close()  # the dataset sink publishes what is staged
 
     app = FastAPI(title="digitdrift scoring server", lifespan=lifespan)
     app.state.batcher = batcher
@@ -139,7 +132,7 @@ def create_app(core: ScoringCore, prediction_log: PredictionLog | None, config: 
             "model": asdict(core.identity),
             "low_confidence_threshold": core.threshold,
             "limits": {key: value for key, value in asdict(config).items() if key != "api_key"},
-            "prediction_log": str(prediction_log.path) if prediction_log else None,
+            "prediction_log": str(prediction_log) if prediction_log else None,
             "stats": {"model_calls": core.calls, "batches": batcher.batches},
         }
 

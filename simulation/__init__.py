@@ -1,1 +1,1 @@
-"""Simulation: scenarios of foreign-digit traffic sent to the served model (not built yet)."""
+"""Simulation: scenarios of foreign-digit traffic sent to the served model, and the ground-truth sidecar."""

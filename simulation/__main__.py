@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from common.datasets import DatasetError
-from common.settings import PROJECT_ROOT, load_settings
+from common.settings import PROJECT_ROOT, Settings, load_settings
 from simulation.client import EntryScriptTransport, HttpTransport, ServerRefused
 from simulation.run import run_simulation
 from simulation.scenario import ScenarioError, builtin_names, load_scenario
@@ -18,8 +18,8 @@ from simulation.scenario import ScenarioError, builtin_names, load_scenario
 IN_PROCESS = "inprocess"
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
     parser = argparse.ArgumentParser(prog="python -m simulation", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the built-in scenarios")
@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--url",
         default="http://127.0.0.1:8000",
-        help=f"the server (its /score door), or '{IN_PROCESS}' to score through serving/score.py here",
+        help=f"the server (its /score door; several replicas comma-separated take turns), or '{IN_PROCESS}' "
+        "to score through an entry script here",
     )
     run.add_argument(
         "--run-dir", type=Path, help="where the sidecar and state live (default: .digitdrift/simulations/<scenario>-<time>)"
     )
-    run.add_argument("--concurrency", type=int, default=8)
+    run.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default: %(default)s)")
     run.add_argument("--rate", type=float, default=None, help="requests per second at most (default: as fast as served)")
     run.add_argument("--windows", type=int, help="override the scenario's number of windows")
     run.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
@@ -44,12 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--api-key-env", default="DIGITDRIFT_API_KEY", help="environment variable holding the server's API key")
     run.add_argument("--model", help=f"with --url {IN_PROCESS}: the model URI (default: models:/digits-cnn@champion)")
     run.add_argument(
+        "--entry-script",
+        type=Path,
+        default=PROJECT_ROOT / "serving" / "score.py",
+        help=f"with --url {IN_PROCESS}: an Azure ML entry script (init()/run()), loaded by path (default: %(default)s)",
+    )
+    run.add_argument(
         "--prediction-log",
         default=str(settings.state_dir / "predictions.db"),
         help=f"with --url {IN_PROCESS}: the prediction log to append to (default: %(default)s)",
     )
     run.add_argument("--no-mlflow", dest="track", action="store_false", help="do not log an MLflow run")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     if args.command == "list":
@@ -82,7 +94,7 @@ def _run(args: argparse.Namespace, settings) -> int:
             import mlflow
 
             mlflow.set_tracking_uri(settings.tracking_uri)
-            transport = EntryScriptTransport(PROJECT_ROOT / "serving" / "score.py", args.prediction_log, args.model)
+            transport = EntryScriptTransport(args.entry_script, args.prediction_log, args.model)
         else:
             transport = HttpTransport(args.url, api_key=os.environ.get(args.api_key_env))
         result = run_simulation(scenario, run_dir, transport, settings, args.concurrency, args.rate, args.track)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -44,13 +45,23 @@ def score_body(request_id: str, window: int, images: np.ndarray) -> str:
     return json.dumps({"data": images.reshape(len(images), -1).tolist(), "request_id": request_id, "window": window})
 
 
+def score_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/score") else url + "/score"
+
+
 class HttpTransport:
-    """POSTs to the server's /score, retrying transient failures with the same id (the log ignores repeats)."""
+    """POSTs to the server's /score, retrying transient failures with the same id (the log ignores repeats).
+
+    With several URLs (replicas without a load balancer in front), requests take turns, and a retry goes to
+    the next replica: one that died costs no request.
+    """
 
     def __init__(
         self, url: str, api_key: str | None = None, timeout_s: float = 30.0, retries: int = 4, backoff_s: float = 0.2
     ) -> None:
-        self.url = url.rstrip("/") if url.rstrip("/").endswith("/score") else url.rstrip("/") + "/score"
+        self.urls = [score_url(part) for part in url.split(",") if part.strip()]
+        self._turn = itertools.count()
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
@@ -63,11 +74,12 @@ class HttpTransport:
     def send(self, request_id: str, window: int, images: np.ndarray) -> dict:
         body = score_body(request_id, window, images)
         problem = ""
+        first = next(self._turn)
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self.client.post(self.url, content=body)
+                response = self.client.post(self.urls[(first + attempt) % len(self.urls)], content=body)
             except httpx.TransportError as err:
                 problem = f"{type(err).__name__}: {err}"
                 continue
@@ -90,7 +102,12 @@ def _error_message(response: httpx.Response) -> str:
 
 
 class EntryScriptTransport:
-    """Scores in-process through an Azure ML entry script's init()/run() contract (serving/score.py)."""
+    """Scores in-process through an Azure ML entry script's init()/run() contract (serving/score.py by default).
+
+    The script is loaded by file path, as `azmlinfsrv` and Azure ML load it, so this edge is the Azure
+    contract, not an import: simulation never imports serving (the import contracts in pyproject.toml
+    check that), and any script that keeps the contract can be simulated against.
+    """
 
     def __init__(self, entry_script: str | Path, prediction_log: str | Path, model_uri: str | None = None) -> None:
         os.environ["DIGITDRIFT_PREDICTION_LOG"] = str(prediction_log)

@@ -13,6 +13,7 @@ import yaml
 from tqdm import tqdm
 
 from common.settings import Settings
+from common.tracking import use_tracking
 from simulation.client import SendStats, Transport, send_plan
 from simulation.pools import load_pools
 from simulation.scenario import Scenario, intended_mix, parse_scenario, plan_traffic, realised_mix
@@ -78,10 +79,7 @@ def run_simulation(
 
     run_id = None
     if track:
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        if mlflow.get_experiment_by_name(settings.experiment) is None:
-            mlflow.create_experiment(settings.experiment, settings.experiment_artifact_location)
-        mlflow.set_experiment(settings.experiment)
+        use_tracking(settings)
         active = mlflow.start_run(
             run_id=state.get("mlflow_run_id"), run_name=state.get("run_name") or f"simulate-{scenario.name}"
         )

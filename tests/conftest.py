@@ -78,7 +78,7 @@ def champion(shared_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def spark():
     """The one SparkSession of the test run (local mode)."""
-    from training.spark_job import spark_session
+    from common.spark import spark_session
 
     session = spark_session("local[2]")
     yield session
@@ -110,3 +110,35 @@ def spark_model(spark, shared_data, tmp_path_factory):
     uri = "models:/digits-spark@challenger"
     folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(home / "download")))
     return SparkModel(settings.tracking_uri, uri, folder, result.model_version, result.run_id, result.model)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """The Azure Storage emulator (blob service) on a free loopback port; its connection string."""
+    from tests.helpers import AZURITE_BLOB, azurite_connection_string, wait_for_port
+
+    if not AZURITE_BLOB.is_file():
+        pytest.fail(f"{AZURITE_BLOB} is missing: `make test` installs Azurite (npm) before the tests")
+    home = tmp_path_factory.mktemp("azurite")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(AZURITE_BLOB),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(home),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+        ],
+        stdout=open(home / "azurite.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process)
+        yield azurite_connection_string(port)
+    finally:
+        stop(process)

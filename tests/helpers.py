@@ -141,3 +141,92 @@ def running(command: list[str], health_url: str, env: dict | None = None, log_pa
 
 def serving_command(model: str, port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "serving", "--model", model, "--port", str(port), *extra]
+
+
+AZURITE_BLOB = PROJECT_ROOT / ".venv" / "node" / "node_modules" / ".bin" / "azurite-blob"
+# Azurite's published development account (its documentation gives this key to every user of the emulator)
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_connection_string(port: int) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before port {port} opened")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+
+
+def assert_same_frames(left, right, exact):
+    """Columns in `exact` equal; every other column within 1e-9 (NaN where the other is NaN)."""
+    assert list(left.columns) == list(right.columns)
+    assert len(left) == len(right)
+    for column in left.columns:
+        a, b = left[column].to_numpy(), right[column].to_numpy()
+        if column in exact or a.dtype == bool:
+            assert (a == b).all(), column
+        else:
+            assert np.allclose(a.astype(float), b.astype(float), rtol=0, atol=1e-9, equal_nan=True), column
+
+
+@contextmanager
+def collector_sidecar(root: Path, endpoint: str = "digitdrift-digits", deployment: str = "blue"):
+    """What Azure runs beside a deployment with data collection on: it takes the Collector's posts
+    (POST /modeldata/log) and stores each as one JSON line in Azure's layout under `root`:
+    <endpoint>/<deployment>/<collection>/YYYY/MM/DD/HH/<instance>.jsonl. Yields the port to give the
+    deployment as AZUREML_MDC_PORT."""
+    import json
+    import threading
+    import uuid
+    from datetime import UTC, datetime
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    instance = uuid.uuid4().hex
+    lock = threading.Lock()
+
+    class Sidecar(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the http.server API)
+            body = self.rfile.read(int(self.headers["content-length"]))
+            kind = self.headers["ce-type"]  # azureml.inference.<collection>
+            now = datetime.now(UTC)
+            event = {
+                "specversion": "1.0",
+                "id": self.headers["trace-id"],
+                "source": f"/subscriptions/local/onlineEndpoints/{endpoint}/deployments/{deployment}",
+                "type": kind,
+                "datacontenttype": "application/json",
+                "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "data": json.loads(body),
+                "correlationid": self.headers.get("ce-x-request-id"),
+                "collectdatatype": self.headers["ce-collect-data-type"],
+                "agent": self.headers["ce-agent"],
+            }
+            folder = root / endpoint / deployment / kind.rsplit(".", 1)[1] / now.strftime("%Y/%m/%d/%H")
+            with lock:
+                folder.mkdir(parents=True, exist_ok=True)
+                with (folder / f"{instance}.jsonl").open("a") as stream:
+                    stream.write(json.dumps(event) + "\n")
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sidecar)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()

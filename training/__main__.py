@@ -1,4 +1,5 @@
-"""python -m training keras|promote: train and register digit classifiers, promote the champion."""
+"""python -m training keras|spark|promote|reference: train and register digit classifiers, promote the champion,
+(re)compute a model version's monitoring reference."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import logging
 import sys
 
 from common.datasets import DatasetError
-from common.settings import DEFAULT_SPARK_MASTER, MODEL_NAME, PROMOTION_MIN_ACCURACY, load_settings
+from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, Settings, load_settings
+from common.spark import DEFAULT_SPARK_MASTER
+from common.tracking import use_tracking
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -19,42 +22,77 @@ def main(argv: list[str] | None = None) -> int:
     keras_cmd.add_argument(
         "--data-dir", default=str(settings.data_dir), help="datasets in their public layouts (default: %(default)s)"
     )
-    keras_cmd.add_argument("--epochs", type=int, default=8)
-    keras_cmd.add_argument("--batch-size", type=int, default=128)
-    keras_cmd.add_argument("--learning-rate", type=float, default=2e-3)
-    keras_cmd.add_argument("--validation-size", type=int, default=5000)
-    keras_cmd.add_argument("--seed", type=int, default=42)
+    keras_cmd.add_argument("--epochs", type=int, default=8, help="passes over the training split (default: %(default)s)")
+    keras_cmd.add_argument("--batch-size", type=int, default=128, help="images per gradient step (default: %(default)s)")
+    keras_cmd.add_argument(
+        "--learning-rate", type=float, default=2e-3, help="Adam's initial rate, cosine-decayed (default: %(default)s)"
+    )
+    keras_cmd.add_argument(
+        "--validation-size",
+        type=int,
+        default=5000,
+        help="MNIST train images held out for validation and the monitoring reference (default: %(default)s)",
+    )
+    keras_cmd.add_argument(
+        "--seed", type=int, default=42, help="seed of the split, weights and augmentation (default: %(default)s)"
+    )
     keras_cmd.add_argument("--no-augment", dest="augment", action="store_false", help="train without random shifts and rotations")
     keras_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled images only")
-    keras_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
-    keras_cmd.add_argument("--run-name", default=None)
+    keras_cmd.add_argument(
+        "--foreign-limit-per-class", type=int, default=None, help="evaluate on at most N foreign digits per class"
+    )
+    keras_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
     keras_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
     keras_cmd.add_argument("--skip-if-champion", action="store_true", help="do nothing when the model already has a @champion")
 
     spark_cmd = commands.add_parser(
         "spark", help="train a Spark ML classifier (PCA + perceptron or logistic), log and register it"
     )
-    spark_cmd.add_argument("--data-dir", default=str(settings.data_dir))
-    spark_cmd.add_argument("--classifier", choices=["mlp", "logistic"], default="mlp")
-    spark_cmd.add_argument("--pca-k", type=int, default=50)
-    spark_cmd.add_argument("--hidden", type=int, default=256)
-    spark_cmd.add_argument("--max-iter", type=int, default=200)
-    spark_cmd.add_argument("--seed", type=int, default=42)
-    spark_cmd.add_argument("--train-limit", type=int, default=None)
-    spark_cmd.add_argument("--foreign-limit-per-class", type=int, default=None)
+    spark_cmd.add_argument(
+        "--data-dir", default=str(settings.data_dir), help="datasets in their public layouts (default: %(default)s)"
+    )
+    spark_cmd.add_argument(
+        "--classifier",
+        choices=["mlp", "logistic"],
+        default="mlp",
+        help="perceptron or logistic regression (default: %(default)s)",
+    )
+    spark_cmd.add_argument("--pca-k", type=int, default=50, help="PCA components fed to the classifier (default: %(default)s)")
+    spark_cmd.add_argument("--hidden", type=int, default=256, help="the perceptron's hidden units (default: %(default)s)")
+    spark_cmd.add_argument("--max-iter", type=int, default=200, help="optimiser iterations (default: %(default)s)")
+    spark_cmd.add_argument("--seed", type=int, default=42, help="seed of the split and the fit (default: %(default)s)")
+    spark_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled images only")
+    spark_cmd.add_argument(
+        "--foreign-limit-per-class", type=int, default=None, help="evaluate on at most N foreign digits per class"
+    )
     spark_cmd.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER, help="local[*] here, or a cluster's master URL")
-    spark_cmd.add_argument("--run-name", default=None)
+    spark_cmd.add_argument(
+        "--shared-dir",
+        help="a folder every Spark node reads; the training split is written there once as Parquet "
+        "(default: .digitdrift/spark-data)",
+    )
+    spark_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
-    promote_cmd.add_argument("--model-name", default=MODEL_NAME)
-    promote_cmd.add_argument("--min-accuracy", type=float, default=PROMOTION_MIN_ACCURACY)
+    promote_cmd.add_argument("--model-name", default=MODEL_NAME, help="the registered model (default: %(default)s)")
+    promote_cmd.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=PROMOTION_MIN_ACCURACY,
+        help="MNIST test accuracy the challenger must reach (default: %(default)s)",
+    )
 
     reference_cmd = commands.add_parser(
         "reference", help="(re)compute the monitoring reference of a registered model from its held-out split"
     )
     reference_cmd.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="models:/name@alias")
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "keras":
         return _train_keras(args, settings)
@@ -78,6 +116,7 @@ def _train_spark(args: argparse.Namespace, settings) -> int:
         train_limit=args.train_limit,
         foreign_limit_per_class=args.foreign_limit_per_class,
         spark_master=args.spark_master,
+        shared_dir=args.shared_dir,
         run_name=args.run_name,
     )
     try:
@@ -101,7 +140,6 @@ def _print_evaluations(evaluations) -> None:
 
 def _reference(args: argparse.Namespace, settings) -> int:
     from training.keras_job import reference_for_registered
-    from training.tracking import use_tracking
 
     use_tracking(settings)
     run_id, reference = reference_for_registered(args.model, settings)
@@ -115,7 +153,6 @@ def _reference(args: argparse.Namespace, settings) -> int:
 def _train_keras(args: argparse.Namespace, settings) -> int:
     if args.skip_if_champion:
         from training.registry import champion_version
-        from training.tracking import use_tracking
 
         use_tracking(settings)
         if version := champion_version(MODEL_NAME):
@@ -153,7 +190,6 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
 
 def _promote(args: argparse.Namespace, settings) -> int:
     from training.registry import promote
-    from training.tracking import use_tracking
 
     use_tracking(settings)
     decision = promote(args.model_name, args.min_accuracy)

@@ -25,13 +25,13 @@ from common.settings import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     Settings,
-    parse_registry_uri,
 )
+from common.tracking import resolve_registered, use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import build_cnn, compile_cnn
 from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
-from training.tracking import log_files, log_keras_model, save_keras_model, use_tracking
+from training.tracking import log_files, log_keras_model, save_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +168,14 @@ def log_reference(reference: Reference, run_id: str) -> None:
 
 def reference_for_registered(model_uri: str, settings: Settings) -> tuple[str, Reference]:
     """Compute (again) the reference of a registered model (models:/name@alias or /version) from its run's validation split."""
-    ref = parse_registry_uri(model_uri)
-    client = mlflow.MlflowClient()
-    version = (
-        client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else client.get_model_version(ref.name, ref.version)
-    )
-    params = mlflow.get_run(version.run_id).data.params
+    registered = resolve_registered(model_uri)
+    params = mlflow.get_run(registered.run_id).data.params
     data_dir = Path(params["data_dir"]) if (Path(params["data_dir"]) / "mnist").is_dir() else settings.data_dir
     train = load_mnist(data_dir / "mnist", "train")
     _, held_out = split_train_validation(train, int(params["validation_size"]), int(params["seed"]), None)
     reference = fit_model_reference(mlflow.keras.load_model(model_uri), held_out, int(params["seed"]))
-    log_reference(reference, version.run_id)
-    return version.run_id, reference
+    log_reference(reference, registered.run_id)
+    return registered.run_id, reference
 
 
 def _log_review_artifacts(test: Digits, probabilities: np.ndarray) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +16,11 @@ from mlflow.models import infer_signature
 
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist
 from common.images import NUM_CLASSES, PIXELS
-from common.settings import CHALLENGER_ALIAS, DEFAULT_SPARK_MASTER, LOW_CONFIDENCE_THRESHOLD, Settings, spark_config
+from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, Settings
+from common.spark import DEFAULT_SPARK_MASTER, spark_session
+from common.tracking import use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
-from training.tracking import use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,40 @@ class SparkJobConfig:
     train_limit: int | None = None
     foreign_limit_per_class: int | None = None
     spark_master: str = DEFAULT_SPARK_MASTER
+    shared_dir: str | None = None  # where every Spark node reads the training data (default: .digitdrift/spark-data)
     model_name: str = SPARK_MODEL_NAME
     run_name: str | None = None
 
 
-def spark_session(master: str = DEFAULT_SPARK_MASTER):
-    """This process's SparkSession (local[*] by default, a cluster by its master URL), created on first use."""
-    from pyspark.sql import SparkSession
+def write_split_parquet(digits: Digits, folder: Path, parts: int = 8) -> str:
+    """A split written once as a folder of Parquet parts (pixels as 784 doubles, label), for executors to read.
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run this environment's interpreter
-    return SparkSession.builder.config(map=spark_config(master, "digitdrift-training")).getOrCreate()
+    Written to a new name and renamed into place, so a reader never sees half of it; a split already there
+    is reused. `parts` files give the cluster as many tasks to read them in parallel.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if (folder / "_SUCCESS").is_file():
+        return str(folder)
+    temporary = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    temporary.mkdir(parents=True, exist_ok=True)
+    flat = digits.images.reshape(len(digits), PIXELS).astype(np.float64)
+    for index, rows in enumerate(np.array_split(np.arange(len(digits)), parts)):
+        table = pa.table(
+            {
+                "pixels": pa.FixedSizeListArray.from_arrays(pa.array(flat[rows].ravel()), PIXELS).cast(pa.list_(pa.float64())),
+                "label": pa.array(digits.labels[rows].astype(np.int64)),
+            }
+        )
+        pq.write_table(table, temporary / f"part-{index:03d}.parquet", compression="zstd")
+    (temporary / "_SUCCESS").touch()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        temporary.rename(folder)
+    except OSError:  # another job wrote it meanwhile
+        shutil.rmtree(temporary, ignore_errors=True)
+    return str(folder)
 
 
 def pixels_frame(digits: Digits) -> pd.DataFrame:
@@ -101,39 +126,60 @@ def read_png_folders(spark, folder: str | Path, source: str, limit_per_class: in
     return frame
 
 
-def build_pipeline(config: SparkJobConfig):
-    """pixels -> PCA(k) -> scaled features -> classifier (class in `predicted_class`, probabilities in `probability`)
-    -> the probabilities again as `prediction`.
+def feature_stages(config: SparkJobConfig) -> list:
+    """pixels -> PCA(k) -> scaled features."""
+    from pyspark.ml.feature import PCA, StandardScaler
 
-    MLflow's Spark pyfunc answers with the `prediction` column whatever the pipeline computes, so the last stage
-    puts the ten probabilities there: served through pyfunc, digits-spark answers like digits-cnn does.
-    """
-    from pyspark.ml import Pipeline
-    from pyspark.ml.classification import LogisticRegression, MultilayerPerceptronClassifier
-    from pyspark.ml.feature import PCA, StandardScaler, VectorAssembler
-
-    if config.classifier not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {config.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
-    stages = [
+    return [
         PCA(k=config.pca_k, inputCol="pixels", outputCol="pca"),
         StandardScaler(inputCol="pca", outputCol="features", withMean=True, withStd=True),
     ]
+
+
+def classifier_stage(config: SparkJobConfig):
+    """The classifier on the features: class in `predicted_class`, probabilities in `probability`."""
+    from pyspark.ml.classification import LogisticRegression, MultilayerPerceptronClassifier
+
+    if config.classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {config.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
     if config.classifier == "mlp":
-        stages.append(
-            MultilayerPerceptronClassifier(
-                layers=[config.pca_k, config.hidden, NUM_CLASSES],
-                maxIter=config.max_iter,
-                seed=config.seed,
-                blockSize=256,
-                predictionCol=CLASS_COLUMN,
-            )
+        return MultilayerPerceptronClassifier(
+            layers=[config.pca_k, config.hidden, NUM_CLASSES],
+            maxIter=config.max_iter,
+            seed=config.seed,
+            blockSize=256,
+            predictionCol=CLASS_COLUMN,
         )
-    else:
-        stages.append(
-            LogisticRegression(family="multinomial", maxIter=config.max_iter, regParam=1e-4, predictionCol=CLASS_COLUMN)
-        )
-    stages.append(VectorAssembler(inputCols=["probability"], outputCol=PYFUNC_OUTPUT_COLUMN))
-    return Pipeline(stages=stages)
+    return LogisticRegression(family="multinomial", maxIter=config.max_iter, regParam=1e-4, predictionCol=CLASS_COLUMN)
+
+
+def output_stage():
+    """The probabilities again as `prediction`: MLflow's Spark pyfunc answers with that column whatever the
+    pipeline computes, so served through pyfunc, digits-spark answers ten probabilities like digits-cnn."""
+    from pyspark.ml.feature import VectorAssembler
+
+    return VectorAssembler(inputCols=["probability"], outputCol=PYFUNC_OUTPUT_COLUMN)
+
+
+def build_pipeline(config: SparkJobConfig):
+    """The whole pipeline, unfitted: features, classifier, output."""
+    from pyspark.ml import Pipeline
+
+    return Pipeline(stages=[*feature_stages(config), classifier_stage(config), output_stage()])
+
+
+def fit_pipeline(config: SparkJobConfig, train):
+    """Fit the features once, cache them in the executors, then fit the classifier over the cached features
+    (its optimiser passes over them `max_iter` times); one PipelineModel of every stage."""
+    from pyspark.ml import Pipeline, PipelineModel
+
+    features = Pipeline(stages=feature_stages(config)).fit(train)
+    cached = features.transform(train).select("features", "label").cache()
+    try:
+        classifier = classifier_stage(config).fit(cached)
+    finally:
+        cached.unpersist()
+    return PipelineModel(stages=[*features.stages, classifier, output_stage()])
 
 
 def probabilities_of(model, frame) -> tuple[np.ndarray, np.ndarray]:
@@ -155,13 +201,17 @@ class SparkJobResult:
 
 def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
     """Train, evaluate on MNIST test and the foreign sets, log to one MLflow run, register digits-spark@challenger."""
-    spark = spark_session(config.spark_master)
+    spark = spark_session(config.spark_master, "digitdrift-training")
     data_dir = Path(config.data_dir)
     train, _ = split_train_validation(
         load_mnist(data_dir / "mnist", "train"), config.validation_size, config.seed, config.train_limit
     )
-    train_frame = spark.createDataFrame(pixels_frame(train))
-    evaluation_frames = {"mnist_test": spark.createDataFrame(pixels_frame(load_mnist(data_dir / "mnist", "test")))}
+    # the data goes to the executors as files, not inside every task from the driver
+    shared = Path(config.shared_dir or settings.state_dir / "spark-data")
+    split = f"mnist-train-seed{config.seed}-validation{config.validation_size}-limit{config.train_limit or 'all'}"
+    train_frame = spark.read.parquet(write_split_parquet(train, shared / split))
+    test_path = write_split_parquet(load_mnist(data_dir / "mnist", "test"), shared / "mnist-test")
+    evaluation_frames = {"mnist_test": spark.read.parquet(test_path)}
     for source in FOREIGN_LAYOUTS:
         evaluation_frames[source] = read_png_folders(spark, data_dir / source, source, config.foreign_limit_per_class)
     use_tracking(settings)
@@ -170,7 +220,7 @@ def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
         mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
         mlflow.log_param("train_size", len(train))
         started = time.perf_counter()
-        model = build_pipeline(config).fit(with_vectors(train_frame).cache())
+        model = fit_pipeline(config, with_vectors(train_frame))
         train_seconds = time.perf_counter() - started
         log.info("trained %s on %d images in %.0f s", config.classifier, len(train), train_seconds)
         mlflow.log_metric("train_seconds", train_seconds)

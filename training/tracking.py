@@ -1,4 +1,4 @@
-"""MLflow plumbing shared by the training jobs: tracking URI, experiment, Keras model logging."""
+"""Keras model logging for the training jobs (tracking set-up lives in common.tracking)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,7 @@ from types import SimpleNamespace
 import mlflow
 from mlflow.models import Model
 
-from common.settings import Settings
-
 log = logging.getLogger(__name__)
-
-
-def use_tracking(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment; return the experiment id."""
-    if settings.tracking_uri.startswith("sqlite:///"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        experiment_id = mlflow.create_experiment(settings.experiment, settings.experiment_artifact_location)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
 
 
 def _save_keras_with_example(path: str, **kwargs) -> None:

@@ -9,13 +9,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from common.settings import PROJECT_ROOT
 from serving.prediction_log import PredictionLog
+from tests.helpers import assert_same_frames
 
 pytestmark = pytest.mark.slow
 
@@ -245,21 +245,12 @@ def test_windows_with_too_few_records_are_shown_but_not_judged(traffic, champion
     assert (tmp_path / "out" / "alerts.jsonl").read_text() == ""
 
 
-def assert_same_frames(left, right, exact):
-    """Columns in `exact` equal; every other column within 1e-9 (NaN where the other is NaN)."""
-    assert list(left.columns) == list(right.columns)
-    assert len(left) == len(right)
-    for column in left.columns:
-        a, b = left[column].to_numpy(), right[column].to_numpy()
-        if column in exact or a.dtype == bool:
-            assert (a == b).all(), column
-        else:
-            assert np.allclose(a.astype(float), b.astype(float), rtol=0, atol=1e-9, equal_nan=True), column
-
-
 def test_spark_and_pandas_engines_judge_the_same_log_alike(traffic, champion, spark, tmp_path):
-    from monitoring.job import PandasLog, judge, read_log, read_truth, resolve_model
+    from monitoring.engine import read_truth
+    from monitoring.job import judge
     from monitoring.metrics import AGGREGATE_COLUMNS, MonitorConfig
+    from monitoring.model import resolve_model
+    from monitoring.pandas_engine import PandasLog, read_log
     from monitoring.spark_engine import SparkLog
     from serving.prediction_log import export_parquet
 
@@ -314,3 +305,25 @@ def test_the_spark_engine_from_the_command_line_matches_the_pandas_run(monitored
     mlflow.set_tracking_uri(champion.tracking_uri)
     found = mlflow.search_runs(search_all_experiments=True, filter_string="params.engine = 'spark'", output_format="list")
     assert len(found) == 1 and found[0].data.tags["traffic"] == "test-spark"
+
+
+def test_the_evidently_report_agrees_with_the_monitor_on_a_stable_and_a_drifted_log(traffic, champion, tmp_path):
+    from monitoring.job import monitor
+    from monitoring.model import resolve_model
+    from monitoring.pandas_engine import PandasLog, read_log
+
+    home, _ = traffic
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    model = resolve_model(champion.uri, None, None, "digits-cnn")
+    frame = read_log(home / "log.db")
+    stable = monitor(PandasLog(frame[frame["window"] < 4]), model, tmp_path / "stable", "stable", track=False)
+    drifted = monitor(PandasLog(frame), model, tmp_path / "drifted", "drifted", track=False)
+
+    assert stable.alerts == [] and not stable.report.dataset_drift, stable.report
+    assert drifted.alerts and drifted.report.dataset_drift, drifted.report
+    # drift though fewer than Evidently's default half of the columns moved: the rule is any signal column
+    assert 1 <= drifted.report.drifted_columns < drifted.report.columns / 2 and stable.report.drifted_columns == 0
+    assert "flagged" in drifted.report.title and "windows between 4 and 7" in drifted.report.title
+    assert "no alert" in stable.report.title and "windows between 0 and 3" in stable.report.title
+    html = (tmp_path / "drifted" / "evidently_report.html").read_text()
+    assert f"<title>{drifted.report.title}</title>" in html

@@ -1,0 +1,187 @@
+"""The partitioned prediction dataset: immutable Parquet parts under a folder or a blob container, and Azure's
+data-collector files; its layout, its schema and how it is listed and read (writers live in serving).
+
+Layout (Hive-style, by the hour the records were scored, UTC):
+
+    <root>/date=YYYY-MM-DD/hour=HH/part-<writer>-<first sequence number>.parquet
+
+Every scoring process is a writer with its own id, and numbers its records; a part's name is therefore
+unique across replicas and the same when a writer publishes the same records again after a crash, so a
+retried publication replaces a part instead of adding one. A part appears whole or not at all: a local part
+is renamed into place, a blob is committed by one upload.
+
+Azure ML's data collector writes JSON lines instead, under
+`<root>/<endpoint>/<deployment>/model_outputs/YYYY/MM/DD/HH/<instance>.jsonl`, each line a CloudEvent whose
+`data` holds one or more records (score.py collects the same record columns, the image base64-encoded).
+Readers take either layout and keep one record per (request_id, image_index): replicas write at least once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.records import PREDICTION_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+ARROW_TYPES = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64(), "BLOB": pa.binary()}
+ARROW_SCHEMA = pa.schema([(name, ARROW_TYPES[kind.split()[0]]) for name, kind in PREDICTION_COLUMNS.items()])
+PART_SUFFIX = ".parquet"
+COLLECTOR_SUFFIX = ".jsonl"
+COLLECTOR_OUTPUTS = "model_outputs"  # the collection score.py fills with prediction records
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+PART_NAME = re.compile(r"part-(?P<writer>[A-Za-z0-9_.-]+)-(?P<sequence>\d{12})\.parquet$")
+
+
+class DatasetError(ValueError):
+    """A dataset location or part that cannot be read; the message names it and what was expected."""
+
+
+def is_dataset_url(location: str) -> bool:
+    """A blob container (az://, abfs://) or a folder, as opposed to a single SQLite or Parquet file."""
+    return location.startswith(("az://", "abfs://")) or os.path.isdir(location)
+
+
+def filesystem(location: str):
+    """The fsspec filesystem and root path of a dataset: a local folder, or az://container/prefix (adlfs).
+
+    A blob container is reached with the connection string in AZURE_STORAGE_CONNECTION_STRING (a storage
+    account's, or Azurite's) or, without one, the Azure identity of the process (DefaultAzureCredential).
+    """
+    import fsspec
+
+    if location.startswith(("az://", "abfs://")):
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+        connection = os.environ.get(CONNECTION_STRING_ENV)
+        if not connection and not account:
+            raise DatasetError(f"{location}: set {CONNECTION_STRING_ENV} (or AZURE_STORAGE_ACCOUNT_NAME) to reach the container")
+        options = {"connection_string": connection} if connection else {"account_name": account, "anon": False}
+        return fsspec.core.url_to_fs(location, **options)
+    return fsspec.core.url_to_fs(os.path.abspath(location))
+
+
+def partition_of(timestamp: str) -> str:
+    """The partition folder of a record scored at an ISO-8601 UTC `timestamp`."""
+    moment = datetime.fromisoformat(timestamp)
+    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
+
+
+def part_name(writer: str, first_sequence: int) -> str:
+    return f"part-{writer}-{first_sequence:012d}{PART_SUFFIX}"
+
+
+def records_table(rows: Iterable[tuple]) -> pa.Table:
+    """Rows in PREDICTION_COLUMNS order as an Arrow table of the dataset's schema."""
+    columns = list(zip(*rows))
+    if not columns:
+        return ARROW_SCHEMA.empty_table()
+    return pa.table([pa.array(column, type=field.type) for column, field in zip(columns, ARROW_SCHEMA)], schema=ARROW_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One immutable file of a dataset."""
+
+    path: str  # as the filesystem names it
+    size: int
+
+    @property
+    def kind(self) -> str:
+        return "collector" if self.path.endswith(COLLECTOR_SUFFIX) else "parquet"
+
+
+def list_parts(fs, root: str) -> list[Part]:
+    """Every published part under `root` (Parquet parts and collector JSON lines), in name order."""
+    if not fs.exists(root):
+        return []
+    found = fs.find(root, detail=True)
+    parts = [
+        Part(path, int(info.get("size") or 0))
+        for path, info in found.items()
+        if path.endswith((PART_SUFFIX, COLLECTOR_SUFFIX)) and not os.path.basename(path).startswith(".")
+    ]
+    return sorted(parts, key=lambda part: part.path)
+
+
+def collector_records(lines: Iterable[str], where: str) -> list[dict]:
+    """The prediction records of data-collector JSON lines (each a CloudEvent whose `data` lists records)."""
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+            data = event["data"]
+        except (ValueError, KeyError, TypeError):
+            raise DatasetError(f"{where}:{number}: not a data-collector event (a JSON object with 'data')") from None
+        records.extend(data if isinstance(data, list) else [data])
+    return records
+
+
+def collector_frame(records: list[dict], where: str) -> pd.DataFrame:
+    """Collected records in the dataset's columns; the image comes back from base64."""
+    frame = pd.DataFrame.from_records(records)
+    missing = [column for column in ("request_id", "image_index", "model_name", "model_version") if column not in frame]
+    if missing:
+        raise DatasetError(f"{where}: collected records lack column(s) {', '.join(missing)}")
+    for column in PREDICTION_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame["image"] = [base64.b64decode(value) if isinstance(value, str) else None for value in frame["image"]]
+    return pa.Table.from_pandas(frame[list(PREDICTION_COLUMNS)], schema=ARROW_SCHEMA, preserve_index=False).to_pandas()
+
+
+def read_parts(fs, parts: list[Part], columns: list[str] | None = None) -> pd.DataFrame:
+    """The records of `parts` as one DataFrame (only `columns` when given), one per (request_id, image_index)."""
+    wanted = list(PREDICTION_COLUMNS) if columns is None else list(dict.fromkeys(["request_id", "image_index", *columns]))
+    frames = []
+    for part in parts:
+        try:
+            if part.kind == "parquet":
+                with fs.open(part.path, "rb") as stream:
+                    frames.append(pq.read_table(stream, columns=wanted).to_pandas())
+            else:
+                with fs.open(part.path, "rt") as stream:
+                    frames.append(collector_frame(collector_records(stream, part.path), part.path)[wanted])
+        except (OSError, pa.ArrowInvalid, KeyError) as err:
+            raise DatasetError(f"{part.path}: not a readable part of a prediction dataset ({err})") from None
+    if not frames:
+        return ARROW_SCHEMA.empty_table().to_pandas()[wanted]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.drop_duplicates(subset=["request_id", "image_index"], keep="first").reset_index(drop=True)
+
+
+def bytes_of(parts: list[Part]) -> int:
+    return sum(part.size for part in parts)
+
+
+def part_windows(fs, part: Part) -> tuple[int, int] | None:
+    """The smallest and largest window in a part (None when no record carries one), from Parquet's column
+    statistics where they exist: a planner learns a part's span without reading its records."""
+    if part.kind == "parquet":
+        with fs.open(part.path, "rb") as stream:
+            metadata = pq.ParquetFile(stream).metadata
+            column = metadata.schema.names.index("window")
+            spans = []
+            for index in range(metadata.num_row_groups):
+                statistics = metadata.row_group(index).column(column).statistics
+                if statistics is None or not statistics.has_min_max:
+                    if statistics is not None and statistics.null_count == metadata.row_group(index).num_rows:
+                        continue
+                    break  # no statistics: read the column below
+                spans.append((statistics.min, statistics.max))
+            else:
+                return (min(low for low, _ in spans), max(high for _, high in spans)) if spans else None
+    windows = read_parts(fs, [part], ["window"])["window"].dropna()
+    return (int(windows.min()), int(windows.max())) if len(windows) else None

@@ -1,0 +1,64 @@
+"""The one home of MLflow plumbing: tracking set-up, registry look-ups, and a model version's reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
+
+
+def use_tracking(settings: Settings) -> str:
+    """Point MLflow at the configured store and experiment (creating both when new); return the experiment id."""
+    if settings.tracking_uri.startswith("sqlite:///"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(settings.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = mlflow.create_experiment(settings.experiment, settings.experiment_artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version as a `models:/` URI resolves today."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str
+
+
+def resolve_registered(model_uri: str) -> RegisteredVersion:
+    """`models:/name@alias` or `models:/name/3` to the version it names now.
+
+    A malformed URI is a ValueError; a name, alias or version the registry lacks an MlflowException.
+    """
+    ref = parse_registry_uri(model_uri)
+    client = mlflow.MlflowClient()
+    found = (
+        client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else client.get_model_version(ref.name, ref.version)
+    )
+    return RegisteredVersion(ref.name, str(found.version), ref.alias, found.run_id)
+
+
+def download_reference(run_id: str) -> Path:
+    """The monitoring reference (reference/reference.npz) logged on a training run, downloaded to a local file.
+
+    A run without one is a FileNotFoundError naming the run and the command that creates it.
+    """
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}")
+        )
+    except (OSError, MlflowException):
+        raise FileNotFoundError(
+            f"run {run_id} has no monitoring reference ({REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}); "
+            "create it with `python -m training reference --model models:/<name>/<version>`"
+        ) from None

@@ -1,0 +1,157 @@
+"""The interface every monitoring engine implements, and how a log is opened with one.
+
+An engine reads a prediction log and computes, per window, only counts, sums, quantiles and keyed
+samples; `monitoring.metrics.judge_windows` turns those into every metric, test and alert, so the
+pandas engine (in memory) and the Spark engine (a cluster) reach the same verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import pandas as pd
+
+from common.prediction_dataset import COLLECTOR_SUFFIX, PART_SUFFIX, DatasetError, Part, filesystem, read_parts
+from common.records import GROUND_TRUTH_COLUMNS
+from common.reference import Reference
+from common.spark import DEFAULT_SPARK_MASTER
+from monitoring.incremental import Increment, in_increment
+
+if TYPE_CHECKING:
+    from monitoring.model import ModelRef
+
+logger = logging.getLogger(__name__)
+ENGINES = ("pandas", "spark")
+
+
+class MonitoringError(RuntimeError):
+    """A log or reference that cannot be monitored; the message says what and how to fix it."""
+
+
+class LogEngine(Protocol):
+    """What the monitoring job asks of a prediction log, whichever engine holds it."""
+
+    engine: str
+
+    def versions(self) -> list[str]:
+        """The model versions the log holds records of."""
+
+    def of_version(self, name: str, version: str) -> LogEngine:
+        """Only the records of one model version."""
+
+    def is_empty(self) -> bool: ...
+
+    def aggregates(self, reference: Reference) -> pd.DataFrame:
+        """Per-window counts, sums and quantiles (`monitoring.metrics.AGGREGATE_COLUMNS`)."""
+
+    def samples(self, size: int) -> pd.DataFrame:
+        """Per window, the `size` records with the smallest sample keys (`monitoring.metrics.SAMPLE_COLUMNS`)."""
+
+    def rows_of_windows(self, windows: list[int], limit: int) -> pd.DataFrame:
+        """Up to `limit` records of `windows`: those with the smallest sample keys."""
+
+    def least_confident(self, windows: list[int], per_window: int) -> pd.DataFrame:
+        """The least confident flagged records of each window, with their images."""
+
+    def truth_metrics(self, truth: pd.DataFrame) -> pd.DataFrame:
+        """Realised accuracy and true foreign share per window, from a ground-truth sidecar."""
+
+
+def open_log(path: str | Path, engine: str = "pandas", spark_master: str = DEFAULT_SPARK_MASTER) -> LogEngine:
+    """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet)."""
+    if engine == "pandas":
+        from monitoring.pandas_engine import PandasLog, read_log
+
+        return PandasLog(read_log(path))
+    if engine != "spark":
+        raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    from monitoring.spark_engine import SparkLog, SparkLogError
+
+    try:
+        return SparkLog.read(path, spark_master)
+    except SparkLogError as err:
+        raise MonitoringError(str(err)) from None
+
+
+def for_version(log: LogEngine, model: ModelRef, path: str | Path) -> LogEngine:
+    """Only the records of the model version the reference belongs to."""
+    versions = log.versions()
+    selected = log.of_version(model.name, model.version)
+    if selected.is_empty():
+        raise MonitoringError(
+            f"{path}: no records of {model.name} version {model.version} (the log holds versions "
+            f"{', '.join(versions)}); pass --model for the version that served them"
+        )
+    if len(versions) > 1:
+        logger.warning("%s holds versions %s; monitoring version %s only", path, ", ".join(versions), model.version)
+    return selected
+
+
+def read_truth(path: str | Path) -> pd.DataFrame:
+    """A simulation's ground-truth sidecar (request id, image index, source, label)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MonitoringError(f"{path}: no ground-truth sidecar here (the simulator writes ground_truth.db)")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        return pd.read_sql_query(f"SELECT {', '.join(GROUND_TRUTH_COLUMNS)} FROM ground_truth", connection)
+
+
+def open_dataset(
+    location: str, increment: Increment, engine: str, cache_dir: Path, spark_master: str = DEFAULT_SPARK_MASTER
+) -> LogEngine:
+    """The records an increment judges, read from a partitioned dataset by the pandas or the Spark engine.
+
+    Spark reads local Parquet parts where they are; parts in a blob container, and collector JSON lines,
+    are first copied into `cache_dir` as Parquet (Spark here has no Azure connector), once each.
+    """
+    fs, _ = filesystem(location)
+    parts = list(increment.parts)
+    if increment.through is None or not parts:
+        raise MonitoringError(f"{location}: no complete window to judge yet (every window so far is judged or still open)")
+    if engine == "pandas":
+        from monitoring.pandas_engine import PandasLog
+
+        try:
+            frame = read_parts(fs, parts)
+        except DatasetError as err:
+            raise MonitoringError(str(err)) from None
+        keep = in_increment(frame["window"], increment)
+        late = int((frame["window"].notna() & ~keep & (frame["window"] <= increment.through)).sum())
+        if late:
+            logger.warning("%s: %d late records of windows already judged are left out", location, late)
+        return PandasLog(frame[keep].astype({"window": int}))
+    if engine != "spark":
+        raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    from monitoring.spark_engine import SparkLog, SparkLogError
+
+    try:
+        files = local_parquet(fs, parts, cache_dir)
+        return SparkLog.read_files(files, location, spark_master, increment.after, increment.through)
+    except (SparkLogError, DatasetError) as err:
+        raise MonitoringError(str(err)) from None
+
+
+def local_parquet(fs, parts: list[Part], cache_dir: Path) -> list[str]:
+    """Local Parquet paths of `parts`: local Parquet parts as they are, others copied (and converted) once."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    files = []
+    for part in parts:
+        if isinstance(fs, LocalFileSystem) and part.kind == "parquet":
+            files.append(part.path)
+            continue
+        name = part.path.replace("/", "__")
+        target = cache_dir / (name if part.kind == "parquet" else name.removesuffix(COLLECTOR_SUFFIX) + PART_SUFFIX)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(".tmp")
+            if part.kind == "parquet":
+                fs.get_file(part.path, str(temporary))
+            else:
+                read_parts(fs, [part]).to_parquet(temporary, index=False)
+            temporary.replace(target)
+        files.append(str(target))
+    return files

@@ -1,0 +1,252 @@
+"""The partitioned prediction dataset for real: replicas on Azurite killed and restarted, incremental monitoring."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from common.prediction_dataset import filesystem, list_parts, read_parts
+from common.records import PredictionRecord, read_prediction_log
+from common.settings import PROJECT_ROOT
+from serving.dataset_sink import DatasetSink
+from tests.helpers import assert_same_frames, free_port, serving_command, stop, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+SCENARIO = {
+    "name": "devanagari-from-day-4",
+    "windows": 8,
+    "requests_per_window": 60,
+    "seed": 5,
+    "mode": "mix",
+    "sources": {"mnist": {"weight": {"constant": 1.0}}, "devanagari": {"weight": {"step": {"at": 4, "after": 1.0}}}},
+}
+
+
+def cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def records_of(frame: pd.DataFrame, hour: int) -> list[PredictionRecord]:
+    """Real scored records, re-stamped as scored at `hour` (the dataset partitions by scoring time)."""
+    records = []
+    for row in frame.itertuples(index=False):
+        records.append(
+            PredictionRecord(
+                request_id=row.request_id,
+                image_index=int(row.image_index),
+                model_name=row.model_name,
+                model_version=str(row.model_version),
+                timestamp=f"2026-11-22T{hour:02d}:30:00.000000+00:00",
+                window=int(row.window),
+                predicted=int(row.predicted),
+                probabilities=tuple(float(getattr(row, f"prob_{d}")) for d in range(10)),
+                confidence=float(row.confidence),
+                flags=tuple(flag for flag in row.flags.split(",") if flag),
+                fingerprint=row.fingerprint,
+                foreign_score=float(row.foreign_score),
+                projection=tuple(float(getattr(row, f"emb_{i}")) for i in range(8)),
+                image=row.image,
+            )
+        )
+    return records
+
+
+@pytest.fixture(scope="module")
+def scored(champion, shared_data, tmp_path_factory):
+    """Eight windows of real traffic scored through score.py (MNIST, then half Devanagari from window 4)."""
+    home = tmp_path_factory.mktemp("dataset-traffic")
+    (home / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
+    env = {"DIGITDRIFT_DATA": str(shared_data), "DIGITDRIFT_HOME": str(home), "MLFLOW_TRACKING_URI": champion.tracking_uri}
+    arguments = ["run", "--scenario", str(home / "scenario.yaml"), "--url", "inprocess", "--model", champion.uri]
+    run = cli(
+        "simulation", [*arguments, "--prediction-log", str(home / "log.db"), "--run-dir", str(home / "run"), "--no-mlflow"], env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return pd.DataFrame(read_prediction_log(home / "log.db")), env
+
+
+def monitor_dataset(location: str, env: dict, out: Path, champion, *extra: str) -> pd.DataFrame:
+    run = cli("monitoring", ["run", "--log", location, "--model", champion.uri, "--out", str(out), "--no-mlflow", *extra], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "watermark.json").is_file()
+    return pd.read_csv(out / "window_metrics.csv")
+
+
+def test_an_incremental_run_reads_only_new_parts_and_matches_a_full_run(scored, champion, tmp_path):
+    frame, env = scored
+    location = str(tmp_path / "dataset")
+    sink = DatasetSink(location, tmp_path / "staging", flush_seconds=3600)
+    for window in range(4):  # day one: one part per window
+        sink.write(records_of(frame[frame["window"] == window], hour=10))
+        sink.publish()
+    watermark = tmp_path / "watermark.json"
+    first = monitor_dataset(location, env, tmp_path / "first", champion, "--watermark", str(watermark))
+    assert first["window"].tolist() == [0, 1, 2]  # window 3 may still grow: judged next time
+
+    parts_before = {part.path for part in list_parts(*filesystem(location))}
+    sink.write(records_of(frame[frame["window"] >= 4], hour=11))  # day two
+    sink.close()
+    out = tmp_path / "second"
+    second = monitor_dataset(location, env, out, champion, "--watermark", str(watermark), "--close-windows")
+    assert second["window"].tolist() == [3, 4, 5, 6, 7]
+    state = json.loads(watermark.read_text())
+    fs, root = filesystem(location)
+    everything = list_parts(fs, root)
+    new = [part.path for part in everything if part.path not in parts_before]
+    assert len(everything) == 5 and len(new) == 1 and state["judged_through"] == 7
+    assert sorted(state["consumed"]) == sorted(part.path for part in everything)
+
+    full = monitor_dataset(location, env, tmp_path / "full", champion, "--full")
+    stitched = pd.concat([first, second], ignore_index=True)
+    assert_same_frames(full, stitched, exact=["window", "volume", "too_small"])
+    assert int(full["volume"].sum()) == len(frame)
+    nothing = cli(
+        "monitoring", ["run", "--log", location, "--model", champion.uri, "--no-mlflow", "--watermark", str(watermark)], env
+    )
+    assert nothing.returncode == 0 and "nothing to judge" in nothing.stdout
+
+
+def test_the_spark_engine_judges_a_dataset_like_pandas(scored, champion, tmp_path):
+    frame, env = scored
+    location = str(tmp_path / "dataset")
+    sink = DatasetSink(location, tmp_path / "staging", flush_seconds=3600)
+    sink.write(records_of(frame[frame["window"] < 4], hour=10))
+    sink.write(records_of(frame[frame["window"] >= 4], hour=11))
+    sink.close()
+    by_pandas = monitor_dataset(location, env, tmp_path / "pandas", champion, "--full")
+    by_spark = monitor_dataset(
+        location, env, tmp_path / "spark", champion, "--full", "--engine", "spark", "--spark-master", "local[1]"
+    )
+    assert_same_frames(by_pandas, by_spark, exact=["window", "volume", "too_small"])
+    assert int(by_spark["volume"].sum()) == len(frame)
+
+
+def acknowledged(run_dir: Path) -> set[tuple[str, int]]:
+    """The images the simulator was told were scored (its sidecar is written only after an answer)."""
+    if not (run_dir / "ground_truth.db").is_file():
+        return set()
+    with sqlite3.connect(run_dir / "ground_truth.db") as connection:
+        try:
+            return set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
+        except sqlite3.OperationalError:  # not created yet
+            return set()
+
+
+def test_two_replicas_on_azurite_lose_no_acknowledged_prediction_when_one_is_killed(
+    champion, azurite, shared_data, tmp_path, monkeypatch
+):
+    container = f"predictions{int(time.time())}"
+    env = {
+        "AZURE_STORAGE_CONNECTION_STRING": azurite,
+        "MLFLOW_TRACKING_URI": champion.tracking_uri,
+        "DIGITDRIFT_DATA": str(shared_data),
+        "DIGITDRIFT_HOME": str(tmp_path),
+    }
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)  # this process reads the container too
+    fs, _ = filesystem(f"az://{container}")
+    fs.mkdir(container)
+    location = f"az://{container}/predictions"
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+
+    def replica(index: int, flush_seconds: float = 1) -> subprocess.Popen:
+        command = serving_command(
+            champion.uri,
+            ports[index],
+            "--prediction-dataset",
+            location,
+            "--staging-dir",
+            str(tmp_path / f"staging-{index}"),
+            "--flush-seconds",
+            str(flush_seconds),
+        )
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=open(tmp_path / f"replica-{index}.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(f"{urls[index]}/ready", process, 180)
+        return process
+
+    replicas = [replica(0, flush_seconds=600), replica(1)]  # replica 0 publishes nothing before it is killed
+    simulation = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulation",
+            "run",
+            "--scenario",
+            "gradual-devanagari",
+            "--windows",
+            "6",
+            "--requests-per-window",
+            "60",
+            "--url",
+            ",".join(urls),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-mlflow",
+            "--concurrency",
+            "4",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(acknowledged(tmp_path / "run")) < 100:
+            time.sleep(0.2)
+        os.kill(replicas[0].pid, signal.SIGKILL)  # mid-run, with records staged and not yet published
+        replicas[0].wait()
+        with sqlite3.connect(tmp_path / "staging-0" / "staging.db") as staging:
+            staged = staging.execute("SELECT COUNT(*) FROM staged").fetchone()[0]
+        assert staged > 0  # acknowledged, and only on replica 0's disk
+        replicas[0] = replica(0)  # the same staging folder: what it staged is published now
+        _, errors = simulation.communicate(timeout=300)
+        assert simulation.returncode == 0, errors[-3000:]
+    finally:
+        if simulation.poll() is None:
+            simulation.kill()
+        for process in replicas:
+            stop(process)  # a graceful stop publishes what is staged
+    ids = acknowledged(tmp_path / "run")
+    assert len(ids) == 6 * 60
+
+    parts = list_parts(fs, f"{container}/predictions")
+    writers = {Path(part.path).name.split("-")[1] for part in parts}
+    with sqlite3.connect(tmp_path / "staging-0" / "staging.db") as staging:
+        assert staging.execute("SELECT COUNT(*) FROM staged").fetchone()[0] == 0  # published after the restart
+    assert len(writers) == 2 and all(part.kind == "parquet" for part in parts)
+    records = read_parts(fs, parts, ["window"])
+    assert set(zip(records["request_id"], records["image_index"])) == ids  # every acknowledged record, once
+    raw = sum(len(read_parts(fs, [part], ["window"])) for part in parts)
+    print(f"{len(parts)} parts from 2 writers; {raw - len(records)} record(s) written by both replicas")
+
+    for engine in ("pandas", "spark"):
+        out = tmp_path / f"monitor-{engine}"
+        extra = ["--engine", engine, "--spark-master", "local[1]"] if engine == "spark" else []
+        metrics = monitor_dataset(location, env, out, champion, "--full", *extra)
+        assert metrics["window"].tolist() == list(range(6)) and int(metrics["volume"].sum()) == len(ids)

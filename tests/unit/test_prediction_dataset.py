@@ -1,0 +1,156 @@
+"""The partitioned prediction dataset: parts published once under stable names, crashes recovered, both layouts read."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.prediction_dataset import DatasetError, Part, filesystem, list_parts, part_windows, read_parts
+from common.records import PredictionRecord, compress_image
+from monitoring.incremental import Increment, Watermark, advance, plan_increment
+from serving.collector_sink import outputs_frame
+from serving.dataset_sink import DatasetSink
+
+
+def record(number: int, window: int | None, hour: int = 10, flagged: bool = False) -> PredictionRecord:
+    image = np.full((28, 28), number % 256, dtype=np.uint8)
+    return PredictionRecord(
+        request_id=f"req-{number}",
+        image_index=0,
+        model_name="digits-cnn",
+        model_version="1",
+        timestamp=f"2026-11-22T{hour:02d}:00:00.000000+00:00",
+        window=window,
+        predicted=number % 10,
+        probabilities=tuple(0.1 for _ in range(10)),
+        confidence=0.5 if flagged else 0.99,
+        flags=("low_confidence",) if flagged else (),
+        fingerprint=f"{number:016x}",
+        foreign_score=float(number),
+        projection=tuple(float(i) for i in range(8)),
+        image=compress_image(image) if flagged else None,
+    )
+
+
+def published(location) -> list[str]:
+    fs, root = filesystem(str(location))
+    return [part.path.removeprefix(root).lstrip("/") for part in list_parts(fs, root)]
+
+
+def test_staged_records_are_published_as_parts_by_hour_once_each(tmp_path):
+    sink = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    assert sink.write([record(i, i // 5) for i in range(10)]) == 10
+    assert sink.write([record(3, 0)]) == 0  # a retried request adds nothing twice
+    sink.write([record(20, 2, hour=11, flagged=True)])
+    assert sink.publish() == 11 and sink.staged() == 0
+    sink.close()
+    names = published(tmp_path / "dataset")
+    assert [name.split("/part-")[0] for name in names] == ["date=2026-11-22/hour=10", "date=2026-11-22/hour=11"]
+    fs, root = filesystem(str(tmp_path / "dataset"))
+    frame = read_parts(fs, list_parts(fs, root))
+    assert sorted(frame["request_id"]) == sorted({f"req-{i}" for i in (*range(10), 20)})
+    assert frame.loc[frame["request_id"] == "req-20", "image"].iloc[0] == record(20, 2, flagged=True).image
+    assert part_windows(fs, list_parts(fs, root)[0]) == (0, 1)
+
+
+def test_a_writer_that_died_before_publishing_publishes_its_staged_records_on_restart(tmp_path):
+    first = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    first.write([record(i, 0) for i in range(4)])
+    first._stop.set()  # gone without close(): its staged records stay in staging.db
+    assert published(tmp_path / "dataset") == []
+    second = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    assert second.writer_id == first.writer_id and second.staged() == 0
+    second.close()
+    fs, root = filesystem(str(tmp_path / "dataset"))
+    assert len(read_parts(fs, list_parts(fs, root))) == 4
+
+
+class FailingUpload(DatasetSink):
+    """Dies after uploading the first of two parts, as a process killed mid-publication would."""
+
+    def _upload(self, partition, name, records):
+        super()._upload(partition, name, records)
+        raise KeyboardInterrupt("killed")
+
+
+def test_a_publication_cut_short_is_finished_under_the_same_names_without_duplicates(tmp_path):
+    sink = FailingUpload(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    sink._stop.set()
+    sink.write([record(1, 0, hour=10), record(2, 0, hour=11)])
+    with pytest.raises(KeyboardInterrupt):
+        sink.publish()
+    half = published(tmp_path / "dataset")
+    assert len(half) == 1
+    sink.write([record(3, 1, hour=10)])  # staged after the cut: published later, in a part of its own
+    restarted = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    restarted.close()
+    names = published(tmp_path / "dataset")
+    assert half[0] in names and len(names) == 3
+    fs, root = filesystem(str(tmp_path / "dataset"))
+    frame = read_parts(fs, list_parts(fs, root))
+    assert sorted(frame["request_id"]) == ["req-1", "req-2", "req-3"]
+
+
+def collector_line(records: list[PredictionRecord], hour: int) -> str:
+    """One CloudEvent as Azure ML's data collector stores it, batching several requests."""
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"event-{hour}-{records[0].request_id}",
+            "source": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws/"
+            "onlineEndpoints/digitdrift-digits/deployments/blue",
+            "type": "azureml.inference.model_outputs",
+            "datacontenttype": "application/json",
+            "time": f"2026-11-22T{hour:02d}:00:00Z",
+            "data": json.loads(outputs_frame(records).to_json(orient="records")),
+            "correlationid": records[0].request_id,
+            "modelversion": "default",
+            "collectdatatype": "pandas.core.frame.DataFrame",
+            "agent": "azureml-ai-monitoring/1.0.0",
+        }
+    )
+
+
+def test_data_collector_files_in_azures_layout_read_as_records(tmp_path):
+    root = tmp_path / "modelDataCollector" / "digitdrift-digits" / "blue" / "model_outputs"
+    for hour, numbers in ((10, [1, 2, 3]), (11, [4, 5, 3])):  # request 3 collected twice
+        folder = root / "2026" / "11" / "22" / f"{hour:02d}"
+        folder.mkdir(parents=True)
+        records = [record(n, n // 2, hour, flagged=n == 4) for n in numbers]
+        (folder / "instance-a.jsonl").write_text(
+            collector_line(records[:2], hour) + "\n" + collector_line(records[2:], hour) + "\n"
+        )
+    fs, path = filesystem(str(root))
+    parts = list_parts(fs, path)
+    assert [part.kind for part in parts] == ["collector", "collector"]
+    frame = read_parts(fs, parts)
+    assert sorted(frame["request_id"]) == [f"req-{n}" for n in (1, 2, 3, 4, 5)]
+    assert frame.loc[frame["request_id"] == "req-4", "image"].iloc[0] == record(4, 2, flagged=True).image
+    assert frame["window"].tolist() == [0, 1, 1, 2, 2] and part_windows(fs, parts[1]) == (1, 2)
+    assert base64.b64decode(json.loads(collector_line([record(4, 2, flagged=True)], 1))["data"][0]["image"])
+
+
+def test_a_collector_file_that_is_not_cloud_events_is_named_with_its_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"data": []}\nnot json\n')
+    fs, root = filesystem(str(tmp_path))
+    with pytest.raises(DatasetError, match=r"bad.jsonl:2: not a data-collector event"):
+        read_parts(fs, list_parts(fs, root))
+
+
+def test_an_increment_reads_new_parts_and_judges_windows_once_the_next_one_has_begun():
+    parts = [Part(f"p{i}", 100) for i in range(4)]
+    spans = {"p0": (0, 1), "p1": (1, 2), "p2": (2, 2), "p3": None}
+    first = plan_increment(parts[:3], spans, Watermark())
+    assert (first.after, first.through) == (None, 1)  # window 2 may still grow
+    assert first.done == ("p0",)  # p1 and p2 hold window 2: read again next time
+    metrics = pd.DataFrame({"window": [0, 1], "too_small": [False, False], "foreign_p": [0.5, 0.4]})
+    mark = advance(Watermark(), first, metrics, ["foreign_p"])
+    assert mark.judged_through == 1 and mark.consumed == ("p0",) and len(mark.history) == 2
+    second = plan_increment(parts, spans, mark, close_all=True)
+    assert [part.path for part in second.parts] == ["p1", "p2", "p3"] and (second.after, second.through) == (1, 2)
+    nothing = plan_increment(parts, spans, advance(mark, second, metrics, ["foreign_p"]))
+    assert nothing.through is None and isinstance(nothing, Increment)

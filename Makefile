@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv azurite data train promote demo evaluate test test-unit test-integration lint bench-train clean
+.PHONY: help venv azurite system-packages stack stack-down data train promote demo evaluate test test-unit test-integration lint bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,12 @@ $(AZURITE):
 
 azurite: $(AZURITE) ## install Azurite (the Azure Storage emulator the tests run blob storage on)
 
+# Debian packages, installed when missing (as root; otherwise the apt-get line to run is printed)
+SYSTEM_TEST := java=openjdk-17-jre-headless chromium=chromium curl=curl npm=npm \
+	/usr/lib/postgresql/15/bin/initdb=postgresql-15 haproxy=haproxy
+system-packages:
+	@scripts/debian-packages.sh $(SYSTEM_TEST)
+
 data: venv ## fill the dataset cache (.digitdrift/data) from ../shared/data or the public downloads
 	$(PY) -m common fetch
 
@@ -50,13 +56,13 @@ demo: data ## the main job: train (or reuse the champion), serve, simulate, moni
 evaluate: data ## the monitor's scorecard at 200 requests per window, into bench/results/
 	scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
 
-test: venv $(AZURITE) ## run the whole test suite (unit and integration)
+test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv $(AZURITE) ## run the integration tests (real MLflow, servers, Spark)
+test-integration: system-packages venv $(AZURITE) ## run the integration tests (real MLflow, servers, Spark)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv ## ruff over the project
@@ -64,6 +70,12 @@ lint: venv ## ruff over the project
 
 bench-train: data ## benchmark: full-MNIST training to accuracy, written to bench/results/
 	$(PY) -m bench.train_keras
+
+stack: system-packages venv $(AZURITE) ## the team stack on loopback: PostgreSQL, Azurite, mlflow server, Spark cluster, and replicas behind HAProxy once a champion exists
+	$(PY) scripts/stack.py up
+
+stack-down: ## stop exactly what make stack started
+	$(PY) scripts/stack.py down
 
 clean: ## remove the local state (.digitdrift: tracking store, artifacts, caches, logs)
 	rm -rf .digitdrift

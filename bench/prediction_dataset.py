@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.machine import describe_machine
 from bench.monitoring import _record
+from common.azurite import azurite_command, connection_string
 from common.prediction_dataset import filesystem
 from common.settings import PROJECT_ROOT
 from monitoring.pandas_engine import read_log
@@ -38,8 +39,6 @@ from serving.dataset_sink import DatasetSink
 from serving.prediction_log import PredictionLog
 
 RESULTS = Path(__file__).parent / "results"
-AZURITE_BLOB = PROJECT_ROOT / ".venv" / "node" / "node_modules" / ".bin" / "azurite-blob"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 log = logging.getLogger("bench.prediction_dataset")
 
 
@@ -75,32 +74,13 @@ def start_azurite(folder: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            str(AZURITE_BLOB),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--location",
-            str(folder),
-            "--skipApiVersionCheck",
-            "--loose",
-            "--silent",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    process = subprocess.Popen(azurite_command(port, folder), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     for _ in range(300):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
-    connection = (
-        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
-    )
-    return process, connection
+    return process, connection_string(port)
 
 
 def publishing(records: list, folder: Path) -> dict:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import sys
 
+from common.settings import PROJECT_ROOT
+
 DEFAULT_SPARK_MASTER = "local[*]"
 
 
 def spark_config(master: str, app_name: str) -> dict[str, str]:
     """The configuration every digitdrift SparkSession is built with."""
+    # executors import this project's packages to unpickle its Python functions (UDFs): on this machine's
+    # cluster they find them here; on a remote cluster, ship them with --py-files (README)
+    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     return {
         "spark.master": master,
+        "spark.executorEnv.PYTHONPATH": python_path,
         "spark.app.name": app_name,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.driver.memory": os.environ.get("DIGITDRIFT_SPARK_DRIVER_MEMORY", "4g"),

@@ -115,30 +115,18 @@ def spark_model(spark, shared_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory):
     """The Azure Storage emulator (blob service) on a free loopback port; its connection string."""
-    from tests.helpers import AZURITE_BLOB, azurite_connection_string, wait_for_port
+    from common.azurite import azurite_command, connection_string
+    from tests.helpers import wait_for_port
 
-    if not AZURITE_BLOB.is_file():
-        pytest.fail(f"{AZURITE_BLOB} is missing: `make test` installs Azurite (npm) before the tests")
     home = tmp_path_factory.mktemp("azurite")
     port = free_port()
-    process = subprocess.Popen(
-        [
-            str(AZURITE_BLOB),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--location",
-            str(home),
-            "--skipApiVersionCheck",
-            "--loose",
-            "--silent",
-        ],
-        stdout=open(home / "azurite.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        command = azurite_command(port, home)
+    except FileNotFoundError as err:
+        pytest.fail(f"{err} (`make test` installs it before the tests)")
+    process = subprocess.Popen(command, stdout=open(home / "azurite.log", "wb"), stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process)
-        yield azurite_connection_string(port)
+        yield connection_string(port)
     finally:
         stop(process)

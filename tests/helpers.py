@@ -143,17 +143,17 @@ def serving_command(model: str, port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "serving", "--model", model, "--port", str(port), *extra]
 
 
-AZURITE_BLOB = PROJECT_ROOT / ".venv" / "node" / "node_modules" / ".bin" / "azurite-blob"
-# Azurite's published development account (its documentation gives this key to every user of the emulator)
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+def acknowledged(run_dir: Path) -> set[tuple[str, int]]:
+    """The images a simulation was told were scored (its sidecar is written only after an answer)."""
+    import sqlite3
 
-
-def azurite_connection_string(port: int) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
-    )
+    if not (run_dir / "ground_truth.db").is_file():
+        return set()
+    with sqlite3.connect(run_dir / "ground_truth.db") as connection:
+        try:
+            return set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
+        except sqlite3.OperationalError:  # not created yet
+            return set()
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -19,7 +19,7 @@ from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.records import PredictionRecord, read_prediction_log
 from common.settings import PROJECT_ROOT
 from serving.dataset_sink import DatasetSink
-from tests.helpers import assert_same_frames, free_port, serving_command, stop, wait_for_http
+from tests.helpers import acknowledged, assert_same_frames, free_port, serving_command, stop, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -137,17 +137,6 @@ def test_the_spark_engine_judges_a_dataset_like_pandas(scored, champion, tmp_pat
     )
     assert_same_frames(by_pandas, by_spark, exact=["window", "volume", "too_small"])
     assert int(by_spark["volume"].sum()) == len(frame)
-
-
-def acknowledged(run_dir: Path) -> set[tuple[str, int]]:
-    """The images the simulator was told were scored (its sidecar is written only after an answer)."""
-    if not (run_dir / "ground_truth.db").is_file():
-        return set()
-    with sqlite3.connect(run_dir / "ground_truth.db") as connection:
-        try:
-            return set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
-        except sqlite3.OperationalError:  # not created yet
-            return set()
 
 
 def test_two_replicas_on_azurite_lose_no_acknowledged_prediction_when_one_is_killed(

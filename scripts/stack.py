@@ -1,0 +1,537 @@
+"""The team stack on one machine, on loopback: PostgreSQL, Azurite, `mlflow server`, a Spark standalone
+cluster, and two serving replicas behind HAProxy.
+
+    python scripts/stack.py up       # start what is not running yet (the replicas and the proxy once the stack's
+                                     # MLflow has models:/digits-cnn@champion); print every URL; idempotent
+    python scripts/stack.py serve    # (re)start the two replicas and the proxy
+    python scripts/stack.py env      # the environment variables that point the commands at the stack
+    python scripts/stack.py down     # stop exactly what `up` and `serve` started (by process id)
+
+Everything lives under `.digitdrift/stack/` (or $DIGITDRIFT_STACK_DIR): data, logs, and `stack.json`, which
+records each process id and URL. Each part is the real engine, from the registries: PostgreSQL 15 from
+Debian (a throwaway cluster started with initdb and pg_ctl; as root they run as the `postgres` user,
+since PostgreSQL refuses to run as root), Azurite from npm, MLflow from PyPI with its artifact store
+in an Azurite container, Spark's own master and worker classes from pyspark, HAProxy from Debian.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from common.azurite import azurite_command, connection_string  # noqa: E402
+from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem  # noqa: E402
+from common.settings import load_settings  # noqa: E402
+
+log = logging.getLogger("stack")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ARTIFACT_CONTAINER = "mlflow"
+PREDICTIONS_CONTAINER = "predictions"
+WORKERS = 2
+REPLICAS = 2
+
+
+def stack_dir() -> Path:
+    return Path(os.environ.get("DIGITDRIFT_STACK_DIR", load_settings().state_dir / "stack")).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def wait_for(check, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} did not come up within {timeout:.0f} s (see the logs in {stack_dir()})")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def spawn(name: str, command: list[str], env: dict | None = None, cwd: Path | None = None) -> int:
+    """Start a long-lived process in its own session (it outlives this command); its output goes to <name>.log."""
+    folder = stack_dir()
+    output = open(folder / f"{name}.log", "ab")
+    process = subprocess.Popen(
+        command,
+        cwd=cwd or PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return process.pid
+
+
+def load_state() -> dict:
+    path = stack_dir() / "stack.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_state(state: dict) -> None:
+    (stack_dir() / "stack.json").write_text(json.dumps(state, indent=2))
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the `postgres` user Debian's package creates."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def start_postgres(state: dict) -> None:
+    entry = state.get("postgres", {})
+    if alive(entry.get("pid")):
+        return
+    folder = stack_dir() / "postgres"
+    data = folder / "data"
+    if not (PG_BIN / "initdb").is_file():
+        raise SystemExit("PostgreSQL 15 is missing: apt-get install postgresql-15 (make stack installs it as root)")
+    port = entry.get("port") or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        reachable = subprocess.run(as_postgres(["test", "-w", str(folder)]), check=False).returncode == 0
+        if not reachable:
+            raise SystemExit(
+                f"the postgres user cannot reach {folder}: let it through the parent folders (chmod o+x), "
+                "or set DIGITDRIFT_STACK_DIR to a folder it can reach"
+            )
+    if not (data / "PG_VERSION").is_file():
+        subprocess.run(
+            as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "digitdrift", "-E", "UTF8"]),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    subprocess.run(
+        as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "postgres.log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    wait_for(lambda: port_open(port), "PostgreSQL")
+    created = subprocess.run(
+        [
+            str(PG_BIN / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "digitdrift",
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT 1 FROM pg_database WHERE datname = 'mlflow'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if created.stdout.strip() != "1":
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "digitdrift", "mlflow"], check=True)
+    state["postgres"] = {
+        "pid": pid,
+        "port": port,
+        "url": f"postgresql+psycopg2://digitdrift@127.0.0.1:{port}/mlflow",
+        "data": str(data),
+    }
+
+
+def start_azurite(state: dict) -> None:
+    entry = state.get("azurite", {})
+    if alive(entry.get("pid")):
+        return
+    port = entry.get("port") or free_port()
+    folder = stack_dir() / "azurite"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        pid = spawn("azurite", azurite_command(port, folder))
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    wait_for(lambda: port_open(port), "Azurite")
+    connection = connection_string(port)
+    os.environ[CONNECTION_STRING_ENV] = connection
+    fs, _ = filesystem(f"az://{ARTIFACT_CONTAINER}")
+    for container in (ARTIFACT_CONTAINER, PREDICTIONS_CONTAINER):
+        if not fs.exists(container):
+            fs.mkdir(container)
+    state["azurite"] = {
+        "pid": pid,
+        "port": port,
+        "url": f"http://127.0.0.1:{port}/devstoreaccount1",
+        "connection_string": connection,
+    }
+
+
+def start_mlflow(state: dict) -> None:
+    entry = state.get("mlflow", {})
+    if alive(entry.get("pid")) and http_ok(f"{entry['url']}/health"):
+        return
+    port = entry.get("port") or free_port()
+    url = f"http://127.0.0.1:{port}"
+    # MLflow accepts only *.blob.core.windows.net artifact URIs; the connection string sends the bytes to Azurite
+    destination = f"wasbs://{ARTIFACT_CONTAINER}@devstoreaccount1.blob.core.windows.net/artifacts"
+    pid = spawn(
+        "mlflow",
+        [
+            str(PROJECT_ROOT / ".venv" / "bin" / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            state["postgres"]["url"],
+            "--artifacts-destination",
+            destination,
+            "--serve-artifacts",
+            "--workers",
+            "2",
+            "--allowed-hosts",
+            f"127.0.0.1:{port},localhost:{port}",
+        ],
+        env={"AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"]},
+    )
+    wait_for(lambda: http_ok(f"{url}/health"), "mlflow server", 180)
+    state["mlflow"] = {"pid": pid, "port": port, "url": url, "artifacts": destination}
+
+
+def spark_env() -> dict:
+    return {
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": str(PROJECT_ROOT / ".venv" / "bin" / "python"),
+        "SPARK_WORKER_DIR": str(stack_dir() / "spark-work"),
+    }
+
+
+def spark_class() -> str:
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+
+
+def start_spark(state: dict) -> None:
+    master = state.get("spark_master", {})
+    if not alive(master.get("pid")):
+        port, ui = master.get("port") or free_port(), master.get("ui_port") or free_port()
+        pid = spawn(
+            "spark-master",
+            [
+                spark_class(),
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            env=spark_env(),
+        )
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{ui}/json/"), "the Spark master", 120)
+        master = {"pid": pid, "port": port, "ui_port": ui, "url": f"spark://127.0.0.1:{port}", "ui": f"http://127.0.0.1:{ui}"}
+        state["spark_master"] = master
+    workers = state.get("spark_workers", [])
+    workers = [worker for worker in workers if alive(worker.get("pid"))]
+    while len(workers) < WORKERS:
+        ui = free_port()
+        pid = spawn(
+            f"spark-worker-{len(workers)}",
+            [
+                spark_class(),
+                "org.apache.spark.deploy.worker.Worker",
+                master["url"],
+                "--cores",
+                "1",
+                "--memory",
+                "3g",
+                "--webui-port",
+                str(ui),
+            ],
+            env=spark_env(),
+        )
+        workers.append({"pid": pid, "ui_port": ui})
+    state["spark_workers"] = workers
+
+    def registered() -> bool:
+        import httpx
+
+        alive_workers = [w for w in httpx.get(f"{master['ui']}/json/", timeout=2).json()["workers"] if w["state"] == "ALIVE"]
+        return len(alive_workers) >= WORKERS
+
+    wait_for(registered, "two Spark workers", 120)
+
+
+def stack_environment(state: dict) -> dict[str, str]:
+    """What points digitdrift's commands at the stack."""
+    env = {}
+    if "mlflow" in state:
+        env["MLFLOW_TRACKING_URI"] = state["mlflow"]["url"]
+    if "azurite" in state:
+        env["AZURE_STORAGE_CONNECTION_STRING"] = state["azurite"]["connection_string"]
+    if "spark_master" in state:
+        env["DIGITDRIFT_SPARK_MASTER"] = state["spark_master"]["url"]
+        env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    if "proxy" in state:
+        env["DIGITDRIFT_SERVING_URL"] = state["proxy"]["url"]
+    return env
+
+
+def start_replicas(state: dict, model: str) -> None:
+    env = {**stack_environment(state), "DIGITDRIFT_HOME": str(stack_dir() / "serving-home")}
+    replicas = state.get("replicas", [{} for _ in range(REPLICAS)])
+    for index, replica in enumerate(replicas):
+        if alive(replica.get("pid")) and http_ok(f"{replica['url']}/ready"):
+            continue
+        port = replica.get("port") or free_port()
+        pid = spawn(
+            f"replica-{index}",
+            [
+                str(PROJECT_ROOT / ".venv" / "bin" / "python"),
+                "-m",
+                "serving",
+                "--model",
+                model,
+                "--port",
+                str(port),
+                "--prediction-dataset",
+                f"az://{PREDICTIONS_CONTAINER}/stack",
+                "--staging-dir",
+                str(stack_dir() / f"staging-{index}"),
+                "--flush-seconds",
+                "2",
+            ],
+            env=env,
+        )
+        replicas[index] = {"pid": pid, "port": port, "url": f"http://127.0.0.1:{port}"}
+    for replica in replicas:
+        wait_for(lambda replica=replica: http_ok(f"{replica['url']}/ready"), f"the replica on {replica['url']}", 240)
+    state["replicas"] = replicas
+    state["prediction_dataset"] = f"az://{PREDICTIONS_CONTAINER}/stack"
+
+
+HAPROXY_CONFIG = """global
+    maxconn 1024
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    # a request a dead replica did not answer goes to the other one (the log ignores a repeated request id)
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 502 503 504
+    option http-buffer-request
+frontend digits
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /ready
+    default-server inter 1s fall 2 rise 2
+{servers}
+"""
+
+
+def start_proxy(state: dict) -> None:
+    entry = state.get("proxy", {})
+    if alive(entry.get("pid")):
+        os.kill(entry["pid"], signal.SIGTERM)  # the replicas' ports may have changed: start it anew
+    haproxy = shutil.which("haproxy")
+    if not haproxy:
+        raise SystemExit("haproxy is missing: apt-get install haproxy (make stack installs it as root)")
+    port = entry.get("port") or free_port()
+    servers = "\n".join(
+        f"    server replica{index} 127.0.0.1:{replica['port']} check" for index, replica in enumerate(state["replicas"])
+    )
+    config = stack_dir() / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+    pid = spawn("haproxy", [haproxy, "-W", "-db", "-f", str(config)])
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{url}/health"), "HAProxy", 60)
+    state["proxy"] = {"pid": pid, "port": port, "url": url}
+
+
+def up() -> dict:
+    stack_dir().mkdir(parents=True, exist_ok=True)
+    state = load_state()
+    for name, start in (
+        ("PostgreSQL", start_postgres),
+        ("Azurite", start_azurite),
+        ("mlflow server", start_mlflow),
+        ("Spark cluster", start_spark),
+    ):
+        log.info("%s...", name)
+        start(state)
+        save_state(state)
+    return state
+
+
+def champion_exists(state: dict, model: str) -> bool:
+    import mlflow
+
+    from common.settings import parse_registry_uri
+
+    ref = parse_registry_uri(model)
+    client = mlflow.MlflowClient(state["mlflow"]["url"])
+    try:
+        if ref.alias:
+            client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            client.get_model_version(ref.name, ref.version)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def serve(model: str) -> dict:
+    state = load_state()
+    if "mlflow" not in state:
+        raise SystemExit("the stack is not up: run `make stack` first")
+    log.info("replicas of %s...", model)
+    start_replicas(state, model)
+    save_state(state)
+    log.info("HAProxy...")
+    start_proxy(state)
+    save_state(state)
+    return state
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    if not alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def down() -> None:
+    state = load_state()
+    for replica in state.get("replicas", []):
+        stop_pid(replica["pid"], 60)  # a graceful stop publishes what the replica staged
+    for name in ("proxy", "mlflow", "azurite"):
+        if name in state:
+            stop_pid(state[name]["pid"])
+    for worker in state.get("spark_workers", []):
+        stop_pid(worker["pid"])
+    if "spark_master" in state:
+        stop_pid(state["spark_master"]["pid"])
+    if "postgres" in state:
+        subprocess.run(
+            as_postgres([str(PG_BIN / "pg_ctl"), "-D", state["postgres"]["data"], "-m", "fast", "-w", "stop"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        stop_pid(state["postgres"]["pid"])
+    path = stack_dir() / "stack.json"
+    if path.is_file():
+        path.unlink()
+
+
+def describe(state: dict) -> str:
+    lines = []
+    if "postgres" in state:
+        lines.append(f"PostgreSQL      {state['postgres']['url']}")
+    if "azurite" in state:
+        lines.append(f"Azurite (blob)  {state['azurite']['url']}  containers: {ARTIFACT_CONTAINER}, {PREDICTIONS_CONTAINER}")
+    if "mlflow" in state:
+        lines.append(f"MLflow server   {state['mlflow']['url']}  (artifacts: {state['mlflow']['artifacts']})")
+    if "spark_master" in state:
+        lines.append(f"Spark master    {state['spark_master']['url']}  (UI {state['spark_master']['ui']}, {WORKERS} workers)")
+    for index, replica in enumerate(state.get("replicas", [])):
+        lines.append(f"replica {index}       {replica['url']}")
+    if "proxy" in state:
+        lines.append(f"HAProxy         {state['proxy']['url']}  (the one URL clients use)")
+    lines.append('point the commands at it:  eval "$(.venv/bin/python scripts/stack.py env)"')
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "serve", "env", "down", "status"], help="what to do")
+    parser.add_argument("--model", default="models:/digits-cnn@champion", help="with serve: the model the replicas serve")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per health check
+    if args.command == "up":
+        state = up()
+        if champion_exists(state, args.model):
+            state = serve(args.model)
+        else:
+            log.info("no %s in the stack's MLflow yet: train and promote, then `make stack` again serves it", args.model)
+        print(describe(state))
+    elif args.command == "serve":
+        print(describe(serve(args.model)))
+    elif args.command == "env":
+        print("\n".join(f"export {key}='{value}'" for key, value in stack_environment(load_state()).items()))
+    elif args.command == "status":
+        state = load_state()
+        print(describe(state) if state else "the stack is not up")
+    else:
+        down()
+        print("stack stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The team stack for real: PostgreSQL, Azurite, mlflow server, a Spark standalone cluster, replicas behind HAProxy,
+and the whole chain run on it with the README's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.prediction_dataset import filesystem, list_parts, read_parts
+from common.settings import PROJECT_ROOT
+from tests.helpers import acknowledged
+
+pytestmark = pytest.mark.slow
+
+STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack.py")]
+
+
+def run(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def stack(shared_data):
+    # pytest's temporary folders are private to root; PostgreSQL runs as the postgres user and must reach its data
+    home = Path(tempfile.mkdtemp(prefix="digitdrift-stack-test-"))
+    home.chmod(0o755)
+    env = {"DIGITDRIFT_STACK_DIR": str(home / "stack"), "DIGITDRIFT_HOME": str(home), "DIGITDRIFT_DATA": str(shared_data)}
+    try:
+        first = run([*STACK, "up"], env, 600)
+        again = run([*STACK, "up"], env, 120)  # idempotent: nothing new starts
+        state = json.loads((home / "stack" / "stack.json").read_text())
+        yield home, env, state, first.stdout, again.stdout
+    finally:
+        subprocess.run([*STACK, "down"], cwd=PROJECT_ROOT, env={**os.environ, **env}, timeout=300)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def stack_env(env: dict, state: dict) -> dict:
+    return {
+        **env,
+        "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
+        "AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"],
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+
+
+def python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def psql(state: dict, query: str) -> list[str]:
+    done = subprocess.run(
+        [
+            "/usr/lib/postgresql/15/bin/psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(state["postgres"]["port"]),
+            "-U",
+            "digitdrift",
+            "-d",
+            "mlflow",
+            "-tAc",
+            query,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
+    home, env, state, first, again = stack
+    assert "MLflow server" in first and "Spark master" in first
+    assert json.loads((home / "stack" / "stack.json").read_text())["mlflow"]["pid"] == state["mlflow"]["pid"]
+    env = stack_env(env, state)
+    master = state["spark_master"]["url"]
+
+    # training: Keras here, Spark ML on the cluster; both register through the MLflow server
+    small = "--train-limit 3000 --foreign-limit-per-class 3".split()
+    run(python("training", "keras", "--epochs", "1", "--validation-size", "500", *small, "--run-name", "stack-keras"), env)
+    run(python("training", "promote", "--min-accuracy", "0"), env)
+    spark = "--classifier logistic --pca-k 20 --max-iter 20".split()
+    run(python("training", "spark", *spark, *small, "--spark-master", master, "--run-name", "stack-spark"), env)
+
+    # runs, params and registered models are rows of PostgreSQL
+    runs = psql(state, "SELECT name FROM runs ORDER BY name")
+    assert {"stack-keras", "stack-spark"} <= set(runs)
+    params = "SELECT p.value FROM params p JOIN runs r ON p.run_uuid = r.run_uuid WHERE r.name = 'stack-spark'"
+    assert psql(state, f"{params} AND p.key = 'classifier'") == ["logistic"]
+    assert set(psql(state, "SELECT name FROM registered_models")) == {"digits-cnn", "digits-spark"}
+    # artifacts are objects in the Azurite container
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", env["AZURE_STORAGE_CONNECTION_STRING"])  # this process reads blobs
+    fs, _ = filesystem("az://mlflow")
+    objects = fs.find("mlflow/artifacts")
+    assert any(path.endswith("MLmodel") for path in objects) and any("reference.npz" in path for path in objects)
+    # the Spark application ran on the cluster's workers
+    applications = httpx.get(f"{state['spark_master']['ui']}/json/", timeout=5).json()["completedapps"]
+    assert any(app["name"] == "digitdrift-training" and app["cores"] >= 1 for app in applications)
+
+    # serving: two replicas from models:/digits-cnn@champion, fetched through the server, behind HAProxy
+    served = run([*STACK, "serve"], env, 600)
+    state = json.loads((home / "stack" / "stack.json").read_text())
+    assert "HAProxy" in served.stdout
+    proxy = state["proxy"]["url"]
+    run_dir = tmp_path / "run"
+    traffic = "--scenario gradual-devanagari --windows 6 --requests-per-window 60 --no-mlflow --concurrency 4".split()
+    simulation = subprocess.Popen(
+        python("simulation", "run", *traffic, "--url", proxy, "--run-dir", str(run_dir)),
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = state["replicas"][0]
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(acknowledged(run_dir)) < 120:
+            time.sleep(0.2)
+        os.kill(victim["pid"], signal.SIGKILL)  # HAProxy stops routing to it; retries go to the other replica
+        _, errors = simulation.communicate(timeout=600)
+        assert simulation.returncode == 0, errors[-3000:]
+    finally:
+        if simulation.poll() is None:
+            simulation.kill()
+    ids = acknowledged(run_dir)
+    assert len(ids) == 6 * 60  # every request acknowledged, through one URL, while a replica died
+    survivor = httpx.get(f"{state['replicas'][1]['url']}/metadata", timeout=5).json()
+    assert survivor["stats"]["model_calls"] > 0 and survivor["model"]["version"] == "1"
+
+    restarted = run([*STACK, "serve"], env, 600)  # the killed replica comes back and publishes what it had staged
+    assert "replica 0" in restarted.stdout
+    dataset = state["prediction_dataset"]
+    fs, _ = filesystem(dataset)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = read_parts(fs, list_parts(fs, dataset.removeprefix("az://")), ["window"])
+        if len(records) >= len(ids):
+            break
+        time.sleep(1)
+    parts = list_parts(fs, dataset.removeprefix("az://"))
+    assert len({Path(part.path).name.split("-")[1] for part in parts}) == 2  # both replicas served: the proxy spread it
+    assert set(zip(records["request_id"], records["image_index"])) == ids
+
+    # batch scoring and monitoring on the cluster
+    batch = tmp_path / "batch"
+    japanese = str(Path(env["DIGITDRIFT_DATA"]) / "japanese")
+    run(
+        python("serving.batch", "--input", japanese, "--layout", "japanese", "--output", str(batch), "--spark-master", master),
+        env,
+    )
+    assert list(batch.glob("*.parquet"))
+    cluster = ["--engine", "spark", "--spark-master", master, "--full", "--out", str(tmp_path / "monitor")]
+    monitored = run(python("monitoring", "run", "--log", dataset, *cluster), env)
+    lines = (tmp_path / "monitor" / "window_metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6 and f"{len(ids)} records" in monitored.stdout
+    applications = httpx.get(f"{state['spark_master']['ui']}/json/", timeout=5).json()
+    names = [app["name"] for app in applications["completedapps"] + applications["activeapps"]]
+    assert {"digitdrift-training", "digitdrift-batch", "digitdrift-monitoring"} <= set(names)

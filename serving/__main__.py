@@ -61,6 +61,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="scoring time per request; more is a 504 (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-queued-images",
+        type=int,
+        default=defaults.max_queued_images,
+        help="images waiting for the model beyond which requests get 503 with Retry-After; 0: no bound (default: %(default)s)",
+    )
+    parser.add_argument(
         "--api-key-env",
         default="DIGITDRIFT_API_KEY",
         help="environment variable holding the API key; unset: no key needed (default: %(default)s)",
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         max_images=args.max_images,
         max_body_bytes=args.max_body_bytes,
         timeout_s=args.timeout_s,
+        max_queued_images=args.max_queued_images or None,
         api_key=os.environ.get(args.api_key_env) or None,
     )
     uvicorn.run(create_app(core, prediction_log, config), host=args.host, port=args.port, log_level="warning")

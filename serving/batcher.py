@@ -25,6 +25,10 @@ class Job:
     future: asyncio.Future = field(repr=False)
 
 
+class Overloaded(RuntimeError):
+    """More images wait for the model than the batcher may queue: the request is shed, not queued."""
+
+
 class MicroBatcher:
     """Gathers jobs for up to `max_wait_s` or `max_batch` images, then runs `process` on one worker thread.
 
@@ -32,10 +36,19 @@ class MicroBatcher:
     after it returns, so an answer is sent only once its records are committed.
     """
 
-    def __init__(self, process: Callable[[list[Job]], list[Scored]], max_batch: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        process: Callable[[list[Job]], list[Scored]],
+        max_batch: int,
+        max_wait_s: float,
+        max_queued_images: int | None = None,
+    ) -> None:
         self.process = process
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_queued_images = max_queued_images  # None: no bound
+        self.queued_images = 0  # submitted and not yet answered
+        self.shed = 0
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._task: asyncio.Task | None = None
@@ -58,9 +71,18 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
 
     async def submit(self, images: np.ndarray, request_id: str, window: int | None) -> Scored:
+        """Queue a request and wait for its answer; over `max_queued_images` it is refused at once (Overloaded):
+        a bounded queue keeps every accepted request's latency bounded instead of letting all of them grow."""
+        if self.max_queued_images is not None and self.queued_images + len(images) > self.max_queued_images:
+            self.shed += 1
+            raise Overloaded(f"{self.queued_images} images are waiting for the model; the limit is {self.max_queued_images}")
         job = Job(images, request_id, window, asyncio.get_running_loop().create_future())
-        await self._queue.put(job)
-        return await job.future
+        self.queued_images += len(images)
+        try:
+            await self._queue.put(job)
+            return await job.future
+        finally:
+            self.queued_images -= len(images)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

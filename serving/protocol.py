@@ -16,11 +16,12 @@ INVOCATION_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inpu
 
 
 class HttpError(Exception):
-    """An error answered over HTTP with `status` and this message as {"error": ...}."""
+    """An error answered over HTTP with `status` and this message as {"error": ...}, plus any `headers`."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 class BadRequest(HttpError):

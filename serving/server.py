@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
 
-from serving.batcher import Job, MicroBatcher
+from serving.batcher import Job, MicroBatcher, Overloaded
 from serving.core import Scored, ScoringCore
 from serving.protocol import (
     BadRequest,
@@ -41,6 +41,9 @@ class ServerConfig:
     max_images: int = 1024  # images per request
     max_body_bytes: int = 16 * 2**20
     timeout_s: float = 30.0  # scoring timeout per request
+    # Images waiting for the model beyond which requests are shed with 503 and Retry-After; None: no bound
+    max_queued_images: int | None = 4096
+    retry_after_s: int = 1
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
 
 
@@ -50,7 +53,7 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
     def process(jobs: list[Job]) -> list[Scored]:
         return score_and_log(core, prediction_log, jobs)
 
-    batcher = MicroBatcher(process, config.max_batch, config.max_wait_ms / 1000)
+    batcher = MicroBatcher(process, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -65,7 +68,7 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
 
     @app.exception_handler(HttpError)
     async def http_error(_: Request, err: HttpError) -> ORJSONResponse:
-        return ORJSONResponse({"error": str(err)}, status_code=err.status)
+        return ORJSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
 
     async def read_json(request: Request) -> object:
         if config.api_key is not None:
@@ -88,6 +91,9 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
     async def score_images(images: np.ndarray, request_id: str, window: int | None) -> Scored:
         try:
             return await asyncio.wait_for(batcher.submit(images, request_id, window), config.timeout_s)
+        except Overloaded as err:
+            headers = {"retry-after": str(config.retry_after_s)}
+            raise HttpError(f"the server is at capacity ({err}); retry later", 503, headers) from None
         except TimeoutError:
             raise HttpError(f"scoring took longer than {config.timeout_s} s", 504) from None
         except Exception:  # logged by the batcher; the client learns only that it was our fault
@@ -133,7 +139,7 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
             "low_confidence_threshold": core.threshold,
             "limits": {key: value for key, value in asdict(config).items() if key != "api_key"},
             "prediction_log": str(prediction_log) if prediction_log else None,
-            "stats": {"model_calls": core.calls, "batches": batcher.batches},
+            "stats": {"model_calls": core.calls, "batches": batcher.batches, "shed": batcher.shed},
         }
 
     return app

@@ -199,3 +199,27 @@ def test_a_failure_inside_the_model_is_a_5xx_and_the_server_keeps_serving(tmp_pa
         ok = raw_post(url + "/score", json.dumps({"data": [GOOD]}).encode())
         assert ok.status_code == 200 and ok.json()["predictions"][0]["confidence"] == pytest.approx(0.1)
     assert len(read_prediction_log(tmp_path / "log.db")["request_id"]) == 1
+
+
+def test_overload_is_shed_with_503_and_retry_after_and_the_server_recovers(champion, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "predictions.db"
+    command = serving_command(champion.uri, port, "--prediction-log", str(log_path), "--max-queued-images", "200")
+    body = json.dumps({"instances": [GOOD] * 100}).encode()
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, tmp_path / "server.log"):
+
+        def send(number):
+            return raw_post(f"{url}/invocations", body, **{"x-request-id": f"burst-{number}"})
+
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(send, range(64)))
+        statuses = [answer.status_code for answer in answers]
+        assert set(statuses) == {200, 503}, statuses  # at most 2 requests of 100 images wait; the rest are shed
+        shed = [answer for answer in answers if answer.status_code == 503]
+        assert all(answer.headers["retry-after"] == "1" and "capacity" in answer.json()["error"] for answer in shed)
+        after = send("after")  # the burst is over: served again
+        assert after.status_code == 200 and len(after.json()["predictions"]) == 100
+        assert httpx.get(f"{url}/metadata").json()["stats"]["shed"] == len(shed)
+    accepted = {f"burst-{n}" for n, status in enumerate(statuses) if status == 200} | {"burst-after"}
+    assert set(read_prediction_log(log_path)["request_id"]) == accepted  # nothing shed was logged

@@ -13,39 +13,40 @@ from monitoring.incremental import WATERMARK_FILE, Watermark
 from monitoring.model import ModelRef
 from monitoring.report import DriftVerdict
 
-LOGGED_METRICS = (
-    "volume",
-    "low_confidence_rate",
-    "confidence_mean",
-    "confidence_p10",
-    "confidence_p50",
-    "entropy_mean",
-    "foreign_rate",
-    "estimated_foreign_share",
-    "foreign_p",
-    "class_mix_p",
-    "confidence_p",
-    "embedding_mmd",
-    "embedding_p",
-    "estimated_accuracy",
-    "estimated_accuracy_low",
-    "estimated_accuracy_high",
-    "realised_accuracy",
-    "true_foreign_share",
-    *(f"class_{d}_share" for d in range(10)),
-)
+# Window metric -> its MLflow name: the prefixes are the sections the MLflow UI groups a run's charts into
+LOGGED_METRICS = {
+    "volume": "traffic/volume",
+    **{f"class_{digit}_share": f"traffic/class_{digit}_share" for digit in range(10)},
+    "low_confidence_rate": "confidence/low_confidence_rate",
+    "confidence_mean": "confidence/mean",
+    "confidence_p10": "confidence/p10",
+    "confidence_p50": "confidence/p50",
+    "entropy_mean": "confidence/entropy_mean",
+    "foreign_rate": "foreign/flag_rate",
+    "estimated_foreign_share": "foreign/estimated_share",
+    "true_foreign_share": "foreign/true_share",
+    "foreign_p": "drift/foreign_p",
+    "class_mix_p": "drift/class_mix_p",
+    "confidence_p": "drift/confidence_p",
+    "embedding_mmd": "drift/embedding_mmd",
+    "embedding_p": "drift/embedding_p",
+    "estimated_accuracy": "accuracy/estimated",
+    "estimated_accuracy_low": "accuracy/estimated_low",
+    "estimated_accuracy_high": "accuracy/estimated_high",
+    "realised_accuracy": "accuracy/realised",
+}
 BATCH_SIZE = 1000  # metrics per log_batch call (MLflow's limit)
 
 
 def window_metric_batch(metrics: pd.DataFrame, alerts: list[Alert], timestamp_ms: int) -> list[Metric]:
     """Every logged window metric with its window as the step, and one point per alert."""
     batch = [
-        Metric(name, float(row[name]), timestamp_ms, int(row["window"]))
+        Metric(logged, float(row[name]), timestamp_ms, int(row["window"]))
         for _, row in metrics.iterrows()
-        for name in LOGGED_METRICS
+        for name, logged in LOGGED_METRICS.items()
         if name in row and pd.notna(row[name])
     ]
-    return batch + [Metric(f"alert_{alert.rule}", 1.0, timestamp_ms, alert.window) for alert in alerts]
+    return batch + [Metric(f"alerts/{alert.rule}", 1.0, timestamp_ms, alert.window) for alert in alerts]
 
 
 def log_monitoring_run(
@@ -73,12 +74,23 @@ def log_monitoring_run(
         mlflow.log_params(
             {"windows": len(metrics), "alerts": len(alerts), "records": int(metrics["volume"].sum()), "engine": engine}
         )
-        mlflow.set_tag("evidently_verdict", "drift" if report.dataset_drift else "no drift")
+        verdict = "drift" if report.dataset_drift else "no drift"
+        mlflow.set_tags(
+            {
+                "evidently_verdict": verdict,
+                # the run's description in the MLflow UI
+                "mlflow.note.content": (
+                    f"Monitoring of {model.name} version {model.version} on the '{label}' traffic: {len(metrics)} "
+                    f"windows, {int(metrics['volume'].sum())} records, {len(alerts)} alerts (`alerts/*`), Evidently: "
+                    f"{verdict}. Metrics by window (step = window): traffic/, confidence/, foreign/, drift/, accuracy/."
+                ),
+            }
+        )
+        mlflow.log_param("evidently_column_p_threshold", report.column_threshold)
         mlflow.log_metrics(
             {
-                "evidently_dataset_drift": float(report.dataset_drift),
-                "evidently_drifted_columns": report.drifted_columns,
-                "evidently_column_p_threshold": report.column_threshold,
+                "drift/evidently_dataset_drift": float(report.dataset_drift),
+                "drift/evidently_drifted_columns": report.drifted_columns,
             }
         )
         batch = window_metric_batch(metrics, alerts, int(pd.Timestamp.now().timestamp() * 1000))

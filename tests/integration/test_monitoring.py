@@ -135,11 +135,16 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
     monitoring_run = found[0]
     assert monitoring_run.data.tags["model_version"] == champion.version
     assert monitoring_run.data.tags["model_alias"] == "champion" and monitoring_run.data.params["engine"] == "pandas"
-    history = mlflow.MlflowClient().get_metric_history(monitoring_run.info.run_id, "estimated_foreign_share")
+    history = mlflow.MlflowClient().get_metric_history(monitoring_run.info.run_id, "foreign/estimated_share")
     assert sorted(point.step for point in history) == list(range(8))
     assert max(point.value for point in history if point.step >= 4) > 0.3 > max(p.value for p in history if p.step < 4)
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(monitoring_run.info.run_id)}
     assert {"dashboard.html", "evidently_report.html", "gallery.png", "alerts.jsonl", "window_metrics.csv"} <= artifacts
+    # every metric sits in a section the MLflow UI groups by prefix; the run says what it is
+    sections = {name.split("/")[0] for name in monitoring_run.data.metrics}
+    assert sections == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts"}
+    assert "alerts/foreign_digits" in monitoring_run.data.metrics
+    assert "'test' traffic" in monitoring_run.data.tags["mlflow.note.content"]
 
 
 def test_the_dashboard_draws_in_headless_chromium(monitored, tmp_path):

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.data
 from mlflow.exceptions import MlflowException
 
+from common.datasets import Digits
 from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
 
 
@@ -62,3 +64,17 @@ def download_reference(run_id: str) -> Path:
             f"run {run_id} has no monitoring reference ({REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}); "
             "create it with `python -m training reference --model models:/<name>/<version>`"
         ) from None
+
+
+def log_digit_sets(sets: dict[str, tuple[Digits, str]], source: str) -> None:
+    """Each named set of digits, with its context (training, validation, evaluation), as an MLflow dataset input
+    of the active run: its digest, shape and source show on the run in the UI; the pixels are not copied."""
+    for name, (digits, context) in sets.items():
+        features = digits.images.reshape(len(digits), -1)
+        dataset = mlflow.data.from_numpy(features, targets=digits.labels, source=source, name=name)
+        mlflow.log_input(dataset, context=context)
+
+
+def describe_run(text: str) -> None:
+    """The active run's description in the MLflow UI."""
+    mlflow.set_tag("mlflow.note.content", text)

@@ -41,6 +41,8 @@ $PY -m monitoring evaluate --log "$LOG" --runs "${RUNS[@]}" --out "$SCORECARD"
 echo
 echo "==> done. Where to look:"
 echo "    MLflow UI: .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$HOME_DIR/mlflow.db}"
-echo "      then http://127.0.0.1:5000, experiment 'digitdrift': runs demo-keras, simulate-*, monitor-*"
+EXPERIMENT_ID=$($PY -c "from common.settings import load_settings; from common.tracking import use_tracking; print(use_tracking(load_settings()))" 2>/dev/null)
+# MLflow 3.17's UI opens an experiment on its GenAI overview; this link opens the runs table itself
+echo "      then http://127.0.0.1:5000/#/experiments/${EXPERIMENT_ID}/runs (runs demo-keras, simulate-*, monitor-*)"
 echo "    dashboards: $(ls -d "$HOME_DIR"/monitoring/evaluate-*-"$STAMP"*/dashboard.html 2>/dev/null | tr '\n' ' ')"
 echo "    scorecard: $SCORECARD"

@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.data
 import numpy as np
+import pandas as pd
 import yaml
 from tqdm import tqdm
 
 from common.settings import Settings
-from common.tracking import use_tracking
+from common.tracking import describe_run, use_tracking
 from simulation.client import SendStats, Transport, send_plan
 from simulation.pools import load_pools
-from simulation.scenario import Scenario, intended_mix, parse_scenario, plan_traffic, realised_mix
+from simulation.scenario import PlannedRequest, Scenario, intended_mix, parse_scenario, plan_traffic, realised_mix
 from simulation.schedule_plot import schedule_figure, write_schedule_html
 from simulation.sidecar import GroundTruthSidecar
 
@@ -103,6 +105,15 @@ def run_simulation(
                 }
             )
             mlflow.log_artifact(str(run_dir / SCENARIO_FILE))
+            mlflow.log_input(
+                mlflow.data.from_pandas(plan_frame(plan), source=str(run_dir / SCENARIO_FILE), name=f"plan-{scenario.name}"),
+                context="simulation",
+            )
+            describe_run(
+                f"Traffic of the '{scenario.name}' scenario ({scenario.mode}): {scenario.windows} {scenario.window}s x "
+                f"{scenario.requests_per_window} requests of {scenario.images_per_request} image(s), seed {scenario.seed}. "
+                f"The planned traffic is the run's dataset input; schedule.html shows intended and realised mix."
+            )
             state["params_logged"] = True
             state_path.write_text(json.dumps(state))
     progress.update(len(sidecar.done_request_ids()))
@@ -117,6 +128,14 @@ def run_simulation(
             _log_outcome(scenario, plan, delivered, intended, stats, run_dir)
             mlflow.end_run(status="FINISHED" if len(delivered) == len(plan) else "KILLED")
     return SimulationResult(run_dir, stats, len(plan), run_id)
+
+
+def plan_frame(plan: list[PlannedRequest]) -> pd.DataFrame:
+    """The planned traffic, one row per image: request id, window, source; what the run's dataset input describes."""
+    return pd.DataFrame(
+        [(request.request_id, request.window, source) for request in plan for source in request.sources],
+        columns=["request_id", "window", "source"],
+    )
 
 
 def _log_outcome(scenario: Scenario, plan, delivered: set[str], intended: np.ndarray, stats: SendStats, run_dir: Path) -> None:

@@ -26,7 +26,7 @@ from common.settings import (
     REFERENCE_FILE,
     Settings,
 )
-from common.tracking import resolve_registered, use_tracking
+from common.tracking import describe_run, log_digit_sets, resolve_registered, use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import build_cnn, compile_cnn
@@ -95,6 +95,13 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
         mlflow.set_tags({"digitdrift.job": "train-keras", "model_name": config.model_name})
         mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
         mlflow.log_params({"train_size": len(train), "model_parameters": model.count_params()})
+        sets = {"mnist-train": (train, "training"), "mnist-validation": (validation, "validation")}
+        log_digit_sets({**sets, **{name: (digits, "evaluation") for name, digits in evaluation_sets.items()}}, str(data_dir))
+        describe_run(
+            f"Keras CNN trained on {len(train)} MNIST images for {config.epochs} epochs (augmentation "
+            f"{'on' if config.augment else 'off'}), evaluated on MNIST test and the foreign sets; registered as "
+            f"{config.model_name} @{CHALLENGER_ALIAS}, with its monitoring reference (reference/reference.npz)."
+        )
         started = time.perf_counter()
         model.fit(
             to_model_input(train.images),

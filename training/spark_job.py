@@ -18,7 +18,7 @@ from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist
 from common.images import NUM_CLASSES, PIXELS
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, Settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
-from common.tracking import use_tracking
+from common.tracking import describe_run, log_digit_sets, use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 
@@ -210,7 +210,8 @@ def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
     shared = Path(config.shared_dir or settings.state_dir / "spark-data")
     split = f"mnist-train-seed{config.seed}-validation{config.validation_size}-limit{config.train_limit or 'all'}"
     train_frame = spark.read.parquet(write_split_parquet(train, shared / split))
-    test_path = write_split_parquet(load_mnist(data_dir / "mnist", "test"), shared / "mnist-test")
+    test = load_mnist(data_dir / "mnist", "test")
+    test_path = write_split_parquet(test, shared / "mnist-test")
     evaluation_frames = {"mnist_test": spark.read.parquet(test_path)}
     for source in FOREIGN_LAYOUTS:
         evaluation_frames[source] = read_png_folders(spark, data_dir / source, source, config.foreign_limit_per_class)
@@ -219,6 +220,12 @@ def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
         mlflow.set_tags({"digitdrift.job": "train-spark", "model_name": config.model_name})
         mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
         mlflow.log_param("train_size", len(train))
+        log_digit_sets({"mnist-train": (train, "training"), "mnist-test": (test, "evaluation")}, str(data_dir))
+        describe_run(
+            f"Spark ML {config.classifier} on PCA({config.pca_k}) features of {len(train)} MNIST images "
+            f"(master {config.spark_master}), evaluated on MNIST test and the foreign sets; registered as "
+            f"{config.model_name} @{CHALLENGER_ALIAS}."
+        )
         started = time.perf_counter()
         model = fit_pipeline(config, with_vectors(train_frame))
         train_seconds = time.perf_counter() - started

@@ -43,6 +43,15 @@ def test_run_logs_parameters_and_per_epoch_and_evaluation_metrics(trained_on_ser
         assert 0.1 <= metrics[f"{source}_mean_confidence"] <= 1
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_accuracy")
     assert [point.step for point in history] == [0]
+    inputs = {item.dataset.name: item.tags[0].value for item in run.inputs.dataset_inputs}
+    assert inputs == {
+        "mnist-train": "training",
+        "mnist-validation": "validation",
+        "mnist_test": "evaluation",
+        "devanagari": "evaluation",
+        "japanese": "evaluation",
+    }
+    assert "Keras CNN trained on 2000 MNIST images" in run.data.tags["mlflow.note.content"]
 
 
 def test_run_has_the_review_artifacts(trained_on_server):

@@ -94,6 +94,9 @@ def test_a_run_killed_midway_and_resumed_logs_every_request_once(server, shared_
     assert runs[0].data.tags["model_version"]
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)}
     assert {"schedule.html", "scenario.yaml"} <= artifacts
+    (plan,) = runs[0].inputs.dataset_inputs  # the planned traffic, as the run's dataset input
+    assert plan.dataset.name == "plan-seasonal-japanese" and plan.tags[0].value == "simulation"
+    assert "'seasonal-japanese' scenario" in runs[0].data.tags["mlflow.note.content"]
 
 
 def test_ground_truth_never_reaches_the_server(server, shared_data, tmp_path):

@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv azurite system-packages stack stack-down data train promote demo evaluate test test-unit test-integration lint bench-train clean
+.PHONY: help venv azurite system-packages demo-packages stack stack-down data train promote demo evaluate test test-unit test-integration lint bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +38,11 @@ azurite: $(AZURITE) ## install Azurite (the Azure Storage emulator the tests run
 # Debian packages, installed when missing (as root; otherwise the apt-get line to run is printed)
 SYSTEM_TEST := java=openjdk-17-jre-headless chromium=chromium curl=curl npm=npm \
 	/usr/lib/postgresql/15/bin/initdb=postgresql-15 haproxy=haproxy
+SYSTEM_DEMO := curl=curl
 system-packages:
 	@scripts/debian-packages.sh $(SYSTEM_TEST)
+demo-packages:
+	@scripts/debian-packages.sh $(SYSTEM_DEMO)
 
 data: venv ## fill the dataset cache (.digitdrift/data) from ../shared/data or the public downloads
 	$(PY) -m common fetch
@@ -50,7 +53,7 @@ train: data ## train the Keras CNN, log it to MLflow, register digits-cnn@challe
 promote: venv ## move digits-cnn@champion to the challenger if it clears the accuracy bar
 	$(PY) -m training promote
 
-demo: data ## the main job: train (or reuse the champion), serve, simulate, monitor, evaluate; says where to look
+demo: demo-packages data ## the main job: train (or reuse the champion), serve, simulate, monitor, evaluate; says where to look
 	scripts/demo.sh $(DEMO_EPOCHS) 200
 
 evaluate: data ## the monitor's scorecard at 200 requests per window, into bench/results/

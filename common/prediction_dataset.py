@@ -162,10 +162,6 @@ def read_parts(fs, parts: list[Part], columns: list[str] | None = None) -> pd.Da
     return frame.drop_duplicates(subset=["request_id", "image_index"], keep="first").reset_index(drop=True)
 
 
-def bytes_of(parts: list[Part]) -> int:
-    return sum(part.size for part in parts)
-
-
 def part_windows(fs, part: Part) -> tuple[int, int] | None:
     """The smallest and largest window in a part (None when no record carries one), from Parquet's column
     statistics where they exist: a planner learns a part's span without reading its records."""

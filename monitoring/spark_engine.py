@@ -54,13 +54,12 @@ class SparkLog:
         from pyspark.errors import AnalysisException
         from pyspark.sql import functions as F
 
-        path = label
         spark = spark_session(spark_master, "digitdrift-monitoring")  # after the checks: a JVM takes seconds to start
         try:
             frame = spark.read.parquet(*paths)
             missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
             if missing:
-                raise SparkLogError(f"{path}: not a prediction log (missing column(s) {', '.join(missing)})")
+                raise SparkLogError(f"{label}: not a prediction log (missing column(s) {', '.join(missing)})")
             if windows is not None:
                 after, through = windows
                 chosen = F.col("window") <= through
@@ -75,11 +74,11 @@ class SparkLog:
             )
         except (AnalysisException, Py4JJavaError) as err:
             reason = err.java_exception.getMessage() if isinstance(err, Py4JJavaError) else str(err)
-            raise SparkLogError(f"{path}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
+            raise SparkLogError(f"{label}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
         if inventory.empty:
-            raise SparkLogError(f"{path}: the prediction log is empty: nothing to monitor yet")
+            raise SparkLogError(f"{label}: the prediction log is empty: nothing to monitor yet")
         if inventory["windowed"].sum() == 0:
-            raise SparkLogError(f"{path}: no record carries a window (send X-Window or 'window' with each request)")
+            raise SparkLogError(f"{label}: no record carries a window (send X-Window or 'window' with each request)")
         windowed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
         for column in PREDICTION_COLUMNS:  # logs from before a column existed: NULLs
             if column not in windowed.columns:

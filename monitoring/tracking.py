@@ -8,6 +8,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric
 
+from common.tracking import describe_run
 from monitoring.alerts import Alert
 from monitoring.incremental import WATERMARK_FILE, Watermark
 from monitoring.model import ModelRef
@@ -75,16 +76,11 @@ def log_monitoring_run(
             {"windows": len(metrics), "alerts": len(alerts), "records": int(metrics["volume"].sum()), "engine": engine}
         )
         verdict = "drift" if report.dataset_drift else "no drift"
-        mlflow.set_tags(
-            {
-                "evidently_verdict": verdict,
-                # the run's description in the MLflow UI
-                "mlflow.note.content": (
-                    f"Monitoring of {model.name} version {model.version} on the '{label}' traffic: {len(metrics)} "
-                    f"windows, {int(metrics['volume'].sum())} records, {len(alerts)} alerts (`alerts/*`), Evidently: "
-                    f"{verdict}. Metrics by window (step = window): traffic/, confidence/, foreign/, drift/, accuracy/."
-                ),
-            }
+        mlflow.set_tag("evidently_verdict", verdict)
+        describe_run(
+            f"Monitoring of {model.name} version {model.version} on the '{label}' traffic: {len(metrics)} "
+            f"windows, {int(metrics['volume'].sum())} records, {len(alerts)} alerts (`alerts/*`), Evidently: "
+            f"{verdict}. Metrics by window (step = window): traffic/, confidence/, foreign/, drift/, accuracy/."
         )
         mlflow.log_param("evidently_column_p_threshold", report.column_threshold)
         mlflow.log_metrics(

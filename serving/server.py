@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.batcher import Job, MicroBatcher, Overloaded
 from serving.core import Scored, ScoringCore
@@ -20,14 +22,51 @@ from serving.protocol import (
     HttpError,
     decode_json,
     invocations_answer,
+    invocations_openapi,
     parse_invocations_body,
+    parse_request_id,
     parse_score_body,
     parse_window,
     score_answer,
+    score_openapi,
 )
 from serving.scoring import RecordSink, score_and_log
 
 log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health", "/ready"})  # what a load balancer probes; everything else needs the key
+
+
+class JsonResponse(Response):
+    """JSON encoded by orjson (FastAPI's own JsonResponse is deprecated; its pydantic path is slower on
+    probability lists)."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
+class RequireApiKey:
+    """ASGI middleware: every path but /health and /ready needs `Authorization: Bearer <key>`, checked before
+    anything else about the request is looked at."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            supplied = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            if not hmac.compare_digest(supplied, self.expected):
+                refusal = JsonResponse(
+                    {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
+                    status_code=401,
+                    headers={"www-authenticate": "Bearer"},
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass(frozen=True)
@@ -65,16 +104,14 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
 
     app = FastAPI(title="digitdrift scoring server", lifespan=lifespan)
     app.state.batcher = batcher
+    if config.api_key is not None:
+        app.add_middleware(RequireApiKey, api_key=config.api_key)
 
     @app.exception_handler(HttpError)
-    async def http_error(_: Request, err: HttpError) -> ORJSONResponse:
-        return ORJSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
+    async def http_error(_: Request, err: HttpError) -> JsonResponse:
+        return JsonResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
 
     async def read_json(request: Request) -> object:
-        if config.api_key is not None:
-            supplied = request.headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {config.api_key}".encode()):
-                raise BadRequest("missing or wrong API key: send 'Authorization: Bearer <key>'", status=401)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise BadRequest(f"content type {content_type or 'none'!r} is not supported; send application/json", 415)
@@ -100,35 +137,34 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
             raise HttpError("the model failed to score this request", 500) from None
 
     def request_meta(request: Request) -> tuple[str, int | None]:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        if len(request_id) > 200:
-            raise BadRequest("the X-Request-Id header is longer than 200 characters")
+        supplied = request.headers.get("x-request-id")
+        request_id = uuid.uuid4().hex if supplied is None else parse_request_id(supplied, "the X-Request-Id header")
         return request_id, parse_window(request.headers.get("x-window"))
 
-    @app.post("/score")
-    async def score(request: Request) -> ORJSONResponse:
+    @app.post("/score", openapi_extra=score_openapi(config.max_images))
+    async def score(request: Request) -> JsonResponse:
         header_id, header_window = request_meta(request)
         parsed = parse_score_body(await read_json(request), config.max_images)
         request_id = parsed.request_id or header_id
         window = parsed.window if parsed.window is not None else header_window
         scored = await score_images(parsed.images, request_id, window)
-        return ORJSONResponse(score_answer(scored, core.identity, request_id), headers={"x-request-id": request_id})
+        return JsonResponse(score_answer(scored, core.identity, request_id), headers={"x-request-id": request_id})
 
-    @app.post("/invocations")
-    async def invocations(request: Request) -> ORJSONResponse:
+    @app.post("/invocations", openapi_extra=invocations_openapi(config.max_images))
+    async def invocations(request: Request) -> JsonResponse:
         request_id, window = request_meta(request)
         images = parse_invocations_body(await read_json(request), config.max_images)
         scored = await score_images(images, request_id, window)
-        return ORJSONResponse(invocations_answer(scored), headers={"x-request-id": request_id})
+        return JsonResponse(invocations_answer(scored), headers={"x-request-id": request_id})
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready() -> ORJSONResponse:
+    async def ready() -> JsonResponse:
         loaded = batcher.running
-        return ORJSONResponse(
+        return JsonResponse(
             {"ready": loaded, "model": core.identity.name, "version": core.identity.version}, status_code=200 if loaded else 503
         )
 

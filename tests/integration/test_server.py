@@ -138,7 +138,7 @@ def test_a_retried_request_id_is_logged_once(server):
     assert list(log["request_id"]).count("retry-me") == 2  # two images, once each
 
 
-def test_api_key_is_required_when_configured(champion, tmp_path):
+def test_api_key_guards_every_route_but_health_and_ready_and_is_checked_first(champion, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"MLFLOW_TRACKING_URI": champion.tracking_uri, "DIGITDRIFT_API_KEY": "s3cret"}
@@ -148,7 +148,20 @@ def test_api_key_is_required_when_configured(champion, tmp_path):
         assert raw_post(url + "/score", body).status_code == 401
         wrong = raw_post(url + "/invocations", body, authorization="Bearer nope")
         assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
-        assert raw_post(url + "/score", body, authorization="Bearer s3cret").status_code == 200
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        # a request that is wrong in every other way too learns only that the key is missing
+        for bad in (
+            raw_post(url + "/score", b"{not json", "text/plain", **{"x-window": "-1", "x-request-id": "r" * 300}),
+            raw_post(url + "/score", b"x" * 500_000),
+        ):
+            assert bad.status_code == 401, bad.text
+        for path in ("/metadata", "/openapi.json", "/docs", "/no-such-route"):
+            assert httpx.get(url + path, timeout=10).status_code == 401, path
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+        assert httpx.get(url + "/ready", timeout=10).status_code == 200
+        key = {"authorization": "Bearer s3cret"}
+        assert raw_post(url + "/score", body, **key).status_code == 200
+        assert httpx.get(url + "/metadata", headers=key, timeout=10).json()["model"]["name"] == "digits-cnn"
 
 
 class FailingModel(mlflow.pyfunc.PythonModel):

@@ -68,7 +68,9 @@ def test_every_mlflow_body_gives_the_same_images(body):
         ([IMAGE], 400, "must be a JSON object with a 'data' key"),
         ({"images": [IMAGE]}, 400, "unknown key(s) 'images'"),
         ({"request_id": "x"}, 400, "missing key 'data'"),
-        ({"data": [IMAGE], "request_id": 5}, 400, "'request_id' must be a string"),
+        ({"data": [IMAGE], "request_id": 5}, 400, "'request_id' must be 1 to 200 printable ASCII characters"),
+        ({"data": [IMAGE], "request_id": "caf\u00e9"}, 400, "'request_id' must be 1 to 200 printable ASCII characters"),
+        ({"data": [IMAGE], "window": True}, 400, "the window must be a whole number"),
         ({"data": [IMAGE[:-28]]}, 400, "got shape 1x756"),
         ({"data": []}, 400, "the batch is empty"),
         ({"data": [IMAGE] * 11}, 413, "11 images in one request; the limit is 10"),
@@ -113,12 +115,12 @@ def test_malformed_json_is_a_bad_request_without_echo():
     assert len(str(raised.value)) < 100
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("3", 3), (4, 4)])
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("3", 3), (4, 4), (2**31 - 1, 2**31 - 1)])
 def test_window_values(value, expected):
     assert parse_window(value) == expected
 
 
-@pytest.mark.parametrize("value", ["-1", 2.5, "x"])
+@pytest.mark.parametrize("value", ["-1", 2.5, "x", "", 2**31, "1e400", float("inf"), float("nan"), True])
 def test_bad_windows(value):
     with pytest.raises(BadRequest):
         parse_window(value)

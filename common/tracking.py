@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import mlflow.data
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.exceptions import MlflowException
 
 from common.datasets import Digits
 from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
+
+# The MLflow 3 UI opens an experiment of this kind on its runs table (and model charts), not on the GenAI
+# overview of traces it shows for experiments of no known kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def use_tracking(settings: Settings) -> str:
@@ -22,7 +30,11 @@ def use_tracking(settings: Settings) -> str:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        experiment_id = mlflow.create_experiment(settings.experiment, settings.experiment_artifact_location)
+        experiment_id = mlflow.create_experiment(
+            settings.experiment, settings.experiment_artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
+    if experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -71,8 +83,17 @@ def log_digit_sets(sets: dict[str, tuple[Digits, str]], source: str) -> None:
     of the active run: its digest, shape and source show on the run in the UI; the pixels are not copied."""
     for name, (digits, context) in sets.items():
         features = digits.images.reshape(len(digits), -1)
-        dataset = mlflow.data.from_numpy(features, targets=digits.labels, source=source, name=name)
+        dataset = mlflow.data.from_numpy(features, targets=digits.labels, source=dataset_source(source), name=name)
         mlflow.log_input(dataset, context=context)
+
+
+def dataset_source(location: str) -> DatasetSource:
+    """The MLflow dataset source of a local path or URI, as the dataset inputs of a run record it."""
+    with warnings.catch_warnings():
+        # MLflow registers its local artifact repository under two schemes ('' and 'file'), so a local path matches
+        # two identical LocalArtifactDatasetSource classes and MLflow warns that it picks one; both are the same.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways", UserWarning)
+        return resolve_dataset_source(location)
 
 
 def describe_run(text: str) -> None:

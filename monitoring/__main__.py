@@ -16,6 +16,7 @@ from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
 from common.tracking import use_tracking
+from monitoring.alerts import firing_windows
 from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
 from monitoring.evaluate import JudgedRun, evaluation_figures
 from monitoring.job import DatasetSource, monitor, monitor_dataset
@@ -170,7 +171,8 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
         )
         print(f"{run_dir.name} ({scenario}):")
         _report(result)
-        judged.append(JudgedRun(scenario, run_dir.name, records, result.metrics, result.alerts))
+        firing = firing_windows(result.metrics, result.rules)
+        judged.append(JudgedRun(scenario, run_dir.name, records, result.metrics, result.alerts, firing))
     figures = {
         "benchmark": "monitor scorecard on simulated traffic with ground truth",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -62,13 +62,19 @@ class Alert:
     model_version: str
 
 
-def evaluate_rules(
-    metrics: pd.DataFrame, rules: tuple[Rule, ...], model_name: str, model_version: str, cooldown_windows: int = 5
-) -> list[Alert]:
-    """Alerts in window order. A rule that keeps firing raises once (de-duplication) and again only
-    after `cooldown_windows` quiet windows; windows marked too small are never judged."""
-    alerts: list[Alert] = []
-    last_fired: dict[str, int] = {}
+@dataclass(frozen=True)
+class Firing:
+    """A rule firing in a window, whether or not an alert is raised for it."""
+
+    window: int
+    rule: Rule
+    value: float
+
+
+def rule_firings(metrics: pd.DataFrame, rules: tuple[Rule, ...]) -> list[Firing]:
+    """Every window and rule where the rule fires, in window order: its condition holds in `consecutive` judged
+    windows in a row. Windows marked too small are never judged; no cooldown or de-duplication here."""
+    firings: list[Firing] = []
     streak: dict[str, int] = {}
     for row in metrics.sort_values("window").itertuples(index=False):
         if row.too_small:
@@ -77,19 +83,29 @@ def evaluate_rules(
             value = getattr(row, rule.metric, math.nan)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
-            firing = value < rule.threshold if rule.below else value > rule.threshold
-            streak[rule.name] = streak.get(rule.name, 0) + 1 if firing else 0
-            if streak[rule.name] < rule.consecutive:
-                continue
-            previous = last_fired.get(rule.name)
-            last_fired[rule.name] = row.window
-            if previous is not None and row.window - previous <= cooldown_windows:
-                continue  # still the same episode: already raised
-            alerts.append(
-                Alert(
-                    int(row.window), rule.name, rule.metric, float(value), rule.threshold, rule.message, model_name, model_version
-                )
-            )
+            holds = value < rule.threshold if rule.below else value > rule.threshold
+            streak[rule.name] = streak.get(rule.name, 0) + 1 if holds else 0
+            if streak[rule.name] >= rule.consecutive:
+                firings.append(Firing(int(row.window), rule, float(value)))
+    return firings
+
+
+def evaluate_rules(
+    metrics: pd.DataFrame, rules: tuple[Rule, ...], model_name: str, model_version: str, cooldown_windows: int = 5
+) -> list[Alert]:
+    """Alerts in window order. A rule that keeps firing raises once (de-duplication) and again only
+    after `cooldown_windows` quiet windows."""
+    alerts: list[Alert] = []
+    last_fired: dict[str, int] = {}
+    for firing in rule_firings(metrics, rules):
+        rule = firing.rule
+        previous = last_fired.get(rule.name)
+        last_fired[rule.name] = firing.window
+        if previous is not None and firing.window - previous <= cooldown_windows:
+            continue  # still the same episode: already raised
+        alerts.append(
+            Alert(firing.window, rule.name, rule.metric, firing.value, rule.threshold, rule.message, model_name, model_version)
+        )
     return alerts
 
 
@@ -116,10 +132,5 @@ def post_webhook(alerts: list[Alert], url: str, timeout_s: float = 10.0) -> int:
 
 
 def firing_windows(metrics: pd.DataFrame, rules: tuple[Rule, ...]) -> list[int]:
-    """Windows (big enough to judge) where any rule fires, alerted or not."""
-    firing = pd.Series(False, index=metrics.index)
-    for rule in rules:
-        values = metrics.get(rule.metric)
-        if values is not None:
-            firing |= (values < rule.threshold) if rule.below else (values > rule.threshold)
-    return [int(window) for window in metrics.loc[firing & ~metrics["too_small"].astype(bool), "window"]]
+    """Windows (big enough to judge) where any rule fires, alerted or not (before cooldown)."""
+    return sorted({firing.window for firing in rule_firings(metrics, rules)})

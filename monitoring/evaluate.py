@@ -24,6 +24,7 @@ class JudgedRun:
     records: pd.DataFrame  # log records joined with the sidecar (source, label)
     metrics: pd.DataFrame  # window metrics with realised_accuracy and true_foreign_share
     alerts: list[Alert]
+    firing_windows: list[int]  # windows where any rule fired, alerted or held back by cooldown
 
 
 def per_image_figures(records: pd.DataFrame) -> dict:
@@ -77,15 +78,18 @@ def evaluation_figures(runs: list[JudgedRun]) -> dict:
     for run in runs:
         if (run.metrics["true_foreign_share"] >= DRIFT_ONSET_SHARE).any():
             delays[run.label] = detection_delay(run.metrics, run.alerts)
-    # every alert on traffic without a single foreign digit is a false alarm
+    # on traffic without a single foreign digit, every alert is a false alarm, and so is every window where a
+    # rule fired (the cooldown can hide repeated firings behind one alert)
     clean_runs = [run for run in runs if (run.metrics["true_foreign_share"] == 0).all()]
     if clean_runs:
         windows = sum(len(run.metrics) for run in clean_runs)
         figures["false_alarms_per_100_stable"] = 100 * sum(len(run.alerts) for run in clean_runs) / windows
+        figures["firing_windows_per_100_stable"] = 100 * sum(len(run.firing_windows) for run in clean_runs) / windows
         figures["stable_windows"] = windows
     figures["detection_delay_windows"] = delays
     figures["detection_delay_windows_max"] = max((d for d in delays.values() if d is not None), default=None)
     all_metrics = pd.concat([run.metrics for run in runs], ignore_index=True)
     figures.update(accuracy_error(all_metrics))
     figures["alerts_per_run"] = {run.label: [(a.window, a.rule) for a in run.alerts] for run in runs}
+    figures["firing_windows_per_run"] = {run.label: run.firing_windows for run in runs}
     return figures

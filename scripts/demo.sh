@@ -42,7 +42,8 @@ echo
 echo "==> done. Where to look:"
 echo "    MLflow UI: .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$HOME_DIR/mlflow.db}"
 EXPERIMENT_ID=$($PY -c "from common.settings import load_settings; from common.tracking import use_tracking; print(use_tracking(load_settings()))" 2>/dev/null)
-# MLflow 3.17's UI opens an experiment on its GenAI overview; this link opens the runs table itself
-echo "      then http://127.0.0.1:5000/#/experiments/${EXPERIMENT_ID}/runs (runs demo-keras, simulate-*, monitor-*)"
+# MLflow 3.17's UI opens experiments in its GenAI workflow unless told otherwise; this link picks the model-training
+# workflow, whose landing page is the runs table (the experiment also carries mlflow.experimentKind for older UIs)
+echo "      then http://127.0.0.1:5000/#/experiments/${EXPERIMENT_ID}?workflowType=machine_learning (runs demo-keras, simulate-*, monitor-*)"
 echo "    dashboards: $(ls -d "$HOME_DIR"/monitoring/evaluate-*-"$STAMP"*/dashboard.html 2>/dev/null | tr '\n' ' ')"
 echo "    scorecard: $SCORECARD"

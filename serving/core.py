@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from common.images import NUM_CLASSES, PIXELS, to_model_input
+from common.quiet import native_stderr_filtered
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
 from common.reference import EMBEDDING_LAYER, Reference, foreign_scores, load_reference, project
 from common.settings import (
@@ -169,10 +170,14 @@ def load_core(
     model_info = mlflow.models.Model.load(source)
     signature = model_info.signature.to_dict() if model_info.signature else None
     if "keras" in model_info.flavors:
-        predict = compiled_call(mlflow.keras.load_model(source))
+        with native_stderr_filtered():
+            keras_model = mlflow.keras.load_model(source)
+        predict = compiled_call(keras_model)
         flavor = "keras"
     else:
-        predict = pyfunc_call(mlflow.pyfunc.load_model(source), model_info.signature)
+        with native_stderr_filtered():
+            pyfunc_model = mlflow.pyfunc.load_model(source)
+        predict = pyfunc_call(pyfunc_model, model_info.signature)
         flavor = next(iter(set(model_info.flavors) - {"python_function"}), "python_function")
     check_output(predict, source)
     reference = _find_reference(source, identity.run_id, reference_path)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import httpx
 import numpy as np
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from common.datasets import Digits
 from simulation.scenario import PlannedRequest
@@ -73,25 +74,35 @@ class HttpTransport:
 
     def send(self, request_id: str, window: int, images: np.ndarray) -> dict:
         body = score_body(request_id, window, images)
-        problem = ""
         first = next(self._turn)
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = self.client.post(self.urls[(first + attempt) % len(self.urls)], content=body)
-            except httpx.TransportError as err:
-                problem = f"{type(err).__name__}: {err}"
-                continue
-            if response.status_code == 200:
-                return response.json()
-            problem = _error_message(response)
-            if response.status_code not in TRANSIENT_STATUSES:
-                raise ServerRefused(response.status_code, problem, request_id)
-        raise ServerRefused(None, f"gave up after {self.retries + 1} tries; last: {problem}", request_id)
+        attempts = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_s, max=30),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            for attempt in attempts:
+                with attempt:
+                    replica = self.urls[(first + attempt.retry_state.attempt_number - 1) % len(self.urls)]
+                    try:
+                        response = self.client.post(replica, content=body)
+                    except httpx.TransportError as err:
+                        raise _Transient(f"{type(err).__name__}: {err}") from None
+                    if response.status_code == 200:
+                        return response.json()
+                    if response.status_code in TRANSIENT_STATUSES:
+                        raise _Transient(_error_message(response))
+                    raise ServerRefused(response.status_code, _error_message(response), request_id)
+        except _Transient as last:
+            raise ServerRefused(None, f"gave up after {self.retries + 1} tries; last: {last}", request_id) from None
 
     def close(self) -> None:
         self.client.close()
+
+
+class _Transient(Exception):
+    """A failure worth another try: the connection broke, or the server answered a transient status."""
 
 
 def _error_message(response: httpx.Response) -> str:

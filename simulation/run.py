@@ -15,7 +15,7 @@ import yaml
 from tqdm import tqdm
 
 from common.settings import Settings
-from common.tracking import describe_run, use_tracking
+from common.tracking import dataset_source, describe_run, use_tracking
 from simulation.client import SendStats, Transport, send_plan
 from simulation.pools import load_pools
 from simulation.scenario import PlannedRequest, Scenario, intended_mix, parse_scenario, plan_traffic, realised_mix
@@ -106,7 +106,9 @@ def run_simulation(
             )
             mlflow.log_artifact(str(run_dir / SCENARIO_FILE))
             mlflow.log_input(
-                mlflow.data.from_pandas(plan_frame(plan), source=str(run_dir / SCENARIO_FILE), name=f"plan-{scenario.name}"),
+                mlflow.data.from_pandas(
+                    plan_frame(plan), source=dataset_source(str(run_dir / SCENARIO_FILE)), name=f"plan-{scenario.name}"
+                ),
                 context="simulation",
             )
             describe_run(

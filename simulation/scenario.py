@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from common.datasets import SOURCES
 from simulation.curves import CurveError, add_noise, evaluate_curve, normalise, winner_takes_all
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 MODES = ("mix", "winner-takes-all")
-TOP_KEYS = {"name", "description", "windows", "window", "requests_per_window", "images_per_request", "seed", "mode", "sources"}
-SOURCE_KEYS = {"weight", "noise", "data", "layout"}
 
 
 class ScenarioError(ValueError):
@@ -90,59 +90,75 @@ def load_scenario(name_or_path: str, **overrides) -> Scenario:
     return parse_scenario(raw, str(path))
 
 
+class SourceFields(BaseModel):
+    """One traffic source of a scenario file, as written."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    weight: Any
+    noise: float = Field(0.0, ge=0, description="standard deviation of the noise added to the weight curve")
+    data: str | None = None  # a folder in a public layout; None: the dataset cache
+    layout: Literal[SOURCES] | None = None  # type: ignore[valid-type]
+
+
+class ScenarioFields(BaseModel):
+    """A scenario file's top-level fields, as written."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str | None = None
+    description: str = ""
+    windows: PositiveInt
+    window: str = "day"
+    requests_per_window: PositiveInt
+    images_per_request: PositiveInt = 1
+    seed: int = 0
+    mode: Literal[MODES] = "mix"  # type: ignore[valid-type]
+    sources: dict[str, SourceFields] = Field(min_length=1)
+
+
+def _first_problem(error: ValidationError) -> str:
+    """Pydantic's first complaint as `field.path: what was expected; got <value>`."""
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        parent = problem["loc"][:-1]
+        expected = SourceFields.model_fields if parent else ScenarioFields.model_fields
+        return f"{where}: unknown field; expected one of {', '.join(expected)}"
+    if problem["type"] == "missing":
+        return f"{where}: missing"
+    return f"{where}: {problem['msg'][0].lower()}{problem['msg'][1:]}; got {problem['input']!r}"
+
+
 def parse_scenario(raw: dict, origin: str = "<inline>") -> Scenario:
-    """Validate a scenario mapping; every error names `origin` and the field."""
+    """Validate a scenario mapping (pydantic checks the fields); every error names `origin` and the field."""
 
     def fail(message: str) -> ScenarioError:
         return ScenarioError(f"{origin}: {message}")
 
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise fail(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(TOP_KEYS))}")
-    for key in ("windows", "requests_per_window"):
-        value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise fail(f"'{key}' must be a whole number above zero; got {value!r}")
-    images_per_request = raw.get("images_per_request", 1)
-    if isinstance(images_per_request, bool) or not isinstance(images_per_request, int) or images_per_request <= 0:
-        raise fail(f"'images_per_request' must be a whole number above zero; got {images_per_request!r}")
-    mode = raw.get("mode", "mix")
-    if mode not in MODES:
-        raise fail(f"'mode' must be one of {', '.join(MODES)}; got {mode!r}")
-    sources_raw = raw.get("sources")
-    if not isinstance(sources_raw, dict) or not sources_raw:
-        raise fail("'sources' must map source names to {weight: ..., noise: ...}")
+    try:
+        fields = ScenarioFields.model_validate(raw)
+    except ValidationError as err:
+        raise fail(_first_problem(err)) from None
     sources = []
-    for name, spec in sources_raw.items():
-        if not isinstance(spec, dict):
-            raise fail(f"sources.{name}: expected a mapping with 'weight'")
-        extra = sorted(set(spec) - SOURCE_KEYS)
-        if extra:
-            raise fail(f"sources.{name}: unknown field(s) {', '.join(extra)}; expected {', '.join(sorted(SOURCE_KEYS))}")
-        if "weight" not in spec:
-            raise fail(f"sources.{name}: missing 'weight'")
-        if name not in SOURCES and "data" not in spec:
+    for name, spec in fields.sources.items():
+        if name not in SOURCES and spec.data is None:
             raise fail(f"sources.{name}: unknown source; use one of {', '.join(SOURCES)} or give 'data' (a folder) and 'layout'")
-        layout = spec.get("layout", name if name in SOURCES else None)
-        if layout not in SOURCES:
-            raise fail(f"sources.{name}.layout: expected one of {', '.join(SOURCES)}; got {layout!r}")
-        noise = spec.get("noise", 0.0)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise fail(f"sources.{name}.noise: expected a standard deviation >= 0; got {noise!r}")
-        data = spec.get("data")
+        layout = spec.layout or (name if name in SOURCES else None)
+        if layout is None:
+            raise fail(f"sources.{name}.layout: expected one of {', '.join(SOURCES)} for a folder of digits")
+        data = spec.data
         if data and not Path(data).expanduser().is_absolute() and Path(origin).is_file():
             data = str((Path(origin).parent / Path(data)).resolve())  # relative to the scenario file
-        sources.append(SourceSpec(str(name), spec["weight"], float(noise), data, layout))
+        sources.append(SourceSpec(name, spec.weight, float(spec.noise), data, layout))
     scenario = Scenario(
-        name=str(raw.get("name", Path(origin).stem)),
-        windows=raw["windows"],
-        requests_per_window=raw["requests_per_window"],
-        seed=int(raw.get("seed", 0)),
+        name=fields.name or Path(origin).stem,
+        windows=fields.windows,
+        requests_per_window=fields.requests_per_window,
+        seed=fields.seed,
         sources=tuple(sources),
-        window=str(raw.get("window", "day")),
-        images_per_request=images_per_request,
-        mode=mode,
-        description=str(raw.get("description", "")),
+        window=fields.window,
+        images_per_request=fields.images_per_request,
+        mode=fields.mode,
+        description=fields.description,
         origin=origin,
     )
     try:

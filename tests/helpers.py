@@ -230,3 +230,32 @@ def collector_sidecar(root: Path, endpoint: str = "digitdrift-digits", deploymen
         yield server.server_address[1]
     finally:
         server.shutdown()
+
+
+def chromium_dom(url: str, profile: Path, budget_ms: int = 10000) -> str:
+    """The DOM real headless Chromium builds for `url` after `budget_ms` of virtual time (scripts run)."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is needed for this test (`make test` installs Debian's chromium)"
+    result = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
+    return result.stdout

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from common.datasets import DatasetError
+from common.quiet import native_stderr_filtered
 from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
 from common.tracking import use_tracking
@@ -139,7 +140,8 @@ def _print_evaluations(evaluations) -> None:
 
 
 def _reference(args: argparse.Namespace, settings) -> int:
-    from training.keras_job import reference_for_registered
+    with native_stderr_filtered():
+        from training.keras_job import reference_for_registered
 
     use_tracking(settings)
     run_id, reference = reference_for_registered(args.model, settings)
@@ -158,7 +160,8 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
         if version := champion_version(MODEL_NAME):
             print(f"reusing {MODEL_NAME} version {version}, the @champion (train anyway without --skip-if-champion)")
             return 0
-    from training.keras_job import KerasJobConfig, run_keras_job  # TensorFlow loads only for this command
+    with native_stderr_filtered():  # TensorFlow loads only for this command
+        from training.keras_job import KerasJobConfig, run_keras_job
 
     config = KerasJobConfig(
         data_dir=args.data_dir,

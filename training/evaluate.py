@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn import metrics
 
 from common.images import NUM_CLASSES
 
@@ -40,10 +41,8 @@ def evaluate_probabilities(source: str, probabilities: np.ndarray, labels: np.nd
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Counts (true class, predicted class), 10x10."""
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
-    return matrix
+    """Counts (true class, predicted class), 10x10 even when a class never occurs (scikit-learn's)."""
+    return metrics.confusion_matrix(labels, predicted, labels=np.arange(NUM_CLASSES))
 
 
 def worst_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:

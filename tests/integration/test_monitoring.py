@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
@@ -15,7 +17,7 @@ import yaml
 
 from common.settings import PROJECT_ROOT
 from serving.prediction_log import PredictionLog
-from tests.helpers import assert_same_frames
+from tests.helpers import VENV_BIN, assert_same_frames, chromium_dom, free_port, running
 
 pytestmark = pytest.mark.slow
 
@@ -149,32 +151,48 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
 
 def test_the_dashboard_draws_in_headless_chromium(monitored, tmp_path):
     _, _, out = monitored
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Chromium is needed for this test (.ci/run installs Debian's chromium)"
-    result = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            (out / "dashboard.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    dom = result.stdout
-    assert dom.count('class="main-svg"') >= 2, result.stderr[-2000:]  # Plotly drew its SVG layers
+    dom = chromium_dom((out / "dashboard.html").as_uri(), tmp_path / "profile")
+    assert dom.count('class="main-svg"') >= 2  # Plotly drew its SVG layers
     assert dom.count('class="trace scatter') >= 10  # the lines of the panels
     for title in ("Drift tests (p-values, log scale)", "Accuracy: estimated without labels", "Foreign digits: estimated share"):
         assert title in dom
+
+
+def visible_text(dom: str) -> str:
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def test_the_mlflow_ui_opens_on_the_runs_and_groups_a_monitoring_runs_charts(monitored, champion, tmp_path):
+    """A real `mlflow server` on the tests' store, read by real headless Chromium as a reviewer would."""
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    (monitoring_run,) = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`digitdrift.job` = 'monitor'", output_format="list"
+    )
+    experiment_id = monitoring_run.info.experiment_id
+    assert mlflow.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", champion.tracking_uri]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(command, f"{url}/health", log_path=tmp_path / "mlflow.log"):
+        # the link the demo prints: the experiment in the UI's model-training workflow, on its runs table
+        landing = visible_text(chromium_dom(f"{url}/#/experiments/{experiment_id}?workflowType=machine_learning", tmp_path / "a"))
+        assert monitoring_run.info.run_name in landing and "Run Name" in landing, landing[:2000]
+        assert "Token Usage" not in landing and "Traces 0" not in landing  # not the GenAI overview
+        charts = chromium_dom(
+            f"{url}/#/experiments/{experiment_id}/runs/{monitoring_run.info.run_id}/model-metrics", tmp_path / "b", 20000
+        )
+        text = visible_text(charts)
+        # one collapsible section per metric prefix, holding all of its metrics, and none left ungrouped
+        sections = Counter(name.split("/")[0] for name in monitoring_run.data.metrics)
+        assert set(sections) == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts"}
+        for section, count in sections.items():
+            assert f" {section} ({count}) " in text, (section, text[:3000])
+        assert "Model metrics (0)" in text
+        # the first section (accuracy, alphabetically) opens with its charts drawn
+        assert f"{monitoring_run.info.run_name} (accuracy/estimated)" in text
+        assert charts.count("<svg") >= 3
 
 
 def test_an_existing_output_folder_is_never_overwritten(monitored, champion):

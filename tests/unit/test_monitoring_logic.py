@@ -158,6 +158,7 @@ def test_a_rule_needing_two_windows_in_a_row_ignores_a_lone_one():
     metrics = pd.DataFrame({"window": range(6), "too_small": [False] * 6, "embedding_p": [0.5, 0.001, 0.5, 0.001, 0.001, 0.5]})
     rule = Rule("embedding_drift", "embedding_p", 0.0025, True, "m", consecutive=2)
     assert [alert.window for alert in evaluate_rules(metrics, (rule,), "digits-cnn", "1")] == [4]
+    assert firing_windows(metrics, (rule,)) == [4]  # a lone window is not a firing either
 
 
 def test_the_whitened_class_distance_equals_the_mahalanobis_formula(reference):

@@ -57,7 +57,7 @@ demo: demo-packages data ## the main job: train (or reuse the champion), serve, 
 	scripts/demo.sh $(DEMO_EPOCHS) 200
 
 evaluate: data ## the monitor's scorecard at 200 requests per window, into bench/results/
-	scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
+	SCORECARD_COMMAND="make evaluate" scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
 
 test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

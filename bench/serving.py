@@ -1,7 +1,9 @@
 """Serving benchmark, all in one run: python -m bench.serving [--model URI] [--duration S].
 
-The bare Keras model in-process (the ceiling), our server, `mlflow models serve` under the same
-load, and the prediction log against the original one-MLflow-run-per-request bookkeeping.
+The bare Keras model in-process (the ceiling, at batch 1, 8, 32 and 256), our server and `mlflow models serve`
+(--workers 1 and 2) under the same load (a Python closed loop, and Debian's wrk at 1, 8, 64 and 256
+connections of single images), and the prediction log against the original one-MLflow-run-per-request
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from bench.load import closed_loop
 from bench.machine import describe_machine
+from bench.wrk import wrk_load
 from common.datasets import load_source
 from common.settings import load_settings
 from serving.core import DEFAULT_MODEL_URI, ModelIdentity, compiled_call, flag_predictions, to_records
@@ -31,6 +34,7 @@ from serving.prediction_log import PredictionLog
 log = logging.getLogger("bench.serving")
 RESULTS = Path(__file__).parent / "results"
 VENV_BIN = Path(sys.executable).parent
+WRK_CONNECTIONS = (1, 8, 64, 256)
 
 
 def bare_model(uri: str, images: np.ndarray, seconds: float) -> dict:
@@ -39,7 +43,7 @@ def bare_model(uri: str, images: np.ndarray, seconds: float) -> dict:
     call = compiled_call(model)
     flat = images.reshape(len(images), 784).astype(np.float32)
     figures = {}
-    for batch in (1, 32, 256):
+    for batch in (1, 8, 32, 256):
         call(flat[:batch])  # warm up
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
@@ -166,38 +170,46 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
             f"http://127.0.0.1:{port}/ready",
             env,
         )
+        single = json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
         try:
             figures["our_server_score"] = load_figures(f"http://127.0.0.1:{port}/score", images, "data", duration)
             figures["our_server_invocations"] = load_figures(
                 f"http://127.0.0.1:{port}/invocations", images, "inputs", duration, big_batches=False
             )
+            figures["our_server_wrk_single_images"] = wrk_levels(f"http://127.0.0.1:{port}/invocations", single, duration, "ours")
         finally:
             server.terminate()
             server.wait()
-        port = free_port()
-        log.info("mlflow models serve")
-        mlflow_server = start(
-            [
-                str(VENV_BIN / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                model_uri,
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            f"http://127.0.0.1:{port}/ping",
-            env,
-        )
-        try:
-            figures["mlflow_models_serve"] = load_figures(f"http://127.0.0.1:{port}/invocations", images, "inputs", duration)
-        finally:
-            mlflow_server.terminate()
-            mlflow_server.wait()
+        for workers in (1, 2):
+            port = free_port()
+            log.info("mlflow models serve --workers %d", workers)
+            mlflow_server = start(
+                [
+                    str(VENV_BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    model_uri,
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                ],
+                f"http://127.0.0.1:{port}/ping",
+                env,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}/invocations"
+                key = "mlflow_models_serve" if workers == 1 else f"mlflow_models_serve_workers{workers}"
+                figures[key] = load_figures(url, images, "inputs", duration)
+                figures[f"{key}_wrk_single_images"] = wrk_levels(url, single, duration, f"mlflow-w{workers}")
+            finally:
+                mlflow_server.terminate()
+                mlflow_server.wait()
         log.info("prediction log and the original bookkeeping")
         figures["prediction_log_predictions_per_s"] = {
             f"commit_every_{batch}": round(prediction_log_rate(folder, images, batch, count), 1)
@@ -208,11 +220,28 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
     return figures
 
 
+def wrk_levels(url: str, body: bytes, duration: float, prefix: str) -> dict:
+    """Single-image requests from wrk at 1, 8, 64 and 256 connections."""
+    levels = {}
+    for connections in WRK_CONNECTIONS:
+        log.info("wrk, %d connections: %s", connections, url)
+        levels[f"c{connections}"] = wrk_load(url, body, connections, duration, f"{prefix}-c{connections}")
+    return levels
+
+
 def ratios(figures: dict) -> dict:
     ours, theirs, bare = figures["our_server_score"], figures["mlflow_models_serve"], figures["bare_model"]
     log_rates = figures["prediction_log_predictions_per_s"]
     original = figures["original_bookkeeping_predictions_per_s"]
+    wrk_ours = figures["our_server_wrk_single_images"]
+    wrk_theirs = [figures[f"mlflow_models_serve{suffix}_wrk_single_images"] for suffix in ("", "_workers2")]
     return {
+        "wrk_c1_ours_over_bare_batch1": round(wrk_ours["c1"]["requests_per_s"] / bare["images_per_s_batch1"], 2),
+        "wrk_c8_ours_over_bare_batch8": round(wrk_ours["c8"]["requests_per_s"] / bare["images_per_s_batch8"], 2),
+        "wrk_c64_ours_over_bare_batch32": round(wrk_ours["c64"]["requests_per_s"] / bare["images_per_s_batch32"], 2),
+        "wrk_c64_ours_over_best_mlflow_serve": round(
+            wrk_ours["c64"]["requests_per_s"] / max(levels["c64"]["requests_per_s"] for levels in wrk_theirs), 1
+        ),
         "single_c8_ours_over_mlflow_serve": round(ours["single_c8"]["requests_per_s"] / theirs["single_c8"]["requests_per_s"], 1),
         "single_c1_ours_over_mlflow_serve": round(ours["single_c1"]["requests_per_s"] / theirs["single_c1"]["requests_per_s"], 1),
         "single_c8_ours_over_bare_batch1": round(ours["single_c8"]["images_per_s"] / bare["images_per_s_batch1"], 2),

@@ -92,6 +92,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         default=settings.state_dir / "monitoring_evaluation.json",
         help="the scorecard JSON (default: %(default)s; `make evaluate` writes bench/results/monitoring_evaluation.json)",
     )
+    evaluate.add_argument(
+        "--reproduce-with",
+        help="the command that reproduces the whole scorecard (simulations included), recorded in it "
+        "(default: this command, which needs the runs)",
+    )
     return parser
 
 
@@ -181,7 +186,8 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
             run.label: {"scenario": run.scenario, "windows": len(run.metrics), "records": len(run.records)} for run in judged
         },
         **evaluation_figures(judged),
-        "command": "python -m monitoring evaluate --runs " + " ".join(str(path) for path in args.runs),
+        "command": args.reproduce_with or "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
+        "monitoring_command": "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n")

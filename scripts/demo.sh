@@ -36,7 +36,8 @@ done
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
 echo "==> 4/5 monitoring each run (with its ground truth) and 5/5 scoring the monitor"
-$PY -m monitoring evaluate --log "$LOG" --runs "${RUNS[@]}" --out "$SCORECARD"
+$PY -m monitoring evaluate --log "$LOG" --runs "${RUNS[@]}" --out "$SCORECARD" \
+  --reproduce-with "${SCORECARD_COMMAND:-scripts/demo.sh $EPOCHS $REQUESTS $SCORECARD}"
 
 echo
 echo "==> done. Where to look:"

@@ -23,24 +23,25 @@ def mlflow_server(tmp_path_factory) -> str:
     """A real `mlflow server` on a free loopback port (SQLite backend, local artifacts); its URL."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    process = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{home / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(home / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=open(home / "server.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with open(home / "server.log", "wb") as output:  # the child keeps its own handle
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{home / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(home / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", process)
@@ -124,7 +125,8 @@ def azurite(tmp_path_factory):
         command = azurite_command(port, home)
     except FileNotFoundError as err:
         pytest.fail(f"{err} (`make test` installs it before the tests)")
-    process = subprocess.Popen(command, stdout=open(home / "azurite.log", "wb"), stderr=subprocess.STDOUT)
+    with open(home / "azurite.log", "wb") as output:  # the child keeps its own handle
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process)
         yield connection_string(port)

@@ -199,23 +199,16 @@ def test_a_downloaded_model_folder_loads_without_its_tracking_store(champion, tm
     from serving.core import load_core
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     core = load_core(str(champion.folder))
     assert core.identity.flavor == "keras" and core.identity.version == "local:download"
 
 
-class ClassesOnly(mlflow.pyfunc.PythonModel):
-    """A pyfunc model that answers a class per image, not the ten probabilities the core needs."""
-
-    def predict(self, context, model_input, params=None):
-        return np.zeros(len(model_input), dtype=int)
-
-
 def test_a_model_answering_classes_only_is_refused_at_load_naming_what_it_answered(tmp_path):
     from serving.core import ModelOutputError, load_core
+    from tests.stand_in_models import save_stand_in
 
-    mlflow.pyfunc.save_model(str(tmp_path / "classes-only"), python_model=ClassesOnly())
+    save_stand_in(tmp_path / "classes-only", "classes-only")
     with pytest.raises(ModelOutputError, match=r"answers shape \(1,\) for one image; digitdrift serves models that answer 10"):
         load_core(str(tmp_path / "classes-only"))

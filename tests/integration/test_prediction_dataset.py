@@ -167,13 +167,10 @@ def test_two_replicas_on_azurite_lose_no_acknowledged_prediction_when_one_is_kil
             "--flush-seconds",
             str(flush_seconds),
         )
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **env},
-            stdout=open(tmp_path / f"replica-{index}.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(tmp_path / f"replica-{index}.log", "ab") as output:  # the child keeps its own handle
+            process = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+            )
         wait_for_http(f"{urls[index]}/ready", process, 180)
         return process
 

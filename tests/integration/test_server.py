@@ -6,13 +6,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import mlflow
 import numpy as np
 import pytest
 
 from common.datasets import load_source
 from common.records import read_prediction_log
 from tests.helpers import free_port, running, serving_command
+from tests.stand_in_models import save_stand_in
 
 pytestmark = pytest.mark.slow
 
@@ -164,31 +164,8 @@ def test_api_key_guards_every_route_but_health_and_ready_and_is_checked_first(ch
         assert httpx.get(url + "/metadata", headers=key, timeout=10).json()["model"]["name"] == "digits-cnn"
 
 
-class FailingModel(mlflow.pyfunc.PythonModel):
-    """A real pyfunc model that fails on all-white images, to see the server's 5xx."""
-
-    def predict(self, context, model_input, params=None):
-        batch = np.asarray(model_input)
-        if (batch == 255).all(axis=1).any():
-            raise RuntimeError("all-white image")
-        return np.full((len(batch), 10), 0.1)
-
-
-class SlowModel(mlflow.pyfunc.PythonModel):
-    """A real pyfunc model that takes 3 s on all-black images, to see the scoring timeout."""
-
-    def predict(self, context, model_input, params=None):
-        import time
-
-        batch = np.asarray(model_input)
-        if (batch == 0).all(axis=1).any():
-            time.sleep(3)
-        return np.full((len(batch), 10), 0.1)
-
-
 def test_a_scoring_timeout_is_a_504_and_the_server_keeps_serving(tmp_path):
-    model_dir = tmp_path / "slow-model"
-    mlflow.pyfunc.save_model(model_dir, python_model=SlowModel())
+    model_dir = save_stand_in(tmp_path / "slow-model", "slow")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = serving_command(str(model_dir), port, "--prediction-log", "none", "--timeout-s", "1")
@@ -201,8 +178,7 @@ def test_a_scoring_timeout_is_a_504_and_the_server_keeps_serving(tmp_path):
 
 
 def test_a_failure_inside_the_model_is_a_5xx_and_the_server_keeps_serving(tmp_path):
-    model_dir = tmp_path / "failing-model"
-    mlflow.pyfunc.save_model(model_dir, python_model=FailingModel())
+    model_dir = save_stand_in(tmp_path / "failing-model", "failing")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = serving_command(str(model_dir), port, "--prediction-log", str(tmp_path / "log.db"))

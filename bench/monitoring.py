@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from bench.machine import describe_machine
+from common.machine import describe_machine
 from common.records import PredictionRecord
 from monitoring.engine import for_version
 from monitoring.job import judge, monitor

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import describe_machine
+from common.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 ENGINES = ("pandas", "spark")

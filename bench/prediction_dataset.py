@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import describe_machine
 from bench.monitoring import _record
 from common.azurite import azurite_command, connection_string
+from common.machine import describe_machine
 from common.prediction_dataset import filesystem
 from common.settings import PROJECT_ROOT
 from monitoring.pandas_engine import read_log

@@ -24,9 +24,9 @@ import mlflow
 import numpy as np
 
 from bench.load import closed_loop
-from bench.machine import describe_machine
 from bench.wrk import wrk_load
 from common.datasets import load_source
+from common.machine import describe_machine
 from common.settings import load_settings
 from serving.core import DEFAULT_MODEL_URI, ModelIdentity, compiled_call, flag_predictions, to_records
 from serving.prediction_log import PredictionLog

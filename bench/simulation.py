@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.machine import describe_machine
 from bench.serving import VENV_BIN, free_port, start
+from common.machine import describe_machine
 from common.settings import load_settings
 from serving.core import DEFAULT_MODEL_URI
 from simulation.client import HttpTransport

@@ -22,9 +22,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.machine import describe_machine
 from bench.serving import free_port, start
 from common.datasets import load_source
+from common.machine import describe_machine
 from common.settings import PROJECT_ROOT, load_settings
 from serving.core import DEFAULT_MODEL_URI
 

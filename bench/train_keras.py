@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.machine import describe_machine
+from common.machine import describe_machine
 from common.settings import load_settings
 from training.keras_job import KerasJobConfig, run_keras_job
 

@@ -14,8 +14,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.machine import describe_machine
 from common.datasets import load_mnist
+from common.machine import describe_machine
 from common.settings import load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
 from training.data import split_train_validation

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from common.machine import describe_machine
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
@@ -186,6 +187,7 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
             run.label: {"scenario": run.scenario, "windows": len(run.metrics), "records": len(run.records)} for run in judged
         },
         **evaluation_figures(judged),
+        "machine": describe_machine(("tensorflow-cpu", "keras", "mlflow", "numpy", "evidently")),
         "command": args.reproduce_with or "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
         "monitoring_command": "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +106,13 @@ def run_simulation(
                 }
             )
             mlflow.log_artifact(str(run_dir / SCENARIO_FILE))
-            mlflow.log_input(
-                mlflow.data.from_pandas(
+            with warnings.catch_warnings():
+                # MLflow hints that integer columns cannot hold missing values; the plan's never miss one
+                warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
+                planned = mlflow.data.from_pandas(
                     plan_frame(plan), source=dataset_source(str(run_dir / SCENARIO_FILE)), name=f"plan-{scenario.name}"
-                ),
-                context="simulation",
-            )
+                )
+            mlflow.log_input(planned, context="simulation")
             describe_run(
                 f"Traffic of the '{scenario.name}' scenario ({scenario.mode}): {scenario.windows} {scenario.window}s x "
                 f"{scenario.requests_per_window} requests of {scenario.images_per_request} image(s), seed {scenario.seed}. "

@@ -1,4 +1,4 @@
-"""A description of the machine a benchmark ran on, recorded beside its figures."""
+"""A description of the machine a measurement ran on, recorded beside its figures (benchmarks, scorecards)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 
 def describe_machine(packages: tuple[str, ...] = ("tensorflow-cpu", "keras", "mlflow", "numpy")) -> dict:
+    """CPU model, cores, memory, Python, platform and the versions of `packages`."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as info:

@@ -51,8 +51,9 @@ def parse_report(report: str) -> dict:
     return {
         "requests": int(re.search(r"(\d+) requests in", report).group(1)),
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1)),
-        "p50_ms": round(to_ms(latency["50"]), 2),
-        "p99_ms": round(to_ms(latency["99"]), 2),
+        # wrk prints no distribution when no request completed (every one timed out or failed)
+        "p50_ms": round(to_ms(latency["50"]), 2) if "50" in latency else None,
+        "p99_ms": round(to_ms(latency["99"]), 2) if "99" in latency else None,
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
     }

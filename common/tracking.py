@@ -15,8 +15,9 @@ from mlflow.exceptions import MlflowException
 from common.datasets import Digits
 from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
 
-# The MLflow 3 UI opens an experiment of this kind on its runs table (and model charts), not on the GenAI
-# overview of traces it shows for experiments of no known kind.
+# An MLflow 3 UI that reads the experiment's kind opens this one on its runs table, not on the GenAI overview of
+# traces. MLflow 3.17's UI reads its workflow selector first (GenAI by default): the demo's link sets it with
+# ?workflowType=machine_learning.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 

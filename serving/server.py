@@ -38,8 +38,8 @@ OPEN_PATHS = frozenset({"/health", "/ready"})  # what a load balancer probes; ev
 
 
 class JsonResponse(Response):
-    """JSON encoded by orjson (FastAPI's own JsonResponse is deprecated; its pydantic path is slower on
-    probability lists)."""
+    """JSON encoded by orjson. FastAPI deprecated its ORJSONResponse in favour of response models, which would
+    pass every answer through pydantic; the answers here are built by serving.protocol already."""
 
     media_type = "application/json"
 

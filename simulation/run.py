@@ -107,12 +107,13 @@ def run_simulation(
             )
             mlflow.log_artifact(str(run_dir / SCENARIO_FILE))
             with warnings.catch_warnings():
-                # MLflow hints that integer columns cannot hold missing values; the plan's never miss one
+                # MLflow hints, when it infers the schema to log, that integer columns cannot hold missing values;
+                # the plan's never miss one
                 warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
                 planned = mlflow.data.from_pandas(
                     plan_frame(plan), source=dataset_source(str(run_dir / SCENARIO_FILE)), name=f"plan-{scenario.name}"
                 )
-            mlflow.log_input(planned, context="simulation")
+                mlflow.log_input(planned, context="simulation")
             describe_run(
                 f"Traffic of the '{scenario.name}' scenario ({scenario.mode}): {scenario.windows} {scenario.window}s x "
                 f"{scenario.requests_per_window} requests of {scenario.images_per_request} image(s), seed {scenario.seed}. "

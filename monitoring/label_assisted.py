@@ -1,0 +1,73 @@
+"""Label-assisted accuracy: per stratum of flags, the label-free estimate corrected by what a few labels say of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from common.labels import STRATA, strata_of
+
+HORIZON_WINDOWS = 10  # labels of this many windows (the judged one and those before) correct a window's estimate
+UNKNOWN_RESIDUAL_VARIANCE = 0.25  # a stratum without labels: its correction could be anything (Bernoulli's maximum)
+Z95 = 1.96
+
+
+def label_assisted_accuracy(
+    records: pd.DataFrame,
+    p_correct: np.ndarray,
+    labels: pd.DataFrame,
+    horizon: int = HORIZON_WINDOWS,
+    lag: int = 0,
+) -> pd.DataFrame:
+    """Per window: the estimated accuracy with a 95% interval, and how many labels it used.
+
+    A difference estimator per stratum (foreign-flagged, low-confidence, clean): the stratum's label-free
+    accuracy in the window (mean P(correct) of its records) plus the mean of (correct - P(correct)) over the
+    labeled records of that stratum from the last `horizon` windows; a labeled record of the window counts as
+    what its label says. A window uses the labels that had come back by `lag` windows after it (`arrived_window`,
+    else its own window): lag 0 is the estimate as the window closes, lag = the annotator's delay the estimate
+    once the window's own labels are in. `records`: window, request_id, image_index, predicted, flags.
+    """
+    frame = records[["window", "request_id", "image_index", "predicted"]].copy()
+    frame["window"] = frame["window"].astype(int)
+    frame["stratum"] = strata_of(records["flags"]).to_numpy()
+    frame["p_correct"] = np.asarray(p_correct, dtype=float)
+    known = labels.assign(arrived_window=labels.get("arrived_window", labels.get("window")))
+    frame = frame.merge(
+        known[["request_id", "image_index", "label", "arrived_window"]], on=["request_id", "image_index"], how="left"
+    )
+    frame["correct"] = (frame["predicted"] == frame["label"]).astype(float).where(frame["label"].notna())
+    labeled = frame[frame["label"].notna()]
+    rows = []
+    for window, group in frame.groupby("window", sort=True):
+        usable = labeled[
+            (labeled["window"] > window - horizon) & (labeled["window"] <= window) & (labeled["arrived_window"] <= window + lag)
+        ]
+        in_window = group["label"].notna() & (group["arrived_window"] <= window + lag)
+        correct_count, variance = 0.0, 0.0
+        for stratum in STRATA:
+            members = group[group["stratum"] == stratum]
+            if members.empty:
+                continue
+            mine = usable[usable["stratum"] == stratum]
+            residuals = (mine["correct"] - mine["p_correct"]).to_numpy()
+            correction = residuals.mean() if len(residuals) else 0.0
+            residual_variance = residuals.var(ddof=1) / len(residuals) if len(residuals) > 1 else UNKNOWN_RESIDUAL_VARIANCE
+            known_here = in_window.loc[members.index]
+            unknown = members[~known_here]
+            rates = np.clip(unknown["p_correct"].to_numpy() + correction, 0, 1)
+            correct_count += members.loc[known_here, "correct"].sum() + rates.sum()
+            variance += len(unknown) ** 2 * residual_variance + float(np.sum(rates * (1 - rates)))
+        volume = len(group)
+        estimate = correct_count / volume
+        spread = Z95 * np.sqrt(variance) / volume
+        rows.append(
+            {
+                "window": int(window),
+                "label_assisted_accuracy": estimate,
+                "label_assisted_accuracy_low": max(0.0, estimate - spread),
+                "label_assisted_accuracy_high": min(1.0, estimate + spread),
+                "labels_used": len(usable),
+            }
+        )
+    return pd.DataFrame(rows)

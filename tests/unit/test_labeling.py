@@ -1,0 +1,145 @@
+"""The loop back's pure parts: label files, the labeling queue, the simulated annotator, the label-assisted estimate."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.labels import CLEAN_STRATUM, FOREIGN_STRATUM, UNSURE_STRATUM, LabelFileError, read_labels, strata_of, write_labels
+from labeling.annotator import simulated_labels
+from labeling.queue import select_for_labeling
+from monitoring.label_assisted import label_assisted_accuracy
+
+
+def traffic(windows=20, per_window=200, foreign_share=0.5, seed=0):
+    """Served records with truth: MNIST-like (right 99%, unflagged) and foreign (wrong 70%, flagged foreign)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for window in range(windows):
+        for index in range(per_window):
+            foreign = rng.random() < foreign_share * window / windows
+            label = int(rng.integers(10))
+            right = rng.random() < (0.3 if foreign else 0.99)
+            rows.append(
+                {
+                    "request_id": f"w{window}-{index}",
+                    "image_index": 0,
+                    "window": window,
+                    "label": label,
+                    "predicted": label if right else (label + 1) % 10,
+                    "flags": "foreign" if foreign else ("low_confidence" if not right and rng.random() < 0.5 else ""),
+                    "confidence": 0.97 if foreign else 0.999,
+                    "foreign_score": 5.0 if foreign else 0.1,
+                    "source": "devanagari" if foreign else "mnist",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_a_label_file_round_trips_as_csv_and_jsonl(tmp_path):
+    labels = pd.DataFrame(
+        {"request_id": ["a", "b"], "image_index": [0, 3], "label": [7, 1], "window": [4, 5], "arrived_window": [5, 6]}
+    )
+    for name in ("labels.csv", "labels.jsonl"):
+        back = read_labels(write_labels(labels, tmp_path / name))
+        assert back[["request_id", "image_index", "label", "window", "arrived_window"]].astype(str).values.tolist() == (
+            labels.astype(str).values.tolist()
+        )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("request_id,image_index,label\nabc,0,10\n", "labels.csv:2: label 10 is out of range (expected 0..9)"),
+        ("request_id,image_index,label\nabc,zero,1\n", "labels.csv:2: image_index 'zero' is not an integer"),
+        ("request_id,image_index,label\n,0,1\n", "labels.csv:2: request_id is empty"),
+        ("request_id,label\nabc,1\n", "labels.csv: the header lacks image_index"),
+    ],
+)
+def test_a_bad_label_file_is_refused_naming_the_line_and_field(tmp_path, text, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(LabelFileError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        read_labels(path)
+
+
+def test_a_jsonl_line_that_is_not_an_object_is_refused_with_its_line_number(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"request_id": "a", "image_index": 0, "label": 3}\n[1, 2]\n')
+    with pytest.raises(LabelFileError, match=r"labels\.jsonl:2: expected a JSON object"):
+        read_labels(path)
+
+
+def test_a_record_labeled_twice_keeps_the_last_label(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,image_index,label\na,0,3\na,0,5\n")
+    assert read_labels(path)["label"].tolist() == [5]
+
+
+def test_strata_come_from_the_flags():
+    flags = pd.Series(["foreign", "low_confidence,foreign", "low_confidence", "", None])
+    assert strata_of(flags).tolist() == [FOREIGN_STRATUM, FOREIGN_STRATUM, UNSURE_STRATUM, CLEAN_STRATUM, CLEAN_STRATUM]
+
+
+def test_the_queue_spends_the_budget_per_window_mostly_on_flagged_images():
+    records = traffic()
+    queue = select_for_labeling(records, per_window=10, random_share=0.3, seed=1)
+    assert queue.groupby("window").size().max() == 10
+    late = queue[queue["window"] >= 10]
+    assert (late["stratum"] != CLEAN_STRATUM).sum() == 7 * late["window"].nunique()
+    assert (late["stratum"] == CLEAN_STRATUM).sum() == 3 * late["window"].nunique()
+    # window 0 has no flagged foreign images: its budget goes to what there is
+    assert len(queue[queue["window"] == 0]) == 10
+
+
+def test_the_queue_is_reproducible_and_never_queues_an_image_twice():
+    records = traffic()
+    first = select_for_labeling(records, 10, 0.3, seed=1)
+    assert first.equals(select_for_labeling(records, 10, 0.3, seed=1))
+    second = select_for_labeling(records, 10, 0.3, seed=1, already=first)
+    assert not set(zip(first.request_id, first.image_index)) & set(zip(second.request_id, second.image_index))
+
+
+def test_the_simulated_annotator_answers_the_truth_some_windows_later():
+    records = traffic(windows=4)
+    queue = select_for_labeling(records, 5, 0.3, seed=0)
+    labels = simulated_labels(queue, records, delay_windows=2)
+    expected = records.set_index(["request_id", "image_index"]).loc[list(zip(labels.request_id, labels.image_index)), "label"]
+    assert labels["label"].tolist() == expected.tolist()
+    assert (labels["arrived_window"] == labels["window"] + 2).all()
+
+
+def realised(records):
+    return records.assign(correct=records.predicted == records.label).groupby("window")["correct"].mean()
+
+
+def test_labels_bring_the_estimate_on_drifted_windows_close_to_the_realised_accuracy():
+    records = traffic(windows=30, seed=3)
+    p_correct = np.where(records["flags"] == "foreign", 0.95, 0.99)  # label-free: confidently wrong on foreign digits
+    labels = simulated_labels(select_for_labeling(records, 10, 0.3, seed=0), records, delay_windows=1)
+    estimate = label_assisted_accuracy(records, p_correct, labels, lag=1).set_index("window")
+    truth = realised(records)
+    drifted = truth.index[truth.index >= 10]
+    label_free = records.assign(p=p_correct).groupby("window")["p"].mean()
+    assisted_error = (estimate.loc[drifted, "label_assisted_accuracy"] - truth[drifted]).abs().mean()
+    assert assisted_error < 0.03
+    assert (label_free[drifted] - truth[drifted]).abs().mean() > 3 * assisted_error
+    inside = (estimate["label_assisted_accuracy_low"] <= truth) & (truth <= estimate["label_assisted_accuracy_high"])
+    assert inside.mean() >= 0.8
+
+
+def test_without_labels_the_estimate_is_the_label_free_one_with_a_wide_interval():
+    records = traffic(windows=3)
+    p_correct = np.full(len(records), 0.9)
+    empty = pd.DataFrame(columns=["request_id", "image_index", "label", "window", "arrived_window"])
+    estimate = label_assisted_accuracy(records, p_correct, empty)
+    assert np.allclose(estimate["label_assisted_accuracy"], 0.9)
+    assert (estimate["labels_used"] == 0).all()
+    assert (estimate["label_assisted_accuracy_high"] - estimate["label_assisted_accuracy_low"] > 0.5).all()
+
+
+def test_labels_not_yet_back_are_not_used():
+    records = traffic(windows=6, seed=2)
+    labels = simulated_labels(select_for_labeling(records, 10, 0.3), records, delay_windows=3)
+    estimate = label_assisted_accuracy(records, np.full(len(records), 0.99), labels, lag=0).set_index("window")
+    assert estimate.loc[[0, 1, 2], "labels_used"].tolist() == [0, 0, 0]
+    assert estimate.loc[3, "labels_used"] == 10  # window 0's labels, back at window 3

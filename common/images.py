@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 IMAGE_SIDE = 28
@@ -54,3 +56,8 @@ def describe_shape(shape: tuple[int, ...]) -> str:
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) to the models' input: float32 (N, 784) grey levels 0..255."""
     return images.reshape(len(images), PIXELS).astype(np.float32)
+
+
+def fingerprint(image: np.ndarray) -> str:
+    """An image's identity in records: the first 16 hex digits of the SHA-256 of its 784 uint8 pixels."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()[:16]

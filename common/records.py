@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from common.images import IMAGE_SIDE, NUM_CLASSES
 from common.reference import PROJECTION_DIMS
@@ -121,3 +122,12 @@ def read_prediction_log(path: str | Path) -> dict[str, np.ndarray]:
         ).fetchall()
     columns = list(zip(*rows)) if rows else [[] for _ in names]
     return {name: np.asarray(values) for name, values in zip(names, columns)}
+
+
+def read_ground_truth(path: str | Path) -> pd.DataFrame:
+    """A simulation's ground-truth sidecar (GROUND_TRUTH_COLUMNS), read-only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ground-truth sidecar here (the simulator writes ground_truth.db)")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        return pd.read_sql_query(f"SELECT {', '.join(GROUND_TRUTH_COLUMNS)} FROM ground_truth", connection)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import mlflow.data
+import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.exceptions import MlflowException
@@ -86,6 +87,14 @@ def log_digit_sets(sets: dict[str, tuple[Digits, str]], source: str) -> None:
         features = digits.images.reshape(len(digits), -1)
         dataset = mlflow.data.from_numpy(features, targets=digits.labels, source=dataset_source(source), name=name)
         mlflow.log_input(dataset, context=context)
+
+
+def log_frame_input(frame: pd.DataFrame, source: str, name: str, context: str) -> None:
+    """A table (a traffic plan, a label set) as an MLflow dataset input of the active run, its source a local path."""
+    with warnings.catch_warnings():
+        # MLflow hints, when it infers the schema to log, that integer columns cannot hold missing values; ours never miss one
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=dataset_source(source), name=name), context=context)
 
 
 def dataset_source(location: str) -> DatasetSource:

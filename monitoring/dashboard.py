@@ -114,3 +114,56 @@ def _mark_alerts(figure: go.Figure, alerts: list[Alert]) -> None:
 def write_dashboard(figure: go.Figure, path: Path) -> Path:
     figure.write_html(path, include_plotlyjs=True, full_html=True)
     return path
+
+
+LOOP_PANELS = ("Accuracy: realised, label-free and label-assisted", "Foreign digits: true share", "Labels per window")
+
+
+def closed_loop_figure(
+    windows: pd.DataFrame, promotions: list[tuple[int, str]], alert_windows: list[int], title: str
+) -> go.Figure:
+    """The closed loop over time: accuracy and its estimates, the foreign share, labels queued and back, the
+    serving model version (shaded), alerts (red dotted) and promotions (green, with the new version)."""
+    figure = make_subplots(rows=len(LOOP_PANELS), cols=1, shared_xaxes=True, subplot_titles=LOOP_PANELS, vertical_spacing=0.07)
+    x = windows["window"]
+    figure.add_scatter(
+        x=x, y=windows["label_assisted_accuracy_high"], line_width=0, showlegend=False, hoverinfo="skip", row=1, col=1
+    )
+    figure.add_scatter(
+        x=x,
+        y=windows["label_assisted_accuracy_low"],
+        fill="tonexty",
+        line_width=0,
+        name="label-assisted 95% interval",
+        fillcolor="rgba(44,160,44,0.2)",
+        row=1,
+        col=1,
+    )
+    figure.add_scatter(
+        x=x, y=windows["label_assisted_accuracy"], name="label-assisted estimate", line_color="#2ca02c", row=1, col=1
+    )
+    figure.add_scatter(x=x, y=windows["label_free_accuracy"], name="label-free estimate", line_color="#1f77b4", row=1, col=1)
+    _truth_line(figure, windows, "realised_accuracy", "realised accuracy (sidecar)", row=1)
+    _truth_line(figure, windows, "true_foreign_share", "true foreign share (sidecar)", row=2)
+    figure.add_bar(x=x, y=windows["labels_queued"], name="labels queued", marker_color="#c7d3e3", row=3, col=1)
+    figure.add_bar(x=x, y=windows["labels_arrived"], name="labels back", marker_color="#ff7f0e", row=3, col=1)
+    shades = ("rgba(0,0,0,0)", "rgba(44,160,44,0.07)")
+    for index, (_, group) in enumerate(windows.groupby((windows["model_version"] != windows["model_version"].shift()).cumsum())):
+        first, last = int(group["window"].min()), int(group["window"].max())
+        figure.add_vrect(
+            x0=first - 0.5,
+            x1=last + 0.5,
+            fillcolor=shades[index % 2],
+            line_width=0,
+            annotation_text=f"v{group['model_version'].iloc[0]}",
+            annotation_position="top left",
+        )
+    for window in alert_windows:
+        figure.add_vline(x=window, line={"color": "red", "dash": "dot", "width": 1})
+    for window, version in promotions:
+        figure.add_vline(x=window + 0.5, line={"color": "green", "width": 2}, annotation_text=f"promoted v{version}")
+    figure.update_xaxes(title_text="window", row=len(LOOP_PANELS), col=1)
+    figure.update_layout(
+        title=title, height=300 * len(LOOP_PANELS), template="plotly_white", hovermode="x unified", barmode="overlay"
+    )
+    return figure

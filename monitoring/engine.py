@@ -8,14 +8,13 @@ pandas engine (in memory) and the Spark engine (a cluster) reach the same verdic
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
 from common.prediction_dataset import COLLECTOR_SUFFIX, PART_SUFFIX, DatasetError, Part, filesystem, read_parts
-from common.records import GROUND_TRUTH_COLUMNS
+from common.records import read_ground_truth
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
 from monitoring.incremental import Increment, in_increment
@@ -91,12 +90,11 @@ def for_version(log: LogEngine, model: ModelRef, path: str | Path) -> LogEngine:
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
-    """A simulation's ground-truth sidecar (request id, image index, source, label)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MonitoringError(f"{path}: no ground-truth sidecar here (the simulator writes ground_truth.db)")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-        return pd.read_sql_query(f"SELECT {', '.join(GROUND_TRUTH_COLUMNS)} FROM ground_truth", connection)
+    """A simulation's ground-truth sidecar (request id, image index, window, source, label)."""
+    try:
+        return read_ground_truth(path)
+    except FileNotFoundError as err:
+        raise MonitoringError(str(err)) from None
 
 
 def open_dataset(

@@ -13,6 +13,7 @@ import uvicorn
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
 from serving.core import DEFAULT_MODEL_URI, ModelOutputError, load_core
+from serving.follow import AliasFollower
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
 from serving.server import ServerConfig, create_app
@@ -89,6 +90,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         default=5.0,
         help="with --prediction-dataset: how often staged records are published as parts (default: %(default)s)",
     )
+    parser.add_argument(
+        "--follow-seconds",
+        type=float,
+        default=defaults.follow_seconds,
+        help="with --model models:/<name>@<alias>: check this often where the alias points and switch to that "
+        "version (with its reference) without a restart; 0: never (default: %(default)s)",
+    )
     parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
     return parser
 
@@ -124,8 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout_s,
         max_queued_images=args.max_queued_images or None,
         api_key=os.environ.get(args.api_key_env) or None,
+        follow_seconds=args.follow_seconds,
     )
-    uvicorn.run(create_app(core, prediction_log, config), host=args.host, port=args.port, log_level="warning")
+    follower = None
+    if args.follow_seconds > 0:
+        try:
+            follower = AliasFollower(args.model, args.low_confidence, core.identity.version)
+        except ValueError as err:
+            print(f"error: --follow-seconds: {err}", file=sys.stderr)
+            return 2
+    uvicorn.run(create_app(core, prediction_log, config, follower), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from common.datasets import FOREIGN_LAYOUTS, DatasetError, load_mnist, load_png_digits
-from common.images import NUM_CLASSES, PIXELS
+from common.images import NUM_CLASSES, PIXELS, fingerprint
 from common.records import LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.settings import LOW_CONFIDENCE_THRESHOLD, load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
-from serving.core import DEFAULT_MODEL_URI, fingerprint, identify_model
+from serving.core import DEFAULT_MODEL_URI, identify_model
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("mnist", *FOREIGN_LAYOUTS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.images import NUM_CLASSES, PIXELS, to_model_input
+from common.images import NUM_CLASSES, PIXELS, fingerprint, to_model_input
 from common.quiet import native_stderr_filtered
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
 from common.reference import EMBEDDING_LAYER, Reference, foreign_scores, load_reference, project
@@ -52,6 +51,7 @@ class Scored:
     flags: list[tuple[str, ...]]
     foreign_score: np.ndarray | None = None  # (N,) when the model has a reference
     projection: np.ndarray | None = None  # (N, 8) embedding projection when the model has one
+    identity: ModelIdentity | None = None  # the model that scored them (a server may switch models between batches)
 
     def __getitem__(self, rows: slice) -> Scored:
         return Scored(
@@ -61,6 +61,7 @@ class Scored:
             self.flags[rows],
             None if self.foreign_score is None else self.foreign_score[rows],
             None if self.projection is None else self.projection[rows],
+            self.identity,
         )
 
 
@@ -80,10 +81,6 @@ def flag_predictions(
             flag += (FOREIGN_FLAG,)
         flags.append(flag)
     return Scored(probabilities.argmax(axis=1), probabilities, confidence, flags, foreign_score, projection)
-
-
-def fingerprint(image: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()[:16]
 
 
 def to_records(
@@ -135,14 +132,15 @@ class ScoringCore:
         probabilities, embeddings = self.predict(to_model_input(images))
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if self.reference is None:
-            return flag_predictions(probabilities, self.threshold)
-        return flag_predictions(
+            return replace(flag_predictions(probabilities, self.threshold), identity=self.identity)
+        scored = flag_predictions(
             probabilities,
             self.threshold,
             foreign_scores(self.reference, images, embeddings),
             self.reference.threshold,
             project(self.reference, embeddings),
         )
+        return replace(scored, identity=self.identity)
 
 
 def load_core(

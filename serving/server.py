@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.batcher import Job, MicroBatcher, Overloaded
 from serving.core import Scored, ScoringCore
+from serving.follow import AliasFollower, ModelSlot
 from serving.protocol import (
     BadRequest,
     HttpError,
@@ -84,20 +85,40 @@ class ServerConfig:
     max_queued_images: int | None = 4096
     retry_after_s: int = 1
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    follow_seconds: float = 0.0  # with a follower: how often to check where the served alias points; 0: never
 
 
-def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: ServerConfig) -> FastAPI:
-    """The FastAPI app around one scoring core; the log, when given, receives every scored image."""
+def create_app(
+    core: ScoringCore, prediction_log: RecordSink | None, config: ServerConfig, follower: AliasFollower | None = None
+) -> FastAPI:
+    """The FastAPI app around a scoring core; the log, when given, receives every scored image. With a follower
+    (and `follow_seconds`), the core is replaced by the version the served alias moves to, between batches."""
+    slot = ModelSlot(core)
 
     def process(jobs: list[Job]) -> list[Scored]:
-        return score_and_log(core, prediction_log, jobs)
+        return score_and_log(slot.core, prediction_log, jobs)
 
     batcher = MicroBatcher(process, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images)
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(config.follow_seconds)
+            try:
+                moved = await asyncio.to_thread(follower.check)
+            except Exception:  # the registry unreachable or the new version broken: keep serving the current one
+                log.exception("could not follow %s; still serving version %s", follower.source, slot.core.identity.version)
+                continue
+            if moved is not None:
+                previous, slot.core = slot.core.identity.version, moved
+                log.info("now serving %s version %s (was %s)", moved.identity.name, moved.identity.version, previous)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
+        following = asyncio.create_task(follow()) if follower is not None and config.follow_seconds > 0 else None
         yield
+        if following is not None:
+            following.cancel()
         await batcher.stop()
         if prediction_log is not None:
             prediction_log.close()  # the dataset sink publishes what is staged
@@ -148,7 +169,7 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
         request_id = parsed.request_id or header_id
         window = parsed.window if parsed.window is not None else header_window
         scored = await score_images(parsed.images, request_id, window)
-        return JsonResponse(score_answer(scored, core.identity, request_id), headers={"x-request-id": request_id})
+        return JsonResponse(score_answer(scored, scored.identity, request_id), headers={"x-request-id": request_id})
 
     @app.post("/invocations", openapi_extra=invocations_openapi(config.max_images))
     async def invocations(request: Request) -> JsonResponse:
@@ -165,17 +186,18 @@ def create_app(core: ScoringCore, prediction_log: RecordSink | None, config: Ser
     async def ready() -> JsonResponse:
         loaded = batcher.running
         return JsonResponse(
-            {"ready": loaded, "model": core.identity.name, "version": core.identity.version}, status_code=200 if loaded else 503
+            {"ready": loaded, "model": slot.core.identity.name, "version": slot.core.identity.version},
+            status_code=200 if loaded else 503,
         )
 
     @app.get("/metadata")
     async def metadata() -> dict:
         return {
-            "model": asdict(core.identity),
-            "low_confidence_threshold": core.threshold,
+            "model": asdict(slot.core.identity),
+            "low_confidence_threshold": slot.core.threshold,
             "limits": {key: value for key, value in asdict(config).items() if key != "api_key"},
             "prediction_log": str(prediction_log) if prediction_log else None,
-            "stats": {"model_calls": core.calls, "batches": batcher.batches, "shed": batcher.shed},
+            "stats": {"model_calls": slot.core.calls, "batches": batcher.batches, "shed": batcher.shed},
         }
 
     return app

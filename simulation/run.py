@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import mlflow.data
 import numpy as np
 import pandas as pd
 import yaml
 from tqdm import tqdm
 
 from common.settings import Settings
-from common.tracking import dataset_source, describe_run, use_tracking
+from common.tracking import describe_run, log_frame_input, use_tracking
 from simulation.client import SendStats, Transport, send_plan
 from simulation.pools import load_pools
 from simulation.scenario import PlannedRequest, Scenario, intended_mix, parse_scenario, plan_traffic, realised_mix
@@ -58,11 +56,15 @@ def run_simulation(
     concurrency: int = 8,
     rate: float | None = None,
     track: bool = True,
+    until_window: int | None = None,
 ) -> SimulationResult:
-    """Send the scenario's traffic (skipping what an earlier run of `run_dir` already delivered)."""
+    """Send the scenario's traffic (skipping what an earlier run of `run_dir` already delivered); with
+    `until_window`, only the windows before it (a later call on the same folder sends the rest)."""
     scenario = prepare_run_dir(run_dir, scenario)
     pools = load_pools(scenario, settings.data_dir)
     plan = plan_traffic(scenario, {name: len(digits) for name, digits in pools.items()})
+    if until_window is not None:
+        plan = [request for request in plan if request.window < until_window]
     intended = intended_mix(scenario)
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -106,14 +108,7 @@ def run_simulation(
                 }
             )
             mlflow.log_artifact(str(run_dir / SCENARIO_FILE))
-            with warnings.catch_warnings():
-                # MLflow hints, when it infers the schema to log, that integer columns cannot hold missing values;
-                # the plan's never miss one
-                warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
-                planned = mlflow.data.from_pandas(
-                    plan_frame(plan), source=dataset_source(str(run_dir / SCENARIO_FILE)), name=f"plan-{scenario.name}"
-                )
-                mlflow.log_input(planned, context="simulation")
+            log_frame_input(plan_frame(plan), str(run_dir / SCENARIO_FILE), f"plan-{scenario.name}", "simulation")
             describe_run(
                 f"Traffic of the '{scenario.name}' scenario ({scenario.mode}): {scenario.windows} {scenario.window}s x "
                 f"{scenario.requests_per_window} requests of {scenario.images_per_request} image(s), seed {scenario.seed}. "

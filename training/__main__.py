@@ -1,5 +1,5 @@
-"""python -m training keras|spark|promote|reference: train and register digit classifiers, promote the champion,
-(re)compute a model version's monitoring reference."""
+"""python -m training keras|spark|retrain|promote|reference: train and register digit classifiers, retrain the
+champion on labeled traffic, promote the champion, (re)compute a model version's monitoring reference."""
 
 from __future__ import annotations
 
@@ -74,6 +74,32 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     spark_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
 
+    retrain_cmd = commands.add_parser(
+        "retrain", help="fine-tune a registered model on MNIST plus labeled served digits; register it as @challenger"
+    )
+    retrain_cmd.add_argument("--labels", required=True, help="label file, CSV or JSONL: request_id,image_index,label")
+    retrain_cmd.add_argument(
+        "--prediction-log",
+        default=str(settings.state_dir / "predictions.db"),
+        help="the SQLite prediction log holding the labeled (flagged) images (default: %(default)s)",
+    )
+    retrain_cmd.add_argument(
+        "--parent", default=f"models:/{MODEL_NAME}@champion", help="the version to start from (default: %(default)s)"
+    )
+    retrain_cmd.add_argument("--epochs", type=int, default=2, help="passes over MNIST plus the labels (default: %(default)s)")
+    retrain_cmd.add_argument("--learning-rate", type=float, default=5e-4, help="Adam's initial rate (default: %(default)s)")
+    retrain_cmd.add_argument(
+        "--replay-share",
+        type=float,
+        default=0.25,
+        help="labeled images held out of training for the replay comparison (default: %(default)s)",
+    )
+    retrain_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled MNIST images only")
+    retrain_cmd.add_argument(
+        "--foreign-limit-per-class", type=int, default=None, help="evaluate on at most N foreign digits per class"
+    )
+    retrain_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
+
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
     promote_cmd.add_argument("--model-name", default=MODEL_NAME, help="the registered model (default: %(default)s)")
     promote_cmd.add_argument(
@@ -101,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train_spark(args, settings)
     if args.command == "reference":
         return _reference(args, settings)
+    if args.command == "retrain":
+        return _retrain(args, settings)
     return _promote(args, settings)
 
 
@@ -188,6 +216,39 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
     _print_evaluations(result.evaluations)
     print(f"registered {config.model_name} version {result.model_version} as @challenger ({result.model_uri})")
     print(f"review it: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace, settings) -> int:
+    from common.labels import LabelFileError
+
+    with native_stderr_filtered():
+        from training.retrain import RetrainConfig, RetrainError, run_retrain
+
+    config = RetrainConfig(
+        labels=args.labels,
+        prediction_log=args.prediction_log,
+        parent=args.parent,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        replay_share=args.replay_share,
+        train_limit=args.train_limit,
+        foreign_limit_per_class=args.foreign_limit_per_class,
+        run_name=args.run_name,
+    )
+    try:
+        result = run_retrain(config, settings)
+    except (LabelFileError, RetrainError, DatasetError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"run {result.run_id}: retrained version {result.parent_version} on {result.trained_on} labeled digits")
+    _print_evaluations(result.evaluations)
+    if result.replay_accuracy is not None:
+        print(
+            f"  replay set ({result.replay_images} labeled digits): challenger {result.replay_accuracy:.4f}, "
+            f"parent {result.replay_parent_accuracy:.4f}"
+        )
+    print(f"registered version {result.model_version} as @challenger (parent: version {result.parent_version})")
     return 0
 
 

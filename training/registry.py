@@ -1,4 +1,5 @@
-"""Promotion: move the champion alias to the challenger only when it clears the accuracy bar."""
+"""Promotion: move the champion alias to the challenger only when it clears the accuracy bar (and, for a retrained
+challenger, beats its parent on the replay set of labeled traffic it never trained on)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from mlflow.exceptions import MlflowException
 from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
 ACCURACY_METRIC = "mnist_test_accuracy"
+REPLAY_METRIC = "replay_accuracy"  # a retrained challenger's accuracy on held-out labeled traffic
+REPLAY_PARENT_METRIC = "replay_parent_accuracy"  # its parent's on the same images
+PARENT_VERSION_TAG = "digitdrift.parent_version"
+PROMOTION_TAG = "digitdrift.promotion"  # on the challenger's run: promoted or refused, with the reason beside it
 
 
 @dataclass(frozen=True)
@@ -19,8 +24,19 @@ class PromotionDecision:
     reason: str
 
 
-def decide_promotion(version: str, accuracy: float | None, threshold: float, champion: str | None) -> PromotionDecision:
-    """Whether challenger `version` with MNIST test `accuracy` may become the champion."""
+@dataclass(frozen=True)
+class ReplayFigures:
+    """A retrained challenger's and its parent's accuracy on the replay set, and which version the parent is."""
+
+    challenger: float
+    parent: float
+    parent_version: str
+
+
+def decide_promotion(
+    version: str, accuracy: float | None, threshold: float, champion: str | None, replay: ReplayFigures | None = None
+) -> PromotionDecision:
+    """Whether challenger `version` with MNIST test `accuracy` (and, retrained, its replay figures) may become the champion."""
     if accuracy is None:
         return PromotionDecision(False, version, f"version {version}'s run has no {ACCURACY_METRIC} metric")
     if accuracy < threshold:
@@ -29,10 +45,27 @@ def decide_promotion(version: str, accuracy: float | None, threshold: float, cha
         )
     if champion == version:
         return PromotionDecision(True, version, f"version {version} is already the champion")
+    replayed = ""
+    if replay is not None:
+        if replay.parent_version != champion:
+            return PromotionDecision(
+                False,
+                version,
+                f"version {version} was retrained from version {replay.parent_version}, but the champion is now "
+                f"{champion or 'none'}: its replay comparison is against the wrong model; retrain from the champion",
+            )
+        if replay.challenger <= replay.parent:
+            return PromotionDecision(
+                False,
+                version,
+                f"version {version} scores {replay.challenger:.4f} on the replay set of labeled traffic, not above the "
+                f"champion's {replay.parent:.4f}",
+            )
+        replayed = f" and {replay.challenger:.4f} on the replay set against the champion's {replay.parent:.4f}"
     return PromotionDecision(
         True,
         version,
-        f"version {version} has MNIST test accuracy {accuracy:.4f} >= {threshold:.4f}; "
+        f"version {version} has MNIST test accuracy {accuracy:.4f} >= {threshold:.4f}{replayed}; "
         f"champion moves from {champion or 'none'} to {version}",
     )
 
@@ -52,8 +85,14 @@ def promote(model_name: str, threshold: float) -> PromotionDecision:
     except MlflowException:
         return PromotionDecision(False, None, f"model {model_name!r} has no @{CHALLENGER_ALIAS}: train one first")
     champion = champion_version(model_name)
-    accuracy = client.get_run(challenger.run_id).data.metrics.get(ACCURACY_METRIC)
-    decision = decide_promotion(str(challenger.version), accuracy, threshold, champion)
+    run = client.get_run(challenger.run_id)
+    metrics = run.data.metrics
+    replay = None
+    if REPLAY_METRIC in metrics:
+        replay = ReplayFigures(metrics[REPLAY_METRIC], metrics[REPLAY_PARENT_METRIC], run.data.tags.get(PARENT_VERSION_TAG, ""))
+    decision = decide_promotion(str(challenger.version), metrics.get(ACCURACY_METRIC), threshold, champion, replay)
+    client.set_tag(challenger.run_id, PROMOTION_TAG, "promoted" if decision.promoted else "refused")
+    client.set_tag(challenger.run_id, f"{PROMOTION_TAG}_reason", decision.reason)
     if decision.promoted:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, challenger.version)
     return decision

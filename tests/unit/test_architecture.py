@@ -19,6 +19,7 @@ CLI_MODULES = [
     "serving.batch",
     "simulation.__main__",
     "monitoring.__main__",
+    "labeling.__main__",
     "cloud.__main__",
 ]
 

@@ -68,7 +68,7 @@ def test_bad_scenarios_name_the_file_and_field(tmp_path, change, message):
 
 
 def test_unknown_scenario_lists_the_builtins():
-    with pytest.raises(ScenarioError, match="built-ins: gradual-devanagari"):
+    with pytest.raises(ScenarioError, match="built-ins: closed-loop, gradual-devanagari"):
         load_scenario("no-such-scenario")
 
 

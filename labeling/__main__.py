@@ -1,0 +1,106 @@
+"""python -m labeling queue|annotate: export the images worth a label from a prediction log; answer a queue from a
+simulation's ground truth (the annotator stand-in)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from common.labels import write_labels
+from common.records import decompress_image, read_ground_truth, read_prediction_log
+from common.settings import Settings, load_settings
+from labeling.annotator import LABEL_DELAY_WINDOWS, simulated_labels
+from labeling.queue import select_for_labeling
+
+log = logging.getLogger(__name__)
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
+    parser = argparse.ArgumentParser(prog="python -m labeling", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    queue = commands.add_parser("queue", help="pick the images worth a label, per window, under a budget; write them as CSV")
+    queue.add_argument(
+        "--prediction-log",
+        default=str(settings.state_dir / "predictions.db"),
+        help="the SQLite prediction log (default: %(default)s)",
+    )
+    queue.add_argument("--per-window", type=int, default=10, help="labels to spend per window (default: %(default)s)")
+    queue.add_argument(
+        "--random-share",
+        type=float,
+        default=0.3,
+        help="share of the budget drawn from unflagged images, for an unbiased estimate (default: %(default)s)",
+    )
+    queue.add_argument("--from-window", type=int, default=None, help="only windows from this one on")
+    queue.add_argument("--seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
+    queue.add_argument("--out", type=Path, required=True, help="the queue as CSV (request_id, image_index, window, stratum, ...)")
+    queue.add_argument(
+        "--images-dir",
+        type=Path,
+        help="also write each queued image the log kept (flagged ones) as <request_id>-<image_index>.png here",
+    )
+    annotate = commands.add_parser(
+        "annotate", help="answer a queue from a simulation's ground_truth.db, some windows later (the annotator stand-in)"
+    )
+    annotate.add_argument("--queue", type=Path, required=True, help="a queue written by `queue`")
+    annotate.add_argument("--truth", type=Path, required=True, help="the simulation's ground_truth.db")
+    annotate.add_argument(
+        "--delay-windows", type=int, default=LABEL_DELAY_WINDOWS, help="windows before labels come back (default: %(default)s)"
+    )
+    annotate.add_argument("--out", type=Path, required=True, help="the labels, .csv or .jsonl")
+    return parser
+
+
+def export_queue(
+    log_path: str, per_window: int, random_share: float, from_window: int | None, seed: int, out: Path, images_dir: Path | None
+) -> pd.DataFrame:
+    """The queue of a prediction log as CSV (and the kept images as PNG files)."""
+    records = pd.DataFrame(read_prediction_log(log_path))
+    records = records[records["window"].notna()].astype({"window": int, "image_index": int})
+    if from_window is not None:
+        records = records[records["window"] >= from_window]
+    queue = select_for_labeling(records, per_window, random_share, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    queue.to_csv(out, index=False)
+    if images_dir is not None:
+        from PIL import Image
+
+        images_dir.mkdir(parents=True, exist_ok=True)
+        kept = queue.merge(records[["request_id", "image_index", "image"]], on=["request_id", "image_index"])
+        for row in kept[kept["image"].notna()].itertuples():
+            Image.fromarray(decompress_image(row.image)).save(images_dir / f"{row.request_id}-{row.image_index}.png")
+    return queue
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    args = build_parser(settings).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command == "queue":
+        if not Path(args.prediction_log).is_file():
+            print(f"error: {args.prediction_log}: no prediction log here", file=sys.stderr)
+            return 2
+        queue = export_queue(
+            args.prediction_log, args.per_window, args.random_share, args.from_window, args.seed, args.out, args.images_dir
+        )
+        print(f"queued {len(queue)} images of {queue['window'].nunique()} windows: {args.out}")
+        return 0
+    try:
+        truth = read_ground_truth(args.truth)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    queue = pd.read_csv(args.queue, dtype={"request_id": str})
+    labels = simulated_labels(queue, truth, args.delay_windows)
+    write_labels(labels, args.out)
+    print(f"labeled {len(labels)} of {len(queue)} queued images: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Following an alias: a server started on models:/name@alias loads the version the alias moves to, without a restart."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from common.settings import parse_registry_uri
+from serving.core import ScoringCore, load_core
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSlot:
+    """The core a server scores with now; a batch reads it once, so a switch never splits a batch."""
+
+    core: ScoringCore
+
+
+class AliasFollower:
+    """Checks where `models:/name@alias` points and loads that version (with its reference) when it moved."""
+
+    def __init__(self, source: str, threshold: float, version: str) -> None:
+        reference = parse_registry_uri(source)
+        if reference.alias is None:
+            raise ValueError(f"{source}: only a models:/<name>@<alias> URI can be followed")
+        self.source, self.name, self.threshold, self.version = source, reference.name, threshold, version
+
+    def check(self) -> ScoringCore | None:
+        """The new core when the alias moved since the last check, else None. Blocking: run it off the event loop."""
+        from common.tracking import resolve_registered
+
+        version = resolve_registered(self.source).version
+        if version == self.version:
+            return None
+        log.info("%s moved from version %s to %s: loading it", self.source, self.version, version)
+        core = load_core(f"models:/{self.name}/{version}", self.threshold)
+        core.identity = replace(core.identity, alias=parse_registry_uri(self.source).alias, source=self.source)
+        self.version = version
+        return core

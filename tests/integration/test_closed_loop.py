@@ -1,0 +1,184 @@
+"""The closed loop end to end on small data: alert, labels, retrain with lineage, safe promotion, the server switching
+models under load without failing a request, and later windows judged against the new version's reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from common.settings import PROJECT_ROOT
+from tests.helpers import SHARED_DATA, free_port, running, serving_command, settings_for
+
+SMALL_SCENARIO = {
+    "name": "closed-loop-small",
+    "description": "Devanagari digits arrive from day 2 and are half the traffic from day 4.",
+    "windows": 12,
+    "window": "day",
+    "requests_per_window": 60,  # monitoring judges windows of 50 records or more
+    "seed": 5,
+    "mode": "mix",
+    "sources": {
+        "mnist": {"weight": {"constant": 1.0}},
+        "devanagari": {"weight": {"ramp": {"start": 2, "end": 4, "from": 0.0, "to": 1.0}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def loop(shared_data, tmp_path_factory):
+    """A small champion of its own store, then scripts/closed_loop.py run on it; (store settings, loop folder, figures)."""
+    import mlflow
+
+    from training.keras_job import KerasJobConfig, run_keras_job
+    from training.registry import promote
+
+    home = tmp_path_factory.mktemp("closed-loop")
+    settings = settings_for(home, data_dir=shared_data)
+    config = KerasJobConfig(
+        data_dir=str(shared_data), epochs=2, train_limit=8000, validation_size=1000, foreign_limit_per_class=5, batch_size=32
+    )
+    run_keras_job(config, settings)
+    assert promote("digits-cnn", threshold=0.0).promoted
+    scenario = home / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump(SMALL_SCENARIO))
+    out = home / "loop"
+    env = {"DIGITDRIFT_HOME": str(home), "DIGITDRIFT_DATA": str(shared_data), "MLFLOW_TRACKING_URI": settings.tracking_uri}
+    command = [
+        sys.executable, "scripts/closed_loop.py", "--scenario", str(scenario), "--labels-per-window", "10",
+        "--retrain-after", "15", "--max-retrains", "1", "--epochs", "1", "--train-limit", "4000",
+        "--min-accuracy", "0.8", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return settings, out, json.loads((out / "closed_loop.json").read_text())
+
+
+def _events(figures: dict, kind: str) -> list[dict]:
+    return [event for event in figures["events"] if event["event"] == kind]
+
+
+def test_the_loop_goes_from_an_alert_through_labels_and_a_retrain_to_a_promotion_the_server_follows(loop):
+    _, out, figures = loop
+    first_alert = figures["first_alert_window"]
+    assert first_alert is not None and first_alert <= 6  # Devanagari is a quarter of the traffic by window 3
+    (retrained,) = _events(figures, "retrained")
+    (promoted,) = _events(figures, "promoted")
+    (switched,) = _events(figures, "server_switched")
+    assert retrained["version"] == promoted["version"] == switched["version"] == "2"
+    assert first_alert < promoted["window"] < SMALL_SCENARIO["windows"] - 2
+    assert figures["windows_from_first_alert_to_promotion"] == promoted["window"] - first_alert
+    labels = (out / "labels.csv").read_text().splitlines()
+    assert labels[0].startswith("request_id,image_index,label")
+    assert figures["labels"]["queued"] <= 10 * (SMALL_SCENARIO["windows"] - first_alert)
+
+
+def test_every_acknowledged_image_is_in_the_log_and_the_later_windows_are_served_by_the_new_version(loop):
+    _, out, figures = loop
+    promoted_at = _events(figures, "promoted")[0]["window"]
+    with sqlite3.connect(out / "simulation" / "ground_truth.db") as connection:
+        acknowledged = set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
+    with sqlite3.connect(out / "predictions.db") as connection:
+        logged = {
+            (r, i): (w, v)
+            for r, i, w, v in connection.execute("SELECT request_id, image_index, window, model_version FROM predictions")
+        }
+    assert len(acknowledged) == SMALL_SCENARIO["windows"] * SMALL_SCENARIO["requests_per_window"]
+    assert acknowledged == set(logged)
+    assert {v for w, v in logged.values() if w <= promoted_at} == {"1"}
+    assert {v for w, v in logged.values() if w > promoted_at} == {"2"}
+
+
+def test_later_windows_are_judged_against_the_new_versions_reference_and_recover(loop):
+    import mlflow
+    import pandas as pd
+
+    _, out, figures = loop
+
+    windows = pd.read_csv(out / "windows.csv")
+    promoted_at = _events(figures, "promoted")[0]["window"]
+    assert set(windows.loc[windows["window"] > promoted_at, "model_version"].astype(str)) == {"2"}
+    client = mlflow.MlflowClient()
+    new_run = client.get_model_version("digits-cnn", "2").run_id
+    assert "reference" in {artifact.path for artifact in client.list_artifacts(new_run)}
+    accuracy = figures["drifted_traffic_realised_accuracy"]["by_version"]
+    assert accuracy["2"]["realised_accuracy"] > accuracy["1"]["realised_accuracy"]
+    assert (windows["label_assisted_accuracy_low"] <= windows["label_assisted_accuracy_high"]).all()
+
+
+def test_the_retrain_records_its_lineage_and_the_promotion_its_decision_in_mlflow(loop):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("digits-cnn", "2")
+    assert version.tags["digitdrift.parent_version"] == "1"
+    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == "2"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["digitdrift.parent_version"] == "1"
+    assert run.data.tags["digitdrift.promotion"] == "promoted"
+    assert "replay set" in run.data.tags["digitdrift.promotion_reason"]
+    assert run.data.metrics["replay_accuracy"] > run.data.metrics["replay_parent_accuracy"]
+    inputs = {(entry.dataset.name, entry.tags[0].value) for entry in run.inputs.dataset_inputs}
+    assert {("labels-train", "training"), ("labels-replay", "evaluation"), ("mnist-train", "training")} <= inputs
+    trained = set(mlflow.artifacts.load_text(f"runs:/{version.run_id}/lineage/trained_fingerprints.txt").split())
+    assert trained and int(run.data.params["labeled_train_images"]) == len(trained)
+    # what it trained on never counts in its evaluation of the foreign sets
+    from common.datasets import load_source
+    from common.images import fingerprint
+
+    devanagari = load_source("devanagari", SHARED_DATA)
+    seen = sum(fingerprint(image) in trained for image in devanagari.images)
+    assert seen > 0
+    assert int(run.data.params["devanagari_unseen_images"]) == len(devanagari) - seen
+
+
+def test_a_following_server_switches_models_under_load_without_failing_a_request(loop, tmp_path):
+    import mlflow
+
+    settings, _, _ = loop
+    port = free_port()
+    env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "DIGITDRIFT_HOME": str(settings.state_dir)}
+    command = serving_command(
+        "models:/digits-cnn@champion", port, "--prediction-log", str(tmp_path / "p.db"), "--follow-seconds", "0.5"
+    )
+    image = np.zeros((28, 28), dtype=int).tolist()
+    statuses, versions, stop = [], [], threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                answer = client.post(f"http://127.0.0.1:{port}/score", json={"data": [image]})
+                statuses.append(answer.status_code)
+                if answer.status_code == 200:
+                    versions.append(answer.json()["model"]["version"])
+
+    with running(command, f"http://127.0.0.1:{port}/ready", env=env, log_path=tmp_path / "server.log"):
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        client = mlflow.MlflowClient()
+        for target in ("1", "2"):
+            client.set_registered_model_alias("digits-cnn", "champion", target)
+            deadline = time.monotonic() + 120
+            while not versions or versions[-1] != target:
+                assert time.monotonic() < deadline, f"the server did not switch to version {target}"
+                time.sleep(0.2)
+        time.sleep(1)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses and set(statuses) == {200}
+    switches = [pair for pair in zip(versions, versions[1:]) if pair[0] != pair[1]]
+    assert ("2", "1") in switches and ("1", "2") in switches
+    log = (tmp_path / "server.log").read_text()
+    assert "now serving digits-cnn version 1 (was 2)" in log and "Traceback" not in log

@@ -1,0 +1,261 @@
+"""Retraining with lineage: the parent version fine-tuned on MNIST plus labeled served digits, registered as the challenger."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
+from common.images import fingerprint, to_model_input
+from common.labels import read_labels
+from common.records import decompress_image, read_prediction_log
+from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
+from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
+from training.data import split_train_validation
+from training.evaluate import SetEvaluation, evaluate_probabilities
+from training.keras_job import SERVING_REQUIREMENTS, fit_model_reference, log_reference
+from training.model import compile_cnn
+from training.registry import PARENT_VERSION_TAG, REPLAY_METRIC, REPLAY_PARENT_METRIC
+from training.tracking import log_keras_model
+
+log = logging.getLogger(__name__)
+
+REPLAY_SHARE = 0.25  # labeled images held out of training: the replay set promotion compares champion and challenger on
+LABELED_STEP_SHARE = 0.1  # labeled images are repeated until they are about this share of an epoch
+TRAINED_FINGERPRINTS = "lineage/trained_fingerprints.txt"  # images this version trained on: never counted in evaluation
+
+
+class RetrainError(ValueError):
+    """Labels that cannot retrain a model; the message says which file and what is missing."""
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Everything that decides a retraining run; logged as the run's parameters."""
+
+    labels: str  # a label file (CSV or JSONL: request_id, image_index, label)
+    prediction_log: str  # the SQLite prediction log holding the labeled images (flagged images are kept)
+    parent: str = f"models:/{MODEL_NAME}@champion"
+    epochs: int = 2
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    replay_share: float = REPLAY_SHARE
+    train_limit: int | None = None
+    foreign_limit_per_class: int | None = None
+    low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """Labeled served images with their identities."""
+
+    digits: Digits
+    request_ids: np.ndarray
+    image_indexes: np.ndarray
+    fingerprints: np.ndarray
+    windows: np.ndarray
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    run_id: str
+    model_version: str | None
+    parent_version: str
+    trained_on: int  # labeled images in training
+    replay_images: int
+    replay_accuracy: float | None
+    replay_parent_accuracy: float | None
+    evaluations: dict[str, SetEvaluation]
+
+
+def labeled_images(log_columns: dict[str, np.ndarray], labels: pd.DataFrame) -> tuple[LabeledImages, int]:
+    """The labeled records whose image the log kept, and how many labeled records had none (unflagged images)."""
+    records = pd.DataFrame(
+        {name: log_columns[name] for name in ("request_id", "image_index", "window", "fingerprint", "image")}
+    ).astype({"image_index": int})
+    joined = labels[["request_id", "image_index", "label"]].merge(records, on=["request_id", "image_index"])
+    with_image = joined[joined["image"].notna()]
+    images = (
+        np.stack([decompress_image(blob) for blob in with_image["image"]]) if len(with_image) else np.zeros((0, 28, 28), np.uint8)
+    )
+    digits = Digits(images, with_image["label"].to_numpy(dtype=np.int64), "labeled")
+    found = LabeledImages(
+        digits,
+        with_image["request_id"].to_numpy(),
+        with_image["image_index"].to_numpy(),
+        with_image["fingerprint"].to_numpy(),
+        with_image["window"].to_numpy(),
+    )
+    return found, len(labels) - len(with_image)
+
+
+def replay_mask(request_ids: np.ndarray, image_indexes: np.ndarray, share: float) -> np.ndarray:
+    """True for the labeled images held out for replay: a hash of (request id, image index), so the split is stable."""
+    buckets = np.array(
+        [
+            int(hashlib.sha256(f"{rid}:{index}".encode()).hexdigest()[:8], 16) / 16**8
+            for rid, index in zip(request_ids, image_indexes)
+        ]
+    )
+    return buckets < share
+
+
+def repeats_for(labeled: int, train: int, share: float = LABELED_STEP_SHARE) -> int:
+    """How many times each labeled image goes into an epoch so that labeled images are about `share` of it."""
+    return max(1, round(share * train / ((1 - share) * max(labeled, 1))))
+
+
+def unseen(digits: Digits, trained_fingerprints: set[str]) -> Digits:
+    """`digits` without the images a model trained on."""
+    keep = np.array([fingerprint(image) not in trained_fingerprints for image in digits.images], dtype=bool)
+    return digits.subset(np.flatnonzero(keep))
+
+
+def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
+    """Fine-tune the parent on MNIST train plus the labeled images, evaluate, log the lineage, register @challenger."""
+    use_tracking(settings)
+    labels = read_labels(config.labels)
+    found, without_image = labeled_images(read_prediction_log(config.prediction_log), labels)
+    if without_image:
+        log.info(
+            "%d labeled records have no image in the log (it keeps flagged images only): estimates use them, training cannot",
+            without_image,
+        )
+    if len(found.digits) == 0:
+        raise RetrainError(f"{config.labels}: none of its {len(labels)} labels matches an image kept in {config.prediction_log}")
+    held_out = replay_mask(found.request_ids, found.image_indexes, config.replay_share)
+    trained, replay = found.digits.subset(np.flatnonzero(~held_out)), found.digits.subset(np.flatnonzero(held_out))
+    trained_fingerprints = set(found.fingerprints[~held_out])
+
+    parent = resolve_registered(config.parent)
+    parent_params = mlflow.get_run(parent.run_id).data.params
+    data_dir = Path(parent_params["data_dir"]) if (Path(parent_params["data_dir"]) / "mnist").is_dir() else settings.data_dir
+    seed = int(parent_params["seed"])
+    keras.utils.set_random_seed(seed)
+    mnist_train, validation = split_train_validation(
+        load_mnist(data_dir / "mnist", "train"), int(parent_params["validation_size"]), seed, config.train_limit
+    )
+    repeats = repeats_for(len(trained), len(mnist_train))
+    images = np.concatenate([mnist_train.images, np.repeat(trained.images, repeats, axis=0)])
+    targets = np.concatenate([mnist_train.labels, np.repeat(trained.labels, repeats)])
+    evaluation_sets = {"mnist_test": load_source("mnist", data_dir)}
+    for source in FOREIGN_LAYOUTS:
+        evaluation_sets[f"{source}_unseen"] = unseen(
+            load_source(source, data_dir, config.foreign_limit_per_class), trained_fingerprints
+        )
+
+    model = mlflow.keras.load_model(config.parent)
+    parent_replay = model.predict(to_model_input(replay.images), verbose=0) if len(replay) else None
+    compile_cnn(model, config.learning_rate, -(-len(images) // config.batch_size) * config.epochs)
+    with mlflow.start_run(run_name=config.run_name) as run:
+        mlflow.set_tags(
+            {
+                "digitdrift.job": "retrain",
+                "model_name": parent.name,
+                PARENT_VERSION_TAG: parent.version,
+                "digitdrift.parent_run_id": parent.run_id,
+            }
+        )
+        mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
+        mlflow.log_params(
+            {
+                "parent_version": parent.version,
+                "labeled_train_images": len(trained),
+                "labeled_replay_images": len(replay),
+                "labeled_repeats": repeats,
+                "train_size": len(images),
+                **{f"{name}_images": len(digits) for name, digits in evaluation_sets.items()},
+            }
+        )
+        _log_label_sets(found, held_out, config.labels)
+        log_digit_sets({"mnist-train": (mnist_train, "training")}, str(data_dir))
+        describe_run(
+            f"{parent.name} version {parent.version} fine-tuned for {config.epochs} epochs on {len(mnist_train)} MNIST images "
+            f"and {len(trained)} labeled served digits (each repeated {repeats} times); {len(replay)} labeled digits held "
+            f"out as the replay set promotion compares on. Foreign sets are evaluated without the images trained on. "
+            f"Registered as {parent.name} @{CHALLENGER_ALIAS}."
+        )
+        started = time.perf_counter()
+        model.fit(
+            to_model_input(images),
+            targets,
+            validation_data=(to_model_input(validation.images), validation.labels),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            shuffle=True,
+            verbose=2,
+            callbacks=[mlflow.keras.MlflowCallback(run)],
+        )
+        mlflow.log_metric("train_seconds", time.perf_counter() - started)
+        evaluations = {}
+        for name, digits in evaluation_sets.items():
+            probabilities = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)
+            evaluations[name] = evaluate_probabilities(name, probabilities, digits.labels, config.low_confidence_threshold)
+            mlflow.log_metrics(evaluations[name].metrics(name))
+            log.info("%s: accuracy %.4f on %d images", name, evaluations[name].accuracy, len(digits))
+        replay_accuracy = replay_parent_accuracy = None
+        if parent_replay is not None:
+            replay_accuracy = float((model.predict(to_model_input(replay.images), verbose=0).argmax(1) == replay.labels).mean())
+            replay_parent_accuracy = float((parent_replay.argmax(1) == replay.labels).mean())
+            mlflow.log_metrics({REPLAY_METRIC: replay_accuracy, REPLAY_PARENT_METRIC: replay_parent_accuracy})
+            log.info(
+                "replay set (%d labeled digits): challenger %.4f, parent %.4f",
+                len(replay),
+                replay_accuracy,
+                replay_parent_accuracy,
+            )
+        log_reference(fit_model_reference(model, validation, seed), run.info.run_id)
+        mlflow.log_text("\n".join(sorted(trained_fingerprints)) + "\n", TRAINED_FINGERPRINTS)
+        example = to_model_input(validation.images[:2])
+        requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
+        info = log_keras_model(
+            model, infer_signature(example, model.predict(example, verbose=0)), example, parent.name, requirements
+        )
+        model_version = str(info.registered_model_version) if info.registered_model_version else None
+        if model_version:
+            client = mlflow.MlflowClient()
+            client.set_registered_model_alias(parent.name, CHALLENGER_ALIAS, model_version)
+            client.set_model_version_tag(parent.name, model_version, PARENT_VERSION_TAG, parent.version)
+            mlflow.set_tag("registered_version", model_version)
+        return RetrainResult(
+            run.info.run_id,
+            model_version,
+            parent.version,
+            len(trained),
+            len(replay),
+            replay_accuracy,
+            replay_parent_accuracy,
+            evaluations,
+        )
+
+
+def _log_label_sets(found: LabeledImages, held_out: np.ndarray, path: str) -> None:
+    """The labeled images trained on and held out for replay, as the run's dataset inputs (source: the label file)."""
+    frame = pd.DataFrame(
+        {
+            "request_id": found.request_ids,
+            "image_index": found.image_indexes.astype(np.int64),
+            "window": found.windows.astype(np.int64),
+            "label": found.digits.labels.astype(np.int64),
+            "fingerprint": found.fingerprints,
+        }
+    )
+    source = str(Path(path).resolve())
+    for name, part, context in (("labels-train", frame[~held_out], "training"), ("labels-replay", frame[held_out], "evaluation")):
+        log_frame_input(part.reset_index(drop=True), source, name, context)
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / Path(path).name
+        copy.write_bytes(Path(path).read_bytes())
+        mlflow.log_artifact(str(copy), "lineage")

@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv azurite system-packages demo-packages stack stack-down data train promote demo evaluate test test-unit test-integration lint bench-train clean
+.PHONY: help venv azurite system-packages demo-packages stack stack-down data train promote demo evaluate loop test test-unit test-integration lint bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,9 @@ demo: demo-packages data ## the main job: train (or reuse the champion), serve, 
 
 evaluate: data ## the monitor's scorecard at 200 requests per window, into bench/results/
 	SCORECARD_COMMAND="make evaluate" scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
+
+loop: data ## the closed loop on the closed-loop scenario: alert, labels, retrain, safe promotion, the server follows (needs a champion: make demo)
+	$(PY) scripts/closed_loop.py
 
 test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

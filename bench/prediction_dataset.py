@@ -43,7 +43,7 @@ log = logging.getLogger("bench.prediction_dataset")
 
 
 def real_records(source_log: Path, count: int, seed: int = 0) -> list:
-    source = read_log(source_log)
+    source = read_log(source_log, columns=None)
     rng = np.random.default_rng(seed)
     picks = source.iloc[rng.integers(0, len(source), count)].reset_index(drop=True)
     picks["request_id"] = [f"bench-{index}" for index in range(count)]

@@ -110,15 +110,21 @@ def decompress_image(blob: bytes) -> np.ndarray:
     return np.frombuffer(zlib.decompress(blob), dtype=np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
 
 
-def read_prediction_log(path: str | Path) -> dict[str, np.ndarray]:
-    """The whole SQLite prediction log as columns (name -> array), ordered by timestamp."""
+def read_prediction_log(
+    path: str | Path, columns: list[str] | None = None, windows: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """The SQLite prediction log as columns (name -> array), ordered by timestamp: every column or only
+    `columns`, every record or only those of `windows`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no prediction log here")
-    names = list(PREDICTION_COLUMNS)
+    names = list(PREDICTION_COLUMNS) if columns is None else [name for name in PREDICTION_COLUMNS if name in columns]
+    where = f' WHERE "window" IN ({", ".join(str(int(window)) for window in windows)})' if windows is not None else ""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
         rows = connection.execute(
-            "SELECT " + ", ".join(f'"{name}"' for name in names) + " FROM predictions ORDER BY timestamp, request_id, image_index"
+            "SELECT "
+            + ", ".join(f'"{name}"' for name in names)
+            + f" FROM predictions{where} ORDER BY timestamp, request_id, image_index"
         ).fetchall()
     columns = list(zip(*rows)) if rows else [[] for _ in names]
     return {name: np.asarray(values) for name, values in zip(names, columns)}

@@ -23,7 +23,7 @@ from monitoring.evaluate import JudgedRun, evaluation_figures
 from monitoring.job import DatasetSource, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
 from monitoring.model import resolve_model
-from monitoring.pandas_engine import PandasLog, read_log
+from monitoring.pandas_engine import PandasLog, log_images
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             result = monitor(records, model, out, label, config, truth, args.webhook, args.track)
             _report(result)
             return 0
-        frame = for_version(PandasLog(read_log(args.log)), model, args.log).frame
+        frame = for_version(PandasLog.read(args.log), model, args.log).frame
         return _evaluate(args, frame, model, config, settings, stamp)
     except MonitoringError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -167,7 +167,7 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
         if records.empty:
             raise MonitoringError(f"{run_dir}: none of its requests are in {args.log}")
         result = monitor(
-            PandasLog(frame[frame["request_id"].isin(truth["request_id"])]),
+            PandasLog(frame[frame["request_id"].isin(truth["request_id"])], log_images(args.log)),
             model,
             settings.state_dir / "monitoring" / f"evaluate-{run_dir.name}-{stamp}",
             run_dir.name,

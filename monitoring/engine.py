@@ -62,9 +62,9 @@ class LogEngine(Protocol):
 def open_log(path: str | Path, engine: str = "pandas", spark_master: str = DEFAULT_SPARK_MASTER) -> LogEngine:
     """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet)."""
     if engine == "pandas":
-        from monitoring.pandas_engine import PandasLog, read_log
+        from monitoring.pandas_engine import PandasLog
 
-        return PandasLog(read_log(path))
+        return PandasLog.read(path)
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from monitoring.spark_engine import SparkLog, SparkLogError
@@ -110,17 +110,21 @@ def open_dataset(
     if increment.through is None or not parts:
         raise MonitoringError(f"{location}: no complete window to judge yet (every window so far is judged or still open)")
     if engine == "pandas":
-        from monitoring.pandas_engine import PandasLog
+        from monitoring.pandas_engine import IMAGE_COLUMNS, JUDGED_COLUMNS, PandasLog
+
+        def images(windows: list[int]) -> pd.DataFrame:
+            frame = read_parts(fs, parts, IMAGE_COLUMNS)
+            return frame[frame["window"].isin(windows) & frame["image"].notna()]
 
         try:
-            frame = read_parts(fs, parts)
+            frame = read_parts(fs, parts, JUDGED_COLUMNS)
         except DatasetError as err:
             raise MonitoringError(str(err)) from None
         keep = in_increment(frame["window"], increment)
         late = int((frame["window"].notna() & ~keep & (frame["window"] <= increment.through)).sum())
         if late:
             logger.warning("%s: %d late records of windows already judged are left out", location, late)
-        return PandasLog(frame[keep].astype({"window": int}))
+        return PandasLog(frame[keep].astype({"window": int}), images)
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from monitoring.spark_engine import SparkLog, SparkLogError

@@ -85,13 +85,13 @@ class LoopState:
     events: list[dict] = field(default_factory=list)
 
 
-def run_command(command: list[str], log_path: Path) -> subprocess.CompletedProcess:
-    """A part's command, its output kept in `log_path` (and its last lines logged)."""
-    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
-    log_path.write_text(result.stdout + result.stderr)
-    for line in (result.stdout.strip().splitlines() or [""])[-3:]:
-        log.info("  %s", line)
-    return result
+def run_command(command: list[str], log_path: Path) -> tuple[int, str]:
+    """A part's command, its output written to `log_path` as it runs (follow it there); (exit code, last line)."""
+    with open(log_path, "wb") as output:
+        code = subprocess.run(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
+    last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
+    log.info("  %s", last)
+    return code, last
 
 
 def start_server(config: LoopConfig, port: int) -> subprocess.Popen:
@@ -191,22 +191,21 @@ def retrain_and_promote(window: int, config: LoopConfig, state: LoopState, port:
         command += ["--train-limit", str(config.train_limit)]
     if config.foreign_limit_per_class:
         command += ["--foreign-limit-per-class", str(config.foreign_limit_per_class)]
-    log.info("window %d: retraining the champion on %s", window, labels_path)
-    result = run_command(command, config.out / f"retrain-{state.retrains}.log")
-    if result.returncode != 0:
-        raise RuntimeError(f"retraining failed: see {config.out / f'retrain-{state.retrains}.log'}")
+    retrain_log = config.out / f"retrain-{state.retrains}.log"
+    log.info("window %d: retraining the champion on %s (progress: %s)", window, labels_path, retrain_log)
+    code, _ = run_command(command, retrain_log)
+    if code != 0:
+        raise RuntimeError(f"retraining failed: see {retrain_log}")
     challenger = str(mlflow.MlflowClient().get_model_version_by_alias(MODEL_NAME, "challenger").version)
     state.events.append({"window": window, "event": "retrained", "version": challenger})
-    promotion = run_command(
+    code, reason = run_command(
         [sys.executable, "-m", "training", "promote", "--min-accuracy", str(config.min_accuracy)],
         config.out / f"promote-{state.retrains}.log",
     )
-    if promotion.returncode != 0:
-        state.events.append(
-            {"window": window, "event": "promotion_refused", "version": challenger, "reason": promotion.stdout.strip()}
-        )
+    event = "promoted" if code == 0 else "promotion_refused"
+    state.events.append({"window": window, "event": event, "version": challenger, "reason": reason})
+    if code != 0:
         return
-    state.events.append({"window": window, "event": "promoted", "version": challenger, "reason": promotion.stdout.strip()})
     deadline = time.monotonic() + 180
     while served_version(port) != challenger:
         if time.monotonic() > deadline:
@@ -232,7 +231,7 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
         first_version = served_version(port)
         for window in range(scenario.windows):
             result = run_simulation(
-                scenario, sim_dir, transport, settings, config.concurrency, track=False, until_window=window + 1
+                scenario, sim_dir, transport, settings, config.concurrency, track=False, until_window=window + 1, progress=False
             )
             if result.stats.stopped_by:
                 raise RuntimeError(f"window {window}: the traffic stopped: {result.stats.stopped_by}")
@@ -437,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, help="also copy closed_loop.json here (e.g. bench/results/closed_loop.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for chatty in ("httpx", "common.datasets"):  # a line per request and per pool load; the loop logs each window
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     config = LoopConfig(
         out=args.out or settings.state_dir / "loops" / f"{Path(args.scenario).stem}-{stamp}",

@@ -57,9 +57,11 @@ def run_simulation(
     rate: float | None = None,
     track: bool = True,
     until_window: int | None = None,
+    progress: bool = True,
 ) -> SimulationResult:
     """Send the scenario's traffic (skipping what an earlier run of `run_dir` already delivered); with
-    `until_window`, only the windows before it (a later call on the same folder sends the rest)."""
+    `until_window`, only the windows before it (a later call on the same folder sends the rest); `progress`: a
+    progress bar on the terminal."""
     scenario = prepare_run_dir(run_dir, scenario)
     pools = load_pools(scenario, settings.data_dir)
     plan = plan_traffic(scenario, {name: len(digits) for name, digits in pools.items()})
@@ -69,15 +71,15 @@ def run_simulation(
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     sidecar = GroundTruthSidecar(run_dir / SIDECAR_FILE)
-    progress = tqdm(total=len(plan), unit="req", desc=scenario.name, dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(total=len(plan), unit="req", desc=scenario.name, dynamic_ncols=True, mininterval=0.5, disable=not progress)
     last_window = [-1]
 
     def on_progress(request, stats: SendStats) -> None:
-        progress.update(1)
+        bar.update(1)
         if request.window != last_window[0]:
             last_window[0] = request.window
             mix = " ".join(f"{name} {share:.0%}" for name, share in zip(scenario.source_names, intended[request.window]) if share)
-            progress.set_postfix_str(
+            bar.set_postfix_str(
                 f"{scenario.window} {request.window + 1}/{scenario.windows} | {mix} | {stats.requests_per_s:.0f} req/s",
                 refresh=False,
             )
@@ -116,12 +118,12 @@ def run_simulation(
             )
             state["params_logged"] = True
             state_path.write_text(json.dumps(state))
-    progress.update(len(sidecar.done_request_ids()))
+    bar.update(len(sidecar.done_request_ids()))
     stats = SendStats()
     try:
         stats = send_plan(plan, pools, transport, sidecar, concurrency, rate, on_progress)
     finally:
-        progress.close()
+        bar.close()
         delivered = sidecar.done_request_ids()
         sidecar.close()
         if track:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -19,10 +18,10 @@ from mlflow.models import infer_signature
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import fingerprint, to_model_input
 from common.labels import read_labels
-from common.records import decompress_image, read_prediction_log
+from common.records import read_prediction_log
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
 from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
-from training.data import split_train_validation
+from training.data import LabeledImages, labeled_images, repeats_for, replay_mask, split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 from training.keras_job import SERVING_REQUIREMENTS, fit_model_reference, log_reference
 from training.model import compile_cnn
@@ -32,7 +31,6 @@ from training.tracking import log_keras_model
 log = logging.getLogger(__name__)
 
 REPLAY_SHARE = 0.25  # labeled images held out of training: the replay set promotion compares champion and challenger on
-LABELED_STEP_SHARE = 0.1  # labeled images are repeated until they are about this share of an epoch
 TRAINED_FINGERPRINTS = "lineage/trained_fingerprints.txt"  # images this version trained on: never counted in evaluation
 
 
@@ -58,17 +56,6 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
-class LabeledImages:
-    """Labeled served images with their identities."""
-
-    digits: Digits
-    request_ids: np.ndarray
-    image_indexes: np.ndarray
-    fingerprints: np.ndarray
-    windows: np.ndarray
-
-
-@dataclass(frozen=True)
 class RetrainResult:
     run_id: str
     model_version: str | None
@@ -78,43 +65,6 @@ class RetrainResult:
     replay_accuracy: float | None
     replay_parent_accuracy: float | None
     evaluations: dict[str, SetEvaluation]
-
-
-def labeled_images(log_columns: dict[str, np.ndarray], labels: pd.DataFrame) -> tuple[LabeledImages, int]:
-    """The labeled records whose image the log kept, and how many labeled records had none (unflagged images)."""
-    records = pd.DataFrame(
-        {name: log_columns[name] for name in ("request_id", "image_index", "window", "fingerprint", "image")}
-    ).astype({"image_index": int})
-    joined = labels[["request_id", "image_index", "label"]].merge(records, on=["request_id", "image_index"])
-    with_image = joined[joined["image"].notna()]
-    images = (
-        np.stack([decompress_image(blob) for blob in with_image["image"]]) if len(with_image) else np.zeros((0, 28, 28), np.uint8)
-    )
-    digits = Digits(images, with_image["label"].to_numpy(dtype=np.int64), "labeled")
-    found = LabeledImages(
-        digits,
-        with_image["request_id"].to_numpy(),
-        with_image["image_index"].to_numpy(),
-        with_image["fingerprint"].to_numpy(),
-        with_image["window"].to_numpy(),
-    )
-    return found, len(labels) - len(with_image)
-
-
-def replay_mask(request_ids: np.ndarray, image_indexes: np.ndarray, share: float) -> np.ndarray:
-    """True for the labeled images held out for replay: a hash of (request id, image index), so the split is stable."""
-    buckets = np.array(
-        [
-            int(hashlib.sha256(f"{rid}:{index}".encode()).hexdigest()[:8], 16) / 16**8
-            for rid, index in zip(request_ids, image_indexes)
-        ]
-    )
-    return buckets < share
-
-
-def repeats_for(labeled: int, train: int, share: float = LABELED_STEP_SHARE) -> int:
-    """How many times each labeled image goes into an epoch so that labeled images are about `share` of it."""
-    return max(1, round(share * train / ((1 - share) * max(labeled, 1))))
 
 
 def unseen(digits: Digits, trained_fingerprints: set[str]) -> Digits:
@@ -172,6 +122,10 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         mlflow.log_params(
             {
                 "parent_version": parent.version,
+                # the parent's split, so that a retrain of this version (and its reference) splits MNIST the same way
+                "data_dir": str(data_dir),
+                "validation_size": int(parent_params["validation_size"]),
+                "seed": seed,
                 "labeled_train_images": len(trained),
                 "labeled_replay_images": len(replay),
                 "labeled_repeats": repeats,

@@ -22,7 +22,7 @@ from tests.helpers import SHARED_DATA, free_port, running, serving_command, sett
 SMALL_SCENARIO = {
     "name": "closed-loop-small",
     "description": "Devanagari digits arrive from day 2 and are half the traffic from day 4.",
-    "windows": 12,
+    "windows": 14,
     "window": "day",
     "requests_per_window": 60,  # monitoring judges windows of 50 records or more
     "seed": 5,
@@ -54,8 +54,8 @@ def loop(shared_data, tmp_path_factory):
     out = home / "loop"
     env = {"DIGITDRIFT_HOME": str(home), "DIGITDRIFT_DATA": str(shared_data), "MLFLOW_TRACKING_URI": settings.tracking_uri}
     command = [
-        sys.executable, "scripts/closed_loop.py", "--scenario", str(scenario), "--labels-per-window", "10",
-        "--retrain-after", "15", "--max-retrains", "1", "--epochs", "1", "--train-limit", "4000",
+        sys.executable, "scripts/closed_loop.py", "--scenario", str(scenario), "--labels-per-window", "20",
+        "--retrain-after", "25", "--max-retrains", "2", "--epochs", "1", "--train-limit", "4000",
         "--min-accuracy", "0.8", "--out", str(out),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
@@ -68,24 +68,37 @@ def _events(figures: dict, kind: str) -> list[dict]:
     return [event for event in figures["events"] if event["event"] == kind]
 
 
-def test_the_loop_goes_from_an_alert_through_labels_and_a_retrain_to_a_promotion_the_server_follows(loop):
+def _first_promotion(figures: dict) -> dict:
+    promotions = _events(figures, "promoted")
+    assert promotions, f"neither challenger was promoted: {figures['events']}"
+    return promotions[0]
+
+
+def test_the_loop_goes_from_an_alert_through_labels_and_retrains_to_a_promotion_the_server_follows(loop):
     _, out, figures = loop
     first_alert = figures["first_alert_window"]
     assert first_alert is not None and first_alert <= 6  # Devanagari is a quarter of the traffic by window 3
-    (retrained,) = _events(figures, "retrained")
-    (promoted,) = _events(figures, "promoted")
-    (switched,) = _events(figures, "server_switched")
-    assert retrained["version"] == promoted["version"] == switched["version"] == "2"
-    assert first_alert < promoted["window"] < SMALL_SCENARIO["windows"] - 2
+    first, second = _events(figures, "retrained")
+    assert (first["version"], second["version"]) == ("2", "3")
+    assert first_alert < first["window"] < second["window"] < SMALL_SCENARIO["windows"] - 1
+    promoted = _first_promotion(figures)
     assert figures["windows_from_first_alert_to_promotion"] == promoted["window"] - first_alert
+    # each challenger was promoted or refused with its reason, and the server followed each promotion
+    decisions = [e for e in figures["events"] if e["event"] in ("promoted", "promotion_refused")]
+    assert [e["version"] for e in decisions] == ["2", "3"]
+    for decision in decisions:
+        verdict = "promoted" if decision["event"] == "promoted" else "not promoted"
+        assert decision["reason"].startswith(f"{verdict}: version {decision['version']}")
+    switched = [e["version"] for e in _events(figures, "server_switched")]
+    assert switched == [e["version"] for e in _events(figures, "promoted")]
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0].startswith("request_id,image_index,label")
-    assert figures["labels"]["queued"] <= 10 * (SMALL_SCENARIO["windows"] - first_alert)
+    assert figures["labels"]["queued"] <= 20 * (SMALL_SCENARIO["windows"] - first_alert)
 
 
 def test_every_acknowledged_image_is_in_the_log_and_the_later_windows_are_served_by_the_new_version(loop):
     _, out, figures = loop
-    promoted_at = _events(figures, "promoted")[0]["window"]
+    promoted = _first_promotion(figures)
     with sqlite3.connect(out / "simulation" / "ground_truth.db") as connection:
         acknowledged = set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
     with sqlite3.connect(out / "predictions.db") as connection:
@@ -95,8 +108,9 @@ def test_every_acknowledged_image_is_in_the_log_and_the_later_windows_are_served
         }
     assert len(acknowledged) == SMALL_SCENARIO["windows"] * SMALL_SCENARIO["requests_per_window"]
     assert acknowledged == set(logged)
-    assert {v for w, v in logged.values() if w <= promoted_at} == {"1"}
-    assert {v for w, v in logged.values() if w > promoted_at} == {"2"}
+    assert {v for w, v in logged.values() if w <= promoted["window"]} == {"1"}
+    assert {v for w, v in logged.values() if w == promoted["window"] + 1} == {promoted["version"]}
+    assert {v for w, v in logged.values() if w > promoted["window"]} <= {e["version"] for e in _events(figures, "promoted")}
 
 
 def test_later_windows_are_judged_against_the_new_versions_reference_and_recover(loop):
@@ -104,34 +118,39 @@ def test_later_windows_are_judged_against_the_new_versions_reference_and_recover
     import pandas as pd
 
     _, out, figures = loop
-
-    windows = pd.read_csv(out / "windows.csv")
-    promoted_at = _events(figures, "promoted")[0]["window"]
-    assert set(windows.loc[windows["window"] > promoted_at, "model_version"].astype(str)) == {"2"}
+    promoted = _first_promotion(figures)
+    windows = pd.read_csv(out / "windows.csv", dtype={"model_version": str})
+    assert windows.loc[windows["window"] == promoted["window"] + 1, "model_version"].tolist() == [promoted["version"]]
     client = mlflow.MlflowClient()
-    new_run = client.get_model_version("digits-cnn", "2").run_id
+    new_run = client.get_model_version("digits-cnn", promoted["version"]).run_id
     assert "reference" in {artifact.path for artifact in client.list_artifacts(new_run)}
     accuracy = figures["drifted_traffic_realised_accuracy"]["by_version"]
-    assert accuracy["2"]["realised_accuracy"] > accuracy["1"]["realised_accuracy"]
+    assert accuracy[promoted["version"]]["realised_accuracy"] > accuracy["1"]["realised_accuracy"]
     assert (windows["label_assisted_accuracy_low"] <= windows["label_assisted_accuracy_high"]).all()
 
 
-def test_the_retrain_records_its_lineage_and_the_promotion_its_decision_in_mlflow(loop):
+def test_the_retrains_record_their_lineage_and_the_promotion_its_decision_in_mlflow(loop):
     import mlflow
 
+    _, _, figures = loop
     client = mlflow.MlflowClient()
-    version = client.get_model_version("digits-cnn", "2")
-    assert version.tags["digitdrift.parent_version"] == "1"
-    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == "2"
-    run = client.get_run(version.run_id)
-    assert run.data.tags["digitdrift.parent_version"] == "1"
-    assert run.data.tags["digitdrift.promotion"] == "promoted"
-    assert "replay set" in run.data.tags["digitdrift.promotion_reason"]
-    assert run.data.metrics["replay_accuracy"] > run.data.metrics["replay_parent_accuracy"]
-    inputs = {(entry.dataset.name, entry.tags[0].value) for entry in run.inputs.dataset_inputs}
-    assert {("labels-train", "training"), ("labels-replay", "evaluation"), ("mnist-train", "training")} <= inputs
-    trained = set(mlflow.artifacts.load_text(f"runs:/{version.run_id}/lineage/trained_fingerprints.txt").split())
-    assert trained and int(run.data.params["labeled_train_images"]) == len(trained)
+    first, second = client.get_model_version("digits-cnn", "2"), client.get_model_version("digits-cnn", "3")
+    first_run, second_run = client.get_run(first.run_id), client.get_run(second.run_id)
+    assert first.tags["digitdrift.parent_version"] == first_run.data.tags["digitdrift.parent_version"] == "1"
+    # the second retrain starts from the champion of its time: version 2 if it was promoted, else version 1
+    first_promoted = first_run.data.tags["digitdrift.promotion"] == "promoted"
+    assert second.tags["digitdrift.parent_version"] == ("2" if first_promoted else "1")
+    champion = str(client.get_model_version_by_alias("digits-cnn", "champion").version)
+    assert champion == _events(figures, "promoted")[-1]["version"]
+    for run in (first_run, second_run):
+        decision = run.data.tags["digitdrift.promotion"]
+        assert decision in ("promoted", "refused") and "replay set" in run.data.tags["digitdrift.promotion_reason"]
+        if decision == "promoted":
+            assert run.data.metrics["replay_accuracy"] > run.data.metrics["replay_parent_accuracy"]
+        inputs = {(entry.dataset.name, entry.tags[0].value) for entry in run.inputs.dataset_inputs}
+        assert {("labels-train", "training"), ("labels-replay", "evaluation"), ("mnist-train", "training")} <= inputs
+    trained = set(mlflow.artifacts.load_text(f"runs:/{second.run_id}/lineage/trained_fingerprints.txt").split())
+    assert trained and int(second_run.data.params["labeled_train_images"]) == len(trained)
     # what it trained on never counts in its evaluation of the foreign sets
     from common.datasets import load_source
     from common.images import fingerprint
@@ -139,13 +158,14 @@ def test_the_retrain_records_its_lineage_and_the_promotion_its_decision_in_mlflo
     devanagari = load_source("devanagari", SHARED_DATA)
     seen = sum(fingerprint(image) in trained for image in devanagari.images)
     assert seen > 0
-    assert int(run.data.params["devanagari_unseen_images"]) == len(devanagari) - seen
+    assert int(second_run.data.params["devanagari_unseen_images"]) == len(devanagari) - seen
 
 
 def test_a_following_server_switches_models_under_load_without_failing_a_request(loop, tmp_path):
     import mlflow
 
     settings, _, _ = loop
+    champion = str(mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion").version)
     port = free_port()
     env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "DIGITDRIFT_HOME": str(settings.state_dir)}
     command = serving_command(
@@ -166,19 +186,21 @@ def test_a_following_server_switches_models_under_load_without_failing_a_request
         threads = [threading.Thread(target=load) for _ in range(4)]
         for thread in threads:
             thread.start()
-        client = mlflow.MlflowClient()
-        for target in ("1", "2"):
-            client.set_registered_model_alias("digits-cnn", "champion", target)
-            deadline = time.monotonic() + 120
-            while not versions or versions[-1] != target:
-                assert time.monotonic() < deadline, f"the server did not switch to version {target}"
-                time.sleep(0.2)
-        time.sleep(1)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        try:
+            client = mlflow.MlflowClient()
+            for target in ("1", "2"):
+                client.set_registered_model_alias("digits-cnn", "champion", target)
+                deadline = time.monotonic() + 120
+                while not versions or versions[-1] != target:
+                    assert time.monotonic() < deadline, f"the server did not switch to version {target}"
+                    time.sleep(0.2)
+            time.sleep(1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
     assert statuses and set(statuses) == {200}
     switches = [pair for pair in zip(versions, versions[1:]) if pair[0] != pair[1]]
-    assert ("2", "1") in switches and ("1", "2") in switches
+    assert (champion, "1") in switches and ("1", "2") in switches
     log = (tmp_path / "server.log").read_text()
-    assert "now serving digits-cnn version 1 (was 2)" in log and "Traceback" not in log
+    assert f"now serving digits-cnn version 1 (was {champion})" in log and "Traceback" not in log

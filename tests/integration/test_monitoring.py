@@ -281,7 +281,7 @@ def test_spark_and_pandas_engines_judge_the_same_log_alike(traffic, champion, sp
     from monitoring.job import judge
     from monitoring.metrics import AGGREGATE_COLUMNS, MonitorConfig
     from monitoring.model import resolve_model
-    from monitoring.pandas_engine import PandasLog, read_log
+    from monitoring.pandas_engine import PandasLog
     from monitoring.spark_engine import SparkLog
     from serving.prediction_log import export_parquet
 
@@ -292,7 +292,7 @@ def test_spark_and_pandas_engines_judge_the_same_log_alike(traffic, champion, sp
     truth = read_truth(home / "run" / "ground_truth.db")
     # windows of 60 records and samples of 40 and 25: both engines must pick the same records
     config = MonitorConfig(ks_max_window=40, mmd_max_window=25, mmd_permutations=200)
-    by_pandas, by_spark = PandasLog(read_log(tmp_path / "log.parquet")), SparkLog.read(tmp_path / "log.parquet")
+    by_pandas, by_spark = PandasLog.read(tmp_path / "log.parquet"), SparkLog.read(tmp_path / "log.parquet")
 
     counts = [column for column in AGGREGATE_COLUMNS if column.endswith("_count") or column in ("window", "volume")]
     assert_same_frames(by_pandas.aggregates(model.reference), by_spark.aggregates(model.reference), exact=counts)
@@ -341,14 +341,14 @@ def test_the_spark_engine_from_the_command_line_matches_the_pandas_run(monitored
 def test_the_evidently_report_agrees_with_the_monitor_on_a_stable_and_a_drifted_log(traffic, champion, tmp_path):
     from monitoring.job import monitor
     from monitoring.model import resolve_model
-    from monitoring.pandas_engine import PandasLog, read_log
+    from monitoring.pandas_engine import PandasLog
 
     home, _ = traffic
     mlflow.set_tracking_uri(champion.tracking_uri)
     model = resolve_model(champion.uri, None, None, "digits-cnn")
-    frame = read_log(home / "log.db")
-    stable = monitor(PandasLog(frame[frame["window"] < 4]), model, tmp_path / "stable", "stable", track=False)
-    drifted = monitor(PandasLog(frame), model, tmp_path / "drifted", "drifted", track=False)
+    log = PandasLog.read(home / "log.db")
+    stable = monitor(PandasLog(log.frame[log.frame["window"] < 4], log.images), model, tmp_path / "stable", "stable", track=False)
+    drifted = monitor(log, model, tmp_path / "drifted", "drifted", track=False)
 
     assert stable.alerts == [] and not stable.report.dataset_drift, stable.report
     assert drifted.alerts and drifted.report.dataset_drift, drifted.report

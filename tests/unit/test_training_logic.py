@@ -1,6 +1,7 @@
 """Pure training logic: evaluation figures, confusion matrix, worst errors, promotion decisions."""
 
 import numpy as np
+import pandas as pd
 
 from training.evaluate import confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.registry import decide_promotion
@@ -53,3 +54,57 @@ def test_promotion_moves_the_champion_when_the_bar_is_cleared():
 
 def test_promotion_without_the_metric_is_refused():
     assert not decide_promotion("4", None, 0.99, champion=None).promoted
+
+
+def test_a_retrained_challenger_must_beat_its_parent_on_the_replay_set():
+    from training.registry import ReplayFigures
+
+    better = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
+    assert better.promoted and "0.9400 on the replay set against the champion's 0.3100" in better.reason
+    worse = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2"))
+    assert not worse.promoted and "not above the champion's 0.3100" in worse.reason
+    floor = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
+    assert not floor.promoted and "under the threshold 0.9930" in floor.reason
+
+
+def test_a_challenger_retrained_from_a_former_champion_is_not_promoted():
+    from training.registry import ReplayFigures
+
+    decision = decide_promotion("4", 0.996, 0.993, champion="3", replay=ReplayFigures(0.95, 0.30, "2"))
+    assert not decision.promoted and "retrained from version 2, but the champion is now 3" in decision.reason
+
+
+def test_labeled_images_are_the_labeled_records_whose_image_the_log_kept():
+    from common.records import compress_image
+    from training.data import labeled_images
+
+    images = [np.full((28, 28), value, dtype=np.uint8) for value in (10, 20)]
+    log = {
+        "request_id": np.array(["a", "b", "c"]),
+        "image_index": np.array([0, 0, 1]),
+        "window": np.array([4, 5, 5]),
+        "fingerprint": np.array(["fa", "fb", "fc"]),
+        "image": np.array([compress_image(images[0]), None, compress_image(images[1])], dtype=object),
+    }
+    labels = pd.DataFrame({"request_id": ["a", "b", "c", "zz"], "image_index": [0, 0, 1, 0], "label": [3, 4, 5, 6]})
+    found, without_image = labeled_images(log, labels)
+    assert without_image == 2  # b has no image kept, zz is not in the log
+    assert found.digits.labels.tolist() == [3, 5]
+    assert found.fingerprints.tolist() == ["fa", "fc"]
+    assert (found.digits.images[1] == 20).all()
+
+
+def test_the_replay_split_is_stable_and_about_its_share():
+    from training.data import replay_mask
+
+    ids = np.array([f"request-{n}" for n in range(4000)])
+    mask = replay_mask(ids, np.zeros(4000, dtype=int), 0.25)
+    assert 0.22 < mask.mean() < 0.28
+    assert (replay_mask(ids[:100], np.zeros(100, dtype=int), 0.25) == mask[:100]).all()
+
+
+def test_labeled_images_are_repeated_to_about_a_tenth_of_an_epoch():
+    from training.data import repeats_for
+
+    assert repeats_for(100, 55000) == 61
+    assert repeats_for(10000, 1000) == 1

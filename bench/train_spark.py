@@ -10,18 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from common.datasets import load_mnist
 from common.machine import describe_machine
-from common.settings import load_settings
+from common.settings import PROJECT_ROOT, load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
 from training.data import split_train_validation
 from training.spark_job import SparkJobConfig, build_pipeline, pixels_frame, probabilities_of, run_spark_job, with_vectors
 
 RESULTS = Path(__file__).parent / "results"
+ISSUE_BASELINE_SECONDS = 168.0
+SPARK_BLAS = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0=libopenblas0-pthread"  # as the Makefile names it
 
 
 def driver_shipped_fit(config: SparkJobConfig) -> dict:
@@ -36,6 +39,13 @@ def driver_shipped_fit(config: SparkJobConfig) -> dict:
     frame.unpersist()
     probabilities, labels = probabilities_of(model, spark.createDataFrame(pixels_frame(load_mnist(data, "test"))))
     return {"fit_seconds": round(seconds, 1), "mnist_test_accuracy": float((probabilities.argmax(1) == labels).mean())}
+
+
+def blas_in_use(master: str) -> str:
+    """Which BLAS Spark ML's netlib picked in this session's JVM: JNIBLAS (the system's native library) or
+    VectorBLAS (Java's vector code, when there is none)."""
+    spark = spark_session(master, "digitdrift-training")
+    return spark.sparkContext._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName()
 
 
 def main() -> None:
@@ -57,6 +67,9 @@ def main() -> None:
         spark_master=args.spark_master,
         run_name=f"bench-spark-{args.classifier}",
     )
+    # the native BLAS `make test` installs (Debian's OpenBLAS), found or installed like the other system packages
+    subprocess.run([str(PROJECT_ROOT / "scripts" / "debian-packages.sh"), SPARK_BLAS], check=True)
+    blas = blas_in_use(config.spark_master)
     before = None if args.skip_before else driver_shipped_fit(config)
     result = run_spark_job(config, settings)
     run_id, evaluations, seconds = result.run_id, result.evaluations, result.train_seconds
@@ -70,9 +83,13 @@ def main() -> None:
         "max_iter": config.max_iter,
         "mnist_test_accuracy": evaluations["mnist_test"].accuracy,
         "spark_master": config.spark_master,
+        "blas": blas,
         "fit_seconds": round(seconds, 1),
         "before_driver_shipped": before,
         "speedup": round(before["fit_seconds"] / seconds, 2) if before else None,
+        # issue 13's figure for the driver-shipped fit (an Intel Xeon machine, Java's vector BLAS)
+        "issue_baseline_seconds": ISSUE_BASELINE_SECONDS,
+        "speedup_vs_issue_baseline": round(ISSUE_BASELINE_SECONDS / seconds, 2),
         "evaluation": {name: vars(evaluation) for name, evaluation in evaluations.items()},
         "run_id": run_id,
         "command": (

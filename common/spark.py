@@ -18,6 +18,7 @@ def spark_config(master: str, app_name: str) -> dict[str, str]:
     return {
         "spark.master": master,
         "spark.executorEnv.PYTHONPATH": python_path,
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",  # a cluster's executors: one BLAS thread per task (see below)
         "spark.app.name": app_name,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.driver.memory": os.environ.get("DIGITDRIFT_SPARK_DRIVER_MEMORY", "4g"),
@@ -30,4 +31,8 @@ def spark_session(master: str = DEFAULT_SPARK_MASTER, app_name: str = "digitdrif
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run this environment's interpreter
+    # Spark ML calls native BLAS (OpenBLAS, when the system has it) from every task, one task per core: one BLAS
+    # thread each, as Spark's ML guide advises, else the tasks' threads fight for the cores. Read when the JVM
+    # starts; this process's numpy has loaded its own OpenBLAS by then.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     return SparkSession.builder.config(map=spark_config(master, app_name)).getOrCreate()

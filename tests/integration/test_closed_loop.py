@@ -204,3 +204,32 @@ def test_a_following_server_switches_models_under_load_without_failing_a_request
     assert (champion, "1") in switches and ("1", "2") in switches
     log = (tmp_path / "server.log").read_text()
     assert f"now serving digits-cnn version 1 (was {champion})" in log and "Traceback" not in log
+
+
+def test_the_labeling_commands_queue_a_log_and_answer_the_queue_from_the_sidecar(loop, tmp_path):
+    import pandas as pd
+
+    from common.labels import read_labels
+
+    settings, out, _ = loop
+    env = {**os.environ, "DIGITDRIFT_HOME": str(settings.state_dir)}
+    queue, images = tmp_path / "queue.csv", tmp_path / "images"
+    command = [sys.executable, "-m", "labeling", "queue", "--prediction-log", str(out / "predictions.db"),
+               "--per-window", "5", "--from-window", "4", "--out", str(queue), "--images-dir", str(images)]  # fmt: skip
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    queued = pd.read_csv(queue, dtype={"request_id": str})
+    assert len(queued) == 5 * (SMALL_SCENARIO["windows"] - 4) and queued["window"].min() == 4
+    flagged = queued[queued["stratum"] != "clean"]
+    assert {path.name for path in images.iterdir()} == {f"{r}-{i}.png" for r, i in zip(flagged.request_id, flagged.image_index)}
+    labels_path = tmp_path / "labels.jsonl"
+    truth = out / "simulation" / "ground_truth.db"
+    command = [sys.executable, "-m", "labeling", "annotate", "--queue", str(queue),
+               "--truth", str(truth), "--delay-windows", "2", "--out", str(labels_path)]  # fmt: skip
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    labels = read_labels(labels_path)
+    assert len(labels) == len(queued) and (labels["arrived_window"] == labels["window"] + 2).all()
+    command[command.index(str(truth))] = str(tmp_path / "nope.db")
+    missing = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "nope.db: no ground-truth sidecar here" in missing.stderr

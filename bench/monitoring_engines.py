@@ -2,7 +2,8 @@
 
 For each size, a Parquet log of that many real records (resampled from `--source-log`, spread over
 `--windows` windows) is judged by the pandas engine and by the Spark engine, each in a fresh process:
-read, select the model version, window metrics and alerts. Spark is timed cold (the JVM and session
+read, select the model version, window metrics and alerts; and by the pandas engine as it was before it
+left the image blobs on disk (`pandas-every-column`), the peer of its column pruning. Spark is timed cold (the JVM and session
 start inside the measurement) and warm (the same work again on the running session). Peak memory is
 the most resident memory of the measured process and its children (Spark's JVM), sampled every 0.1 s;
 a process that passes `--memory-limit-gib` is stopped and reported as such.
@@ -26,6 +27,8 @@ from common.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 ENGINES = ("pandas", "spark")
+EVERY_COLUMN = "pandas-every-column"  # the pandas engine before it left the image blobs on disk
+MEASURED = (EVERY_COLUMN, *ENGINES)
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +71,12 @@ def measure(engine: str, log_path: str, model_uri: str) -> dict:
 
     def once(figures: dict) -> float:
         started = time.perf_counter()
-        records = for_version(open_log(log_path, engine), model, log_path)
+        if engine == EVERY_COLUMN:
+            from monitoring.pandas_engine import PandasLog, read_log
+
+            records = for_version(PandasLog(read_log(log_path, columns=None)), model, log_path)
+        else:
+            records = for_version(open_log(log_path, engine), model, log_path)
         metrics, alerts, _ = judge(records, model, DEFAULT_CONFIG)
         figures.update(windows=len(metrics), records=int(metrics["volume"].sum()), alerts=len(alerts))
         return time.perf_counter() - started
@@ -131,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
     one = commands.add_parser("measure", help="(internal) measure one engine on one log in this process")
-    one.add_argument("--engine", choices=ENGINES, required=True)
+    one.add_argument("--engine", choices=MEASURED, required=True)
     one.add_argument("--log", required=True)
     one.add_argument("--model", required=True)
     parser.add_argument("--source-log", type=Path, help="a real prediction log (SQLite) to resample")
@@ -157,13 +165,19 @@ def main() -> None:
             path = folder / f"log-{size}.parquet"
             build_parquet_log(folder / "source.parquet", size, args.windows, path)
             sizes[str(size)] = {"parquet_mib": round(path.stat().st_size / 2**20)}
-            for engine in ENGINES:
+            for engine in MEASURED:
                 log.info("measuring %s on %d records", engine, size)
                 sizes[str(size)][engine] = run_measured(engine, path, args.model, args.memory_limit_gib)
                 log.info("%s on %d records: %s", engine, size, sizes[str(size)][engine])
             path.unlink()
     for row in sizes.values():
         pandas_seconds = row["pandas"].get("seconds")
+        before = row[EVERY_COLUMN].get("seconds")
+        if pandas_seconds and before:
+            row["pandas_vs_every_column_time_ratio"] = round(pandas_seconds / before, 2)
+            row["pandas_vs_every_column_memory_ratio"] = round(
+                row["pandas"]["peak_memory_mib"] / row[EVERY_COLUMN]["peak_memory_mib"], 2
+            )
         for key in ("cold_seconds", "warm_seconds"):
             if pandas_seconds and row["spark"].get(key):
                 row[f"spark_{key.split('_')[0]}_vs_pandas_time_ratio"] = round(row["spark"][key] / pandas_seconds, 2)
@@ -173,7 +187,8 @@ def main() -> None:
         "machine": describe_machine(("pandas", "numpy", "scipy", "pyarrow", "pyspark", "mlflow")),
         "model": args.model,
         "windows": args.windows,
-        "measured": "read the Parquet log, select the model version, window metrics and alerts (default config)",
+        "measured": "read the Parquet log, select the model version, window metrics and alerts (default config); "
+        f"{EVERY_COLUMN}: the pandas engine as it was, reading every column (image blobs too)",
         "sizes": sizes,
         "crossover_records_cold": crossover(sizes, "cold_seconds"),
         "crossover_records_warm": crossover(sizes, "warm_seconds"),

@@ -161,7 +161,12 @@ def closed_loop_figure(
     for window in alert_windows:
         figure.add_vline(x=window, line={"color": "red", "dash": "dot", "width": 1})
     for window, version in promotions:
-        figure.add_vline(x=window + 0.5, line={"color": "green", "width": 2}, annotation_text=f"promoted v{version}")
+        figure.add_vline(
+            x=window + 0.5,
+            line={"color": "green", "width": 2},
+            annotation_text=f"promoted v{version}",
+            annotation_position="bottom right",
+        )
     figure.update_xaxes(title_text="window", row=len(LOOP_PANELS), col=1)
     figure.update_layout(
         title=title, height=300 * len(LOOP_PANELS), template="plotly_white", hovermode="x unified", barmode="overlay"

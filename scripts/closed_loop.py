@@ -45,6 +45,7 @@ from monitoring.alerts import DEFAULT_RULES, accuracy_rule, evaluate_rules  # no
 from monitoring.dashboard import closed_loop_figure, write_dashboard  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
+from scripts.stack import free_port  # noqa: E402
 from simulation.client import HttpTransport  # noqa: E402
 from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
 from simulation.scenario import load_scenario  # noqa: E402
@@ -119,14 +120,6 @@ def served_version(port: int) -> str:
     return str(httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["version"])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class References:
     """Each served version's monitoring reference, downloaded once."""
 
@@ -153,7 +146,7 @@ def version_alerts(records: pd.DataFrame, version: str, reference: Reference) ->
 
 
 def step_window(
-    window: int, records: pd.DataFrame, truth: pd.DataFrame, config: LoopConfig, state: LoopState, references
+    window: int, records: pd.DataFrame, truth: pd.DataFrame, config: LoopConfig, state: LoopState, references: References
 ) -> None:
     """Judge the served version after `window`, start labeling at the first alert, queue this window's labels."""
     served = records[records["window"] == window]
@@ -268,7 +261,7 @@ def trained_fingerprints() -> set[str]:
 
 
 def window_table(
-    records: pd.DataFrame, truth: pd.DataFrame, labels: pd.DataFrame, references, delay: int, trained: set[str]
+    records: pd.DataFrame, truth: pd.DataFrame, labels: pd.DataFrame, references: References, delay: int, trained: set[str]
 ) -> pd.DataFrame:
     """Per window and serving version: truth, label-free and label-assisted accuracy, labels that came back.
 

@@ -45,7 +45,7 @@ from monitoring.alerts import DEFAULT_RULES, accuracy_rule, evaluate_rules  # no
 from monitoring.dashboard import closed_loop_figure, write_dashboard  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
-from scripts.stack import free_port  # noqa: E402
+from scripts.stack import free_port, http_ok  # noqa: E402
 from simulation.client import HttpTransport  # noqa: E402
 from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
 from simulation.scenario import load_scenario  # noqa: E402
@@ -103,17 +103,14 @@ def start_server(config: LoopConfig, port: int) -> subprocess.Popen:
     with open(config.out / "server.log", "wb") as output:  # the child keeps its own handle
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    while not http_ok(f"http://127.0.0.1:{port}/ready"):
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}: see {config.out / 'server.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise RuntimeError(f"the server did not get ready in 180 s: see {config.out / 'server.log'}")
         time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"the server did not get ready in 180 s: see {config.out / 'server.log'}")
+    return process
 
 
 def served_version(port: int) -> str:

@@ -102,19 +102,7 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
             f"{'on' if config.augment else 'off'}), evaluated on MNIST test and the foreign sets; registered as "
             f"{config.model_name} @{CHALLENGER_ALIAS}, with its monitoring reference (reference/reference.npz)."
         )
-        started = time.perf_counter()
-        model.fit(
-            to_model_input(train.images),
-            train.labels,
-            validation_data=(to_model_input(validation.images), validation.labels),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            shuffle=True,
-            verbose=2,
-            callbacks=[mlflow.keras.MlflowCallback(run)],
-        )
-        train_seconds = time.perf_counter() - started
-        mlflow.log_metric("train_seconds", train_seconds)
+        train_seconds = fit_cnn(model, train.images, train.labels, validation, config.epochs, config.batch_size, run)
 
         evaluations, test_probabilities = {}, None
         for name, digits in evaluation_sets.items():
@@ -155,6 +143,26 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
             evaluations=evaluations,
             model=model,
         )
+
+
+def fit_cnn(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, validation: Digits, epochs: int, batch_size: int, run
+) -> float:
+    """Fit with Keras' per-epoch progress and MLflow's per-epoch metrics on `run`; the seconds it took (logged too)."""
+    started = time.perf_counter()
+    model.fit(
+        to_model_input(images),
+        labels,
+        validation_data=(to_model_input(validation.images), validation.labels),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=2,
+        callbacks=[mlflow.keras.MlflowCallback(run)],
+    )
+    seconds = time.perf_counter() - started
+    mlflow.log_metric("train_seconds", seconds)
+    return seconds
 
 
 def fit_model_reference(model: keras.Model, held_out: Digits, seed: int) -> Reference:

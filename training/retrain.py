@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -23,7 +22,7 @@ from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NA
 from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
 from training.data import LabeledImages, labeled_images, repeats_for, replay_mask, split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
-from training.keras_job import SERVING_REQUIREMENTS, fit_model_reference, log_reference
+from training.keras_job import SERVING_REQUIREMENTS, fit_cnn, fit_model_reference, log_reference
 from training.model import compile_cnn
 from training.registry import PARENT_VERSION_TAG, REPLAY_METRIC, REPLAY_PARENT_METRIC
 from training.tracking import log_keras_model
@@ -141,18 +140,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             f"out as the replay set promotion compares on. Foreign sets are evaluated without the images trained on. "
             f"Registered as {parent.name} @{CHALLENGER_ALIAS}."
         )
-        started = time.perf_counter()
-        model.fit(
-            to_model_input(images),
-            targets,
-            validation_data=(to_model_input(validation.images), validation.labels),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            shuffle=True,
-            verbose=2,
-            callbacks=[mlflow.keras.MlflowCallback(run)],
-        )
-        mlflow.log_metric("train_seconds", time.perf_counter() - started)
+        fit_cnn(model, images, targets, validation, config.epochs, config.batch_size, run)
         evaluations = {}
         for name, digits in evaluation_sets.items():
             probabilities = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)

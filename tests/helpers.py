@@ -255,7 +255,7 @@ def chromium_dom(url: str, profile: Path, budget_ms: int = 10000) -> str:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=max(120, budget_ms / 1000 + 60),
     )
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
     return result.stdout

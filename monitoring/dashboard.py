@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 
 from monitoring.alerts import Alert
 
+BLUE, GREEN = (31, 119, 180), (44, 160, 44)  # Plotly's first and third default colours
 PANELS = (
     "Volume and flag rates",
     "Confidence",
@@ -63,18 +64,7 @@ def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, win
                 x=x, y=metrics[column].clip(lower=1e-12), name=name, mode="lines+markers", marker_size=4, row=4, col=1
             )
     figure.update_yaxes(type="log", row=4, col=1)
-    figure.add_scatter(x=x, y=metrics["estimated_accuracy_high"], line_width=0, showlegend=False, row=5, col=1, hoverinfo="skip")
-    figure.add_scatter(
-        x=x,
-        y=metrics["estimated_accuracy_low"],
-        fill="tonexty",
-        line_width=0,
-        name="95% interval",
-        fillcolor="rgba(31,119,180,0.2)",
-        row=5,
-        col=1,
-    )
-    figure.add_scatter(x=x, y=metrics["estimated_accuracy"], name="estimated accuracy", line_color="#1f77b4", row=5, col=1)
+    _estimate_with_interval(figure, metrics, "estimated_accuracy", "estimated accuracy", "95% interval", BLUE, row=5)
     _truth_line(figure, metrics, "realised_accuracy", "realised accuracy (sidecar)", row=5)
     if metrics["estimated_foreign_share"].notna().any():
         figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)
@@ -83,6 +73,19 @@ def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, win
     figure.update_xaxes(title_text=window_unit, row=len(PANELS), col=1)
     figure.update_layout(title=title, height=300 * len(PANELS), template="plotly_white", hovermode="x unified")
     return figure
+
+
+def _estimate_with_interval(
+    figure: go.Figure, frame: pd.DataFrame, column: str, name: str, band_name: str, rgb: tuple[int, int, int], row: int
+) -> None:
+    """An estimate's line over its shaded 95% interval (`<column>_low` to `<column>_high`)."""
+    x = frame["window"]
+    figure.add_scatter(x=x, y=frame[f"{column}_high"], line_width=0, showlegend=False, hoverinfo="skip", row=row, col=1)
+    fill = f"rgba({rgb[0]},{rgb[1]},{rgb[2]},0.2)"
+    figure.add_scatter(
+        x=x, y=frame[f"{column}_low"], fill="tonexty", line_width=0, name=band_name, fillcolor=fill, row=row, col=1
+    )
+    figure.add_scatter(x=x, y=frame[column], name=name, line_color=f"rgb{rgb}", row=row, col=1)
 
 
 def _truth_line(figure: go.Figure, metrics: pd.DataFrame, column: str, name: str, row: int) -> None:
@@ -126,22 +129,8 @@ def closed_loop_figure(
     serving model version (shaded), alerts (red dotted) and promotions (green, with the new version)."""
     figure = make_subplots(rows=len(LOOP_PANELS), cols=1, shared_xaxes=True, subplot_titles=LOOP_PANELS, vertical_spacing=0.07)
     x = windows["window"]
-    figure.add_scatter(
-        x=x, y=windows["label_assisted_accuracy_high"], line_width=0, showlegend=False, hoverinfo="skip", row=1, col=1
-    )
-    figure.add_scatter(
-        x=x,
-        y=windows["label_assisted_accuracy_low"],
-        fill="tonexty",
-        line_width=0,
-        name="label-assisted 95% interval",
-        fillcolor="rgba(44,160,44,0.2)",
-        row=1,
-        col=1,
-    )
-    figure.add_scatter(
-        x=x, y=windows["label_assisted_accuracy"], name="label-assisted estimate", line_color="#2ca02c", row=1, col=1
-    )
+    label_assisted = ("label_assisted_accuracy", "label-assisted estimate", "label-assisted 95% interval")
+    _estimate_with_interval(figure, windows, *label_assisted, GREEN, row=1)
     figure.add_scatter(x=x, y=windows["label_free_accuracy"], name="label-free estimate", line_color="#1f77b4", row=1, col=1)
     _truth_line(figure, windows, "realised_accuracy", "realised accuracy (sidecar)", row=1)
     _truth_line(figure, windows, "true_foreign_share", "true foreign share (sidecar)", row=2)

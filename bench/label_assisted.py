@@ -98,7 +98,8 @@ def main() -> None:
         "random_share": 0.3,
         "clean_means_true_foreign_share_under": CLEAN_SHARE,
         "runs": results,
-        "command": "python -m bench.label_assisted --log LOG --runs " + " ".join(str(run) for run in args.runs),
+        "command": f"python -m bench.label_assisted --log {args.log} --model {args.model} --runs "
+        + " ".join(str(run) for run in args.runs),
     }
     (RESULTS / "label_assisted_accuracy.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

@@ -118,7 +118,8 @@ def main() -> None:
         "machine": describe_machine(("pandas", "numpy", "scipy", "mlflow", "evidently", "plotly")),
         "model": args.model,
         **figures,
-        "command": f"python -m bench.monitoring --source-log LOG --records {args.records} --windows {args.windows}",
+        "command": f"python -m bench.monitoring --source-log {args.source_log} --model {args.model} --records {args.records} "
+        f"--windows {args.windows}",
     }
     (RESULTS / "monitoring_1m.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -192,7 +192,8 @@ def main() -> None:
         "sizes": sizes,
         "crossover_records_cold": crossover(sizes, "cold_seconds"),
         "crossover_records_warm": crossover(sizes, "warm_seconds"),
-        "command": "python -m bench.monitoring_engines --source-log LOG --sizes " + " ".join(map(str, args.sizes)),
+        "command": f"python -m bench.monitoring_engines --source-log {args.source_log} --model {args.model} --sizes "
+        + " ".join(map(str, args.sizes)),
     }
     (RESULTS / "monitoring_engines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

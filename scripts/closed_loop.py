@@ -352,6 +352,7 @@ def loop_figures(windows: pd.DataFrame, state: LoopState, config: LoopConfig, fi
         },
         "events": state.events,
         "seconds": round(seconds, 1),
+        "command": "python scripts/closed_loop.py " + " ".join(sys.argv[1:]),
     }
 
 

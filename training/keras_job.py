@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -46,6 +47,7 @@ class KerasJobConfig:
     epochs: int = 8
     batch_size: int = 128
     learning_rate: float = 2e-3
+    batch_norm_momentum: float = 0.9
     validation_size: int = 5000
     seed: int = 42
     augment: bool = True
@@ -69,8 +71,12 @@ class KerasJobResult:
     model: keras.Model  # the trained model, in memory
 
 
-def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
-    """Train, evaluate on MNIST test and the foreign sets, log everything to one MLflow run, register."""
+def run_keras_job(
+    config: KerasJobConfig, settings: Settings, callbacks: Sequence[keras.callbacks.Callback] = ()
+) -> KerasJobResult:
+    """Train, evaluate on MNIST test and the foreign sets, log everything to one MLflow run, register.
+
+    `callbacks` join the fit's own (a benchmark's clock, for one)."""
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     data_dir = Path(config.data_dir)
@@ -88,7 +94,7 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
     )
 
     use_tracking(settings)
-    model = build_cnn(augment=config.augment)
+    model = build_cnn(augment=config.augment, batch_norm_momentum=config.batch_norm_momentum)
     steps_per_epoch = -(-len(train) // config.batch_size)
     compile_cnn(model, config.learning_rate, steps_per_epoch * config.epochs)
     with mlflow.start_run(run_name=config.run_name) as run:
@@ -102,7 +108,7 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
             f"{'on' if config.augment else 'off'}), evaluated on MNIST test and the foreign sets; registered as "
             f"{config.model_name} @{CHALLENGER_ALIAS}, with its monitoring reference (reference/reference.npz)."
         )
-        train_seconds = fit_cnn(model, train.images, train.labels, validation, config.epochs, config.batch_size, run)
+        train_seconds = fit_cnn(model, train.images, train.labels, validation, config.epochs, config.batch_size, run, callbacks)
 
         evaluations, test_probabilities = {}, None
         for name, digits in evaluation_sets.items():
@@ -146,7 +152,14 @@ def run_keras_job(config: KerasJobConfig, settings: Settings) -> KerasJobResult:
 
 
 def fit_cnn(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray, validation: Digits, epochs: int, batch_size: int, run
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    validation: Digits,
+    epochs: int,
+    batch_size: int,
+    run,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> float:
     """Fit with Keras' per-epoch progress and MLflow's per-epoch metrics on `run`; the seconds it took (logged too)."""
     started = time.perf_counter()
@@ -158,7 +171,7 @@ def fit_cnn(
         batch_size=batch_size,
         shuffle=True,
         verbose=2,
-        callbacks=[mlflow.keras.MlflowCallback(run)],
+        callbacks=[mlflow.keras.MlflowCallback(run), *callbacks],
     )
     seconds = time.perf_counter() - started
     mlflow.log_metric("train_seconds", seconds)

@@ -127,12 +127,16 @@ def read_png_folders(spark, folder: str | Path, source: str, limit_per_class: in
 
 
 def feature_stages(config: SparkJobConfig) -> list:
-    """pixels -> PCA(k) -> scaled features."""
-    from pyspark.ml.feature import PCA, StandardScaler
+    """pixels (0..255) -> grey levels 0..1 -> PCA(k) -> centred features."""
+    from pyspark.ml.feature import PCA, ElementwiseProduct, StandardScaler
+    from pyspark.ml.linalg import Vectors
 
     return [
-        PCA(k=config.pca_k, inputCol="pixels", outputCol="pca"),
-        StandardScaler(inputCol="pca", outputCol="features", withMean=True, withStd=True),
+        ElementwiseProduct(scalingVec=Vectors.dense([1 / 255] * PIXELS), inputCol="pixels", outputCol="unit"),
+        PCA(k=config.pca_k, inputCol="unit", outputCol="pca"),
+        # centred, not scaled to unit variance: whitening lifts the last, noisiest components to the weight of
+        # the first and the perceptron fits them (96.9% against 97.4% on MNIST test, 96.9 / 97.8% validation)
+        StandardScaler(inputCol="pca", outputCol="features", withMean=True, withStd=False),
     ]
 
 

@@ -86,6 +86,16 @@ def test_model_loaded_back_predicts_exactly_what_the_trained_one_did(trained_on_
     assert np.array_equal(np.asarray(pyfunc.predict(images)), expected)
 
 
+def test_registered_model_keeps_the_batch_norm_momentum_it_was_trained_with(trained_on_server):
+    import keras
+
+    _, result = trained_on_server
+    logged = float(mlflow.MlflowClient().get_run(result.run_id).data.params["batch_norm_momentum"])
+    loaded = mlflow.keras.load_model("models:/digits-cnn@challenger")
+    momenta = {layer.momentum for layer in loaded.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {logged} == {KerasJobConfig.batch_norm_momentum}
+
+
 def test_cli_trains_on_the_sqlite_default_and_promote_guards_the_champion(shared_data, tmp_path):
     env = {**os.environ, "DIGITDRIFT_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -30,15 +30,17 @@ log = logging.getLogger(__name__)
 
 
 class TestAccuracyClock(keras.callbacks.Callback):
-    """MNIST test accuracy every `every` training steps, against training seconds that leave these measurements out."""
+    """MNIST test accuracy `per_epoch` times an epoch, against training seconds that leave these measurements out."""
 
-    def __init__(self, test: Digits, every: int, steps_per_epoch: int) -> None:
+    def __init__(self, test: Digits, per_epoch: int) -> None:
         super().__init__()
         self.images, self.labels = to_model_input(test.images), test.labels
-        self.every, self.steps_per_epoch = every, steps_per_epoch
+        self.per_epoch = per_epoch
         self.points: list[dict] = []
 
     def on_train_begin(self, logs=None) -> None:
+        self.steps_per_epoch = self.params["steps"]  # what fit counts for the data it was given
+        self.every = max(self.steps_per_epoch // self.per_epoch, 1)
         self.step, self.started, self.measuring = 0, time.perf_counter(), 0.0
 
     def on_train_batch_end(self, batch, logs=None) -> None:
@@ -66,11 +68,9 @@ def first_reaching(points: list[dict], accuracy: float) -> dict | None:
     return next((point for point in points if point["mnist_test_accuracy"] >= accuracy), None)
 
 
-def measure(config: KerasJobConfig, settings) -> dict:
-    """One job run with the clock: its time to the target, its final accuracy and its whole curve."""
-    mnist = Path(config.data_dir) / "mnist"
-    steps_per_epoch = -(-(len(load_mnist(mnist, "train")) - config.validation_size) // config.batch_size)
-    clock = TestAccuracyClock(load_mnist(mnist, "test"), steps_per_epoch // MEASURES_PER_EPOCH, steps_per_epoch)
+def measure(config: KerasJobConfig, settings, test: Digits) -> dict:
+    """One job run with the clock on `test`: its time to the target, its final accuracy and its whole curve."""
+    clock = TestAccuracyClock(test, MEASURES_PER_EPOCH)
     started = time.perf_counter()
     result = run_keras_job(config, settings, callbacks=[clock])
     reached = first_reaching(clock.points, TARGET_ACCURACY)
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--skip-before", action="store_true", help="measure the job as it is only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    test = load_mnist(Path(args.data_dir) / "mnist", "test")
     runs = {}
     for name, momentum in BATCH_NORM_MOMENTUM.items():
         if name == "before" and args.skip_before:
@@ -106,7 +107,7 @@ def main() -> None:
         config = KerasJobConfig(
             data_dir=args.data_dir, epochs=args.epochs, batch_norm_momentum=momentum, run_name=f"bench-keras-{name}"
         )
-        runs[name] = measure(config, settings)
+        runs[name] = measure(config, settings, test)
     figures = {
         "benchmark": (
             "keras training, full MNIST train (55,000 train / 5,000 validation): training seconds until MNIST test "

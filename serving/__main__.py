@@ -12,7 +12,7 @@ import uvicorn
 
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
-from serving.core import DEFAULT_MODEL_URI, ModelOutputError, load_core
+from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core
 from serving.follow import AliasFollower
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"error: --follow-seconds: {err}", file=sys.stderr)
             return 2
-    uvicorn.run(create_app(core, prediction_log, config, follower), host=args.host, port=args.port, log_level="warning")
+    app = create_app(core, prediction_log, config, follower)
+    freeze_heap()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

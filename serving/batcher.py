@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,45 +33,52 @@ class Overloaded(RuntimeError):
 
 
 class MicroBatcher:
-    """Gathers jobs for up to `max_wait_s` or `max_batch` images, then runs `process` on one worker thread.
+    """Scores queued jobs in batches on a model thread and commits each batch on a log thread: a pipeline, so the
+    model scores the next batch while the log waits for the disk.
 
-    `process(jobs)` scores and logs the whole batch and returns one Scored per job; jobs resolve only
-    after it returns, so an answer is sent only once its records are committed.
+    The model thread takes what has queued when it is free (waiting up to `max_wait_s` for company, up to
+    `max_batch` images); it takes its work itself, so the next batch starts the moment the model is free, not
+    when the event loop, busy answering the last batch, gets round to it. `score(jobs)` returns one Scored per
+    job; `commit(jobs, results)` returns once their records are durable. Jobs resolve only after their commit,
+    so an answer is sent only once its records are committed; commits run in the order batches were scored.
     """
 
     def __init__(
         self,
-        process: Callable[[list[Job]], list[Scored]],
+        score: Callable[[list[Job]], list[Scored]],
+        commit: Callable[[list[Job], list[Scored]], None],
         max_batch: int,
         max_wait_s: float,
         max_queued_images: int | None = None,
     ) -> None:
-        self.process = process
+        self.score = score
+        self.commit = commit
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queued_images = max_queued_images  # None: no bound
         self.queued_images = 0  # submitted and not yet answered
         self.shed = 0
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
-        self._task: asyncio.Task | None = None
         self.batches = 0
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # None: stop
+        self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging")
+        self._model_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._model_thread is not None and self._model_thread.is_alive()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._model_thread = threading.Thread(target=self._score_batches, name="scoring", daemon=True)
+        self._model_thread.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._executor.shutdown(wait=True)
+        """Score what is queued, commit every batch scored, then stop the threads."""
+        if self._model_thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._model_thread.join)
+        await asyncio.to_thread(self._log_thread.shutdown, wait=True)
 
     async def submit(self, images: np.ndarray, request_id: str, window: int | None) -> Scored:
         """Queue a request and wait for its answer; over `max_queued_images` it is refused at once (Overloaded):
@@ -79,42 +89,67 @@ class MicroBatcher:
         job = Job(images, request_id, window, asyncio.get_running_loop().create_future())
         self.queued_images += len(images)
         try:
-            await self._queue.put(job)
+            self._jobs.put(job)
             return await job.future
         finally:
             self.queued_images -= len(images)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            size = len(jobs[0].images)
-            deadline = loop.time() + self.max_wait_s
-            while size < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        job = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                jobs.append(job)
-                size += len(job.images)
-            jobs = [job for job in jobs if not job.future.cancelled()]
+    def _score_batches(self) -> None:
+        """The model thread: take a batch, score it, hand it to the log thread; until stopped."""
+        while (jobs := self._next_batch()) is not None:
+            jobs = [job for job in jobs if not job.future.cancelled()]  # their clients gave up waiting
             if not jobs:
                 continue
             try:
-                results = await loop.run_in_executor(self._executor, self.process, jobs)
-            except Exception as err:  # the model or the log failed: every request of the batch gets a 5xx
-                log.exception("scoring a batch of %d requests failed", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+                results = self.score(jobs)
+            except Exception as err:  # the model failed: every request of the batch gets a 5xx
+                self._loop.call_soon_threadsafe(self._fail, jobs, err)
                 continue
             self.batches += 1
-            for job, result in zip(jobs, results):
-                if not job.future.done():
-                    job.future.set_result(result)
+            self._log_thread.submit(self._commit, jobs, results)
+
+    def _next_batch(self) -> list[Job] | None:
+        first = self._jobs.get()
+        if first is None:
+            return None
+        jobs, size = [first], len(first.images)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch:
+            try:
+                job = self._jobs.get(block=False)
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    job = self._jobs.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if job is None:  # stop once this batch is scored
+                self._jobs.put(None)
+                break
+            jobs.append(job)
+            size += len(job.images)
+        return jobs
+
+    def _commit(self, jobs: list[Job], results: list[Scored]) -> None:
+        """The log thread: commit a batch, then answer its requests on the event loop."""
+        try:
+            self.commit(jobs, results)
+        except Exception as err:  # the log failed: nothing of the batch is acknowledged
+            self._loop.call_soon_threadsafe(self._fail, jobs, err)
+            return
+        self._loop.call_soon_threadsafe(self._answer, jobs, results)
+
+    @staticmethod
+    def _answer(jobs: list[Job], results: list[Scored]) -> None:
+        for job, result in zip(jobs, results):
+            if not job.future.done():
+                job.future.set_result(result)
+
+    @staticmethod
+    def _fail(jobs: list[Job], err: BaseException) -> None:
+        log.error("scoring or logging a batch of %d requests failed", len(jobs), exc_info=err)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(err)

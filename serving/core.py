@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -189,6 +190,18 @@ def load_core(
         "yes" if reference else "none (no foreign scores)",
     )
     return ScoringCore(predict, identity, threshold, reference)
+
+
+def freeze_heap() -> None:
+    """Take everything loaded so far out of the garbage collector's full collections.
+
+    With TensorFlow, Keras and MLflow loaded a process tracks ~620,000 objects, and a full collection walks
+    them all: ~300 ms on this CPU, every so often in the middle of serving (the p99 at 64 clients was 342 ms,
+    70 ms once frozen). Called again after a model swap, it thaws first, so the version swapped out is collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _find_reference(source: str, run_id: str | None, reference_path: str | None) -> Reference | None:

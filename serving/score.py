@@ -29,7 +29,7 @@ from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: 
 
 from common.settings import LOW_CONFIDENCE_THRESHOLD  # noqa: E402
 from serving.collector_sink import CollectorSink, collection_enabled  # noqa: E402
-from serving.core import DEFAULT_MODEL_URI, ScoringCore, load_core  # noqa: E402
+from serving.core import DEFAULT_MODEL_URI, ScoringCore, freeze_heap, load_core  # noqa: E402
 from serving.protocol import BadRequest, decode_json, parse_score_body, score_answer  # noqa: E402
 from serving.scoring import RecordSink, SingleRequest, open_sink, score_and_log  # noqa: E402
 
@@ -71,6 +71,7 @@ def init() -> None:
         )
     if prediction_log is not None:
         atexit.register(prediction_log.close)  # the dataset sink publishes what it staged when the server stops
+    freeze_heap()
 
 
 def run(raw_data: str | bytes) -> dict | AMLResponse:

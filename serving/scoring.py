@@ -50,22 +50,33 @@ def split_scored(scored: Scored, sizes: list[int]) -> list[Scored]:
     return pieces
 
 
+def score_requests(core: ScoringCore, requests: Sequence[ImageRequest]) -> list[Scored]:
+    """Score every request's images in one model call; one Scored per request, each naming the model that scored it."""
+    images = np.concatenate([request.images for request in requests])
+    return split_scored(core.score(images), [len(request.images) for request in requests])
+
+
+def log_scored(prediction_log: RecordSink | None, requests: Sequence[ImageRequest], pieces: Sequence[Scored]) -> None:
+    """Commit the records of scored requests to the log (when one is kept); returns once they are durable."""
+    if prediction_log is None:
+        return
+    prediction_log.write(
+        [
+            record
+            for request, piece in zip(requests, pieces)
+            for record in to_records(piece, request.images, piece.identity, request.request_id, request.window)
+        ]
+    )
+
+
 def score_and_log(core: ScoringCore, prediction_log: RecordSink | None, requests: Sequence[ImageRequest]) -> list[Scored]:
     """Score every request's images in one model call and commit their records to the log (when one is kept).
 
     Returns one Scored per request, only after the log's transaction is committed: a caller that answers
     with it never acknowledges a prediction the log could lose.
     """
-    images = np.concatenate([request.images for request in requests])
-    pieces = split_scored(core.score(images), [len(request.images) for request in requests])
-    if prediction_log is not None:
-        prediction_log.write(
-            [
-                record
-                for request, piece in zip(requests, pieces)
-                for record in to_records(piece, request.images, core.identity, request.request_id, request.window)
-            ]
-        )
+    pieces = score_requests(core, requests)
+    log_scored(prediction_log, requests, pieces)
     return pieces
 
 

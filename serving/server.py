@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.batcher import Job, MicroBatcher, Overloaded
-from serving.core import Scored, ScoringCore
+from serving.core import Scored, ScoringCore, freeze_heap
 from serving.follow import AliasFollower, ModelSlot
 from serving.protocol import (
     BadRequest,
@@ -31,7 +31,7 @@ from serving.protocol import (
     score_answer,
     score_openapi,
 )
-from serving.scoring import RecordSink, score_and_log
+from serving.scoring import RecordSink, log_scored, score_requests
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,13 @@ def create_app(
     (and `follow_seconds`), the core is replaced by the version the served alias moves to, between batches."""
     slot = ModelSlot(core)
 
-    def process(jobs: list[Job]) -> list[Scored]:
-        return score_and_log(slot.core, prediction_log, jobs)
+    def score(jobs: list[Job]) -> list[Scored]:
+        return score_requests(slot.core, jobs)
 
-    batcher = MicroBatcher(process, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images)
+    def commit(jobs: list[Job], results: list[Scored]) -> None:
+        log_scored(prediction_log, jobs, results)
+
+    batcher = MicroBatcher(score, commit, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images)
 
     async def follow() -> None:
         while True:
@@ -110,6 +113,7 @@ def create_app(
                 continue
             if moved is not None:
                 previous, slot.core = slot.core.identity.version, moved
+                freeze_heap()  # the new version's objects, as the first version's were at start
                 log.info("now serving %s version %s (was %s)", moved.identity.name, moved.identity.version, previous)
 
     @asynccontextmanager
@@ -148,7 +152,8 @@ def create_app(
 
     async def score_images(images: np.ndarray, request_id: str, window: int | None) -> Scored:
         try:
-            return await asyncio.wait_for(batcher.submit(images, request_id, window), config.timeout_s)
+            async with asyncio.timeout(config.timeout_s):
+                return await batcher.submit(images, request_id, window)
         except Overloaded as err:
             headers = {"retry-after": str(config.retry_after_s)}
             raise HttpError(f"the server is at capacity ({err}); retry later", 503, headers) from None

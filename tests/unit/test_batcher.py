@@ -1,0 +1,88 @@
+"""The micro-batcher's pipeline with plain functions: answers wait for their commit, failures reach the client."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from serving.batcher import MicroBatcher
+from serving.core import Scored
+
+
+def scored_for(jobs) -> list[Scored]:
+    """One Scored per job whose prediction is the job's first pixel, so each answer can be matched to its request."""
+    return [Scored(np.array([job.images[0, 0, 0]]), np.zeros((1, 10), np.float32), np.ones(1), [()]) for job in jobs]
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((1, 28, 28), value, dtype=np.uint8)
+
+
+def test_an_answer_waits_for_its_commit_and_commits_keep_the_order_batches_were_scored():
+    release = threading.Event()
+    committed: list[list[int]] = []
+
+    def commit(jobs, results):
+        release.wait(10)
+        committed.append([int(job.images[0, 0, 0]) for job in jobs])
+
+    async def scenario():
+        batcher = MicroBatcher(scored_for, commit, max_batch=1, max_wait_s=0)
+        batcher.start()
+        answers = [asyncio.create_task(batcher.submit(image(value), f"r{value}", None)) for value in range(5)]
+        await asyncio.sleep(0.3)  # every request scored (max_batch 1: five batches), none committed
+        unanswered = sum(not answer.done() for answer in answers)
+        release.set()
+        results = await asyncio.gather(*answers)
+        await batcher.stop()
+        return unanswered, [int(result.predicted[0]) for result in results], batcher.batches
+
+    unanswered, predicted, batches = asyncio.run(scenario())
+    assert unanswered == 5
+    assert predicted == [0, 1, 2, 3, 4]
+    assert batches == 5 and committed == [[0], [1], [2], [3], [4]]
+
+
+def test_a_failed_commit_fails_its_requests_and_the_next_batch_is_served():
+    calls = []
+
+    def commit(jobs, results):
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise OSError("disk full")
+
+    async def scenario():
+        batcher = MicroBatcher(scored_for, commit, max_batch=1, max_wait_s=0)
+        batcher.start()
+        with pytest.raises(OSError, match="disk full"):
+            await batcher.submit(image(1), "first", None)
+        second = await batcher.submit(image(2), "second", None)
+        await batcher.stop()
+        return int(second.predicted[0]), batcher.queued_images
+
+    assert asyncio.run(scenario()) == (2, 0)
+
+
+def test_requests_queued_while_the_model_is_busy_share_one_model_call():
+    busy = threading.Event()
+    sizes = []
+
+    def score(jobs):
+        sizes.append(len(jobs))
+        busy.wait(10)
+        return scored_for(jobs)
+
+    async def scenario():
+        batcher = MicroBatcher(score, lambda jobs, results: None, max_batch=256, max_wait_s=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(image(0), "first", None))
+        await asyncio.sleep(0.1)  # the model holds the first request
+        rest = [asyncio.create_task(batcher.submit(image(value), f"r{value}", None)) for value in range(1, 9)]
+        await asyncio.sleep(0.1)
+        busy.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [1, 8]

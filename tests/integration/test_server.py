@@ -98,6 +98,16 @@ def test_messages_name_the_problem(server):
         assert expected in raw_post(url + "/score", body).json()["error"]
 
 
+def test_a_door_answers_405_with_allow_to_anything_but_post_and_the_schema_still_describes_both(server):
+    url, _ = server
+    for door in ("/score", "/invocations"):
+        answer = httpx.get(url + door)
+        assert answer.status_code == 405 and answer.headers["allow"] == "POST" and "send POST" in answer.json()["error"]
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert {"/score", "/invocations", "/health", "/ready", "/metadata"} <= set(paths)
+    assert paths["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] == ["data"]
+
+
 def test_health_ready_and_metadata(server, champion):
     url, log_path = server
     assert httpx.get(f"{url}/health").json() == {"status": "ok"}

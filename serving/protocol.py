@@ -94,6 +94,9 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
         raise BadRequest(f"unknown key(s) {', '.join(map(repr, unknown))[:200]}; expected one of {', '.join(INVOCATION_FORMATS)}")
     if len(formats) != 1:
         raise BadRequest(f"the body must hold exactly one of {', '.join(INVOCATION_FORMATS)}; it holds {len(formats)}")
+    if "params" in payload and not isinstance(payload["params"], dict):
+        got = "null" if payload["params"] is None else f"a JSON {type(payload['params']).__name__}"
+        raise BadRequest(f"'params' must be an object of parameter names and values; got {got}")
     key = formats[0]
     value = payload[key]
     if key == "dataframe_split":

@@ -101,6 +101,8 @@ def test_bad_score_bodies(body, status, message):
         ({"instances": [[0.5] * 783 + [float("nan")]]}, "NaN or infinity"),
         ({"instances": [[300] * 784]}, "0..255"),
         ({"instances": [["x"] * 784]}, "got strings"),
+        ({"inputs": [IMAGE], "params": None}, "'params' must be an object of parameter names and values; got null"),
+        ({"instances": [IMAGE], "params": [1]}, "'params' must be an object of parameter names and values; got a JSON list"),
     ],
 )
 def test_bad_invocation_bodies(body, message):

@@ -13,7 +13,7 @@ from common.datasets import load_source
 from common.images import to_model_input
 from common.settings import PROJECT_ROOT
 from tests.helpers import settings_for
-from training.keras_job import KerasJobConfig, run_keras_job
+from training.keras_job import KerasJobConfig, batches, run_keras_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +26,28 @@ def trained_on_server(mlflow_server, shared_data, tmp_path_factory):
     config = KerasJobConfig(data_dir=str(shared_data), run_name="test-keras", **SMALL)
     result = run_keras_job(config, settings)
     return settings, result
+
+
+def test_training_batches_are_the_ones_keras_makes_of_arrays_without_tf_data_autotuning():
+    import keras
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    images, labels = np.zeros((100, 28, 28), dtype=np.uint8), np.arange(100)
+
+    def label_batches(dataset):
+        return [batch_labels.tolist() for _, batch_labels in dataset.as_numpy_iterator()]
+
+    keras.utils.set_random_seed(0)
+    ours = batches(images, labels, 32, shuffle=True)
+    keras.utils.set_random_seed(0)
+    keras_own = ArrayDataAdapter(to_model_input(images), labels, batch_size=32, shuffle=True).get_tf_dataset()
+    assert label_batches(ours) == label_batches(keras_own)
+    assert [len(batch) for batch in label_batches(ours)] == [32, 32, 32, 4]
+    order = sum(label_batches(ours), [])
+    assert sorted(order) == list(range(100)) and order != list(range(100))
+    assert ours.cardinality() == 4  # fit knows its steps per epoch
+    assert ours.options().autotune.enabled is False  # its thread made epochs start after up to a minute idle
+    assert sum(label_batches(batches(images, labels, 32)), []) == list(range(100))
 
 
 def test_run_logs_parameters_and_per_epoch_and_evaluation_metrics(trained_on_server):

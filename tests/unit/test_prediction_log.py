@@ -28,6 +28,23 @@ def test_records_are_committed_and_read_back_through_common(tmp_path):
     assert all(flag in ("", "low_confidence") for flag in columns["flags"])
 
 
+def test_records_carry_each_image_scored_values_as_plain_python_numbers():
+    rng = np.random.default_rng(2)
+    probabilities = rng.dirichlet(np.ones(10), size=3).astype(np.float32)
+    foreign, projection = np.array([0.5, 3.0, 9.0]), rng.normal(size=(3, 8))
+    images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    scored = flag_predictions(probabilities, 0.9, foreign, 5.0, projection)
+    for index, record in enumerate(to_records(scored, images, IDENTITY, "r", 4, first_index=10)):
+        assert (record.request_id, record.image_index, record.window) == ("r", 10 + index, 4)
+        assert type(record.predicted) is int and record.predicted == probabilities[index].argmax()
+        assert record.probabilities == tuple(float(p) for p in probabilities[index])
+        assert all(type(value) is float for value in (*record.probabilities, record.confidence, *record.projection))
+        assert record.confidence == float(probabilities[index].max()) and record.foreign_score == foreign[index]
+        assert record.projection == tuple(projection[index]) and record.flags == scored.flags[index]
+        assert (record.image is None) == (not record.flags)
+    assert to_records(flag_predictions(probabilities, 0.9), images, IDENTITY, "r", None)[0].projection is None
+
+
 def test_a_retried_request_adds_nothing(tmp_path):
     log = PredictionLog(tmp_path / "log.db")
     log.write(records_for("same", 4))

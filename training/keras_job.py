@@ -167,7 +167,7 @@ def fit_cnn(
         batches(images, labels, batch_size, shuffle=True),
         validation_data=batches(validation.images, validation.labels, batch_size),
         epochs=epochs,
-        shuffle=False,  # the dataset reshuffles itself every epoch; fit would only warn that it cannot
+        shuffle=False,  # the dataset comes in its own shuffled order; fit can only warn that it cannot shuffle one
         verbose=2,
         callbacks=[mlflow.keras.MlflowCallback(run), *callbacks],
     )

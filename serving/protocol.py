@@ -54,10 +54,15 @@ def decode_json(body: bytes | str) -> object:
         raise BadRequest("the body nests JSON arrays or objects too deeply (an image needs 2 levels)") from None
 
 
+def describe_json(value: object) -> str:
+    """What a parsed JSON value is, for error messages (never the value itself): null, a JSON list, ..."""
+    return "null" if value is None else f"a JSON {type(value).__name__}"
+
+
 def parse_score_body(payload: object, max_images: int) -> ScoreRequest:
     """Azure ML's body: {"data": images, "request_id"?: str, "window"?: int}."""
     if not isinstance(payload, dict):
-        raise BadRequest(f"the body must be a JSON object with a 'data' key; got a JSON {type(payload).__name__}")
+        raise BadRequest(f"the body must be a JSON object with a 'data' key; got {describe_json(payload)}")
     unknown = sorted(set(payload) - SCORE_KEYS)
     if unknown:
         raise BadRequest(
@@ -86,7 +91,7 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
     """
     if not isinstance(payload, dict):
         raise BadRequest(
-            f"the body must be a JSON object with one of {', '.join(INVOCATION_FORMATS)}; got a JSON {type(payload).__name__}"
+            f"the body must be a JSON object with one of {', '.join(INVOCATION_FORMATS)}; got {describe_json(payload)}"
         )
     formats = [key for key in INVOCATION_FORMATS if key in payload]
     unknown = sorted(set(payload) - set(INVOCATION_FORMATS) - {"params"})
@@ -95,8 +100,7 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
     if len(formats) != 1:
         raise BadRequest(f"the body must hold exactly one of {', '.join(INVOCATION_FORMATS)}; it holds {len(formats)}")
     if "params" in payload and not isinstance(payload["params"], dict):
-        got = "null" if payload["params"] is None else f"a JSON {type(payload['params']).__name__}"
-        raise BadRequest(f"'params' must be an object of parameter names and values; got {got}")
+        raise BadRequest(f"'params' must be an object of parameter names and values; got {describe_json(payload['params'])}")
     key = formats[0]
     value = payload[key]
     if key == "dataframe_split":

@@ -65,7 +65,8 @@ def test_every_mlflow_body_gives_the_same_images(body):
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ([IMAGE], 400, "must be a JSON object with a 'data' key"),
+        ([IMAGE], 400, "must be a JSON object with a 'data' key; got a JSON list"),
+        (None, 400, "must be a JSON object with a 'data' key; got null"),
         ({"images": [IMAGE]}, 400, "unknown key(s) 'images'"),
         ({"request_id": "x"}, 400, "missing key 'data'"),
         ({"data": [IMAGE], "request_id": 5}, 400, "'request_id' must be 1 to 200 printable ASCII characters"),

@@ -38,6 +38,19 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--seed", type=int, default=42, help="seed of the split, weights and augmentation (default: %(default)s)"
     )
     keras_cmd.add_argument("--no-augment", dest="augment", action="store_false", help="train without random shifts and rotations")
+    keras_cmd.add_argument(
+        "--precision",
+        choices=["auto", "float32", "mixed_bfloat16"],
+        default="auto",
+        help="the training step's Keras dtype policy; auto: mixed_bfloat16 on a CPU with bfloat16 instructions, else "
+        "float32; the registered model is float32 either way (default: %(default)s)",
+    )
+    keras_cmd.add_argument(
+        "--no-fused-batch-norm",
+        dest="fused_batch_norm",
+        action="store_false",
+        help="train with Keras' own batch norm instead of TensorFlow's fused kernel (same model, slower)",
+    )
     keras_cmd.add_argument("--train-limit", type=int, default=None, help="train on the first N shuffled images only")
     keras_cmd.add_argument(
         "--foreign-limit-per-class", type=int, default=None, help="evaluate on at most N foreign digits per class"
@@ -199,6 +212,8 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
         validation_size=args.validation_size,
         seed=args.seed,
         augment=args.augment,
+        precision=args.precision,
+        fused_batch_norm=args.fused_batch_norm,
         train_limit=args.train_limit,
         foreign_limit_per_class=args.foreign_limit_per_class,
         model_output=args.model_output,

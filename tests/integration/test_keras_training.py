@@ -14,6 +14,7 @@ from common.images import to_model_input
 from common.settings import PROJECT_ROOT
 from tests.helpers import settings_for
 from training.keras_job import KerasJobConfig, batches, run_keras_job
+from training.model import MIXED_BFLOAT16, FusedBatchNormalization, build_cnn, resolve_precision, servable_copy
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +119,61 @@ def test_registered_model_keeps_the_batch_norm_momentum_it_was_trained_with(trai
     assert momenta == {logged} == {KerasJobConfig.batch_norm_momentum}
 
 
+def test_a_model_trained_with_fused_batch_norm_is_registered_float32_with_keras_batch_norm(trained_on_server):
+    import keras
+
+    _, result = trained_on_server
+    params = mlflow.MlflowClient().get_run(result.run_id).data.params
+    assert (params["precision"], params["fused_batch_norm"]) == (resolve_precision("auto"), "True")
+    loaded = mlflow.keras.load_model("models:/digits-cnn@challenger")
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    normalizations = [layer for layer in loaded.layers if "normalization" in layer.name]
+    assert len(normalizations) == 5 and {type(layer) for layer in normalizations} == {keras.layers.BatchNormalization}
+
+
+@pytest.mark.parametrize("shape", [(16, 6, 6, 4), (16, 8)], ids=["images", "dense"])
+def test_fused_batch_norm_trains_and_scores_as_keras_batch_norm_does(shape):
+    import keras
+    import tensorflow as tf
+
+    inputs = np.random.default_rng(0).normal(3.0, 2.0, size=shape).astype(np.float32)
+    ours, theirs = FusedBatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (ours, theirs):
+        layer.build(shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, shape[-1]))
+        layer.beta.assign(np.linspace(-1.0, 1.0, shape[-1]))
+
+    def step(layer):
+        batch = tf.constant(inputs)
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            outputs = layer(batch, training=True)
+            loss = tf.reduce_sum(outputs * np.arange(outputs.shape[-1], dtype=np.float32) ** 2)
+        return outputs, tape.gradient(loss, [batch, layer.gamma, layer.beta])
+
+    for _ in range(3):
+        (our_outputs, our_gradients), (their_outputs, their_gradients) = step(ours), step(theirs)
+        np.testing.assert_allclose(our_outputs, their_outputs, rtol=1e-4, atol=1e-4)
+        for our_gradient, their_gradient in zip(our_gradients, their_gradients):
+            np.testing.assert_allclose(our_gradient, their_gradient, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance, theirs.moving_variance, rtol=1e-5)
+    np.testing.assert_allclose(ours(inputs, training=False), theirs(inputs, training=False), rtol=1e-5, atol=1e-5)
+
+
+def test_the_servable_copy_of_a_bfloat16_model_scores_with_its_weights_in_float32():
+    images = np.random.default_rng(1).integers(0, 256, size=(32, 784)).astype(np.float32)
+    trained = build_cnn(precision=MIXED_BFLOAT16, fused_batch_norm=True)
+    copy = servable_copy(trained)
+    plain = build_cnn()
+    plain.set_weights(trained.get_weights())
+    assert [(type(layer), layer.dtype_policy.name) for layer in copy.layers] == [
+        (type(layer), "float32") for layer in plain.layers
+    ]
+    np.testing.assert_array_equal(copy.predict(images, verbose=0), plain.predict(images, verbose=0))
+    np.testing.assert_allclose(copy.predict(images, verbose=0), trained.predict(images, verbose=0), atol=0.02)
+
+
 def test_cli_trains_on_the_sqlite_default_and_promote_guards_the_champion(shared_data, tmp_path):
     env = {**os.environ, "DIGITDRIFT_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -172,3 +228,13 @@ def test_cli_trains_on_the_sqlite_default_and_promote_guards_the_champion(shared
     assert promoted.returncode == 0 and "champion moves from none to 1" in promoted.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     assert str(mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion").version) == "1"
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_only_machine_with_bfloat16_instructions():
+    assert resolve_precision("auto", frozenset({"avx2", "avx512_bf16"}), has_gpu=False) == MIXED_BFLOAT16
+    assert resolve_precision("auto", frozenset({"amx_bf16"}), has_gpu=False) == MIXED_BFLOAT16
+    assert resolve_precision("auto", frozenset({"avx2", "avx512f"}), has_gpu=False) == "float32"
+    assert resolve_precision("auto", frozenset({"avx512_bf16"}), has_gpu=True) == "float32"
+    assert resolve_precision("float32", frozenset({"avx512_bf16"}), has_gpu=False) == "float32"
+    with pytest.raises(ValueError, match="'float16' is not one of auto, float32, mixed_bfloat16"):
+        resolve_precision("float16")

@@ -1,6 +1,7 @@
 """Serving benchmark, all in one run: python -m bench.serving [--model URI] [--duration S].
 
-The bare Keras model in-process (the ceiling, at batch 1, 8, 32 and 256), our server and `mlflow models serve`
+The bare Keras model (the ceiling, at batch 1, 8, 32 and 256; with TensorFlow's defaults and as our server calls it,
+each in a process of its own, before and after our server), our server and `mlflow models serve`
 (--workers 1 and 2) under the same load (a Python closed loop, and Debian's wrk at 1, 8, 64 and 256
 connections of single images), and the prediction log against the original one-MLflow-run-per-request
 bookkeeping.
@@ -27,48 +28,22 @@ from bench.load import closed_loop
 from bench.wrk import wrk_load
 from common.datasets import load_source
 from common.machine import describe_machine
-from common.quiet import native_stderr_filtered
 from common.settings import load_settings
-from serving.core import DEFAULT_MODEL_URI, ModelIdentity, compiled_call, flag_predictions, to_records
+from serving.core import DEFAULT_MODEL_URI, ModelIdentity, flag_predictions, to_records
 from serving.prediction_log import PredictionLog
 
 log = logging.getLogger("bench.serving")
 RESULTS = Path(__file__).parent / "results"
 VENV_BIN = Path(sys.executable).parent
 WRK_CONNECTIONS = (1, 8, 64, 256)
+SERVER_MODEL_THREADS = os.cpu_count() or 1  # `python -m serving --model-threads`' default: the machine's cores
 
 
-def bare_model(uri: str, images: np.ndarray, seconds: float) -> dict:
-    """Images/s of the Keras model called directly (as one traced graph), and through model.predict at batch 1."""
-    with native_stderr_filtered():
-        model = mlflow.keras.load_model(uri)
-    call = compiled_call(model)
-    flat = images.reshape(len(images), 784).astype(np.float32)
-    figures = {}
-    for batch in (1, 8, 32, 256):
-        call(flat[:batch])  # warm up
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            start = done % (len(flat) - batch)
-            call(flat[start : start + batch])
-            done += batch
-        figures[f"images_per_s_batch{batch}"] = round(done / (time.perf_counter() - started), 1)
-    # One connection calls the model once per request, with the request's other work between calls: a call
-    # after an idle gap finds TensorFlow's threads asleep. The p50 of one call back to back and after 2 ms idle.
-    for gap_ms in (0, 2):
-        times = []
-        for index in range(300):
-            time.sleep(gap_ms / 1000)
-            started = time.perf_counter()
-            call(flat[index : index + 1])
-            times.append(time.perf_counter() - started)
-        figures[f"batch1_call_ms_after_{gap_ms}ms_idle"] = round(float(np.median(times)) * 1000, 3)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        model.predict(flat[done % 100 : done % 100 + 1], verbose=0)
-        done += 1
-    figures["model_predict_images_per_s_batch1"] = round(done / (time.perf_counter() - started), 1)
-    return figures
+def bare_model(uri: str, seconds: float, threads: int, env: dict) -> dict:
+    """The bare model's figures (bench.bare_model) measured in a process of its own."""
+    command = [sys.executable, "-m", "bench.bare_model", "--model", uri, "--seconds", str(seconds), "--threads", str(threads)]
+    output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def free_port() -> int:
@@ -160,8 +135,9 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     figures: dict = {}
-    log.info("bare model in-process, before our server")
-    before = bare_model(model_uri, images, duration / 2)
+    log.info("bare model, TensorFlow's defaults and as our server calls it, before our server")
+    before = bare_model(model_uri, duration / 2, 1, env)
+    before_as_served = bare_model(model_uri, duration / 2, SERVER_MODEL_THREADS, env)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         port = free_port()
@@ -177,6 +153,8 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
                 str(port),
                 "--prediction-log",
                 str(folder / "server-log.db"),
+                "--model-threads",
+                str(SERVER_MODEL_THREADS),
                 *server_args,
             ],
             f"http://127.0.0.1:{port}/ready",
@@ -194,10 +172,16 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
             server.wait()
         # This VM's speed drifts by a third within minutes: the peer is the mean of the bare model measured
         # right before and right after our server, both kept.
-        log.info("bare model in-process, after our server")
-        after = bare_model(model_uri, images, duration / 2)
+        log.info("bare model, TensorFlow's defaults and as our server calls it, after our server")
+        after = bare_model(model_uri, duration / 2, 1, env)
+        after_as_served = bare_model(model_uri, duration / 2, SERVER_MODEL_THREADS, env)
         figures["bare_model"] = {key: round((before[key] + after[key]) / 2, 3) for key in before}
         figures["bare_model_before_our_server"], figures["bare_model_after_our_server"] = before, after
+        figures["bare_model_as_served"] = {
+            key: round((before_as_served[key] + after_as_served[key]) / 2, 3) for key in before_as_served
+        }
+        figures["bare_model_as_served_before_our_server"] = before_as_served
+        figures["bare_model_as_served_after_our_server"] = after_as_served
         for workers in (1, 2):
             port = free_port()
             log.info("mlflow models serve --workers %d", workers)
@@ -254,8 +238,16 @@ def ratios(figures: dict) -> dict:
     wrk_ours = figures["our_server_wrk_single_images"]
     wrk_theirs = [figures[f"mlflow_models_serve{suffix}_wrk_single_images"] for suffix in ("", "_workers2")]
     best_theirs = max(levels["c64"]["requests_per_s"] for levels in wrk_theirs)
+    as_served = figures["bare_model_as_served"]
     return {
         "wrk_c1_ours_over_bare_batch1": round(wrk_ours["c1"]["requests_per_s"] / bare["images_per_s_batch1"], 2),
+        "wrk_c1_ours_over_bare_as_served_batch1": round(wrk_ours["c1"]["requests_per_s"] / as_served["images_per_s_batch1"], 2),
+        "wrk_c64_ours_over_bare_as_served_batch32": round(
+            wrk_ours["c64"]["requests_per_s"] / as_served["images_per_s_batch32"], 2
+        ),
+        "batch256_ours_over_bare_as_served_batch256": round(
+            ours["batch256_c1"]["images_per_s"] / as_served["images_per_s_batch256"], 2
+        ),
         "wrk_c8_ours_over_bare_batch8": round(wrk_ours["c8"]["requests_per_s"] / bare["images_per_s_batch8"], 2),
         "wrk_c64_ours_over_bare_batch32": round(wrk_ours["c64"]["requests_per_s"] / bare["images_per_s_batch32"], 2),
         "wrk_c64_ours_over_best_mlflow_serve": round(wrk_ours["c64"]["requests_per_s"] / best_theirs, 1) if best_theirs else None,

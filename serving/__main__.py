@@ -12,7 +12,7 @@ import uvicorn
 
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
-from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core
+from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core, single_threaded_ops
 from serving.follow import AliasFollower
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
@@ -45,6 +45,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         type=float,
         default=defaults.max_wait_ms,
         help="how long a batch waits for company; 0 batches what queued meanwhile (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads that score chunks of each batch at once, TensorFlow running each op on one thread; 1: one "
+        "call per batch on TensorFlow's own threads (default: the machine's cores, %(default)s)",
     )
     parser.add_argument(
         "--max-images", type=int, default=defaults.max_images, help="images per request; more is a 413 (default: %(default)s)"
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     try:
-        core = load_core(args.model, args.low_confidence)
+        if args.model_threads > 1:
+            single_threaded_ops()  # before TensorFlow starts: loading the model starts it
+        core = load_core(args.model, args.low_confidence, model_threads=args.model_threads)
     except ModelOutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     follower = None
     if args.follow_seconds > 0:
         try:
-            follower = AliasFollower(args.model, args.low_confidence, core.identity.version)
+            follower = AliasFollower(args.model, args.low_confidence, core.identity.version, args.model_threads)
         except ValueError as err:
             print(f"error: --follow-seconds: {err}", file=sys.stderr)
             return 2

@@ -21,11 +21,12 @@ class ModelSlot:
 class AliasFollower:
     """Checks where `models:/name@alias` points and loads that version (with its reference) when it moved."""
 
-    def __init__(self, source: str, threshold: float, version: str) -> None:
+    def __init__(self, source: str, threshold: float, version: str, model_threads: int = 1) -> None:
         reference = parse_registry_uri(source)
         if reference.alias is None:
             raise ValueError(f"{source}: only a models:/<name>@<alias> URI can be followed")
         self.source, self.name, self.threshold, self.version = source, reference.name, threshold, version
+        self.model_threads = model_threads
 
     def check(self) -> ScoringCore | None:
         """The new core when the alias moved since the last check, else None. Blocking: run it off the event loop."""
@@ -35,7 +36,7 @@ class AliasFollower:
         if version == self.version:
             return None
         log.info("%s moved from version %s to %s: loading it", self.source, self.version, version)
-        core = load_core(f"models:/{self.name}/{version}", self.threshold)
+        core = load_core(f"models:/{self.name}/{version}", self.threshold, model_threads=self.model_threads)
         core.identity = replace(core.identity, alias=parse_registry_uri(self.source).alias, source=self.source)
         self.version = version
         return core

@@ -172,17 +172,18 @@ def parse_window(value: object) -> int | None:
 
 def score_answer(scored: Scored, identity: ModelIdentity, request_id: str) -> dict:
     """Azure ML /score answer: per image class, probabilities, confidence and flags."""
+    predicted, probabilities, confidence = scored.predicted.tolist(), scored.probabilities.tolist(), scored.confidence.tolist()
     return {
         "request_id": request_id,
         "model": {"name": identity.name, "version": identity.version},
         "predictions": [
             {
-                "class": int(scored.predicted[index]),
-                "probabilities": [float(p) for p in scored.probabilities[index]],
-                "confidence": float(scored.confidence[index]),
+                "class": predicted[index],
+                "probabilities": probabilities[index],
+                "confidence": confidence[index],
                 "flags": list(scored.flags[index]),
             }
-            for index in range(len(scored.predicted))
+            for index in range(len(predicted))
         ],
     }
 

@@ -1,4 +1,5 @@
-"""The micro-batcher's pipeline with plain functions: answers wait for their commit, failures reach the client."""
+"""The micro-batcher's pipeline and the split model call, with plain functions: answers wait for their commit,
+failures reach the client, chunks are scored at once."""
 
 import asyncio
 import threading
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.batcher import MicroBatcher
-from serving.core import Scored
+from serving.core import MIN_CHUNK_IMAGES, Scored, split_call
 
 
 def scored_for(jobs) -> list[Scored]:
@@ -86,3 +87,22 @@ def test_requests_queued_while_the_model_is_busy_share_one_model_call():
 
     asyncio.run(scenario())
     assert sizes == [1, 8]
+
+
+def test_a_split_call_scores_chunks_at_once_and_answers_in_the_batch_order():
+    threads, both_running = set(), threading.Barrier(2, timeout=5)
+
+    def call(batch):
+        threads.add(threading.get_ident())
+        if len(batch) >= MIN_CHUNK_IMAGES:
+            both_running.wait()  # fails unless the two chunks are scored at the same time
+        return batch[:, :10] * 2, batch[:, :3]
+
+    split = split_call(call, 2)
+    batch = np.arange(40 * 784, dtype=np.float32).reshape(40, 784)
+    probabilities, embeddings = split(batch)
+    assert (probabilities == batch[:, :10] * 2).all() and (embeddings == batch[:, :3]).all()
+    assert len(threads) == 2
+    small, callers = batch[: 2 * MIN_CHUNK_IMAGES - 1], []  # too small to cut: one call, on the caller's thread
+    probabilities, _ = split_call(lambda images: (callers.append(threading.get_ident()) or images[:, :10], None), 2)(small)
+    assert (probabilities == small[:, :10]).all() and callers == [threading.get_ident()]

@@ -68,3 +68,10 @@ def test_model_input_is_flat_float32():
     batch = to_image_batch(np.full((2, 28, 28), 7).tolist())
     model_input = to_model_input(batch)
     assert model_input.shape == (2, 784) and model_input.dtype == np.float32 and model_input.max() == 7
+
+
+def test_whole_and_fractional_grey_levels_give_the_same_images():
+    levels = np.arange(784) % 255
+    as_floats = to_image_batch([(levels + 0.4).tolist()])
+    assert (to_image_batch([levels.tolist()]) == as_floats).all() and (as_floats.ravel() == levels).all()
+    assert (to_image_batch([(levels + 0.6).tolist()]).ravel() == levels + 1).all()

@@ -1,0 +1,73 @@
+"""The bare Keras model in-process, the serving benchmark's peer: python -m bench.bare_model [--threads N].
+
+Run as its own process, because TensorFlow's threads are set once per process: `--threads 1` is TensorFlow's
+defaults (one call per batch on its intra-op threads), `--threads N` is how our server calls it (each op on one
+thread, batches cut into N chunks scored at once). Prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import mlflow
+import numpy as np
+
+from common.datasets import load_source
+from common.quiet import native_stderr_filtered
+from common.settings import load_settings
+from serving.core import DEFAULT_MODEL_URI, compiled_call, single_threaded_ops, split_call
+
+BATCHES = (1, 8, 32, 256)
+
+
+def bare_model(uri: str, images: np.ndarray, seconds: float, threads: int = 1) -> dict:
+    """Images/s of the Keras model called directly (as one traced graph), and through model.predict at batch 1."""
+    if threads > 1:
+        single_threaded_ops()
+    with native_stderr_filtered():
+        model = mlflow.keras.load_model(uri)
+    call = compiled_call(model) if threads == 1 else split_call(compiled_call(model), threads)
+    flat = images.reshape(len(images), 784).astype(np.float32)
+    figures: dict = {"threads": threads}
+    for batch in BATCHES:
+        call(flat[:batch])  # warm up
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            start = done % (len(flat) - batch)
+            call(flat[start : start + batch])
+            done += batch
+        figures[f"images_per_s_batch{batch}"] = round(done / (time.perf_counter() - started), 1)
+    # One connection calls the model once per request, with the request's other work between calls: a call
+    # after an idle gap finds TensorFlow's threads asleep. The p50 of one call back to back and after 2 ms idle.
+    for gap_ms in (0, 2):
+        times = []
+        for index in range(300):
+            time.sleep(gap_ms / 1000)
+            started = time.perf_counter()
+            call(flat[index : index + 1])
+            times.append(time.perf_counter() - started)
+        figures[f"batch1_call_ms_after_{gap_ms}ms_idle"] = round(float(np.median(times)) * 1000, 3)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.predict(flat[done % 100 : done % 100 + 1], verbose=0)
+        done += 1
+    figures["model_predict_images_per_s_batch1"] = round(done / (time.perf_counter() - started), 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=DEFAULT_MODEL_URI, help="MLflow model URI (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per batch size (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="1: TensorFlow's defaults; N: as our server calls it")
+    args = parser.parse_args()
+    settings = load_settings()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    images = load_source("mnist", settings.data_dir).images[:4096]
+    print(json.dumps(bare_model(args.model, images, args.seconds, args.threads)))
+
+
+if __name__ == "__main__":
+    main()

@@ -275,8 +275,8 @@ def split_call(call: Callable[[np.ndarray], tuple], threads: int) -> Callable[[n
 
     Meant for TensorFlow running each op on one thread (`single_threaded_ops`): on these 2 cores a batch-1 call
     took 0.55 ms on one thread against 0.85 ms on TensorFlow's two (each op hands half its work to the other
-    thread), and two chunks of a batch of 256 on two single-threaded calls beat one call on two threads (6,383
-    against 5,501 images/s). The chunks' own numpy work (the foreign score) runs in parallel too."""
+    thread), and two chunks of a batch of 256 on two single-threaded calls ran at 0.93-1.16x one call on two
+    threads (three runs of bench.serving). The chunks' own numpy work (the foreign score) runs in parallel too."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="model-chunk")

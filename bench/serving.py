@@ -37,13 +37,18 @@ RESULTS = Path(__file__).parent / "results"
 VENV_BIN = Path(sys.executable).parent
 WRK_CONNECTIONS = (1, 8, 64, 256)
 SERVER_MODEL_THREADS = os.cpu_count() or 1  # `python -m serving --model-threads`' default: the machine's cores
+# The peers: TensorFlow's defaults, one call per batch (the issue's), and the model as our server calls it
+BARE_MODEL_THREADS = {"bare_model": 1, "bare_model_as_served": SERVER_MODEL_THREADS}
 
 
-def bare_model(uri: str, seconds: float, threads: int, env: dict) -> dict:
-    """The bare model's figures (bench.bare_model) measured in a process of its own."""
-    command = [sys.executable, "-m", "bench.bare_model", "--model", uri, "--seconds", str(seconds), "--threads", str(threads)]
-    output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+def measure_bare_models(uri: str, seconds: float, env: dict) -> dict[str, dict]:
+    """The bare model's figures (bench.bare_model) in each setting of BARE_MODEL_THREADS, each in a process of its own."""
+    figures = {}
+    for name, threads in BARE_MODEL_THREADS.items():
+        command = [sys.executable, "-m", "bench.bare_model", "--model", uri, "--seconds", str(seconds), "--threads", str(threads)]
+        output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+        figures[name] = json.loads(output.strip().splitlines()[-1])
+    return figures
 
 
 def free_port() -> int:
@@ -136,8 +141,7 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
     }
     figures: dict = {}
     log.info("bare model, TensorFlow's defaults and as our server calls it, before our server")
-    before = bare_model(model_uri, duration / 2, 1, env)
-    before_as_served = bare_model(model_uri, duration / 2, SERVER_MODEL_THREADS, env)
+    before = measure_bare_models(model_uri, duration / 2, env)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         port = free_port()
@@ -173,15 +177,10 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
         # This VM's speed drifts by a third within minutes: the peer is the mean of the bare model measured
         # right before and right after our server, both kept.
         log.info("bare model, TensorFlow's defaults and as our server calls it, after our server")
-        after = bare_model(model_uri, duration / 2, 1, env)
-        after_as_served = bare_model(model_uri, duration / 2, SERVER_MODEL_THREADS, env)
-        figures["bare_model"] = {key: round((before[key] + after[key]) / 2, 3) for key in before}
-        figures["bare_model_before_our_server"], figures["bare_model_after_our_server"] = before, after
-        figures["bare_model_as_served"] = {
-            key: round((before_as_served[key] + after_as_served[key]) / 2, 3) for key in before_as_served
-        }
-        figures["bare_model_as_served_before_our_server"] = before_as_served
-        figures["bare_model_as_served_after_our_server"] = after_as_served
+        after = measure_bare_models(model_uri, duration / 2, env)
+        for name in BARE_MODEL_THREADS:
+            figures[name] = {key: round((before[name][key] + after[name][key]) / 2, 3) for key in before[name]}
+            figures[f"{name}_before_our_server"], figures[f"{name}_after_our_server"] = before[name], after[name]
         for workers in (1, 2):
             port = free_port()
             log.info("mlflow models serve --workers %d", workers)

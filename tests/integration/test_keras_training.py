@@ -14,7 +14,15 @@ from common.images import to_model_input
 from common.settings import PROJECT_ROOT
 from tests.helpers import settings_for
 from training.keras_job import KerasJobConfig, batches, run_keras_job
-from training.model import MIXED_BFLOAT16, FusedBatchNormalization, build_cnn, resolve_precision, servable_copy
+from training.model import (
+    AUTO,
+    MIXED_BFLOAT16,
+    PRECISIONS,
+    FusedBatchNormalization,
+    build_cnn,
+    resolve_precision,
+    servable_copy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +246,14 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_only_machine_with_bfloat16_ins
     assert resolve_precision("float32", frozenset({"avx512_bf16"}), has_gpu=False) == "float32"
     with pytest.raises(ValueError, match="'float16' is not one of auto, float32, mixed_bfloat16"):
         resolve_precision("float16")
+
+
+def test_the_command_line_takes_every_precision_the_job_knows_and_defaults_to_auto(tmp_path, capsys):
+    from training.__main__ import build_parser
+
+    parser = build_parser(settings_for(tmp_path))
+    assert parser.parse_args(["keras"]).precision == AUTO
+    assert [parser.parse_args(["keras", "--precision", name]).precision for name in PRECISIONS] == list(PRECISIONS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["keras", "--precision", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""Serving benchmark, all in one run: python -m bench.serving [--model URI] [--duration S].
+"""Serving benchmark, all in one run: python -m bench.serving [--model URI] [--duration S] [--rounds N].
 
 The bare Keras model (the ceiling, at batch 1, 8, 32 and 256; with TensorFlow's defaults and as our server calls it,
-each in a process of its own, before and after our server), our server and `mlflow models serve`
+each in a process of its own, before and after each of N rounds of our server; the ratios are the rounds'
+medians), our server and `mlflow models serve`
 (--workers 1 and 2) under the same load (a Python closed loop, and Debian's wrk at 1, 8, 64 and 256
 connections of single images), and the prediction log against the original one-MLflow-run-per-request
 bookkeeping.
@@ -131,7 +132,83 @@ def original_bookkeeping_rate(folder: Path, images: np.ndarray, requests: int) -
     return requests / (time.perf_counter() - started)
 
 
-def run_benchmark(model_uri: str, duration: float, settings, server_args: list[str]) -> dict:
+def measure_our_server(
+    model_uri: str, log_path: Path, images: np.ndarray, duration: float, env: dict, server_args: list[str]
+) -> dict:
+    """Our server's figures: the Python closed loop on both doors, then wrk's levels of single images."""
+    port = free_port()
+    server = start(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model",
+            model_uri,
+            "--port",
+            str(port),
+            "--prediction-log",
+            str(log_path),
+            "--model-threads",
+            str(SERVER_MODEL_THREADS),
+            *server_args,
+        ],
+        f"http://127.0.0.1:{port}/ready",
+        env,
+    )
+    single = json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
+    try:
+        return {
+            "our_server_score": load_figures(f"http://127.0.0.1:{port}/score", images, "data", duration),
+            "our_server_invocations": load_figures(
+                f"http://127.0.0.1:{port}/invocations", images, "inputs", duration, big_batches=False
+            ),
+            "our_server_wrk_single_images": wrk_levels(f"http://127.0.0.1:{port}/invocations", single, duration, "ours"),
+        }
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def measure_mlflow_serve(model_uri: str, workers: int, images: np.ndarray, duration: float, env: dict) -> dict:
+    """`mlflow models serve --workers N` under the same loads as our server."""
+    port = free_port()
+    mlflow_server = start(
+        [
+            str(VENV_BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        f"http://127.0.0.1:{port}/ping",
+        env,
+    )
+    single = json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
+    try:
+        url = f"http://127.0.0.1:{port}/invocations"
+        return {
+            "closed_loop": load_figures(url, images, "inputs", duration),
+            "wrk": wrk_levels(url, single, duration, f"mlflow-w{workers}"),
+        }
+    finally:
+        mlflow_server.terminate()
+        mlflow_server.wait()
+
+
+def mean_figures(before: dict, after: dict) -> dict:
+    """The mean of two bare-model measurements, key by key."""
+    return {key: round((before[key] + after[key]) / 2, 3) for key in before}
+
+
+def run_benchmark(model_uri: str, duration: float, settings, server_args: list[str], rounds: int = 1) -> dict:
     mlflow.set_tracking_uri(settings.tracking_uri)
     images = load_source("mnist", settings.data_dir).images[:4096]
     env = {
@@ -139,85 +216,39 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    figures: dict = {}
-    log.info("bare model, TensorFlow's defaults and as our server calls it, before our server")
-    before = measure_bare_models(model_uri, duration / 2, env)
+    figures: dict = {"rounds": []}
+    # This VM's speed drifts by a third within minutes, and by more between runs: each round measures our server
+    # between two measurements of the bare model (its peer is their mean, both kept), and the ratios are the
+    # rounds' medians, with their ranges.
+    log.info("bare model, TensorFlow's defaults and as our server calls it")
+    bare = [measure_bare_models(model_uri, duration / 2, env)]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        port = free_port()
-        log.info("our server")
-        server = start(
-            [
-                sys.executable,
-                "-m",
-                "serving",
-                "--model",
-                model_uri,
-                "--port",
-                str(port),
-                "--prediction-log",
-                str(folder / "server-log.db"),
-                "--model-threads",
-                str(SERVER_MODEL_THREADS),
-                *server_args,
-            ],
-            f"http://127.0.0.1:{port}/ready",
-            env,
-        )
-        single = json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
-        try:
-            figures["our_server_score"] = load_figures(f"http://127.0.0.1:{port}/score", images, "data", duration)
-            figures["our_server_invocations"] = load_figures(
-                f"http://127.0.0.1:{port}/invocations", images, "inputs", duration, big_batches=False
-            )
-            figures["our_server_wrk_single_images"] = wrk_levels(f"http://127.0.0.1:{port}/invocations", single, duration, "ours")
-        finally:
-            server.terminate()
-            server.wait()
-        # This VM's speed drifts by a third within minutes: the peer is the mean of the bare model measured
-        # right before and right after our server, both kept.
-        log.info("bare model, TensorFlow's defaults and as our server calls it, after our server")
-        after = measure_bare_models(model_uri, duration / 2, env)
-        for name in BARE_MODEL_THREADS:
-            figures[name] = {key: round((before[name][key] + after[name][key]) / 2, 3) for key in before[name]}
-            figures[f"{name}_before_our_server"], figures[f"{name}_after_our_server"] = before[name], after[name]
+        for number in range(1, rounds + 1):
+            log.info("round %d of %d: our server", number, rounds)
+            ours = measure_our_server(model_uri, folder / f"server-log-{number}.db", images, duration, env, server_args)
+            log.info("round %d of %d: bare model after our server", number, rounds)
+            bare.append(measure_bare_models(model_uri, duration / 2, env))
+            peers = {name: mean_figures(bare[-2][name], bare[-1][name]) for name in BARE_MODEL_THREADS}
+            figures["rounds"].append({**ours, **peers, "ratios": round_ratios(ours, peers)})
+        figures["bare_model_measurements"] = bare
         for workers in (1, 2):
-            port = free_port()
             log.info("mlflow models serve --workers %d", workers)
-            mlflow_server = start(
-                [
-                    str(VENV_BIN / "mlflow"),
-                    "models",
-                    "serve",
-                    "-m",
-                    model_uri,
-                    "--env-manager",
-                    "local",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                ],
-                f"http://127.0.0.1:{port}/ping",
-                env,
-            )
-            try:
-                url = f"http://127.0.0.1:{port}/invocations"
-                key = "mlflow_models_serve" if workers == 1 else f"mlflow_models_serve_workers{workers}"
-                figures[key] = load_figures(url, images, "inputs", duration)
-                figures[f"{key}_wrk_single_images"] = wrk_levels(url, single, duration, f"mlflow-w{workers}")
-            finally:
-                mlflow_server.terminate()
-                mlflow_server.wait()
+            key = "mlflow_models_serve" if workers == 1 else f"mlflow_models_serve_workers{workers}"
+            theirs = measure_mlflow_serve(model_uri, workers, images, duration, env)
+            figures[key], figures[f"{key}_wrk_single_images"] = theirs["closed_loop"], theirs["wrk"]
         log.info("prediction log and the original bookkeeping")
         figures["prediction_log_predictions_per_s"] = {
             f"commit_every_{batch}": round(prediction_log_rate(folder, images, batch, count), 1)
             for batch, count in ((1, 2000), (8, 1000), (256, 100))
         }
         figures["original_bookkeeping_predictions_per_s"] = round(original_bookkeeping_rate(folder, images, 40), 2)
-    figures["ratios"] = ratios(figures)
+    per_round = [entry["ratios"] for entry in figures["rounds"]]
+    figures["ratios"] = {key: round(float(np.median([ratio[key] for ratio in per_round])), 2) for key in per_round[0]}
+    figures["ratio_ranges"] = {
+        key: [min(ratio[key] for ratio in per_round), max(ratio[key] for ratio in per_round)] for key in per_round[0]
+    }
+    figures["ratios"].update(peer_ratios(figures))
     return figures
 
 
@@ -230,30 +261,42 @@ def wrk_levels(url: str, body: bytes, duration: float, prefix: str) -> dict:
     return levels
 
 
-def ratios(figures: dict) -> dict:
-    ours, theirs, bare = figures["our_server_score"], figures["mlflow_models_serve"], figures["bare_model"]
+def round_ratios(ours: dict, peers: dict) -> dict:
+    """Our server against the bare model measured around it, in one round."""
+    score, wrk = ours["our_server_score"], ours["our_server_wrk_single_images"]
+    bare, as_served = peers["bare_model"], peers["bare_model_as_served"]
+    return {
+        "wrk_c1_ours_over_bare_batch1": round(wrk["c1"]["requests_per_s"] / bare["images_per_s_batch1"], 2),
+        "wrk_c1_ours_over_bare_as_served_batch1": round(wrk["c1"]["requests_per_s"] / as_served["images_per_s_batch1"], 2),
+        "wrk_c8_ours_over_bare_batch8": round(wrk["c8"]["requests_per_s"] / bare["images_per_s_batch8"], 2),
+        "wrk_c64_ours_over_bare_batch32": round(wrk["c64"]["requests_per_s"] / bare["images_per_s_batch32"], 2),
+        "wrk_c64_ours_over_bare_as_served_batch32": round(wrk["c64"]["requests_per_s"] / as_served["images_per_s_batch32"], 2),
+        "batch256_ours_over_bare_batch256": round(score["batch256_c1"]["images_per_s"] / bare["images_per_s_batch256"], 2),
+        "batch256_ours_over_bare_as_served_batch256": round(
+            score["batch256_c1"]["images_per_s"] / as_served["images_per_s_batch256"], 2
+        ),
+        "single_c8_ours_over_bare_batch1": round(score["single_c8"]["images_per_s"] / bare["images_per_s_batch1"], 2),
+    }
+
+
+def median_over_rounds(rounds: list[dict], section: str, level: str, key: str) -> float:
+    return float(np.median([entry[section][level][key] for entry in rounds]))
+
+
+def peer_ratios(figures: dict) -> dict:
+    """The median round of our server against `mlflow models serve`, and the prediction log against the original bookkeeping."""
+    rounds, theirs = figures["rounds"], figures["mlflow_models_serve"]
     log_rates = figures["prediction_log_predictions_per_s"]
     original = figures["original_bookkeeping_predictions_per_s"]
-    wrk_ours = figures["our_server_wrk_single_images"]
     wrk_theirs = [figures[f"mlflow_models_serve{suffix}_wrk_single_images"] for suffix in ("", "_workers2")]
     best_theirs = max(levels["c64"]["requests_per_s"] for levels in wrk_theirs)
-    as_served = figures["bare_model_as_served"]
+    ours_c64 = median_over_rounds(rounds, "our_server_wrk_single_images", "c64", "requests_per_s")
+    ours_c8 = median_over_rounds(rounds, "our_server_score", "single_c8", "requests_per_s")
+    ours_c1 = median_over_rounds(rounds, "our_server_score", "single_c1", "requests_per_s")
     return {
-        "wrk_c1_ours_over_bare_batch1": round(wrk_ours["c1"]["requests_per_s"] / bare["images_per_s_batch1"], 2),
-        "wrk_c1_ours_over_bare_as_served_batch1": round(wrk_ours["c1"]["requests_per_s"] / as_served["images_per_s_batch1"], 2),
-        "wrk_c64_ours_over_bare_as_served_batch32": round(
-            wrk_ours["c64"]["requests_per_s"] / as_served["images_per_s_batch32"], 2
-        ),
-        "batch256_ours_over_bare_as_served_batch256": round(
-            ours["batch256_c1"]["images_per_s"] / as_served["images_per_s_batch256"], 2
-        ),
-        "wrk_c8_ours_over_bare_batch8": round(wrk_ours["c8"]["requests_per_s"] / bare["images_per_s_batch8"], 2),
-        "wrk_c64_ours_over_bare_batch32": round(wrk_ours["c64"]["requests_per_s"] / bare["images_per_s_batch32"], 2),
-        "wrk_c64_ours_over_best_mlflow_serve": round(wrk_ours["c64"]["requests_per_s"] / best_theirs, 1) if best_theirs else None,
-        "single_c8_ours_over_mlflow_serve": round(ours["single_c8"]["requests_per_s"] / theirs["single_c8"]["requests_per_s"], 1),
-        "single_c1_ours_over_mlflow_serve": round(ours["single_c1"]["requests_per_s"] / theirs["single_c1"]["requests_per_s"], 1),
-        "single_c8_ours_over_bare_batch1": round(ours["single_c8"]["images_per_s"] / bare["images_per_s_batch1"], 2),
-        "batch256_ours_over_bare_batch256": round(ours["batch256_c1"]["images_per_s"] / bare["images_per_s_batch256"], 2),
+        "wrk_c64_ours_over_best_mlflow_serve": round(ours_c64 / best_theirs, 1) if best_theirs else None,
+        "single_c8_ours_over_mlflow_serve": round(ours_c8 / theirs["single_c8"]["requests_per_s"], 1),
+        "single_c1_ours_over_mlflow_serve": round(ours_c1 / theirs["single_c1"]["requests_per_s"], 1),
         "log_commit_every_8_over_original": round(log_rates["commit_every_8"] / original, 0),
         "log_commit_every_1_over_original": round(log_rates["commit_every_1"] / original, 0),
     }
@@ -265,9 +308,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--out", default=str(RESULTS / "serving.json"))
     parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--max-wait-ms 0'")
+    parser.add_argument("--rounds", type=int, default=3, help="our server between two bare-model measurements, N times")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    figures = run_benchmark(args.model, args.duration, load_settings(), args.server_args.split())
+    figures = run_benchmark(args.model, args.duration, load_settings(), args.server_args.split(), args.rounds)
     result = {
         "benchmark": "serving: bare model, our server, mlflow models serve, prediction log vs per-request MLflow runs",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -275,7 +321,7 @@ def main() -> None:
         "model": args.model,
         "seconds_per_load_level": args.duration,
         "server_args": args.server_args,
-        "command": f"python -m bench.serving --model {args.model} --duration {args.duration}",
+        "command": f"python -m bench.serving --model {args.model} --duration {args.duration} --rounds {args.rounds}",
         **figures,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -208,7 +208,7 @@ def mean_figures(before: dict, after: dict) -> dict:
     return {key: round((before[key] + after[key]) / 2, 3) for key in before}
 
 
-def run_benchmark(model_uri: str, duration: float, settings, server_args: list[str], rounds: int = 1) -> dict:
+def run_benchmark(model_uri: str, duration: float, settings, server_args: list[str], rounds: int = 3) -> dict:
     mlflow.set_tracking_uri(settings.tracking_uri)
     images = load_source("mnist", settings.data_dir).images[:4096]
     env = {

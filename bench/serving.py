@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,20 +62,35 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(command: list[str], ready_url: str, env: dict) -> subprocess.Popen:
+@contextmanager
+def running(command: list[str], ready_url: str, env: dict) -> Iterator[subprocess.Popen]:
+    """The process of `command`, once `ready_url` answers 200; stopped (the process started, by its handle) on exit."""
     process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    try:
+        wait_until_ready(process, command, ready_url)
+        yield process
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def wait_until_ready(process: subprocess.Popen, command: list[str], ready_url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{command[:3]} exited with {process.returncode}")
         try:
             if httpx.get(ready_url, timeout=2).status_code == 200:
-                return process
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    process.kill()
     raise TimeoutError(f"{ready_url} not ready")
+
+
+def our_server_command(model_uri: str, port: int, log_path: Path, *extra: str) -> list[str]:
+    """`python -m serving` on a loopback port with its SQLite prediction log."""
+    return [sys.executable, "-m", "serving", "--model", model_uri, "--port", str(port), "--prediction-log", str(log_path), *extra]
 
 
 def load_figures(url: str, images: np.ndarray, body_key: str, duration: float, big_batches: bool = True) -> dict:
@@ -137,70 +154,32 @@ def measure_our_server(
 ) -> dict:
     """Our server's figures: the Python closed loop on both doors, then wrk's levels of single images."""
     port = free_port()
-    server = start(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "--model",
-            model_uri,
-            "--port",
-            str(port),
-            "--prediction-log",
-            str(log_path),
-            "--model-threads",
-            str(SERVER_MODEL_THREADS),
-            *server_args,
-        ],
-        f"http://127.0.0.1:{port}/ready",
-        env,
-    )
-    single = json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
-    try:
+    command = our_server_command(model_uri, port, log_path, "--model-threads", str(SERVER_MODEL_THREADS), *server_args)
+    with running(command, f"http://127.0.0.1:{port}/ready", env):
+        url = f"http://127.0.0.1:{port}"
         return {
-            "our_server_score": load_figures(f"http://127.0.0.1:{port}/score", images, "data", duration),
-            "our_server_invocations": load_figures(
-                f"http://127.0.0.1:{port}/invocations", images, "inputs", duration, big_batches=False
-            ),
-            "our_server_wrk_single_images": wrk_levels(f"http://127.0.0.1:{port}/invocations", single, duration, "ours"),
+            "our_server_score": load_figures(f"{url}/score", images, "data", duration),
+            "our_server_invocations": load_figures(f"{url}/invocations", images, "inputs", duration, big_batches=False),
+            "our_server_wrk_single_images": wrk_levels(f"{url}/invocations", single_image_body(images), duration, "ours"),
         }
-    finally:
-        server.terminate()
-        server.wait()
+
+
+def single_image_body(images: np.ndarray) -> bytes:
+    """The body wrk sends: the first image, MLflow's `inputs` format."""
+    return json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
 
 
 def measure_mlflow_serve(model_uri: str, workers: int, images: np.ndarray, duration: float, env: dict) -> dict:
     """`mlflow models serve --workers N` under the same loads as our server."""
     port = free_port()
-    mlflow_server = start(
-        [
-            str(VENV_BIN / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        f"http://127.0.0.1:{port}/ping",
-        env,
-    )
-    single = json.dumps({"inputs": images[:1].reshape(1, 784).tolist()}).encode()
-    try:
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
+    with running(command, f"http://127.0.0.1:{port}/ping", env):
         url = f"http://127.0.0.1:{port}/invocations"
         return {
             "closed_loop": load_figures(url, images, "inputs", duration),
-            "wrk": wrk_levels(url, single, duration, f"mlflow-w{workers}"),
+            "wrk": wrk_levels(url, single_image_body(images), duration, f"mlflow-w{workers}"),
         }
-    finally:
-        mlflow_server.terminate()
-        mlflow_server.wait()
 
 
 def mean_figures(before: dict, after: dict) -> dict:
@@ -280,6 +259,7 @@ def round_ratios(ours: dict, peers: dict) -> dict:
 
 
 def median_over_rounds(rounds: list[dict], section: str, level: str, key: str) -> float:
+    """One figure of our server, the median over the rounds."""
     return float(np.median([entry[section][level][key] for entry in rounds]))
 
 

@@ -10,13 +10,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serving import VENV_BIN, free_port, start
+from bench.serving import VENV_BIN, free_port, our_server_command, running
 from common.machine import describe_machine
 from common.settings import load_settings
 from serving.core import DEFAULT_MODEL_URI
@@ -54,22 +53,7 @@ def main() -> None:
         folder = Path(scratch)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start(
-            [
-                sys.executable,
-                "-m",
-                "serving",
-                "--model",
-                args.model,
-                "--port",
-                str(port),
-                "--prediction-log",
-                str(folder / "log.db"),
-            ],
-            f"{url}/ready",
-            env,
-        )
-        try:
+        with running(our_server_command(args.model, port, folder / "log.db"), f"{url}/ready", env):
             for concurrency in (1, 8):
                 run = timed_run(
                     load_scenario("seasonal-japanese", windows=10, requests_per_window=300, seed=concurrency),
@@ -81,9 +65,6 @@ def main() -> None:
                 figures[f"requests_per_s_c{concurrency}"] = run["requests_per_s"]
             long_scenario = load_scenario("seasonal-japanese", windows=args.windows, requests_per_window=args.requests_per_window)
             long_run = timed_run(long_scenario, url, folder / "long", settings, 8)
-        finally:
-            server.terminate()
-            server.wait()
     result = {
         "benchmark": "traffic client against our real server over loopback (single-image requests, /score)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

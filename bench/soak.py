@@ -15,14 +15,13 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serving import free_port, start
+from bench.serving import free_port, our_server_command, running
 from common.datasets import load_source
 from common.machine import describe_machine
 from common.settings import PROJECT_ROOT, load_settings
@@ -120,12 +119,10 @@ def run_soak(model_uri: str, requests: int, connections: int, warmup_requests: i
         (folder / "soak.lua").write_text(WRK_SCRIPT)
         port = free_port()
         database = folder / "predictions.db"
-        command = [sys.executable, "-m", "serving", "--model", model_uri, "--port", str(port), "--prediction-log", str(database)]
         env = {"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        server = start(command, f"http://127.0.0.1:{port}/ready", env)
         url = f"http://127.0.0.1:{port}/invocations"
         memory: list[tuple[float, float]] = []
-        try:
+        with running(our_server_command(model_uri, port, database), f"http://127.0.0.1:{port}/ready", env) as server:
             log.info("warm-up: %d requests", warmup_requests)
             warmup = run_wrk(url, folder, "warmup", warmup_requests, connections, 2)
             after_warmup = resident_mib(server.pid)
@@ -144,9 +141,6 @@ def run_soak(model_uri: str, requests: int, connections: int, warmup_requests: i
             stop_sampling.set()
             sampler.join()
             at_end = resident_mib(server.pid)
-        finally:
-            server.terminate()
-            server.wait()
         with sqlite3.connect(database) as connection:
             logged = [row[0] for row in connection.execute("SELECT request_id FROM predictions")]
     acknowledged = warmup.pop("acknowledged") | soak.pop("acknowledged")

@@ -86,7 +86,7 @@ def _class_distance(embeddings: np.ndarray, whitening: np.ndarray, whitened_mean
     """Squared Mahalanobis distance to the nearest class mean under a shared covariance (Lee et al., 2018)."""
     # The (N, D) x (D, D) product in float32, as the embeddings come: 1.1 ms against 2.5 ms in float64 for 256
     # images on one core, distances within 1e-6 of float64's; the rest in float64.
-    whitened = (embeddings.astype(np.float32, copy=False) @ whitening.astype(np.float32, copy=False)).astype(np.float64)
+    whitened = (embeddings.astype(np.float32, copy=False) @ whitening).astype(np.float64)  # `whitening` is float32
     # |w - m|^2 = |w|^2 - 2 w.m + |m|^2: one product instead of an (N, 10, D) difference, 6x faster at 32 images
     squared = (whitened * whitened).sum(axis=1)[:, None] - 2 * whitened @ whitened_means.T + (whitened_means**2).sum(axis=1)
     return np.min(squared, axis=1)

@@ -165,8 +165,8 @@ def load_core(
 ) -> ScoringCore:
     """Load a model from an MLflow model URI (models:/name@alias, runs:/...) or a local MLflow model folder.
 
-    Keras models are called directly (not through `model.predict`, which costs ~60 ms a call), with each batch
-    cut into up to `model_threads` chunks scored at once; any other flavor goes through pyfunc. The monitoring
+    Keras models are called directly (not through `model.predict`, which costs ~60 ms a call); any other flavor
+    goes through pyfunc. Either way each batch is cut into up to `model_threads` chunks scored at once. The monitoring
     reference comes from `reference_path`, else from the model version's run (reference/reference.npz), else
     beside a model folder.
     """

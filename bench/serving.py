@@ -1,8 +1,8 @@
 """Serving benchmark, all in one run: python -m bench.serving [--model URI] [--duration S] [--rounds N].
 
 The bare Keras model (the ceiling, at batch 1, 8, 32 and 256; with TensorFlow's defaults and as our server calls it,
-each in a process of its own, before and after each of N rounds of our server; the ratios are the rounds'
-medians), our server and `mlflow models serve`
+each in a process of its own, before and after each of N rounds of our server, one process and `--workers 2`; the
+ratios are the rounds' medians), our server and `mlflow models serve`
 (--workers 1 and 2) under the same load (a Python closed loop, and Debian's wrk at 1, 8, 64 and 256
 connections of single images), and the prediction log against the original one-MLflow-run-per-request
 bookkeeping.
@@ -40,6 +40,8 @@ RESULTS = Path(__file__).parent / "results"
 VENV_BIN = Path(sys.executable).parent
 WRK_CONNECTIONS = (1, 8, 64, 256)
 SERVER_MODEL_THREADS = os.cpu_count() or 1  # `python -m serving --model-threads`' default: the machine's cores
+WORKERS = 2  # our server is measured in each round as one process and as `--workers 2`
+WORKERS_KEY = f"workers_{WORKERS}"
 # The peers: TensorFlow's defaults, one call per batch (the issue's), and the model as our server calls it
 BARE_MODEL_THREADS = {"bare_model": 1, "bare_model_as_served": SERVER_MODEL_THREADS}
 
@@ -206,10 +208,14 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
         for number in range(1, rounds + 1):
             log.info("round %d of %d: our server", number, rounds)
             ours = measure_our_server(model_uri, folder / f"server-log-{number}.db", images, duration, env, server_args)
+            log.info("round %d of %d: our server, --workers %d", number, rounds, WORKERS)
+            workers_args = [*server_args, "--workers", str(WORKERS)]
+            workers = measure_our_server(model_uri, folder / f"workers-log-{number}.db", images, duration, env, workers_args)
             log.info("round %d of %d: bare model after our server", number, rounds)
             bare.append(measure_bare_models(model_uri, duration / 2, env))
             peers = {name: mean_figures(bare[-2][name], bare[-1][name]) for name in BARE_MODEL_THREADS}
-            figures["rounds"].append({**ours, **peers, "ratios": round_ratios(ours, peers)})
+            workers["ratios"] = round_ratios(workers, peers)
+            figures["rounds"].append({**ours, **peers, "ratios": round_ratios(ours, peers), WORKERS_KEY: workers})
         figures["bare_model_measurements"] = bare
         for workers in (1, 2):
             log.info("mlflow models serve --workers %d", workers)
@@ -222,13 +228,19 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
             for batch, count in ((1, 2000), (8, 1000), (256, 100))
         }
         figures["original_bookkeeping_predictions_per_s"] = round(original_bookkeeping_rate(folder, images, 40), 2)
-    per_round = [entry["ratios"] for entry in figures["rounds"]]
-    figures["ratios"] = {key: round(float(np.median([ratio[key] for ratio in per_round])), 2) for key in per_round[0]}
-    figures["ratio_ranges"] = {
-        key: [min(ratio[key] for ratio in per_round), max(ratio[key] for ratio in per_round)] for key in per_round[0]
-    }
+    figures["ratios"], figures["ratio_ranges"] = median_ratios([entry["ratios"] for entry in figures["rounds"]])
+    figures[f"ratios_{WORKERS_KEY}"], figures[f"ratio_ranges_{WORKERS_KEY}"] = median_ratios(
+        [entry[WORKERS_KEY]["ratios"] for entry in figures["rounds"]]
+    )
     figures["ratios"].update(peer_ratios(figures))
     return figures
+
+
+def median_ratios(per_round: list[dict]) -> tuple[dict, dict]:
+    """The rounds' ratios as their medians and their ranges, key by key."""
+    medians = {key: round(float(np.median([ratio[key] for ratio in per_round])), 2) for key in per_round[0]}
+    ranges = {key: [min(ratio[key] for ratio in per_round), max(ratio[key] for ratio in per_round)] for key in per_round[0]}
+    return medians, ranges
 
 
 def wrk_levels(url: str, body: bytes, duration: float, prefix: str) -> dict:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
@@ -17,6 +19,14 @@ from serving.follow import AliasFollower
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
 from serving.server import ServerConfig, create_app
+
+# The command line, as each worker process of `--workers N` reads it (they are spawned, not forked: TensorFlow)
+WORKER_ARGV_ENV = "DIGITDRIFT_SERVING_ARGV"
+log = logging.getLogger("serving")
+
+
+class SetupError(ValueError):
+    """The server cannot start as asked: a model it cannot serve, a sink it cannot open, options that conflict."""
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -104,19 +114,23 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="with --model models:/<name>@<alias>: check this often where the alias points and switch to that "
         "version (with its reference) without a restart; 0: never (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own model and event loop, all writing to the one "
+        "prediction log (default: %(default)s)",
+    )
     parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
-    args = build_parser(settings).parse_args(argv)
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    if args.export_parquet:
-        rows = export_parquet(args.prediction_log, args.export_parquet)
-        print(f"exported {rows} records to {args.export_parquet}")
-        return 0
+
+def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
+    """The server of a command line: its model, its prediction sink and its limits; SetupError when it cannot be."""
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -125,14 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             single_threaded_ops()  # before TensorFlow starts: loading the model starts it
         core = load_core(args.model, args.low_confidence, model_threads=args.model_threads)
     except ModelOutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise SetupError(str(err)) from None
     staging = args.staging_dir or settings.state_dir / "staging" / f"serving-{args.port}"
     try:
         prediction_log = open_sink(args.prediction_log, args.prediction_dataset, str(staging), args.flush_seconds)
     except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise SetupError(str(err)) from None
     config = ServerConfig(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -148,10 +160,73 @@ def main(argv: list[str] | None = None) -> int:
         try:
             follower = AliasFollower(args.model, args.low_confidence, core.identity.version, args.model_threads)
         except ValueError as err:
-            print(f"error: --follow-seconds: {err}", file=sys.stderr)
-            return 2
+            raise SetupError(f"--follow-seconds: {err}") from None
     app = create_app(core, prediction_log, config, follower)
     freeze_heap()
+    return app
+
+
+def worker_app() -> ASGIApp:
+    """uvicorn's app factory in each worker process of `--workers N`: the server of the parent's command line.
+
+    A worker that cannot set up exits with uvicorn's STARTUP_FAILURE, which stops the parent; any other exit
+    would have the parent start it again, and fail again, without end."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    configure_logging()
+    settings = load_settings()
+    try:
+        return build_app(build_parser(settings).parse_args(json.loads(os.environ[WORKER_ARGV_ENV])), settings)
+    except SetupError as err:
+        log.error("worker process %d could not start: %s", os.getpid(), err)
+    except Exception:
+        log.exception("worker process %d could not start", os.getpid())
+    sys.exit(STARTUP_FAILURE)
+
+
+def serve_workers(argv: list[str], args: argparse.Namespace) -> int:
+    """uvicorn's supervisor: `args.workers` spawned processes on one bound socket, restarted if one dies, stopped
+    on SIGINT or SIGTERM; 2 when a worker could not start (its error is in the log above)."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[WORKER_ARGV_ENV] = json.dumps(argv)
+    config = uvicorn.Config(
+        "serving.__main__:worker_app", factory=True, host=args.host, port=args.port, workers=args.workers, log_level="warning"
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = [process.pid for process in supervisor.processes if process.exitcode == STARTUP_FAILURE]
+    if failed:
+        print(f"error: worker process {failed[0]} could not start; its error is above", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(settings).parse_args(argv)
+    configure_logging()
+
+    if args.export_parquet:
+        rows = export_parquet(args.prediction_log, args.export_parquet)
+        print(f"exported {rows} records to {args.export_parquet}")
+        return 0
+    if args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        if args.prediction_dataset:
+            # each replica stages in a folder of its own, kept across its restarts: run replicas, not workers
+            print("error: --workers with --prediction-dataset: start one server per --staging-dir instead", file=sys.stderr)
+            return 2
+        return serve_workers(argv, args)
+    try:
+        app = build_app(args, settings)
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

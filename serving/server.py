@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -247,7 +248,12 @@ def create_app(
             "low_confidence_threshold": slot.core.threshold,
             "limits": {key: value for key, value in asdict(config).items() if key != "api_key"},
             "prediction_log": str(prediction_log) if prediction_log else None,
-            "stats": {"model_calls": slot.core.calls, "batches": batcher.batches, "shed": batcher.shed},
+            "stats": {  # this process's: with --workers N, each worker answers with its own
+                "process_id": os.getpid(),
+                "model_calls": slot.core.calls,
+                "batches": batcher.batches,
+                "shed": batcher.shed,
+            },
         }
 
     doors = ScoringDoors(app, {"/score": score, "/invocations": invocations})

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +13,7 @@ import pytest
 
 from common.datasets import load_source
 from common.records import read_prediction_log
+from common.settings import PROJECT_ROOT
 from tests.helpers import free_port, running, serving_command
 from tests.stand_in_models import save_stand_in
 
@@ -222,3 +225,59 @@ def test_overload_is_shed_with_503_and_retry_after_and_the_server_recovers(champ
         assert httpx.get(f"{url}/metadata").json()["stats"]["shed"] == len(shed)
     accepted = {f"burst-{n}" for n, status in enumerate(statuses) if status == 200} | {"burst-after"}
     assert set(read_prediction_log(log_path)["request_id"]) == accepted  # nothing shed was logged
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_share_the_port_and_the_log_and_stop_with_the_server(champion, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "predictions.db"
+    command = serving_command(champion.uri, port, "--prediction-log", str(log_path), "--workers", "2")
+    body = json.dumps({"instances": [GOOD]}).encode()
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, tmp_path / "server.log") as server:
+        answered_by, deadline = set(), time.monotonic() + 120
+        with ThreadPoolExecutor(8) as pool:
+            while len(answered_by) < 2 and time.monotonic() < deadline:  # each get a new connection, to either worker
+                answers = pool.map(lambda _: httpx.get(f"{url}/metadata", timeout=30), range(16))
+                answered_by |= {answer.json()["stats"]["process_id"] for answer in answers if answer.status_code == 200}
+            scored = list(pool.map(lambda n: raw_post(f"{url}/invocations", body, **{"x-request-id": f"w-{n}"}), range(40)))
+        assert len(answered_by) == 2 and server.pid not in answered_by
+        assert [answer.status_code for answer in scored] == [200] * 40
+        probabilities = np.array([answer.json()["predictions"][0] for answer in scored])
+        assert np.abs(probabilities - probabilities[0]).max() < 1e-6  # the same model in both, batched either way
+    assert server.returncode == 0  # stopped with SIGTERM: the workers went with it
+    assert not any(is_running(pid) for pid in answered_by)
+    assert sorted(read_prediction_log(log_path)["request_id"]) == sorted(f"w-{n}" for n in range(40))
+
+
+def test_workers_that_cannot_serve_the_model_stop_the_server_with_its_error(tmp_path):
+    model_dir = save_stand_in(tmp_path / "classes-only", "classes-only")
+    command = serving_command(str(model_dir), free_port(), "--prediction-log", "none", "--workers", "2")
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2
+    assert "answers shape (1,) for one image" in result.stderr and "could not start" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--workers", "2", "--prediction-dataset", "/tmp/dataset"], "start one server per --staging-dir instead"),
+    ],
+)
+def test_workers_options_that_cannot_work_are_refused_before_anything_starts(extra, message):
+    result = subprocess.run(
+        serving_command("models:/never-loaded@champion", free_port(), *extra),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and message in result.stderr

@@ -18,12 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import mlflow
 import numpy as np
 
@@ -31,6 +28,7 @@ from bench.load import closed_loop
 from bench.wrk import wrk_load
 from common.datasets import load_source
 from common.machine import describe_machine
+from common.processes import free_port, running
 from common.settings import load_settings
 from serving.core import DEFAULT_MODEL_URI, ModelIdentity, flag_predictions, to_records
 from serving.prediction_log import PredictionLog
@@ -39,6 +37,7 @@ log = logging.getLogger("bench.serving")
 RESULTS = Path(__file__).parent / "results"
 VENV_BIN = Path(sys.executable).parent
 WRK_CONNECTIONS = (1, 8, 64, 256)
+STARTUP_TIMEOUT_S = 180  # how long a server under test may take to answer its readiness check
 SERVER_MODEL_THREADS = os.cpu_count() or 1  # `python -m serving --model-threads`' default: the machine's cores
 WORKERS = 2  # our server is measured in each round as one process and as `--workers 2`
 WORKERS_KEY = f"workers_{WORKERS}"
@@ -54,40 +53,6 @@ def measure_bare_models(uri: str, seconds: float, env: dict) -> dict[str, dict]:
         output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
         figures[name] = json.loads(output.strip().splitlines()[-1])
     return figures
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def running(command: list[str], ready_url: str, env: dict) -> Iterator[subprocess.Popen]:
-    """The process of `command`, once `ready_url` answers 200; stopped (the process started, by its handle) on exit."""
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(process, command, ready_url)
-        yield process
-    finally:
-        process.terminate()
-        process.wait()
-
-
-def wait_until_ready(process: subprocess.Popen, command: list[str], ready_url: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command[:3]} exited with {process.returncode}")
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{ready_url} not ready")
 
 
 def our_server_command(model_uri: str, port: int, log_path: Path, *extra: str) -> list[str]:
@@ -157,7 +122,7 @@ def measure_our_server(
     """Our server's figures: the Python closed loop on both doors, then wrk's levels of single images."""
     port = free_port()
     command = our_server_command(model_uri, port, log_path, "--model-threads", str(SERVER_MODEL_THREADS), *server_args)
-    with running(command, f"http://127.0.0.1:{port}/ready", env):
+    with running(command, f"http://127.0.0.1:{port}/ready", env, timeout=STARTUP_TIMEOUT_S):
         url = f"http://127.0.0.1:{port}"
         return {
             "our_server_score": load_figures(f"{url}/score", images, "data", duration),
@@ -176,7 +141,7 @@ def measure_mlflow_serve(model_uri: str, workers: int, images: np.ndarray, durat
     port = free_port()
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
-    with running(command, f"http://127.0.0.1:{port}/ping", env):
+    with running(command, f"http://127.0.0.1:{port}/ping", env, timeout=STARTUP_TIMEOUT_S):
         url = f"http://127.0.0.1:{port}/invocations"
         return {
             "closed_loop": load_figures(url, images, "inputs", duration),

@@ -15,8 +15,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serving import VENV_BIN, free_port, our_server_command, running
+from bench.serving import STARTUP_TIMEOUT_S, VENV_BIN, our_server_command
 from common.machine import describe_machine
+from common.processes import free_port, running
 from common.settings import load_settings
 from serving.core import DEFAULT_MODEL_URI
 from simulation.client import HttpTransport
@@ -53,7 +54,7 @@ def main() -> None:
         folder = Path(scratch)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with running(our_server_command(args.model, port, folder / "log.db"), f"{url}/ready", env):
+        with running(our_server_command(args.model, port, folder / "log.db"), f"{url}/ready", env, timeout=STARTUP_TIMEOUT_S):
             for concurrency in (1, 8):
                 run = timed_run(
                     load_scenario("seasonal-japanese", windows=10, requests_per_window=300, seed=concurrency),

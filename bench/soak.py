@@ -21,9 +21,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serving import free_port, our_server_command, running
+from bench.serving import STARTUP_TIMEOUT_S, our_server_command
 from common.datasets import load_source
 from common.machine import describe_machine
+from common.processes import free_port, running
 from common.settings import PROJECT_ROOT, load_settings
 from serving.core import DEFAULT_MODEL_URI
 
@@ -122,7 +123,8 @@ def run_soak(model_uri: str, requests: int, connections: int, warmup_requests: i
         env = {"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
         url = f"http://127.0.0.1:{port}/invocations"
         memory: list[tuple[float, float]] = []
-        with running(our_server_command(model_uri, port, database), f"http://127.0.0.1:{port}/ready", env) as server:
+        command = our_server_command(model_uri, port, database)
+        with running(command, f"http://127.0.0.1:{port}/ready", env, timeout=STARTUP_TIMEOUT_S) as server:
             log.info("warm-up: %d requests", warmup_requests)
             warmup = run_wrk(url, folder, "warmup", warmup_requests, connections, 2)
             after_warmup = resident_mib(server.pid)

@@ -35,6 +35,7 @@ import pandas as pd  # noqa: E402
 
 from common.labels import write_labels  # noqa: E402
 from common.machine import describe_machine  # noqa: E402
+from common.processes import free_port  # noqa: E402
 from common.records import read_ground_truth, read_prediction_log  # noqa: E402
 from common.reference import Reference, expected_accuracy, load_reference  # noqa: E402
 from common.settings import MODEL_NAME, Settings, load_settings  # noqa: E402
@@ -45,7 +46,7 @@ from monitoring.alerts import DEFAULT_RULES, accuracy_rule, evaluate_rules  # no
 from monitoring.dashboard import closed_loop_figure, write_dashboard  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
-from scripts.stack import free_port, http_ok  # noqa: E402
+from scripts.stack import http_ok  # noqa: E402
 from simulation.client import HttpTransport  # noqa: E402
 from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
 from simulation.scenario import load_scenario  # noqa: E402

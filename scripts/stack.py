@@ -33,6 +33,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from common.azurite import azurite_command, connection_string  # noqa: E402
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem  # noqa: E402
+from common.processes import alive, free_port  # noqa: E402
 from common.settings import load_settings  # noqa: E402
 
 log = logging.getLogger("stack")
@@ -45,27 +46,6 @@ REPLICAS = 2
 
 def stack_dir() -> Path:
     return Path(os.environ.get("DIGITDRIFT_STACK_DIR", load_settings().state_dir / "stack")).resolve()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def wait_for(check, what: str, timeout: float = 120.0) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SHARED_DATA, VENV_BIN, free_port, stop, wait_for_http
+from common.processes import free_port, stop, wait_for_http
+from tests.helpers import SHARED_DATA, VENV_BIN
 
 
 @pytest.fixture(scope="session")

@@ -53,38 +53,6 @@ def write_png_classes(root: Path, pattern: str, side: int, per_class: int = 2) -
             Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(folder / f"{index:03d}.png")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    """Poll `url` until it answers 200, failing early if `process` dies."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def settings_for(home: Path, tracking_uri: str | None = None, data_dir: Path = SHARED_DATA) -> Settings:
     """Settings with state under `home`, reading data from `data_dir`."""
     return Settings(
@@ -117,26 +85,6 @@ class SparkModel:
     version: str
     run_id: str
     pipeline: object  # the fitted PipelineModel
-
-
-@contextmanager
-def running(command: list[str], health_url: str, env: dict | None = None, log_path: Path | None = None, timeout: float = 120.0):
-    """Start a server process, wait until `health_url` answers, and stop it afterwards."""
-    output = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT
-    )
-    try:
-        try:
-            wait_for_http(health_url, process, timeout)
-        except (RuntimeError, TimeoutError) as err:
-            tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
-            raise RuntimeError(f"{err}\n{tail}") from None
-        yield process
-    finally:
-        stop(process)
-        if log_path:
-            output.close()
 
 
 def serving_command(model: str, port: int, *extra: str) -> list[str]:

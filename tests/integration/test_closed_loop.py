@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
+from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
-from tests.helpers import SHARED_DATA, free_port, running, serving_command, settings_for
+from tests.helpers import SHARED_DATA, serving_command, settings_for
 
 SMALL_SCENARIO = {
     "name": "closed-loop-small",

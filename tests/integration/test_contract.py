@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from common.datasets import Digits, load_source
-from tests.helpers import VENV_BIN, free_port, running, serving_command
+from common.processes import free_port, running
+from tests.helpers import VENV_BIN, serving_command
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
 from serving.prediction_log import PredictionLog
-from tests.helpers import VENV_BIN, assert_same_frames, chromium_dom, free_port, running
+from tests.helpers import VENV_BIN, assert_same_frames, chromium_dom
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
+from common.processes import free_port, stop, wait_for_http
 from common.records import PredictionRecord, read_prediction_log
 from common.settings import PROJECT_ROOT
 from serving.dataset_sink import DatasetSink
-from tests.helpers import acknowledged, assert_same_frames, free_port, serving_command, stop, wait_for_http
+from tests.helpers import acknowledged, assert_same_frames, serving_command
 
 pytestmark = pytest.mark.slow
 

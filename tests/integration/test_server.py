@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +11,10 @@ import numpy as np
 import pytest
 
 from common.datasets import load_source
+from common.processes import alive, free_port, running
 from common.records import read_prediction_log
 from common.settings import PROJECT_ROOT
-from tests.helpers import free_port, running, serving_command
+from tests.helpers import serving_command
 from tests.stand_in_models import save_stand_in
 
 pytestmark = pytest.mark.slow
@@ -227,14 +227,6 @@ def test_overload_is_shed_with_503_and_retry_after_and_the_server_recovers(champ
     assert set(read_prediction_log(log_path)["request_id"]) == accepted  # nothing shed was logged
 
 
-def is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_workers_share_the_port_and_the_log_and_stop_with_the_server(champion, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -253,7 +245,7 @@ def test_workers_share_the_port_and_the_log_and_stop_with_the_server(champion, t
         probabilities = np.array([answer.json()["predictions"][0] for answer in scored])
         assert np.abs(probabilities - probabilities[0]).max() < 1e-6  # the same model in both, batched either way
     assert server.returncode == 0  # stopped with SIGTERM: the workers went with it
-    assert not any(is_running(pid) for pid in answered_by)
+    assert not any(alive(pid) for pid in answered_by)
     assert sorted(read_prediction_log(log_path)["request_id"]) == sorted(f"w-{n}" for n in range(40))
 
 

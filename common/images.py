@@ -23,6 +23,9 @@ def to_image_batch(values: object) -> np.ndarray:
     Accepts (N, 28, 28), (N, 784), (N, 28, 28, 1), or one image as (28, 28) or (784,).
     Raises ImageContractError naming the problem, never echoing the input.
     """
+    rows = _whole_grey_rows(values)
+    if rows is not None:
+        return rows
     try:
         array = np.asarray(values)
     except (TypeError, ValueError):
@@ -49,6 +52,26 @@ def to_image_batch(values: object) -> np.ndarray:
     if low < 0 or high > 255:
         raise ImageContractError(f"pixel values must lie in 0..255; found values from {low:g} to {high:g}")
     return array.astype(np.uint8) if whole else np.rint(array).astype(np.uint8)
+
+
+def _whole_grey_rows(values: object) -> np.ndarray | None:
+    """Rows of 784 whole grey levels (what JSON clients send) as uint8 (N, 28, 28) in one pass, else None.
+
+    bytes() takes a list only of ints in 0..255, so it checks what the general path checks at a third of the cost;
+    anything else (other layouts, floats, values out of range, a batch of booleans) returns None and takes the
+    general path, which names the problem.
+    """
+    if not (isinstance(values, list) and values and all(type(row) is list for row in values)):
+        return None
+    if not values[0] or type(values[0][0]) is not int:  # np.asarray refuses all-boolean batches; keep that answer
+        return None
+    try:
+        rows = [bytes(row) for row in values]
+    except (TypeError, ValueError):
+        return None
+    if any(len(row) != PIXELS for row in rows):
+        return None
+    return np.frombuffer(bytearray().join(rows), dtype=np.uint8).reshape(len(rows), IMAGE_SIDE, IMAGE_SIDE)
 
 
 def describe_shape(shape: tuple[int, ...]) -> str:

@@ -75,3 +75,34 @@ def test_whole_and_fractional_grey_levels_give_the_same_images():
     as_floats = to_image_batch([(levels + 0.4).tolist()])
     assert (to_image_batch([levels.tolist()]) == as_floats).all() and (as_floats.ravel() == levels).all()
     assert (to_image_batch([(levels + 0.6).tolist()]).ravel() == levels + 1).all()
+
+
+def test_rows_of_whole_grey_levels_read_as_the_general_path_reads_them():
+    levels = np.random.default_rng(0).integers(0, 256, size=(5, 784))
+    batch = to_image_batch(levels.tolist())
+    assert batch.dtype == np.uint8 and batch.shape == (5, 28, 28) and batch.flags.writeable
+    assert (batch.reshape(5, 784) == levels).all()
+    assert (to_image_batch([[1] + [True] * 783]).ravel() == 1).all()  # as np.asarray reads a mixed row
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([[0] * 784, [0] * 783 + [256]], "to 256"),
+        ([[0] * 784, [0] * 783 + [-3]], "found values from -3"),
+        ([[0] * 784, [0] * 783], "ragged"),
+        ([[0] * 783, [0] * 785], "ragged"),
+        ([[0] * 784, 784], "ragged"),
+        ([[0] * 783 + ["12"]], "got strings"),
+        ([[0] * 783 + [None]], "strings, nulls or mixed"),
+        ([[0] * 783 + [math.inf]], "NaN or infinity"),
+    ],
+    ids=["over-255-late", "negative-late", "short-row", "uneven-rows", "number-row", "string-late", "null-late", "inf-late"],
+)
+def test_a_bad_value_after_good_ones_is_named_as_when_it_comes_first(values, message):
+    with pytest.raises(ImageContractError, match=message):
+        to_image_batch(values)
+
+
+def test_a_fractional_value_after_whole_ones_is_rounded():
+    assert to_image_batch([[0] * 783 + [12.6]]).ravel()[-1] == 13

@@ -61,17 +61,15 @@ def _whole_grey_rows(values: object) -> np.ndarray | None:
     anything else (other layouts, floats, values out of range, a batch of booleans) returns None and takes the
     general path, which names the problem.
     """
-    if not (isinstance(values, list) and values and all(type(row) is list for row in values)):
+    if not (isinstance(values, list) and values and all(type(row) is list and len(row) == PIXELS for row in values)):
         return None
-    if not values[0] or type(values[0][0]) is not int:  # np.asarray refuses all-boolean batches; keep that answer
+    if type(values[0][0]) is not int:  # np.asarray refuses all-boolean batches; keep that answer
         return None
     try:
-        rows = [bytes(row) for row in values]
+        rows = bytearray().join(map(bytes, values))
     except (TypeError, ValueError):
         return None
-    if any(len(row) != PIXELS for row in rows):
-        return None
-    return np.frombuffer(bytearray().join(rows), dtype=np.uint8).reshape(len(rows), IMAGE_SIDE, IMAGE_SIDE)
+    return np.frombuffer(rows, dtype=np.uint8).reshape(len(values), IMAGE_SIDE, IMAGE_SIDE)
 
 
 def describe_shape(shape: tuple[int, ...]) -> str:

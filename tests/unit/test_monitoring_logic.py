@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from common.records import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, PROJECTION_COLUMNS
-from common.reference import fit_reference, foreign_scores, load_reference, project, save_reference
+from common.reference import fit_reference, foreign_scores, image_statistics, load_reference, project, save_reference
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows
 from monitoring.evaluate import accuracy_error, detection_delay
 from monitoring.metrics import MonitorConfig, mmd_permutation_test, window_metrics
@@ -169,3 +169,24 @@ def test_the_whitened_class_distance_equals_the_mahalanobis_formula(reference):
         [[(e - m) @ reference.embedding_precision @ (e - m) for m in reference.class_means] for e in embeddings], axis=1
     )
     assert np.allclose(_class_distance(embeddings, *reference.whitening), direct)
+
+
+def test_image_statistics_count_ink_at_the_half_and_five_percent_thresholds():
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[4, 10] = 128  # just over half: strong ink
+    image[4, 11] = 127  # just under half: faint ink
+    image[20, 10] = 13  # just over 5%: faint ink
+    image[20, 11] = 12  # under 5%: ink, but neither strong nor faint
+    ink = (128 + 127 + 13 + 12) / 255
+    centre_row = (4 * (128 + 127) + 20 * (13 + 12)) / 255 / ink
+    centre_column = (10 * (128 + 13) + 11 * (127 + 12)) / 255 / ink
+    # rows 4 and 20 hold over 5% of a pixel's ink, so the digit is 17 rows high; columns 10 and 11, 2 wide
+    expected = [ink, 1, 128 / 255, 2, centre_row, centre_column, 17, 2]
+    assert np.allclose(image_statistics(image[None]), [expected], rtol=1e-12)
+
+
+def test_image_statistics_of_a_blank_image_have_no_ink_and_a_full_one_fills_the_frame():
+    blank, full = np.zeros((28, 28), dtype=np.uint8), np.full((28, 28), 255, dtype=np.uint8)
+    statistics = image_statistics(np.stack([blank, full]))
+    assert np.array_equal(statistics[0], [0, 0, 0, 0, 0, 0, 28, 28])  # no used row or column: the extent is the frame
+    assert np.allclose(statistics[1], [784, 784, 1, 0, 13.5, 13.5, 28, 28], rtol=1e-12)

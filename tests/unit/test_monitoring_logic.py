@@ -180,7 +180,7 @@ def test_image_statistics_count_ink_at_the_half_and_five_percent_thresholds():
     ink = (128 + 127 + 13 + 12) / 255
     centre_row = (4 * (128 + 127) + 20 * (13 + 12)) / 255 / ink
     centre_column = (10 * (128 + 13) + 11 * (127 + 12)) / 255 / ink
-    # rows 4 and 20 hold over 5% of a pixel's ink, so the digit is 17 rows high; columns 10 and 11, 2 wide
+    # rows 4 and 20 each sum to over 0.05 (a used row), so the digit is 17 rows high; columns 10 and 11: 2 wide
     expected = [ink, 1, 128 / 255, 2, centre_row, centre_column, 17, 2]
     assert np.allclose(image_statistics(image[None]), [expected], rtol=1e-12)
 

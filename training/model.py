@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import layers
 
 from common.images import IMAGE_SIDE, NUM_CLASSES, PIXELS
+from common.machine import read_cpu_flags
 from common.reference import EMBEDDING_LAYER
 
 FLOAT32 = "float32"
@@ -26,15 +27,6 @@ def resolve_precision(precision: str, cpu_flags: frozenset[str] | None = None, h
     cpu_flags = read_cpu_flags() if cpu_flags is None else cpu_flags
     has_gpu = bool(tf.config.list_physical_devices("GPU")) if has_gpu is None else has_gpu
     return MIXED_BFLOAT16 if cpu_flags & NATIVE_BFLOAT16_FLAGS and not has_gpu else FLOAT32
-
-
-def read_cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (none where there is no such file)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return frozenset(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
-    except OSError:
-        return frozenset()
 
 
 class FusedBatchNormalization(layers.BatchNormalization):

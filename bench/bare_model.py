@@ -1,8 +1,9 @@
 """The bare Keras model in-process, the serving benchmark's peer: python -m bench.bare_model [--threads N].
 
-Run as its own process, because TensorFlow's threads are set once per process: `--threads 1` is TensorFlow's
-defaults (one call per batch on its intra-op threads), `--threads N` is how our server calls it (each op on one
-thread, batches cut into N chunks scored at once). Prints the figures as JSON.
+`--threads 1` is issue 16's peer: the model as one traced graph (tf.function) on TensorFlow's default threads, one
+call per batch. `--threads N` is how our server calls it: the frozen graph in the calling thread, each op on one
+thread, batches cut into N chunks scored at once. Run as its own process, so that neither setting finds the other's
+threads. Prints the figures as JSON.
 """
 
 from __future__ import annotations
@@ -17,18 +18,16 @@ import numpy as np
 from common.datasets import load_source
 from common.quiet import native_stderr_filtered
 from common.settings import load_settings
-from serving.core import DEFAULT_MODEL_URI, compiled_call, single_threaded_ops, split_call
+from serving.core import DEFAULT_MODEL_URI, frozen_call, split_call, traced_call
 
 BATCHES = (1, 8, 32, 256)
 
 
 def bare_model(uri: str, images: np.ndarray, seconds: float, threads: int = 1) -> dict:
-    """Images/s of the Keras model called directly (as one traced graph), and through model.predict at batch 1."""
-    if threads > 1:
-        single_threaded_ops()
+    """Images/s of the Keras model called directly (traced, or as served), and through model.predict at batch 1."""
     with native_stderr_filtered():
         model = mlflow.keras.load_model(uri)
-    call = compiled_call(model) if threads == 1 else split_call(compiled_call(model), threads)
+    call = traced_call(model) if threads == 1 else split_call(frozen_call(model, op_threads=1), threads)
     flat = images.reshape(len(images), 784).astype(np.float32)
     figures: dict = {"threads": threads}
     for batch in BATCHES:
@@ -61,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL_URI, help="MLflow model URI (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per batch size (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="1: TensorFlow's defaults; N: as our server calls it")
+    parser.add_argument("--threads", type=int, default=1, help="1: the traced graph on TensorFlow's threads; N: as served")
     args = parser.parse_args()
     settings = load_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)

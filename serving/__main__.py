@@ -14,7 +14,7 @@ from starlette.types import ASGIApp
 
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
-from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core, single_threaded_ops
+from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core
 from serving.follow import AliasFollower
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
@@ -60,8 +60,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--model-threads",
         type=int,
         default=os.cpu_count() or 1,
-        help="threads that score chunks of each batch at once, TensorFlow running each op on one thread; 1: one "
-        "call per batch on TensorFlow's own threads (default: the machine's cores, %(default)s)",
+        help="threads that score chunks of each batch at once, each op on one thread; 1: one call per batch, each op "
+        "on all the cores (default: the machine's cores, %(default)s)",
     )
     parser.add_argument(
         "--max-images", type=int, default=defaults.max_images, help="images per request; more is a 413 (default: %(default)s)"
@@ -135,8 +135,6 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     try:
-        if args.model_threads > 1:
-            single_threaded_ops()  # before TensorFlow starts: loading the model starts it
         core = load_core(args.model, args.low_confidence, model_threads=args.model_threads)
     except ModelOutputError as err:
         raise SetupError(str(err)) from None

@@ -165,8 +165,9 @@ def load_core(
 ) -> ScoringCore:
     """Load a model from an MLflow model URI (models:/name@alias, runs:/...) or a local MLflow model folder.
 
-    Keras models are called directly (not through `model.predict`, which costs ~60 ms a call); any other flavor
-    goes through pyfunc. Either way each batch is cut into up to `model_threads` chunks scored at once. The monitoring
+    Keras models are called as a frozen graph (`frozen_call`; not through `model.predict`, which costs ~60 ms a
+    call), each op on one thread when `model_threads` > 1; any other flavor goes through pyfunc. Either way each
+    batch is cut into up to `model_threads` chunks scored at once. The monitoring
     reference comes from `reference_path`, else from the model version's run (reference/reference.npz), else
     beside a model folder.
     """
@@ -184,7 +185,7 @@ def load_core(
     if "keras" in model_info.flavors:
         with native_stderr_filtered():
             keras_model = mlflow.keras.load_model(source)
-        predict = compiled_call(keras_model)
+        predict = frozen_call(keras_model, op_threads=1 if model_threads > 1 else 0)
         flavor = "keras"
     else:
         with native_stderr_filtered():
@@ -234,36 +235,65 @@ def _find_reference(source: str, run_id: str | None, reference_path: str | None)
     return None
 
 
-def compiled_call(model) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    """The Keras model as one traced TensorFlow graph for any batch size: probabilities, and the
-    `embedding` layer's output when the model has one.
-
-    An eager Keras 3 call costs ~10 ms per batch on this CPU, the traced graph ~1.4 ms at batch 1.
-    """
+def _traced_function(model):
+    """The Keras model as one tf.function for any batch size, answering (probabilities, embeddings) when the model
+    has an `embedding` layer and the probabilities alone otherwise."""
     import keras
     import tensorflow as tf
 
-    width = model.inputs[0].shape[-1]
-
-    names = [layer.name for layer in model.layers]
-    if EMBEDDING_LAYER in names:
+    if EMBEDDING_LAYER in [layer.name for layer in model.layers]:
         model = keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING_LAYER).output])
 
-        @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32)])
-        def call(batch):
-            return model(batch, training=False)
-
-        def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            probabilities, embeddings = call(batch)
-            return probabilities.numpy(), embeddings.numpy()
-
-        return run
-
-    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32)])
-    def call_probabilities(batch):
+    @tf.function(input_signature=[tf.TensorSpec([None, model.inputs[0].shape[-1]], tf.float32)])
+    def call(batch):
         return model(batch, training=False)
 
-    return lambda batch: (call_probabilities(batch).numpy(), None)
+    return call
+
+
+def traced_call(model) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """The Keras model as one traced TensorFlow graph on TensorFlow's own threads: probabilities, and the
+    `embedding` layer's output when the model has one. The benchmarks' bare model (issue 16's peer).
+
+    An eager Keras 3 call costs ~10 ms per batch on this CPU, the traced graph ~1.4 ms at batch 1.
+    """
+    call = _traced_function(model)
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = call(batch)
+        if isinstance(outputs, (list, tuple)):
+            return outputs[0].numpy(), outputs[1].numpy()
+        return outputs.numpy(), None
+
+    return run
+
+
+def frozen_call(model, op_threads: int = 1) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """The traced graph with the model's weights folded in as constants, run by a TensorFlow session whose every
+    op runs in the calling thread on `op_threads` threads (0: TensorFlow's choice, the machine's cores).
+
+    What the server calls. With constant weights TensorFlow's graph optimizer folds the batch normalizations'
+    arithmetic into the weights (the digits CNN runs 1 Mul and 5 AddV2 beside its 4 Conv2D, against 16 Mul, 11
+    AddV2, 5 Rsqrt and 5 Sub traced), and no op waits for a thread of TensorFlow's pools, which sleep between
+    requests: see bench/results/README.md for the figures.
+    """
+    import tensorflow as tf
+
+    # TF2 has no public API to freeze a concrete function; TensorFlow's own converters use this one.
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(_traced_function(model).get_concrete_function())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(frozen.graph.as_graph_def(), name="")
+    # A negative inter-op thread count makes the session run every op in the caller's thread.
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=-1, intra_op_parallelism_threads=op_threads)
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    outputs = [graph.get_tensor_by_name(tensor.name) for tensor in frozen.outputs]
+    run = session.make_callable(outputs, feed_list=[graph.get_tensor_by_name(frozen.inputs[0].name)])
+    if len(outputs) == 2:
+        return lambda batch: tuple(run(batch))
+    return lambda batch: (run(batch)[0], None)
 
 
 MIN_CHUNK_IMAGES = 8  # smaller chunks cost more in calls than they gain in parallel
@@ -273,7 +303,7 @@ def split_call(call: Callable[[np.ndarray], tuple], threads: int) -> Callable[[n
     """`call` (a batch to a tuple of per-image arrays or None) with each batch cut into up to `threads` chunks of
     at least MIN_CHUNK_IMAGES, scored at once; the same tuple for the whole batch.
 
-    Meant for TensorFlow running each op on one thread (`single_threaded_ops`): on these 2 cores a batch-1 call
+    Meant for calls that run each op on one thread (`frozen_call(model, 1)`): on these 2 cores a batch-1 call
     took 0.55 ms on one thread against 0.85 ms on TensorFlow's two (each op hands half its work to the other
     thread), and two chunks of a batch of 256 on two single-threaded calls ran at 0.93-1.16x one call on two
     threads (three runs of bench.serving). The chunks' own numpy work (the foreign score) runs in parallel too."""
@@ -291,19 +321,6 @@ def split_call(call: Callable[[np.ndarray], tuple], threads: int) -> Callable[[n
         return tuple(None if parts[0] is None else np.concatenate(parts) for parts in zip(*outputs))
 
     return run
-
-
-def single_threaded_ops() -> bool:
-    """Make TensorFlow run each op on one thread; it must not have started in this process (False, and a
-    warning, when it has)."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-    except RuntimeError:
-        log.warning("TensorFlow already runs in this process: its ops keep their threads")
-        return False
-    return True
 
 
 def pyfunc_call(pyfunc, signature) -> Callable[[np.ndarray], tuple[np.ndarray, None]]:

@@ -23,7 +23,7 @@ from common.images import to_model_input
 from common.machine import describe_machine
 from common.settings import load_settings
 from training.keras_job import KerasJobConfig, run_keras_job
-from training.model import FLOAT32, servable_copy
+from training.model import FLOAT32, resolve_precision, servable_copy
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_ACCURACY = 0.993
@@ -84,7 +84,7 @@ def measure(config: KerasJobConfig, settings, test: Digits) -> dict:
     reached = first_reaching(clock.points, TARGET_ACCURACY)
     return {
         "batch_norm_momentum": config.batch_norm_momentum,
-        "precision": config.precision,
+        "precision": resolve_precision(config.precision),  # what `auto` means on this machine
         "fused_batch_norm": config.fused_batch_norm,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(settings.data_dir))
     parser.add_argument("--epochs", type=int, default=4, help="each run's epochs (default: make demo's %(default)s)")
     parser.add_argument("--skip-before", action="store_true", help="measure the job as it is only")
+    parser.add_argument("--out", type=Path, default=RESULTS / "keras_training.json", help="result file (default: %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     test = load_mnist(Path(args.data_dir) / "mnist", "test")
@@ -127,12 +128,13 @@ def main() -> None:
         **runs,
         "command": "python -m bench.train_keras"
         + (f" --epochs {args.epochs}" if args.epochs != 4 else "")
-        + (" --skip-before" if args.skip_before else ""),
+        + (" --skip-before" if args.skip_before else "")
+        + (f" --out {args.out}" if args.out != RESULTS / "keras_training.json" else ""),
     }
     if "before" in runs and runs["before"]["seconds_to_target"] and runs["after"]["seconds_to_target"]:
         figures["time_to_target_ratio"] = round(runs["after"]["seconds_to_target"] / runs["before"]["seconds_to_target"], 2)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "keras_training.json").write_text(json.dumps(figures, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps({key: value for key, value in figures.items() if key not in ("before", "after")}, indent=2))
     for name, run in runs.items():
         print(name, {key: value for key, value in run.items() if key != "curve"})

@@ -39,9 +39,10 @@ def describe_machine(packages: tuple[str, ...] = ("tensorflow-cpu", "keras", "ml
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    flags = read_cpu_flags()
     return {
         "cpu": cpu,
-        "vector_instructions": [name for name in VECTOR_INSTRUCTIONS if name in read_cpu_flags()],
+        "vector_instructions": [name for name in VECTOR_INSTRUCTIONS if name in flags],
         "cores": os.cpu_count(),
         "memory_gib": memory_gib,
         "python": platform.python_version(),

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from serving.prediction_log import PredictionLog
 
 log = logging.getLogger("bench.serving")
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_OUT = str(RESULTS / "serving.json")
 VENV_BIN = Path(sys.executable).parent
 WRK_CONNECTIONS = (1, 8, 64, 256)
 STARTUP_TIMEOUT_S = 180  # how long a server under test may take to answer its readiness check
@@ -263,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL_URI)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
-    parser.add_argument("--out", default=str(RESULTS / "serving.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--max-wait-ms 0'")
     parser.add_argument("--rounds", type=int, default=3, help="our server between two bare-model measurements, N times")
     args = parser.parse_args()
@@ -278,7 +280,9 @@ def main() -> None:
         "model": args.model,
         "seconds_per_load_level": args.duration,
         "server_args": args.server_args,
-        "command": f"python -m bench.serving --model {args.model} --duration {args.duration} --rounds {args.rounds}",
+        "command": f"python -m bench.serving --model {args.model} --duration {args.duration} --rounds {args.rounds}"
+        + (f" --server-args {shlex.quote(args.server_args)}" if args.server_args else "")
+        + (f" --out {args.out}" if args.out != DEFAULT_OUT else ""),
         **figures,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -272,7 +272,13 @@ def main() -> None:
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    figures = run_benchmark(args.model, args.duration, load_settings(), args.server_args.split(), args.rounds)
+    figures = run_benchmark(args.model, args.duration, load_settings(), shlex.split(args.server_args), args.rounds)
+    command = ["python", "-m", "bench.serving", "--model", args.model]
+    command += ["--duration", str(args.duration), "--rounds", str(args.rounds)]
+    if args.server_args:
+        command += ["--server-args", args.server_args]
+    if args.out != DEFAULT_OUT:
+        command += ["--out", args.out]
     result = {
         "benchmark": "serving: bare model, our server, mlflow models serve, prediction log vs per-request MLflow runs",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -280,9 +286,7 @@ def main() -> None:
         "model": args.model,
         "seconds_per_load_level": args.duration,
         "server_args": args.server_args,
-        "command": f"python -m bench.serving --model {args.model} --duration {args.duration} --rounds {args.rounds}"
-        + (f" --server-args {shlex.quote(args.server_args)}" if args.server_args else "")
-        + (f" --out {args.out}" if args.out != DEFAULT_OUT else ""),
+        "command": shlex.join(command),
         **figures,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -162,22 +162,49 @@ def read_parts(fs, parts: list[Part], columns: list[str] | None = None) -> pd.Da
     return frame.drop_duplicates(subset=["request_id", "image_index"], keep="first").reset_index(drop=True)
 
 
-def part_windows(fs, part: Part) -> tuple[int, int] | None:
-    """The smallest and largest window in a part (None when no record carries one), from Parquet's column
-    statistics where they exist: a planner learns a part's span without reading its records."""
+@dataclass(frozen=True)
+class PartSummary:
+    """What a planner needs of a part without reading its records: how many carry a simulated window, the span of
+    those windows, and the span of the scoring timestamps (ISO-8601 text, which sorts as time)."""
+
+    rows: int
+    stamped: int
+    windows: tuple[int, int] | None  # smallest and largest simulated window, None when no record has one
+    times: tuple[str, str] | None  # earliest and latest timestamp, None when no record has one
+
+
+def _column_span(metadata, name: str) -> tuple[tuple | None, int] | None:
+    """(min, max) and null count of a column from Parquet's row-group statistics; None when a group has none."""
+    column = metadata.schema.names.index(name)
+    spans, nulls = [], 0
+    for index in range(metadata.num_row_groups):
+        statistics = metadata.row_group(index).column(column).statistics
+        if statistics is None:
+            return None
+        nulls += statistics.null_count
+        if statistics.has_min_max:
+            spans.append((statistics.min, statistics.max))
+        elif statistics.null_count != metadata.row_group(index).num_rows:
+            return None
+    return ((min(low for low, _ in spans), max(high for _, high in spans)) if spans else None), nulls
+
+
+def part_summary(fs, part: Part) -> PartSummary:
+    """A part's PartSummary, from Parquet's column statistics where they exist (else from its two columns)."""
     if part.kind == "parquet":
         with fs.open(part.path, "rb") as stream:
             metadata = pq.ParquetFile(stream).metadata
-            column = metadata.schema.names.index("window")
-            spans = []
-            for index in range(metadata.num_row_groups):
-                statistics = metadata.row_group(index).column(column).statistics
-                if statistics is None or not statistics.has_min_max:
-                    if statistics is not None and statistics.null_count == metadata.row_group(index).num_rows:
-                        continue
-                    break  # no statistics: read the column below
-                spans.append((statistics.min, statistics.max))
-            else:
-                return (min(low for low, _ in spans), max(high for _, high in spans)) if spans else None
-    windows = read_parts(fs, [part], ["window"])["window"].dropna()
-    return (int(windows.min()), int(windows.max())) if len(windows) else None
+        windows, times = _column_span(metadata, "window"), _column_span(metadata, "timestamp")
+        if windows is not None and times is not None:
+            (window_span, unstamped), (time_span, _) = windows, times
+            window_span = None if window_span is None else (int(window_span[0]), int(window_span[1]))
+            return PartSummary(metadata.num_rows, metadata.num_rows - unstamped, window_span, time_span)
+    frame = read_parts(fs, [part], ["window", "timestamp"])
+    windows = frame["window"].dropna()
+    times = frame["timestamp"].dropna().astype(str)
+    return PartSummary(
+        len(frame),
+        len(windows),
+        (int(windows.min()), int(windows.max())) if len(windows) else None,
+        (times.min(), times.max()) if len(times) else None,
+    )

@@ -113,20 +113,29 @@ def decompress_image(blob: bytes) -> np.ndarray:
 
 
 def read_prediction_log(
-    path: str | Path, columns: list[str] | None = None, windows: list[int] | None = None
+    path: str | Path,
+    columns: list[str] | None = None,
+    windows: list[int] | None = None,
+    between: tuple[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """The SQLite prediction log as columns (name -> array), ordered by timestamp: every column or only
-    `columns`, every record or only those of `windows`."""
+    `columns`, every record or only those of simulated `windows`, or those scored `between` two ISO-8601 UTC
+    timestamps (from the first, up to the second)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no prediction log here")
     names = list(PREDICTION_COLUMNS) if columns is None else [name for name in PREDICTION_COLUMNS if name in columns]
-    where = f' WHERE "window" IN ({", ".join(str(int(window)) for window in windows)})' if windows is not None else ""
+    where, values = "", ()
+    if windows is not None:
+        where = f' WHERE "window" IN ({", ".join(str(int(window)) for window in windows)})'
+    elif between is not None:
+        where, values = " WHERE timestamp >= ? AND timestamp < ?", between
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
         rows = connection.execute(
             "SELECT "
             + ", ".join(f'"{name}"' for name in names)
-            + f" FROM predictions{where} ORDER BY timestamp, request_id, image_index"
+            + f" FROM predictions{where} ORDER BY timestamp, request_id, image_index",
+            values,
         ).fetchall()
     columns = list(zip(*rows)) if rows else [[] for _ in names]
     return {name: np.asarray(values) for name, values in zip(names, columns)}

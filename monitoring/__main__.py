@@ -17,6 +17,17 @@ from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
 from common.tracking import use_tracking
+from common.windows import (
+    CLOCKS,
+    DAILY_CLOCK,
+    DEFAULT_LATENESS,
+    DEFAULT_TIMEZONE,
+    DEFAULT_WINDOW,
+    DURATION_FORMS,
+    WindowClock,
+    WindowError,
+    parse_duration,
+)
 from monitoring.alerts import firing_windows
 from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
 from monitoring.evaluate import JudgedRun, evaluation_figures
@@ -83,6 +94,35 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="with a dataset: keep the watermark in this file (default: with the last MLflow monitoring run of the "
         "dataset and model version)",
     )
+    run.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="auto",
+        help="which windows to judge by: the simulated window each request was stamped with, or wall-clock time by "
+        "the server's scoring timestamp (auto: simulated when every record is stamped, wall when none is; a mix is "
+        "refused) (default: %(default)s)",
+    )
+    run.add_argument(
+        "--window",
+        help=f"length of a window of wall-clock time: {DURATION_FORMS} (default: {DEFAULT_WINDOW}, or what earlier runs "
+        "of a dataset judged by)",
+    )
+    run.add_argument(
+        "--timezone",
+        help=f"IANA timezone whose local time the windows follow, when a business day is not a UTC day (e.g. "
+        f"Europe/Paris; default: {DEFAULT_TIMEZONE})",
+    )
+    run.add_argument(
+        "--lateness",
+        default=DEFAULT_LATENESS,
+        help="with a dataset: a window of wall-clock time is judged once its end plus this has passed, by the newest "
+        "record or by the clock; records arriving later are counted as late (default: %(default)s)",
+    )
+    run.add_argument(
+        "--dataset-id",
+        help="with a dataset: a stable name that keys the watermark in MLflow instead of the location (a scheduled "
+        "job whose input is mounted at a new path each run)",
+    )
     evaluate = commands.choices["evaluate"]
     evaluate.add_argument(
         "--runs", nargs="+", type=Path, required=True, help="simulation run folders (scenario.yaml, ground_truth.db)"
@@ -107,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     try:
+        wall = _wall_clock(args) if args.command == "run" else None
         use_tracking(settings)
         model = resolve_model(args.model, args.reference, args.model_version, MODEL_NAME)
         config = MonitorConfig(min_window_size=args.min_window_size)
@@ -116,39 +157,66 @@ def main(argv: list[str] | None = None) -> int:
             truth = read_truth(args.truth) if args.truth else None
             out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
             if is_dataset_url(args.log):
-                return _run_dataset(args, model, config, truth, label, out, settings)
-            records = for_version(open_log(args.log, args.engine, args.spark_master), model, args.log)
+                return _run_dataset(args, model, config, truth, label, out, settings, wall)
+            records = open_log(args.log, args.engine, args.spark_master, args.clock, wall or DAILY_CLOCK)
+            records = for_version(records, model, args.log)
             result = monitor(records, model, out, label, config, truth, args.webhook, args.track)
             _report(result)
             return 0
         frame = for_version(PandasLog.read(args.log), model, args.log).frame
         return _evaluate(args, frame, model, config, settings, stamp)
-    except MonitoringError as err:
+    except (MonitoringError, WindowError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def _run_dataset(args, model, config, truth, label, out, settings) -> int:
-    source = DatasetSource(args.log, args.watermark, args.full, args.close_windows, args.track)
+def _wall_clock(args) -> WindowClock | None:
+    """The windows of wall-clock time the command line asks for (None: neither --window nor --timezone)."""
+    if args.window is None and args.timezone is None:
+        return None
+    return WindowClock.wall(args.window or DEFAULT_WINDOW, args.timezone or DEFAULT_TIMEZONE)
+
+
+def _run_dataset(args, model, config, truth, label, out, settings, wall: WindowClock | None) -> int:
+    source = DatasetSource(
+        args.log,
+        args.watermark,
+        args.full,
+        args.close_windows,
+        args.track,
+        args.clock,
+        wall,
+        parse_duration(args.lateness, "--lateness", allow_zero=True),
+        args.dataset_id,
+    )
     cache = settings.state_dir / "cache" / "datasets"
     result, increment, parts = monitor_dataset(
         source, model, out, label, cache, config, truth, args.webhook, args.engine, args.spark_master
     )
+    clock = increment.clock
     if result is None:
-        print(f"nothing to judge: {parts} part(s), every complete window already judged (through {increment.after})")
+        judged = "none" if increment.after is None else clock.name(increment.after)
+        print(f"nothing to judge: {parts} part(s), every complete window already judged (through {judged})")
         return 0
+    after = "" if increment.after is None else f"after {clock.name(increment.after)} "
     print(
         f"read {len(increment.parts)} of {parts} parts ({increment.bytes} bytes); judged windows "
-        f"{'' if increment.after is None else f'after {increment.after} '}through {increment.through}"
+        f"{after}through {clock.name(increment.through)}"
     )
     _report(result)
     return 0
 
 
 def _report(result) -> None:
+    print(f"judged by {result.clock.describe()}")
     print(f"{len(result.metrics)} windows, {int(result.metrics['volume'].sum())} records, {len(result.alerts)} alerts")
+    for line in result.left_out.messages():
+        print(f"  left out: {line}")
+    too_small = result.metrics[result.metrics["too_small"]]
+    if len(too_small):
+        print(f"  {len(too_small)} windows too small to judge (under --min-window-size records): shown, not alerted on")
     for alert in result.alerts:
-        print(f"  window {alert.window}: {alert.rule} ({alert.metric} = {alert.value:.3g}): {alert.message}")
+        print(f"  {result.clock.name(alert.window)}: {alert.rule} ({alert.metric} = {alert.value:.3g}): {alert.message}")
     print(f"dashboard: {result.out_dir / 'dashboard.html'}")
     if result.mlflow_run_id:
         print(f"MLflow run {result.mlflow_run_id} (metrics by window as steps; dashboard, report, gallery as artifacts)")

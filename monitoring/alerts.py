@@ -60,6 +60,8 @@ class Alert:
     message: str
     model_name: str
     model_version: str
+    window_start: str = ""  # ISO-8601, for a window of wall-clock time ('' for a simulated window)
+    window_end: str = ""
 
 
 @dataclass(frozen=True)

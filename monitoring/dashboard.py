@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,18 @@ PANELS = (
 )
 
 
+def window_axis(metrics: pd.DataFrame) -> pd.Series:
+    """Where each window stands on the x axis: the local date and time it starts at for a window of wall-clock time
+    (Plotly's date axes take no UTC offset), else its number."""
+    if len(metrics) and "window_start" in metrics and (metrics["window_start"].astype(str) != "").all():
+        starts = [datetime.fromisoformat(text).replace(tzinfo=None) for text in metrics["window_start"]]
+        return pd.Series(starts, index=metrics.index, dtype=object)
+    return metrics["window"]
+
+
 def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, window_unit: str = "window") -> go.Figure:
+    """Every window metric over the windows, alerts marked; a window of wall-clock time is drawn at its start."""
+    metrics = metrics.assign(x=window_axis(metrics))
     figure = make_subplots(
         rows=len(PANELS),
         cols=1,
@@ -31,7 +43,7 @@ def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, win
         vertical_spacing=0.04,
         specs=[[{"secondary_y": index == 0}] for index in range(len(PANELS))],
     )
-    x = metrics["window"]
+    x = metrics["x"]
     figure.add_bar(x=x, y=metrics["volume"], name="volume", marker_color="#c7d3e3", row=1, col=1, secondary_y=True)
     figure.add_scatter(x=x, y=metrics["low_confidence_rate"], name="low-confidence rate", row=1, col=1)
     if metrics["foreign_rate"].notna().any():
@@ -69,7 +81,8 @@ def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, win
     if metrics["estimated_foreign_share"].notna().any():
         figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)
     _truth_line(figure, metrics, "true_foreign_share", "true foreign share (sidecar)", row=6)
-    _mark_alerts(figure, alerts)
+    at = dict(zip(metrics["window"], metrics["x"]))
+    _mark_alerts(figure, alerts, at)
     figure.update_xaxes(title_text=window_unit, row=len(PANELS), col=1)
     figure.update_layout(title=title, height=300 * len(PANELS), template="plotly_white", hovermode="x unified")
     return figure
@@ -79,7 +92,7 @@ def _estimate_with_interval(
     figure: go.Figure, frame: pd.DataFrame, column: str, name: str, band_name: str, rgb: tuple[int, int, int], row: int
 ) -> None:
     """An estimate's line over its shaded 95% interval (`<column>_low` to `<column>_high`)."""
-    x = frame["window"]
+    x = frame["x"] if "x" in frame else frame["window"]
     figure.add_scatter(x=x, y=frame[f"{column}_high"], line_width=0, showlegend=False, hoverinfo="skip", row=row, col=1)
     fill = f"rgba({rgb[0]},{rgb[1]},{rgb[2]},0.2)"
     figure.add_scatter(
@@ -91,23 +104,23 @@ def _estimate_with_interval(
 def _truth_line(figure: go.Figure, metrics: pd.DataFrame, column: str, name: str, row: int) -> None:
     """A dotted black line of a figure only the simulator's sidecar knows, when evaluating."""
     if column in metrics:
-        figure.add_scatter(
-            x=metrics["window"], y=metrics[column], name=name, line={"color": "black", "dash": "dot"}, row=row, col=1
-        )
+        x = metrics["x"] if "x" in metrics else metrics["window"]
+        figure.add_scatter(x=x, y=metrics[column], name=name, line={"color": "black", "dash": "dot"}, row=row, col=1)
 
 
-def _mark_alerts(figure: go.Figure, alerts: list[Alert]) -> None:
-    """A red dotted line on every panel at each alert's window, with the rule on hover in the first panel."""
+def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict) -> None:
+    """A red dotted line on every panel at each alert's window (`at`: window -> x), with the rule on hover in the
+    first panel."""
     for alert in alerts:
-        figure.add_vline(x=alert.window, line={"color": "red", "dash": "dot", "width": 1})
+        figure.add_vline(x=at.get(alert.window, alert.window), line={"color": "red", "dash": "dot", "width": 1})
     if alerts:
         figure.add_scatter(
-            x=[a.window for a in alerts],
+            x=[at.get(a.window, a.window) for a in alerts],
             y=np.ones(len(alerts)),
             mode="markers",
             name="alerts",
             marker={"color": "red", "symbol": "triangle-down", "size": 10},
-            text=[f"{a.rule}: {a.message}" for a in alerts],
+            text=[f"{a.rule}: {a.message}" + (f" ({a.window_start} to {a.window_end})" * bool(a.window_start)) for a in alerts],
             hoverinfo="text",
             row=1,
             col=1,

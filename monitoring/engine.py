@@ -17,6 +17,7 @@ from common.prediction_dataset import COLLECTOR_SUFFIX, PART_SUFFIX, DatasetErro
 from common.records import read_ground_truth
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
+from common.windows import DAILY_CLOCK, LeftOut, WindowClock, WindowError, with_windows
 from monitoring.incremental import Increment, in_increment
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class LogEngine(Protocol):
     """What the monitoring job asks of a prediction log, whichever engine holds it."""
 
     engine: str
+    clock: WindowClock  # how the records' windows were numbered
+    left_out: LeftOut  # records the reading could not place in a window (counted, named)
 
     def versions(self) -> list[str]:
         """The model versions the log holds records of."""
@@ -59,19 +62,26 @@ class LogEngine(Protocol):
         """Realised accuracy and true foreign share per window, from a ground-truth sidecar."""
 
 
-def open_log(path: str | Path, engine: str = "pandas", spark_master: str = DEFAULT_SPARK_MASTER) -> LogEngine:
-    """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet)."""
+def open_log(
+    path: str | Path,
+    engine: str = "pandas",
+    spark_master: str = DEFAULT_SPARK_MASTER,
+    clock: str = "auto",
+    wall: WindowClock = DAILY_CLOCK,
+) -> LogEngine:
+    """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet), each
+    record in its window under `clock` (auto, simulated or wall; `wall`: the time windows' length and timezone)."""
     if engine == "pandas":
         from monitoring.pandas_engine import PandasLog
 
-        return PandasLog.read(path)
+        return PandasLog.read(path, clock, wall)
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from monitoring.spark_engine import SparkLog, SparkLogError
 
     try:
-        return SparkLog.read(path, spark_master)
-    except SparkLogError as err:
+        return SparkLog.read(path, spark_master, clock, wall)
+    except (SparkLogError, WindowError) as err:
         raise MonitoringError(str(err)) from None
 
 
@@ -100,38 +110,42 @@ def read_truth(path: str | Path) -> pd.DataFrame:
 def open_dataset(
     location: str, increment: Increment, engine: str, cache_dir: Path, spark_master: str = DEFAULT_SPARK_MASTER
 ) -> LogEngine:
-    """The records an increment judges, read from a partitioned dataset by the pandas or the Spark engine.
+    """The records an increment judges, read from a partitioned dataset by the pandas or the Spark engine, each
+    in its window under the increment's clock; records of windows an earlier run judged are counted as late.
 
     Spark reads local Parquet parts where they are; parts in a blob container, and collector JSON lines,
     are first copied into `cache_dir` as Parquet (Spark here has no Azure connector), once each.
     """
     fs, _ = filesystem(location)
     parts = list(increment.parts)
+    clock = increment.clock
     if increment.through is None or not parts:
         raise MonitoringError(f"{location}: no complete window to judge yet (every window so far is judged or still open)")
     if engine == "pandas":
         from monitoring.pandas_engine import IMAGE_COLUMNS, JUDGED_COLUMNS, PandasLog
 
         def images(windows: list[int]) -> pd.DataFrame:
-            frame = read_parts(fs, parts, IMAGE_COLUMNS)
+            frame, _ = with_windows(read_parts(fs, parts, IMAGE_COLUMNS), clock, location)
             return frame[frame["window"].isin(windows) & frame["image"].notna()]
 
         try:
-            frame = read_parts(fs, parts, JUDGED_COLUMNS)
+            frame = read_parts(fs, parts, JUDGED_COLUMNS + ["timestamp"])
         except DatasetError as err:
             raise MonitoringError(str(err)) from None
-        keep = in_increment(frame["window"], increment)
-        late = int((frame["window"].notna() & ~keep & (frame["window"] <= increment.through)).sum())
-        if late:
-            logger.warning("%s: %d late records of windows already judged are left out", location, late)
-        return PandasLog(frame[keep].astype({"window": int}), images)
+        placed, left_out = with_windows(frame, clock, location)
+        keep = in_increment(placed["window"], increment)
+        late = int((~keep & (placed["window"] <= increment.through)).sum())
+        left_out = left_out + LeftOut(late=late)
+        for line in left_out.messages():
+            logger.warning("%s: %s", location, line)
+        return PandasLog(placed[keep].drop(columns=["timestamp"]), images, clock, left_out)
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from monitoring.spark_engine import SparkLog, SparkLogError
 
     try:
         files = local_parquet(fs, parts, cache_dir)
-        return SparkLog.read_files(files, location, spark_master, increment.after, increment.through)
+        return SparkLog.read_files(files, location, spark_master, increment.after, increment.through, clock)
     except (SparkLogError, DatasetError) as err:
         raise MonitoringError(str(err)) from None
 

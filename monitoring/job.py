@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
-from common.prediction_dataset import DatasetError, filesystem, list_parts, part_windows
+from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
 from common.spark import DEFAULT_SPARK_MASTER
+from common.windows import LeftOut, WindowClock, WindowError, format_duration
 from monitoring.alerts import (
     DEFAULT_RULES,
     Alert,
@@ -23,7 +25,7 @@ from monitoring.alerts import (
 from monitoring.dashboard import dashboard_figure, write_dashboard
 from monitoring.engine import LogEngine, MonitoringError, for_version, open_dataset
 from monitoring.gallery import gallery_png
-from monitoring.incremental import WATERMARK_FILE, Increment, Watermark, advance, plan_increment
+from monitoring.incremental import WATERMARK_FILE, Increment, Watermark, advance, part_span, plan_increment, run_clock
 from monitoring.metrics import DEFAULT_CONFIG, MonitorConfig, judge_windows
 from monitoring.model import ModelRef
 from monitoring.report import DriftVerdict, drifted_windows, evidently_report, report_title
@@ -45,6 +47,8 @@ class MonitorResult:
     report: DriftVerdict
     mlflow_run_id: str | None
     rules: tuple[Rule, ...] = ()
+    clock: WindowClock = WindowClock()
+    left_out: LeftOut = LeftOut()
 
 
 def judge(
@@ -60,11 +64,22 @@ def judge(
     metrics = judge_windows(log.aggregates(model.reference), log.samples(config.sample_size), model.reference, config)
     if truth is not None:
         metrics = metrics.merge(log.truth_metrics(truth), on="window", how="left")
+    bounds = log.clock.bounds_columns(metrics["window"])
+    metrics.insert(1, "window_start", bounds["window_start"])
+    metrics.insert(2, "window_end", bounds["window_end"])
     rules = (*DEFAULT_RULES, accuracy_rule(float(model.reference.accuracy)))
     context = metrics if history is None else pd.concat([history, metrics], ignore_index=True)
     alerts = evaluate_rules(context, rules, model.name, model.version, cooldown_windows)
-    judged = set(metrics["window"])
-    return metrics, [alert for alert in alerts if alert.window in judged], rules
+    named = dict(zip(metrics["window"], zip(metrics["window_start"], metrics["window_end"])))
+    return (
+        metrics,
+        [
+            replace(alert, window_start=named[alert.window][0], window_end=named[alert.window][1])
+            for alert in alerts
+            if alert.window in named
+        ],
+        rules,
+    )
 
 
 def monitor(
@@ -93,10 +108,15 @@ def monitor(
     metrics.to_csv(out_dir / "window_metrics.csv", index=False)
     alerts_path = write_jsonl(alerts, out_dir / "alerts.jsonl")
     title = f"{label}: {model.name} v{model.version}" + (f" @{model.alias}" if model.alias else "")
+    axis = (
+        f"window start ({log.clock.timezone}, windows of {format_duration(log.clock.length_s)})"
+        if log.clock.is_wall
+        else "window"
+    )
     outputs = [
         alerts_path,
         out_dir / "window_metrics.csv",
-        write_dashboard(dashboard_figure(metrics, alerts, title), out_dir / "dashboard.html"),
+        write_dashboard(dashboard_figure(metrics, alerts, title, axis), out_dir / "dashboard.html"),
     ]
     flagged = firing_windows(metrics, rules)
     report_windows = drifted_windows(metrics, flagged)
@@ -106,7 +126,7 @@ def monitor(
         model.reference,
         current,
         out_dir / "evidently_report.html",
-        report_title(label, report_windows, bool(flagged), len(alerts)),
+        report_title(label, report_windows, bool(flagged), len(alerts), log.clock),
     )
     outputs.append(out_dir / "evidently_report.html")
     most_foreign = metrics[metrics["window"].isin(flagged)].nlargest(GALLERY_WINDOWS, "low_confidence_rate")["window"]
@@ -115,6 +135,7 @@ def monitor(
         f"{label}: least confident inputs of flagged windows",
         out_dir / "gallery.png",
         gallery_per_window,
+        log.clock,
     )
     if gallery:
         outputs.append(gallery)
@@ -124,8 +145,14 @@ def monitor(
         outputs[-1].write_text(watermark.to_json())
     if webhook and alerts:
         logger.info("webhook accepted %d of %d alerts", post_webhook(alerts, webhook), len(alerts))
-    run_id = log_monitoring_run(metrics, alerts, report, model, label, outputs, log.engine, run_tags) if track else None
-    return MonitorResult(out_dir, metrics, alerts, report, run_id, rules)
+    for line in log.left_out.messages():
+        logger.warning("%s", line)
+    run_id = (
+        log_monitoring_run(metrics, alerts, report, model, label, outputs, log.engine, run_tags, log.clock, log.left_out)
+        if track
+        else None
+    )
+    return MonitorResult(out_dir, metrics, alerts, report, run_id, rules, log.clock, log.left_out)
 
 
 @dataclass(frozen=True)
@@ -137,6 +164,10 @@ class DatasetSource:
     full: bool = False  # ignore the watermark: every part, every window
     close_windows: bool = False  # judge the newest window too
     track: bool = True
+    clock: str = "auto"  # auto, simulated or wall (see common.windows.choose_clock)
+    wall: WindowClock | None = None  # the time windows asked for (None: the watermark's, else one UTC day)
+    lateness_s: int = 300  # a time window is judged once its end plus this has passed
+    dataset_id: str | None = None  # what keys the watermark in MLflow (default: the location)
 
 
 def monitor_dataset(
@@ -150,8 +181,10 @@ def monitor_dataset(
     webhook: str | None = None,
     engine: str = "pandas",
     spark_master: str = DEFAULT_SPARK_MASTER,
+    now: datetime | None = None,
 ) -> tuple[MonitorResult | None, Increment, int]:
-    """One incremental run over a dataset: the parts no earlier run consumed, the windows now closed.
+    """One incremental run over a dataset: the parts no earlier run consumed, the windows now closed (`now`: the
+    clock that closes time windows, default the current time).
 
     Returns the run's result (None when no complete window is new), what it read, and how many parts exist.
     Spark copies blob and JSON-lines parts into `cache_dir` as Parquet.
@@ -161,15 +194,20 @@ def monitor_dataset(
         parts = list_parts(fs, root)
         watermark = Watermark() if source.full else _load_watermark(source, model)
         consumed = set(watermark.consumed)
-        spans = {part.path: part_windows(fs, part) for part in parts if part.path not in consumed}
-        increment = plan_increment(parts, spans, watermark, source.close_windows or source.full)
-    except DatasetError as err:
+        summaries = {part.path: part_summary(fs, part) for part in parts if part.path not in consumed}
+        clock = run_clock(watermark, list(summaries.values()), source.clock, source.wall, source.location)
+        spans = {path: part_span(summary, clock) for path, summary in summaries.items()}
+        increment = plan_increment(
+            parts, spans, watermark, source.close_windows or source.full, clock, _first_open(summaries, clock, source, now)
+        )
+    except (DatasetError, WindowError) as err:
         raise MonitoringError(str(err)) from None
     if increment.through is None:
         return None, increment, len(parts)
     records = for_version(open_dataset(source.location, increment, engine, cache_dir, spark_master), model, source.location)
     tags = {
-        "dataset": source.location,
+        "dataset": source.dataset_id or source.location,
+        "dataset_location": source.location,
         "dataset_parts_read": str(len(increment.parts)),
         "dataset_bytes_read": str(increment.bytes),
     }
@@ -181,7 +219,17 @@ def monitor_dataset(
     return result, increment, len(parts)
 
 
+def _first_open(summaries: dict[str, PartSummary], clock: WindowClock, source: DatasetSource, now: datetime | None) -> int | None:
+    """The first time window still open: that of the newest record or of the clock, whichever is later, less the
+    allowed lateness."""
+    if not clock.is_wall:
+        return None
+    newest = [datetime.fromisoformat(summary.times[1]) for summary in summaries.values() if summary.times]
+    latest = max([now or datetime.now(UTC), *newest])
+    return clock.window_of(latest - timedelta(seconds=source.lateness_s))
+
+
 def _load_watermark(source: DatasetSource, model: ModelRef) -> Watermark:
     if source.watermark_file:
         return Watermark.from_json(source.watermark_file.read_text()) if source.watermark_file.is_file() else Watermark()
-    return last_watermark(source.location, model) if source.track else Watermark()
+    return last_watermark(source.dataset_id or source.location, model) if source.track else Watermark()

@@ -11,15 +11,26 @@ import pyarrow.parquet as pq
 
 from common.records import PREDICTION_COLUMNS, read_prediction_log
 from common.reference import Reference
+from common.windows import (
+    DAILY_CLOCK,
+    NOTHING_LEFT_OUT,
+    SIMULATED_CLOCK,
+    LeftOut,
+    WindowClock,
+    WindowError,
+    choose_clock,
+    utc_text,
+    with_windows,
+)
 from monitoring.engine import MonitoringError
 from monitoring.gallery import least_confident
 from monitoring.metrics import sample_keys, truth_metrics, window_aggregates, window_samples
 
 # What judging reads: every column but the image blobs, which only the gallery needs (for a few records of a
-# few windows), and the timestamp and fingerprint strings, which no step reads (strings are what a pandas
-# frame of a log spends most of its memory and read time on).
+# few windows), and the timestamp and fingerprint strings, which no step reads once each record has its window
+# (strings are what a pandas frame of a log spends most of its memory and read time on).
 JUDGED_COLUMNS = [name for name in PREDICTION_COLUMNS if name not in ("image", "timestamp", "fingerprint")]
-IMAGE_COLUMNS = ["request_id", "image_index", "window", "image"]
+IMAGE_COLUMNS = ["request_id", "image_index", "timestamp", "window", "image"]
 
 # images of the given windows: (request_id, image_index, window, image) of the records that kept one
 ImageReader = Callable[[list[int]], pd.DataFrame]
@@ -27,7 +38,7 @@ ImageReader = Callable[[list[int]], pd.DataFrame]
 
 def read_log(path: str | Path, columns: list[str] | None = JUDGED_COLUMNS) -> pd.DataFrame:
     """A prediction log (SQLite, or Parquet exported from it) as a DataFrame of `columns` (None: all); an empty
-    one is an error."""
+    one is an error. Records keep their simulated window or none (NaN): see `PandasLog.read`."""
     path = Path(path)
     if not path.is_file():
         raise MonitoringError(f"{path}: no prediction log here (the server writes one with --prediction-log)")
@@ -41,17 +52,49 @@ def read_log(path: str | Path, columns: list[str] | None = JUDGED_COLUMNS) -> pd
         raise MonitoringError(f"{path}: not a readable prediction log ({err})") from None
     if frame.empty:
         raise MonitoringError(f"{path}: the prediction log is empty: nothing to monitor yet")
-    if frame["window"].isna().all():
-        raise MonitoringError(f"{path}: no record carries a window (send X-Window or 'window' with each request)")
-    return frame.dropna(subset=["window"]).astype({"window": int})
+    return frame
 
 
-def log_images(path: str | Path) -> ImageReader:
-    """The image reader of a log file: reads the image column of the asked windows only."""
+def log_stamping(path: str | Path) -> tuple[int, int]:
+    """How many records of a log file carry a simulated window and how many do not, without reading them."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            metadata = pq.ParquetFile(path).metadata
+            column = metadata.schema.names.index("window")
+            unstamped = 0
+            for index in range(metadata.num_row_groups):
+                statistics = metadata.row_group(index).column(column).statistics
+                if statistics is None:
+                    windows = pd.read_parquet(path, columns=["window"])["window"]
+                    return int(windows.notna().sum()), int(windows.isna().sum())
+                unstamped += statistics.null_count
+            return metadata.num_rows - unstamped, unstamped
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            total, stamped = connection.execute('SELECT count(*), count("window") FROM predictions').fetchone()
+        return int(stamped), int(total - stamped)
+    except (sqlite3.DatabaseError, OSError, ValueError) as err:
+        raise MonitoringError(f"{path}: not a readable prediction log ({err})") from None
+
+
+def log_images(path: str | Path, clock: WindowClock = SIMULATED_CLOCK) -> ImageReader:
+    """The image reader of a log file: reads the image column of the asked windows only (time windows: the records
+    scored between their first start and last end, then placed in their windows)."""
     path = Path(path)
 
     def read(windows: list[int]) -> pd.DataFrame:
-        if path.suffix == ".parquet":
+        if not windows:
+            return pd.DataFrame(columns=IMAGE_COLUMNS)
+        if clock.is_wall:
+            since, until = utc_text(clock.start(min(windows))), utc_text(clock.end(max(windows)))
+            if path.suffix == ".parquet":
+                between = [("timestamp", ">=", since), ("timestamp", "<", until)]
+                frame = pd.read_parquet(path, columns=IMAGE_COLUMNS, filters=between)
+            else:
+                frame = pd.DataFrame(read_prediction_log(path, IMAGE_COLUMNS, between=(since, until)))
+            frame, _ = with_windows(frame, clock, str(path))
+            frame = frame[frame["window"].isin(windows)]
+        elif path.suffix == ".parquet":
             frame = pd.read_parquet(path, columns=IMAGE_COLUMNS, filters=[("window", "in", list(windows))])
         else:
             frame = pd.DataFrame(read_prediction_log(path, IMAGE_COLUMNS, windows))
@@ -65,21 +108,40 @@ class PandasLog:
 
     engine = "pandas"
 
-    def __init__(self, frame: pd.DataFrame, images: ImageReader | None = None) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        images: ImageReader | None = None,
+        clock: WindowClock = SIMULATED_CLOCK,
+        left_out: LeftOut = NOTHING_LEFT_OUT,
+    ) -> None:
         self.frame = frame
         self.images = images  # where the images are when the frame was read without them
+        self.clock = clock  # how the records' windows were numbered
+        self.left_out = left_out  # records the reading could not place in a window
 
     @classmethod
-    def read(cls, path: str | Path) -> PandasLog:
-        """A log file's judged columns in memory, its images left on disk until the gallery asks for some."""
-        return cls(read_log(path), log_images(path))
+    def read(cls, path: str | Path, clock: str = "auto", wall: WindowClock = DAILY_CLOCK) -> PandasLog:
+        """A log file's judged columns in memory, each record in its window under the clock `clock` names
+        (auto, simulated, wall; `wall` is the time windows' length and timezone), its images left on disk
+        until the gallery asks for some."""
+        try:
+            chosen = choose_clock(clock, *log_stamping(path), wall, str(path))
+        except WindowError as err:
+            raise MonitoringError(str(err)) from None
+        frame = read_log(path, JUDGED_COLUMNS + (["timestamp"] if chosen.is_wall else []))
+        placed, left_out = with_windows(frame, chosen, str(path))
+        if placed.empty:
+            raise MonitoringError(f"{path}: no record has a readable window ({'; '.join(left_out.messages())})")
+        return cls(placed.drop(columns=["timestamp"], errors="ignore"), log_images(path, chosen), chosen, left_out)
 
     def versions(self) -> list[str]:
         return sorted(set(self.frame["model_version"].astype(str)))
 
     def of_version(self, name: str, version: str) -> PandasLog:
         frame = self.frame
-        return PandasLog(frame[(frame["model_version"].astype(str) == version) & (frame["model_name"] == name)], self.images)
+        chosen = frame[(frame["model_version"].astype(str) == version) & (frame["model_name"] == name)]
+        return PandasLog(chosen, self.images, self.clock, self.left_out)
 
     def is_empty(self) -> bool:
         return self.frame.empty

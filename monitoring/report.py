@@ -19,6 +19,7 @@ import pandas as pd
 
 from common.records import PROJECTION_COLUMNS
 from common.reference import Reference
+from common.windows import SIMULATED_CLOCK, WindowClock
 
 REPORT_COLUMNS = ["foreign_score", "confidence", "predicted", *PROJECTION_COLUMNS]
 FALSE_ALARM_RATE = 0.01  # of a whole report on traffic like the reference
@@ -118,9 +119,14 @@ def evidently_report(reference: Reference, current: pd.DataFrame, path: Path, ti
     return verdict
 
 
-def report_title(label: str, windows: list[int], flagged: bool, alert_count: int) -> str:
+def report_title(label: str, windows: list[int], flagged: bool, alert_count: int, clock: WindowClock = SIMULATED_CLOCK) -> str:
     """Which windows the report covers and what the monitor concluded of them."""
-    span = f"{len(windows)} windows between {min(windows)} and {max(windows)}" if windows else "no windows"
+    if not windows:
+        span = "no windows"
+    elif clock.is_wall:
+        span = f"{len(windows)} windows from {clock.bounds(min(windows))[0]} to {clock.bounds(max(windows))[1]}"
+    else:
+        span = f"{len(windows)} windows between {min(windows)} and {max(windows)}"
     conclusion = f"the monitor raised {alert_count} alert(s) on them" if flagged else "the monitor raised no alert"
     return f"{label}: held-out MNIST (reference) against the {'flagged' if flagged else 'last'} {span}; {conclusion}"
 

@@ -11,6 +11,15 @@ from common.images import NUM_CLASSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.reference import CONFIDENCE_BINS, Reference
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
+from common.windows import (
+    DAILY_CLOCK,
+    NOTHING_LEFT_OUT,
+    ORIGIN_S,
+    SIMULATED_CLOCK,
+    LeftOut,
+    WindowClock,
+    choose_clock,
+)
 from monitoring.metrics import AGGREGATE_COLUMNS, CONFIDENCE_QUANTILES, ENTROPY_FLOOR, SAMPLE_COLUMNS, SAMPLE_KEY_HEX_DIGITS
 
 REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
@@ -25,13 +34,20 @@ class SparkLog:
 
     engine = "spark"
 
-    def __init__(self, frame, inventory: pd.DataFrame) -> None:
+    def __init__(
+        self, frame, inventory: pd.DataFrame, clock: WindowClock = SIMULATED_CLOCK, left_out: LeftOut = NOTHING_LEFT_OUT
+    ) -> None:
         self.frame = frame
         self.inventory = inventory  # records per model_name and model_version, counted once when the log is read
+        self.clock = clock  # how the records' windows were numbered
+        self.left_out = left_out  # records the reading could not place in a window
 
     @classmethod
-    def read(cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER) -> SparkLog:
-        """A Parquet log (a file, or a folder of part files as Spark writes); only records with a window."""
+    def read(
+        cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER, clock: str = "auto", wall: WindowClock = DAILY_CLOCK
+    ) -> SparkLog:
+        """A Parquet log (a file, or a folder of part files as Spark writes), each record in its window under the
+        clock `clock` names (auto, simulated, wall; `wall`: the time windows' length and timezone)."""
         path = Path(path)
         if path.suffix == ".db":
             raise SparkLogError(
@@ -40,16 +56,26 @@ class SparkLog:
             )
         if not path.exists():
             raise SparkLogError(f"{path}: no prediction log here (a Parquet file or folder)")
-        return cls._load([str(path)], str(path), spark_master)
+        return cls._load([str(path)], str(path), spark_master, clock, wall)
 
     @classmethod
-    def read_files(cls, files: list[str], label: str, spark_master: str, after: int | None, through: int) -> SparkLog:
-        """Parts of a partitioned dataset: records of windows after `after` through `through`, one per
-        (request_id, image_index) as replicas write at least once."""
-        return cls._load(files, label, spark_master, (after, through))
+    def read_files(
+        cls, files: list[str], label: str, spark_master: str, after: int | None, through: int, clock: WindowClock
+    ) -> SparkLog:
+        """Parts of a partitioned dataset: records of windows after `after` through `through` under `clock`, one
+        per (request_id, image_index) as replicas write at least once; those of earlier windows counted as late."""
+        return cls._load(files, label, spark_master, clock.kind, clock, (after, through))
 
     @classmethod
-    def _load(cls, paths: list[str], label: str, spark_master: str, windows: tuple[int | None, int] | None = None) -> SparkLog:
+    def _load(
+        cls,
+        paths: list[str],
+        label: str,
+        spark_master: str,
+        clock: str,
+        wall: WindowClock,
+        windows: tuple[int | None, int] | None = None,
+    ) -> SparkLog:
         from py4j.protocol import Py4JJavaError
         from pyspark.errors import AnalysisException
         from pyspark.sql import functions as F
@@ -61,29 +87,31 @@ class SparkLog:
             if missing:
                 raise SparkLogError(f"{label}: not a prediction log (missing column(s) {', '.join(missing)})")
             if windows is not None:
-                after, through = windows
-                chosen = F.col("window") <= through
-                frame = frame.where(chosen if after is None else chosen & (F.col("window") > after))
                 frame = frame.dropDuplicates(["request_id", "image_index"])
             frame = frame.withColumn("model_version", F.col("model_version").cast("string"))
-            # one pass answers: empty? windowless? which versions?
-            inventory = (
-                frame.groupBy("model_name", "model_version")
-                .agg(F.count(F.lit(1)).alias("records"), F.count("window").alias("windowed"))
-                .toPandas()
-            )
+            stamped, total = frame.agg(F.count("window"), F.count(F.lit(1))).first()
+            if not total:
+                raise SparkLogError(f"{label}: the prediction log is empty: nothing to monitor yet")
+            chosen = choose_clock(clock, stamped, total - stamped, wall, label)
+            frame, left_out = _with_windows(frame, chosen, label)
+            if windows is not None:
+                after, through = windows
+                late = F.col("window") <= (through if after is None else after)
+                counted = frame.agg(F.sum(late.cast("long"))).first()[0] if after is not None else 0
+                left_out = left_out + LeftOut(late=int(counted or 0))
+                keep = F.col("window") <= through
+                frame = frame.where(keep if after is None else keep & (F.col("window") > after))
+            # one pass answers: empty? which versions?
+            inventory = frame.groupBy("model_name", "model_version").agg(F.count(F.lit(1)).alias("records")).toPandas()
         except (AnalysisException, Py4JJavaError) as err:
             reason = err.java_exception.getMessage() if isinstance(err, Py4JJavaError) else str(err)
             raise SparkLogError(f"{label}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
         if inventory.empty:
-            raise SparkLogError(f"{label}: the prediction log is empty: nothing to monitor yet")
-        if inventory["windowed"].sum() == 0:
-            raise SparkLogError(f"{label}: no record carries a window (send X-Window or 'window' with each request)")
-        windowed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
+            raise SparkLogError(f"{label}: no record has a readable window ({'; '.join(left_out.messages())})")
         for column in PREDICTION_COLUMNS:  # logs from before a column existed: NULLs
-            if column not in windowed.columns:
-                windowed = windowed.withColumn(column, F.lit(None).cast("double"))
-        return cls(windowed, inventory[inventory["windowed"] > 0])
+            if column not in frame.columns:
+                frame = frame.withColumn(column, F.lit(None).cast("double"))
+        return cls(frame, inventory, chosen, left_out)
 
     def versions(self) -> list[str]:
         return sorted(set(self.inventory["model_version"]))
@@ -92,9 +120,8 @@ class SparkLog:
         from pyspark.sql import functions as F
 
         chosen = (self.inventory["model_version"] == version) & (self.inventory["model_name"] == name)
-        return SparkLog(
-            self.frame.where((F.col("model_version") == version) & (F.col("model_name") == name)), self.inventory[chosen]
-        )
+        frame = self.frame.where((F.col("model_version") == version) & (F.col("model_name") == name))
+        return SparkLog(frame, self.inventory[chosen], self.clock, self.left_out)
 
     def is_empty(self) -> bool:
         return self.inventory.empty
@@ -190,6 +217,32 @@ class SparkLog:
             .orderBy("window")
             .toPandas()
         )
+
+
+def _with_windows(frame, clock: WindowClock, label: str):
+    """common.windows.with_windows as Spark columns: the records with a window under `clock` and what was left out.
+
+    A wall-clock window is numbered from the timestamp's local time in the clock's timezone, in whole seconds since
+    the clock's origin, as common.windows numbers it (the session's timezone is UTC for this)."""
+    from pyspark.sql import functions as F
+
+    if not clock.is_wall:
+        unstamped = frame.where(F.col("window").isNull()).count()
+        placed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
+        return placed, LeftOut(unstamped=int(unstamped))
+    frame.sparkSession.conf.set("spark.sql.session.timeZone", "UTC")
+    moment = F.try_to_timestamp(F.col("timestamp"))
+    local_seconds = F.unix_timestamp(F.from_utc_timestamp(moment, clock.timezone))
+    window = F.floor((local_seconds - F.lit(ORIGIN_S)) / F.lit(clock.length_s)).cast("long")
+    stamped = frame.withColumn("window", F.when(moment.isNotNull(), window))
+    unreadable = stamped.where(F.col("window").isNull()).select("request_id", "image_index", "timestamp").limit(1).collect()
+    left_out = LeftOut()
+    if unreadable:
+        first = unreadable[0]
+        count = stamped.where(F.col("window").isNull()).count()
+        example = f"{label}: request {first['request_id']} image {first['image_index']}, timestamp {first['timestamp']!r}"
+        left_out = LeftOut(unreadable=int(count), unreadable_example=example)
+    return stamped.where(F.col("window").isNotNull()), left_out
 
 
 KEY_SPACE = 16**SAMPLE_KEY_HEX_DIGITS

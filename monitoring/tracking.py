@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -9,6 +10,7 @@ import pandas as pd
 from mlflow.entities import Metric
 
 from common.tracking import describe_run
+from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, format_duration
 from monitoring.alerts import Alert
 from monitoring.incremental import WATERMARK_FILE, Watermark
 from monitoring.model import ModelRef
@@ -40,14 +42,31 @@ BATCH_SIZE = 1000  # metrics per log_batch call (MLflow's limit)
 
 
 def window_metric_batch(metrics: pd.DataFrame, alerts: list[Alert], timestamp_ms: int) -> list[Metric]:
-    """Every logged window metric with its window as the step, and one point per alert."""
+    """Every logged window metric with its window as the step, and one point per alert.
+
+    A window of wall-clock time is also recorded by its start: `window/start_unix_s` at each step, and every
+    point of the step timestamped at the window's start, so MLflow's "Time (wall)" axis shows the dates."""
+    starts = {
+        int(row["window"]): int(datetime.fromisoformat(row["window_start"]).timestamp())
+        for _, row in metrics.iterrows()
+        if str(row.get("window_start", "") or "")
+    }
     batch = [
-        Metric(logged, float(row[name]), timestamp_ms, int(row["window"]))
+        Metric(
+            logged,
+            float(row[name]),
+            starts.get(int(row["window"]), timestamp_ms // 1000) * 1000 if starts else timestamp_ms,
+            int(row["window"]),
+        )
         for _, row in metrics.iterrows()
         for name, logged in LOGGED_METRICS.items()
         if name in row and pd.notna(row[name])
     ]
-    return batch + [Metric(f"alerts/{alert.rule}", 1.0, timestamp_ms, alert.window) for alert in alerts]
+    batch += [Metric("window/start_unix_s", float(start), start * 1000, window) for window, start in starts.items()]
+    return batch + [
+        Metric(f"alerts/{alert.rule}", 1.0, starts[alert.window] * 1000 if alert.window in starts else timestamp_ms, alert.window)
+        for alert in alerts
+    ]
 
 
 def log_monitoring_run(
@@ -59,6 +78,8 @@ def log_monitoring_run(
     outputs: list[Path],
     engine: str,
     run_tags: dict[str, str] | None = None,
+    clock: WindowClock = SIMULATED_CLOCK,
+    left_out: LeftOut = NOTHING_LEFT_OUT,
 ) -> str:
     """One MLflow run for a monitoring run; return its id."""
     with mlflow.start_run(run_name=f"monitor-{label}-v{model.version}") as run:
@@ -73,20 +94,36 @@ def log_monitoring_run(
             }
         )
         mlflow.log_params(
-            {"windows": len(metrics), "alerts": len(alerts), "records": int(metrics["volume"].sum()), "engine": engine}
+            {
+                "windows": len(metrics),
+                "alerts": len(alerts),
+                "records": int(metrics["volume"].sum()),
+                "engine": engine,
+                "clock": clock.kind,
+                **({"window_length": format_duration(clock.length_s), "timezone": clock.timezone} if clock.is_wall else {}),
+            }
         )
+        if clock.is_wall and len(metrics):
+            mlflow.set_tags(
+                {"first_window_start": metrics["window_start"].iloc[0], "last_window_end": metrics["window_end"].iloc[-1]}
+            )
         verdict = "drift" if report.dataset_drift else "no drift"
         mlflow.set_tag("evidently_verdict", verdict)
         describe_run(
             f"Monitoring of {model.name} version {model.version} on the '{label}' traffic: {len(metrics)} "
             f"windows, {int(metrics['volume'].sum())} records, {len(alerts)} alerts (`alerts/*`), Evidently: "
-            f"{verdict}. Metrics by window (step = window): traffic/, confidence/, foreign/, drift/, accuracy/."
+            f"{verdict}. Judged by {clock.describe()}. Metrics by window (step = window"
+            + ("; each step's window start in window/start_unix_s" if clock.is_wall else "")
+            + "): traffic/, confidence/, foreign/, drift/, accuracy/."
         )
         mlflow.log_param("evidently_column_p_threshold", report.column_threshold)
         mlflow.log_metrics(
             {
                 "drift/evidently_dataset_drift": float(report.dataset_drift),
                 "drift/evidently_drifted_columns": report.drifted_columns,
+                "traffic/late_records": left_out.late,
+                "traffic/unreadable_timestamps": left_out.unreadable,
+                "traffic/unstamped_records_left_out": left_out.unstamped,
             }
         )
         batch = window_metric_batch(metrics, alerts, int(pd.Timestamp.now().timestamp() * 1000))

@@ -38,6 +38,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     run.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default: %(default)s)")
     run.add_argument("--rate", type=float, default=None, help="requests per second at most (default: as fast as served)")
+    run.add_argument(
+        "--live",
+        type=float,
+        metavar="SECONDS",
+        help="live traffic: each scenario window lasts SECONDS of wall-clock time (from the next multiple of SECONDS), "
+        "its requests spread evenly across it and sent with no window, as real clients send them; monitor the log "
+        "with --window of the same length (e.g. --live 20 and --window 20s). --rate then sets the requests per window "
+        "(rate x SECONDS)",
+    )
     run.add_argument("--windows", type=int, help="override the scenario's number of windows")
     run.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
     run.add_argument("--images-per-request", type=int, help="override the scenario's images per request")
@@ -78,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, settings) -> int:
     try:
         scenario = None
+        if args.live is not None and args.live <= 0:
+            print(f"error: --live {args.live:g}: expected seconds per window, more than zero", file=sys.stderr)
+            return 2
+        per_window = args.requests_per_window
+        if args.live and args.rate:
+            per_window = max(1, round(args.rate * args.live))
         if args.scenario:
             scenario = load_scenario(
                 args.scenario,
                 windows=args.windows,
-                requests_per_window=args.requests_per_window,
+                requests_per_window=per_window,
                 images_per_request=args.images_per_request,
                 seed=args.seed,
             )
@@ -97,7 +112,10 @@ def _run(args: argparse.Namespace, settings) -> int:
             transport = EntryScriptTransport(args.entry_script, args.prediction_log, args.model)
         else:
             transport = HttpTransport(args.url, api_key=os.environ.get(args.api_key_env))
-        result = run_simulation(scenario, run_dir, transport, settings, args.concurrency, args.rate, args.track)
+        rate = None if args.live else args.rate  # live: the schedule paces the requests
+        result = run_simulation(
+            scenario, run_dir, transport, settings, args.concurrency, rate, args.track, live_window_s=args.live
+        )
     except (ScenarioError, DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

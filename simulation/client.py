@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -38,12 +39,14 @@ class ServerRefused(RuntimeError):
 
 
 class Transport(Protocol):
-    def send(self, request_id: str, window: int, images: np.ndarray) -> dict: ...
+    def send(self, request_id: str, window: int | None, images: np.ndarray) -> dict: ...
 
 
-def score_body(request_id: str, window: int, images: np.ndarray) -> str:
-    """The Azure ML /score body the server and score.py take: images, id and window; never the labels."""
-    return json.dumps({"data": images.reshape(len(images), -1).tolist(), "request_id": request_id, "window": window})
+def score_body(request_id: str, window: int | None, images: np.ndarray) -> str:
+    """The Azure ML /score body the server and score.py take: images, id and window (none, as real clients send,
+    in a live run); never the labels."""
+    body = {"data": images.reshape(len(images), -1).tolist(), "request_id": request_id}
+    return json.dumps(body if window is None else {**body, "window": window})
 
 
 def score_url(url: str) -> str:
@@ -72,7 +75,7 @@ class HttpTransport:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def send(self, request_id: str, window: int, images: np.ndarray) -> dict:
+    def send(self, request_id: str, window: int | None, images: np.ndarray) -> dict:
         body = score_body(request_id, window, images)
         first = next(self._turn)
         attempts = Retrying(
@@ -130,7 +133,7 @@ class EntryScriptTransport:
         self.script.init()
         self._lock = threading.Lock()
 
-    def send(self, request_id: str, window: int, images: np.ndarray) -> dict:
+    def send(self, request_id: str, window: int | None, images: np.ndarray) -> dict:
         with self._lock:
             answer = self.script.run(score_body(request_id, window, images))
         if isinstance(answer, dict):
@@ -139,6 +142,34 @@ class EntryScriptTransport:
 
     def close(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class LiveClock:
+    """A live run's schedule: window w of the scenario lasts `window_seconds` of wall-clock time from `start` (epoch
+    seconds), and its requests leave evenly spread across it."""
+
+    start: float
+    window_seconds: float
+    positions: dict[str, tuple[int, int]]  # request id -> (its place in its window, the window's request count)
+
+    @classmethod
+    def aligned(cls, plan: list[PlannedRequest], window_seconds: float, now: float) -> LiveClock:
+        """Windows that start on multiples of `window_seconds` since the epoch (the next one after `now`), so each
+        scenario window is one window of the monitor's clock (UTC, a length that divides a day)."""
+        start = (int(now // window_seconds) + 1) * window_seconds
+        counts, seen, positions = Counter(request.window for request in plan), Counter(), {}
+        for request in plan:
+            positions[request.request_id] = (seen[request.window], counts[request.window])
+            seen[request.window] += 1
+        return cls(start, window_seconds, positions)
+
+    def send_time(self, request: PlannedRequest) -> float:
+        place, count = self.positions[request.request_id]
+        return self.start + self.window_seconds * (request.window + place / count)
+
+    def window_start(self, window: int) -> float:
+        return self.start + self.window_seconds * window
 
 
 @dataclass
@@ -169,10 +200,13 @@ def send_plan(
     rate: float | None = None,
     on_progress: Callable[[PlannedRequest, SendStats], None] | None = None,
     flush_every: int = 100,
+    live: LiveClock | None = None,
 ) -> SendStats:
     """Send every request not yet in the sidecar; record ground truth once the server has acknowledged it.
 
-    Stops at the first refusal (ServerRefused propagates) after flushing what was acknowledged.
+    With `live`, each request leaves at its time on the wall clock and carries no window, as real clients' do
+    (the sidecar keeps the scenario's window). Stops at the first refusal (ServerRefused propagates) after
+    flushing what was acknowledged.
     """
     done = sidecar.done_request_ids()
     pending = [request for request in plan if request.request_id not in done]
@@ -184,7 +218,7 @@ def send_plan(
 
     def send_one(request: PlannedRequest) -> tuple[PlannedRequest, dict, list[int]]:
         images, labels = images_of(request, pools)
-        return request, transport.send(request.request_id, request.window, images), labels
+        return request, transport.send(request.request_id, None if live else request.window, images), labels
 
     def collect(future: Future) -> None:
         request, answer, labels = future.result()
@@ -205,7 +239,9 @@ def send_plan(
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="traffic") as pool:
             try:
                 for request in pending:
-                    if interval:
+                    if live:
+                        time.sleep(max(0.0, live.send_time(request) - time.time()))
+                    elif interval:
                         next_send += interval
                         time.sleep(max(0.0, next_send - time.perf_counter()))
                     while len(in_flight) >= concurrency:

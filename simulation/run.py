@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from common.settings import Settings
 from common.tracking import describe_run, log_frame_input, use_tracking
-from simulation.client import SendStats, Transport, send_plan
+from simulation.client import LiveClock, SendStats, Transport, send_plan
 from simulation.pools import load_pools
 from simulation.scenario import PlannedRequest, Scenario, intended_mix, parse_scenario, plan_traffic, realised_mix
 from simulation.schedule_plot import schedule_figure, write_schedule_html
@@ -58,10 +60,13 @@ def run_simulation(
     track: bool = True,
     until_window: int | None = None,
     progress: bool = True,
+    live_window_s: float | None = None,
 ) -> SimulationResult:
     """Send the scenario's traffic (skipping what an earlier run of `run_dir` already delivered); with
     `until_window`, only the windows before it (a later call on the same folder sends the rest); `progress`: a
-    progress bar on the terminal."""
+    progress bar on the terminal. With `live_window_s`, live: each scenario window lasts that many seconds of
+    wall-clock time from the next multiple of it, its requests spread evenly across it and sent without a window,
+    as real clients send them (the monitor then judges them by time: --window of the same length)."""
     scenario = prepare_run_dir(run_dir, scenario)
     pools = load_pools(scenario, settings.data_dir)
     plan = plan_traffic(scenario, {name: len(digits) for name, digits in pools.items()})
@@ -106,6 +111,7 @@ def run_simulation(
                     "mode": scenario.mode,
                     "concurrency": concurrency,
                     "rate": rate,
+                    "live_window_s": live_window_s,
                     "run_dir": str(run_dir),
                 }
             )
@@ -120,8 +126,16 @@ def run_simulation(
             state_path.write_text(json.dumps(state))
     bar.update(len(sidecar.done_request_ids()))
     stats = SendStats()
+    live = LiveClock.aligned(plan, live_window_s, time.time()) if live_window_s else None
+    if live:
+        log.info(
+            "live: %d windows of %gs from %s (UTC), no window sent with the requests",
+            scenario.windows,
+            live_window_s,
+            datetime.fromtimestamp(live.start, UTC).isoformat(timespec="seconds"),
+        )
     try:
-        stats = send_plan(plan, pools, transport, sidecar, concurrency, rate, on_progress)
+        stats = send_plan(plan, pools, transport, sidecar, concurrency, rate, on_progress, live=live)
     finally:
         bar.close()
         delivered = sidecar.done_request_ids()

@@ -20,7 +20,7 @@ from common.processes import free_port, stop, wait_for_http
 from common.records import PredictionRecord, read_prediction_log
 from common.settings import PROJECT_ROOT
 from serving.dataset_sink import DatasetSink
-from tests.helpers import acknowledged, assert_same_frames, serving_command
+from tests.helpers import acknowledged, as_records, assert_same_frames, serving_command
 
 pytestmark = pytest.mark.slow
 
@@ -47,27 +47,7 @@ def cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subpro
 
 def records_of(frame: pd.DataFrame, hour: int) -> list[PredictionRecord]:
     """Real scored records, re-stamped as scored at `hour` (the dataset partitions by scoring time)."""
-    records = []
-    for row in frame.itertuples(index=False):
-        records.append(
-            PredictionRecord(
-                request_id=row.request_id,
-                image_index=int(row.image_index),
-                model_name=row.model_name,
-                model_version=str(row.model_version),
-                timestamp=f"2026-11-22T{hour:02d}:30:00.000000+00:00",
-                window=int(row.window),
-                predicted=int(row.predicted),
-                probabilities=tuple(float(getattr(row, f"prob_{d}")) for d in range(10)),
-                confidence=float(row.confidence),
-                flags=tuple(flag for flag in row.flags.split(",") if flag),
-                fingerprint=row.fingerprint,
-                foreign_score=float(row.foreign_score),
-                projection=tuple(float(getattr(row, f"emb_{i}")) for i in range(8)),
-                image=row.image,
-            )
-        )
-    return records
+    return as_records(frame.assign(timestamp=f"2026-11-22T{hour:02d}:30:00.000000+00:00"))
 
 
 @pytest.fixture(scope="module")

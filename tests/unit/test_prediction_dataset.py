@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.prediction_dataset import DatasetError, Part, filesystem, list_parts, part_windows, read_parts
+from common.prediction_dataset import DatasetError, Part, filesystem, list_parts, part_summary, read_parts
 from common.records import PredictionRecord, compress_image
 from monitoring.incremental import Increment, Watermark, advance, plan_increment
 from serving.collector_sink import outputs_frame
@@ -54,7 +54,9 @@ def test_staged_records_are_published_as_parts_by_hour_once_each(tmp_path):
     frame = read_parts(fs, list_parts(fs, root))
     assert sorted(frame["request_id"]) == sorted({f"req-{i}" for i in (*range(10), 20)})
     assert frame.loc[frame["request_id"] == "req-20", "image"].iloc[0] == record(20, 2, flagged=True).image
-    assert part_windows(fs, list_parts(fs, root)[0]) == (0, 1)
+    summary = part_summary(fs, list_parts(fs, root)[0])
+    assert summary.windows == (0, 1) and summary.stamped == summary.rows == 10
+    assert summary.times[0] <= summary.times[1] and summary.times[0].startswith("2026-11-22T10:")
 
 
 def test_a_writer_that_died_before_publishing_publishes_its_staged_records_on_restart(tmp_path):
@@ -130,7 +132,7 @@ def test_data_collector_files_in_azures_layout_read_as_records(tmp_path):
     frame = read_parts(fs, parts)
     assert sorted(frame["request_id"]) == [f"req-{n}" for n in (1, 2, 3, 4, 5)]
     assert frame.loc[frame["request_id"] == "req-4", "image"].iloc[0] == record(4, 2, flagged=True).image
-    assert frame["window"].tolist() == [0, 1, 1, 2, 2] and part_windows(fs, parts[1]) == (1, 2)
+    assert frame["window"].tolist() == [0, 1, 1, 2, 2] and part_summary(fs, parts[1]).windows == (1, 2)
     assert base64.b64decode(json.loads(collector_line([record(4, 2, flagged=True)], 1))["data"][0]["image"])
 
 

@@ -104,6 +104,29 @@ class PredictionRecord(NamedTuple):
         )
 
 
+def records_of_frame(frame: pd.DataFrame) -> list[PredictionRecord]:
+    """Rows of a prediction log read as a frame (PREDICTION_COLUMNS) back as records, as a server writes them."""
+    return [
+        PredictionRecord(
+            request_id=row.request_id,
+            image_index=int(row.image_index),
+            model_name=row.model_name,
+            model_version=str(row.model_version),
+            timestamp=row.timestamp,
+            window=None if row.window is None or row.window != row.window else int(row.window),
+            predicted=int(row.predicted),
+            probabilities=tuple(float(getattr(row, column)) for column in PROBABILITY_COLUMNS),
+            confidence=float(row.confidence),
+            flags=tuple(flag for flag in str(row.flags).split(",") if flag),
+            fingerprint=row.fingerprint,
+            foreign_score=None if pd.isna(row.foreign_score) else float(row.foreign_score),
+            projection=None if pd.isna(row.emb_0) else tuple(float(getattr(row, column)) for column in PROJECTION_COLUMNS),
+            image=row.image if isinstance(row.image, bytes) else None,
+        )
+        for row in frame.itertuples(index=False)
+    ]
+
+
 def compress_image(image: np.ndarray) -> bytes:
     return zlib.compress(np.ascontiguousarray(image, dtype=np.uint8).tobytes(), 6)
 

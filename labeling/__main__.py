@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,17 @@ import pandas as pd
 from common.labels import write_labels
 from common.records import decompress_image, read_ground_truth, read_prediction_log
 from common.settings import Settings, load_settings
+from common.windows import (
+    CLOCKS,
+    DAILY_CLOCK,
+    DEFAULT_TIMEZONE,
+    DEFAULT_WINDOW,
+    DURATION_FORMS,
+    WindowClock,
+    WindowError,
+    choose_clock,
+    with_windows,
+)
 from labeling.annotator import LABEL_DELAY_WINDOWS, simulated_labels
 from labeling.queue import select_for_labeling
 
@@ -36,7 +48,21 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         default=0.3,
         help="share of the budget drawn from unflagged images, for an unbiased estimate (default: %(default)s)",
     )
-    queue.add_argument("--from-window", type=int, default=None, help="only windows from this one on")
+    queue.add_argument("--from-window", type=int, default=None, help="only simulated windows from this one on")
+    queue.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="auto",
+        help="windows as the monitor numbers them: the simulated window each request was stamped with, or wall-clock "
+        "time by scoring timestamp (auto: simulated when every record is stamped, wall when none is) (default: %(default)s)",
+    )
+    queue.add_argument(
+        "--window", default=DEFAULT_WINDOW, help=f"length of a time window: {DURATION_FORMS} (default: %(default)s)"
+    )
+    queue.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="IANA timezone of the time windows (default: %(default)s)")
+    queue.add_argument(
+        "--since", help="with time windows: only windows that start at or after this ISO-8601 time (e.g. 2026-12-01T00:00+01:00)"
+    )
     queue.add_argument("--seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
     queue.add_argument("--out", type=Path, required=True, help="the queue as CSV (request_id, image_index, window, stratum, ...)")
     queue.add_argument(
@@ -57,14 +83,36 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def export_queue(
-    log_path: str, per_window: int, random_share: float, from_window: int | None, seed: int, out: Path, images_dir: Path | None
+    log_path: str,
+    per_window: int,
+    random_share: float,
+    from_window: int | None,
+    seed: int,
+    out: Path,
+    images_dir: Path | None,
+    clock: str = "auto",
+    wall: WindowClock = DAILY_CLOCK,
+    since: datetime | None = None,
 ) -> pd.DataFrame:
-    """The queue of a prediction log as CSV (and the kept images as PNG files)."""
+    """The queue of a prediction log as CSV (and the kept images as PNG files), a budget per window as the monitor
+    numbers them (`clock`: auto, simulated or wall; `wall`: the time windows); a time window's queue rows carry its
+    start and end."""
     records = pd.DataFrame(read_prediction_log(log_path))
-    records = records[records["window"].notna()].astype({"window": int, "image_index": int})
+    chosen = choose_clock(clock, int(records["window"].notna().sum()), int(records["window"].isna().sum()), wall, log_path)
+    records, left_out = with_windows(records, chosen, log_path)
+    for line in left_out.messages():
+        log.warning("%s: %s", log_path, line)
+    records = records.astype({"image_index": int})
     if from_window is not None:
         records = records[records["window"] >= from_window]
+    if since is not None and chosen.is_wall:
+        first = chosen.window_of(since)
+        first += chosen.start(first) < since  # the window that starts at or after `since`
+        records = records[records["window"] >= first]
     queue = select_for_labeling(records, per_window, random_share, seed)
+    if chosen.is_wall:
+        bounds = chosen.bounds_columns(queue["window"])
+        queue = queue.assign(window_start=bounds["window_start"], window_end=bounds["window_end"])
     out.parent.mkdir(parents=True, exist_ok=True)
     queue.to_csv(out, index=False)
     if images_dir is not None:
@@ -77,6 +125,17 @@ def export_queue(
     return queue
 
 
+def _since(text: str | None) -> datetime | None:
+    """--since as an aware datetime (UTC when it names no offset)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise WindowError(f"--since {text!r}: expected an ISO-8601 time such as 2026-12-01T00:00+01:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
@@ -85,9 +144,24 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.prediction_log).is_file():
             print(f"error: {args.prediction_log}: no prediction log here", file=sys.stderr)
             return 2
-        queue = export_queue(
-            args.prediction_log, args.per_window, args.random_share, args.from_window, args.seed, args.out, args.images_dir
-        )
+        try:
+            wall = WindowClock.wall(args.window, args.timezone)
+            since = _since(args.since)
+            queue = export_queue(
+                args.prediction_log,
+                args.per_window,
+                args.random_share,
+                args.from_window,
+                args.seed,
+                args.out,
+                args.images_dir,
+                args.clock,
+                wall,
+                since,
+            )
+        except WindowError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"queued {len(queue)} images of {queue['window'].nunique()} windows: {args.out}")
         return 0
     try:

@@ -116,31 +116,6 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -
     raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
 
 
-def as_records(frame):
-    """Rows of a prediction log's frame (common.records columns) as PredictionRecords, as a server would write them."""
-    from common.records import PredictionRecord
-
-    return [
-        PredictionRecord(
-            request_id=row.request_id,
-            image_index=int(row.image_index),
-            model_name=row.model_name,
-            model_version=str(row.model_version),
-            timestamp=row.timestamp,
-            window=None if row.window is None or row.window != row.window else int(row.window),
-            predicted=int(row.predicted),
-            probabilities=tuple(float(getattr(row, f"prob_{d}")) for d in range(10)),
-            confidence=float(row.confidence),
-            flags=tuple(flag for flag in row.flags.split(",") if flag),
-            fingerprint=row.fingerprint,
-            foreign_score=float(row.foreign_score),
-            projection=tuple(float(getattr(row, f"emb_{i}")) for i in range(8)),
-            image=row.image,
-        )
-        for row in frame.itertuples(index=False)
-    ]
-
-
 def assert_same_frames(left, right, exact):
     """Columns in `exact` equal; every other column within 1e-9 (NaN where the other is NaN)."""
     assert list(left.columns) == list(right.columns)

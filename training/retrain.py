@@ -189,7 +189,7 @@ def _log_label_sets(found: LabeledImages, held_out: np.ndarray, path: str) -> No
         {
             "request_id": found.request_ids,
             "image_index": found.image_indexes.astype(np.int64),
-            "window": found.windows.astype(np.int64),
+            "window": pd.array(found.windows, dtype="Int64"),  # none for real clients' records
             "label": found.digits.labels.astype(np.int64),
             "fingerprint": found.fingerprints,
         }

@@ -61,7 +61,7 @@ def test_a_window_the_cut_leaves_short_is_sampled_whole(spark, big_windows, monk
             "missing column(s)",
         ),
         ("empty.parquet", "empty", "the prediction log is empty"),
-        ("no-window.parquet", "no-window", "no record carries a window"),
+        ("no-time.parquet", "no-time", "no record has a readable window (3 records with an unreadable timestamp"),
     ],
 )
 def test_a_log_the_spark_engine_cannot_read_is_named_with_what_was_expected(spark, big_windows, tmp_path, name, write, message):
@@ -69,8 +69,8 @@ def test_a_log_the_spark_engine_cannot_read_is_named_with_what_was_expected(spar
     path = tmp_path / name
     if write == "empty":
         frame.iloc[:0].to_parquet(path)
-    elif write == "no-window":
-        frame.head(3).assign(window=None).to_parquet(path)
+    elif write == "no-time":  # no simulated window, so judged by time, and no timestamp to judge by
+        frame.head(3).assign(window=None, timestamp="never").to_parquet(path)
     elif write is not None:
         write(path)
     with pytest.raises(spark_engine.SparkLogError) as raised:
@@ -81,6 +81,6 @@ def test_a_log_the_spark_engine_cannot_read_is_named_with_what_was_expected(spar
 def test_the_spark_log_knows_its_versions_from_one_count_when_read(spark, big_windows):
     _, path = big_windows
     log = SparkLog.read(path)
-    assert log.versions() == ["1"] and int(log.inventory["windowed"].sum()) == 4500
+    assert log.versions() == ["1"] and int(log.inventory["records"].sum()) == 4500
     assert log.of_version("digits-cnn", "77").is_empty() and not log.of_version("digits-cnn", "1").is_empty()
     assert log.of_version("digits-cnn", "1").frame.count() == 4500

@@ -17,10 +17,10 @@ import yaml
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.processes import free_port, stop, wait_for_http
-from common.records import PredictionRecord, read_prediction_log
+from common.records import PredictionRecord, read_prediction_log, records_of_frame
 from common.settings import PROJECT_ROOT
 from serving.dataset_sink import DatasetSink
-from tests.helpers import acknowledged, as_records, assert_same_frames, serving_command
+from tests.helpers import acknowledged, assert_same_frames, serving_command
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subpro
 
 def records_of(frame: pd.DataFrame, hour: int) -> list[PredictionRecord]:
     """Real scored records, re-stamped as scored at `hour` (the dataset partitions by scoring time)."""
-    return as_records(frame.assign(timestamp=f"2026-11-22T{hour:02d}:30:00.000000+00:00"))
+    return records_of_frame(frame.assign(timestamp=f"2026-11-22T{hour:02d}:30:00.000000+00:00"))
 
 
 @pytest.fixture(scope="module")

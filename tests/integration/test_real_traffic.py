@@ -18,11 +18,11 @@ import yaml
 
 from common.prediction_dataset import part_name, records_table
 from common.processes import free_port, running
-from common.records import read_prediction_log
+from common.records import read_prediction_log, records_of_frame
 from common.settings import PROJECT_ROOT
 from common.windows import WindowClock
 from serving.prediction_log import PredictionLog
-from tests.helpers import as_records, assert_same_frames, serving_command
+from tests.helpers import assert_same_frames, serving_command
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def hourly_log(live, tmp_path_factory) -> Path:
     ]
     path = tmp_path_factory.mktemp("hourly") / "log.db"
     writer = PredictionLog(path)
-    writer.write(as_records(frame.drop(columns=["scenario"])))
+    writer.write(records_of_frame(frame.drop(columns=["scenario"])))
     writer.close()
     return path
 
@@ -217,7 +217,7 @@ def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_l
         for hour, group in records.groupby(records["timestamp"].str[:13]):
             folder = location / f"date={hour[:10]}" / f"hour={hour[11:13]}"
             folder.mkdir(parents=True, exist_ok=True)
-            rows = [record.row() for record in as_records(group)]
+            rows = [record.row() for record in records_of_frame(group)]
             pq.write_table(records_table(rows), folder / part_name(writer, 0))
 
     first_hours = sorted(hours.unique())[:5]

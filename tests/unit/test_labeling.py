@@ -143,3 +143,30 @@ def test_labels_not_yet_back_are_not_used():
     estimate = label_assisted_accuracy(records, np.full(len(records), 0.99), labels, lag=0).set_index("window")
     assert estimate.loc[[0, 1, 2], "labels_used"].tolist() == [0, 0, 0]
     assert estimate.loc[3, "labels_used"] == 10  # window 0's labels, back at window 3
+
+
+def test_the_queue_of_real_clients_records_spends_its_budget_per_window_of_time(tmp_path):
+    from datetime import UTC, datetime
+
+    from common.records import PredictionRecord
+    from common.windows import WindowClock
+    from labeling.__main__ import export_queue
+    from serving.prediction_log import PredictionLog
+
+    def record(number: int, hour: int) -> PredictionRecord:
+        stamp = f"2026-12-01T{hour:02d}:{number % 60:02d}:00.000000+00:00"
+        flags = ("low_confidence",) if number % 2 else ()
+        return PredictionRecord(f"r{hour}-{number}", 0, "digits-cnn", "1", stamp, None, 3, (0.1,) * 10, 0.5, flags, "f")
+
+    log = PredictionLog(tmp_path / "log.db")
+    log.write([record(number, hour) for hour in (8, 9, 10) for number in range(30)])
+    log.close()
+    queue = export_queue(str(tmp_path / "log.db"), 4, 0.25, None, 0, tmp_path / "queue.csv", None, wall=WindowClock.wall("1h"))
+    assert queue.groupby("window").size().tolist() == [4, 4, 4]
+    assert queue["window_start"].drop_duplicates().tolist() == [f"2026-12-01T{hour:02d}:00:00+00:00" for hour in (8, 9, 10)]
+    since = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)  # 09:00-10:00 started before it: only 10:00 on
+    later = export_queue(
+        str(tmp_path / "log.db"), 4, 0.25, None, 0, tmp_path / "q2.csv", None, wall=WindowClock.wall("1h"), since=since
+    )
+    assert later["window_start"].unique().tolist() == ["2026-12-01T10:00:00+00:00"]
+    assert pd.read_csv(tmp_path / "q2.csv")["window_end"].unique().tolist() == ["2026-12-01T11:00:00+00:00"]

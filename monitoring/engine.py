@@ -136,8 +136,6 @@ def open_dataset(
         keep = in_increment(placed["window"], increment)
         late = int((~keep & (placed["window"] <= increment.through)).sum())
         left_out = left_out + LeftOut(late=late)
-        for line in left_out.messages():
-            logger.warning("%s: %s", location, line)
         return PandasLog(placed[keep].drop(columns=["timestamp"]), images, clock, left_out)
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")

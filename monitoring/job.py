@@ -11,7 +11,7 @@ import pandas as pd
 
 from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
 from common.spark import DEFAULT_SPARK_MASTER
-from common.windows import LeftOut, WindowClock, WindowError, format_duration
+from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
 from monitoring.alerts import (
     DEFAULT_RULES,
     Alert,
@@ -47,8 +47,8 @@ class MonitorResult:
     report: DriftVerdict
     mlflow_run_id: str | None
     rules: tuple[Rule, ...] = ()
-    clock: WindowClock = WindowClock()
-    left_out: LeftOut = LeftOut()
+    clock: WindowClock = SIMULATED_CLOCK
+    left_out: LeftOut = NOTHING_LEFT_OUT
 
 
 def judge(
@@ -70,16 +70,9 @@ def judge(
     rules = (*DEFAULT_RULES, accuracy_rule(float(model.reference.accuracy)))
     context = metrics if history is None else pd.concat([history, metrics], ignore_index=True)
     alerts = evaluate_rules(context, rules, model.name, model.version, cooldown_windows)
-    named = dict(zip(metrics["window"], zip(metrics["window_start"], metrics["window_end"])))
-    return (
-        metrics,
-        [
-            replace(alert, window_start=named[alert.window][0], window_end=named[alert.window][1])
-            for alert in alerts
-            if alert.window in named
-        ],
-        rules,
-    )
+    named = {row.window: {"window_start": row.window_start, "window_end": row.window_end} for row in metrics.itertuples()}
+    # the history's windows only carry streaks and cooldowns over: their alerts were raised by an earlier run
+    return metrics, [replace(alert, **named[alert.window]) for alert in alerts if alert.window in named], rules
 
 
 def monitor(

@@ -205,7 +205,10 @@ def test_spark_and_pandas_judge_time_windows_alike(hourly_log, champion, spark, 
     assert metrics_pandas["window_start"].iloc[0] == "2026-11-02T07:00:00+01:00"
 
 
-def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_late_arrivals(hourly_log, champion, tmp_path):
+@pytest.mark.parametrize("engine", ["pandas", "spark"])
+def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_late_arrivals(
+    hourly_log, champion, spark, tmp_path, engine
+):
     from monitoring.job import DatasetSource, monitor_dataset
     from monitoring.model import resolve_model
 
@@ -230,7 +233,7 @@ def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_l
     source = DatasetSource(str(location), tmp_path / "watermark.json", track=False, clock="wall", wall=hourly)
     # 11:03 UTC: the 10:00-11:00 window waits for its 5 minutes of lateness
     first, increment, _ = monitor_dataset(
-        source, model, tmp_path / "first", "ds", tmp_path / "cache", now=datetime(2026, 11, 2, 11, 3, tzinfo=UTC)
+        source, model, tmp_path / "first", "ds", tmp_path / "cache", engine=engine, now=datetime(2026, 11, 2, 11, 3, tzinfo=UTC)
     )
     assert len(first.metrics) == 4 and increment.through == hourly.window_of(datetime(2026, 11, 2, 9, 30, tzinfo=UTC))
     publish(late, "b")  # arrives after its hour was judged

@@ -133,6 +133,7 @@ def test_data_collector_files_in_azures_layout_read_as_records(tmp_path):
     assert sorted(frame["request_id"]) == [f"req-{n}" for n in (1, 2, 3, 4, 5)]
     assert frame.loc[frame["request_id"] == "req-4", "image"].iloc[0] == record(4, 2, flagged=True).image
     assert frame["window"].tolist() == [0, 1, 1, 2, 2] and part_summary(fs, parts[1]).windows == (1, 2)
+    assert part_summary(fs, parts[1]).times[0].startswith("2026-11-22T11:")  # collector files: read, not from statistics
     assert base64.b64decode(json.loads(collector_line([record(4, 2, flagged=True)], 1))["data"][0]["image"])
 
 

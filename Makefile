@@ -64,8 +64,8 @@ evaluate: data ## the monitor's scorecard at 200 requests per window, into bench
 loop: data ## the closed loop on the closed-loop scenario: alert, labels, retrain, safe promotion, the server follows (needs a champion: make demo)
 	$(PY) scripts/closed_loop.py
 
-test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration), the slowest 25 named
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-unit: venv ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -110,3 +110,15 @@ def test_relative_data_folders_are_relative_to_the_scenario_file(tmp_path):
     )
     source = load_scenario(path).sources[1]
     assert source.data == str(tmp_path / "mine") and source.layout == "japanese"
+
+
+def test_a_live_run_starts_on_a_window_boundary_and_spreads_each_windows_requests_across_it():
+    from simulation.client import LiveClock
+    from simulation.scenario import PlannedRequest
+
+    plan = [PlannedRequest(f"w{window}-r{index}", window, ("mnist",)) for window in range(3) for index in range(4)]
+    clock = LiveClock.aligned(plan, 20, now=1_000_007.5)
+    assert clock.start == 1_000_020  # the next multiple of 20 s: scenario windows are the monitor's windows
+    times = [clock.send_time(request) for request in plan]
+    assert times[:4] == [1_000_020, 1_000_025, 1_000_030, 1_000_035]
+    assert times[4] == clock.window_start(1) == 1_000_040 and max(times) < clock.window_start(3)

@@ -35,6 +35,7 @@ from monitoring.job import DatasetSource, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
 from monitoring.model import resolve_model
 from monitoring.pandas_engine import PandasLog, log_images
+from monitoring.policy import DEFAULT_POLICY, PolicyError, load_policy, suggested_policy
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -64,6 +65,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
             type=int,
             default=MonitorConfig.min_window_size,
             help="windows with fewer records are reported but raise no alert (default: %(default)s)",
+        )
+        command.add_argument(
+            "--policy",
+            type=Path,
+            help=f"the policy file: rules, thresholds, severities, cooldown, incidents (default: {DEFAULT_POLICY.name}, "
+            "packaged with the monitor; `suggest` writes one from a version's reference)",
         )
         command.add_argument("--no-mlflow", dest="track", action="store_false", help="do not log MLflow runs")
     run = commands.choices["run"]
@@ -123,6 +130,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="with a dataset: a stable name that keys the watermark in MLflow instead of the location (a scheduled "
         "job whose input is mounted at a new path each run)",
     )
+    suggest = commands.add_parser("suggest", help="write a policy file with thresholds derived from a version's reference")
+    suggest.add_argument(
+        "--model", default=f"models:/{MODEL_NAME}@champion", help="the model whose reference to use (default: %(default)s)"
+    )
+    suggest.add_argument("--model-version", help="with --reference: the version it belongs to")
+    suggest.add_argument("--reference", help="a reference.npz file instead of the registry's")
+    suggest.add_argument(
+        "--sd", type=float, default=4.0, help="standard deviations over the reference's chunks (default: %(default)s)"
+    )
+    suggest.add_argument("--out", type=Path, required=True, help="the policy file to write (monitor.yaml)")
     evaluate = commands.choices["evaluate"]
     evaluate.add_argument(
         "--runs", nargs="+", type=Path, required=True, help="simulation run folders (scenario.yaml, ground_truth.db)"
@@ -150,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         wall = _wall_clock(args) if args.command == "run" else None
         use_tracking(settings)
         model = resolve_model(args.model, args.reference, args.model_version, MODEL_NAME)
+        if args.command == "suggest":
+            return _suggest(model, args.sd, args.out)
+        policy = load_policy(args.policy, model.reference)
         config = MonitorConfig(min_window_size=args.min_window_size)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if args.command == "run":
@@ -157,15 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             truth = read_truth(args.truth) if args.truth else None
             out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
             if is_dataset_url(args.log):
-                return _run_dataset(args, model, config, truth, label, out, settings, wall)
+                return _run_dataset(args, model, config, truth, label, out, settings, wall, policy)
             records = open_log(args.log, args.engine, args.spark_master, args.clock, wall or DAILY_CLOCK)
             records = for_version(records, model, args.log)
-            result = monitor(records, model, out, label, config, truth, args.webhook, args.track)
+            result = monitor(records, model, out, label, config, truth, args.webhook, args.track, policy=policy)
             _report(result)
             return 0
         frame = for_version(PandasLog.read(args.log), model, args.log).frame
-        return _evaluate(args, frame, model, config, settings, stamp)
-    except (MonitoringError, WindowError) as err:
+        return _evaluate(args, frame, model, config, settings, stamp, policy)
+    except (MonitoringError, WindowError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -177,7 +197,16 @@ def _wall_clock(args) -> WindowClock | None:
     return WindowClock.wall(args.window or DEFAULT_WINDOW, args.timezone or DEFAULT_TIMEZONE)
 
 
-def _run_dataset(args, model, config, truth, label, out, settings, wall: WindowClock | None) -> int:
+def _suggest(model, sd: float, out: Path) -> int:
+    """Write a policy file whose thresholds are this version's numbers."""
+    policy = suggested_policy(model.reference, sd)
+    header = f"# suggested by `python -m monitoring suggest` from {model.name} version {model.version}'s reference\n"
+    out.write_text(header + yaml.safe_dump(policy, sort_keys=False))
+    print(f"policy with {len(policy['rules'])} rules written to {out}; use it with --policy {out}")
+    return 0
+
+
+def _run_dataset(args, model, config, truth, label, out, settings, wall: WindowClock | None, policy) -> int:
     source = DatasetSource(
         args.log,
         args.watermark,
@@ -191,7 +220,7 @@ def _run_dataset(args, model, config, truth, label, out, settings, wall: WindowC
     )
     cache = settings.state_dir / "cache" / "datasets"
     result, increment, parts = monitor_dataset(
-        source, model, out, label, cache, config, truth, args.webhook, args.engine, args.spark_master
+        source, model, out, label, cache, config, truth, args.webhook, args.engine, args.spark_master, policy=policy
     )
     clock = increment.clock
     if result is None:
@@ -216,13 +245,26 @@ def _report(result) -> None:
     if len(too_small):
         print(f"  {len(too_small)} windows too small to judge (under --min-window-size records): shown, not alerted on")
     for alert in result.alerts:
-        print(f"  {result.clock.name(alert.window)}: {alert.rule} ({alert.metric} = {alert.value:.3g}): {alert.message}")
+        print(
+            f"  {result.clock.name(alert.window)}: {alert.severity} {alert.rule} ({alert.metric} = {alert.value:.3g}): "
+            f"{alert.message}"
+        )
+    if result.checks is not None and len(result.checks):
+        counts = result.checks["status"].value_counts()
+        print(
+            "checks per window: " + ", ".join(f"{counts.get(status, 0)} {status}" for status in ("pass", "warn", "fail", "skip"))
+        )
+    for event in result.incidents:
+        print(
+            f"  incident of {result.clock.name(event.incident)} {event.event} at {result.clock.name(event.window)}: "
+            f"{event.severity}, rules {', '.join(event.rules)}"
+        )
     print(f"dashboard: {result.out_dir / 'dashboard.html'}")
     if result.mlflow_run_id:
         print(f"MLflow run {result.mlflow_run_id} (metrics by window as steps; dashboard, report, gallery as artifacts)")
 
 
-def _evaluate(args, frame, model, config, settings, stamp) -> int:
+def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
     judged = []
     for run_dir in args.runs:
         scenario = (
@@ -242,6 +284,7 @@ def _evaluate(args, frame, model, config, settings, stamp) -> int:
             config,
             truth,
             track=args.track,
+            policy=policy,
         )
         print(f"{run_dir.name} ({scenario}):")
         _report(result)

@@ -24,12 +24,14 @@ class Rule:
     below: bool  # True: fire when metric < threshold (p-values); False: when metric > threshold
     message: str
     consecutive: int = 1  # windows in a row the condition must hold before the rule fires
+    severity: str = "warning"  # warning or critical: a window's check is Warn or Fail when the rule fires
+    cooldown: int | None = None  # quiet windows before it alerts again (None: the run's cooldown_windows)
 
 
 # p-value thresholds are tiny because every window runs several tests; the foreign test's null
 # (1% of held-out MNIST flagged) and the accuracy bar come from the model's reference.
 DEFAULT_RULES = (
-    Rule("foreign_digits", "foreign_p", 1e-4, True, "more images flagged foreign than the reference's 1% allows"),
+    Rule("foreign_digits", "foreign_p", 1e-4, True, "more images flagged foreign than the reference's 1% allows", 1, "critical"),
     Rule("class_mix_drift", "class_mix_p", 1e-4, True, "the predicted-class mix departs from the reference"),
     Rule("confidence_drift", "confidence_p", 1e-4, True, "the confidence distribution departs from the reference"),
     # A permutation p-value cannot go under 1/(permutations + 1) = 0.0025, so one window alone would
@@ -47,6 +49,7 @@ def accuracy_rule(reference_accuracy: float, drop_points: float = 3.0) -> Rule:
         threshold,
         True,
         f"estimated accuracy fell more than {drop_points:g} points under the reference's {reference_accuracy:.1%}",
+        severity="critical",
     )
 
 
@@ -60,6 +63,7 @@ class Alert:
     message: str
     model_name: str
     model_version: str
+    severity: str = "warning"
     window_start: str = ""  # ISO-8601, for a window of wall-clock time ('' for a simulated window)
     window_end: str = ""
 
@@ -103,10 +107,21 @@ def evaluate_rules(
         rule = firing.rule
         previous = last_fired.get(rule.name)
         last_fired[rule.name] = firing.window
-        if previous is not None and firing.window - previous <= cooldown_windows:
+        cooldown = cooldown_windows if rule.cooldown is None else rule.cooldown
+        if previous is not None and firing.window - previous <= cooldown:
             continue  # still the same episode: already raised
         alerts.append(
-            Alert(firing.window, rule.name, rule.metric, firing.value, rule.threshold, rule.message, model_name, model_version)
+            Alert(
+                firing.window,
+                rule.name,
+                rule.metric,
+                firing.value,
+                rule.threshold,
+                rule.message,
+                model_name,
+                model_version,
+                rule.severity,
+            )
         )
     return alerts
 

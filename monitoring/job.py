@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -12,22 +13,15 @@ import pandas as pd
 from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
 from common.spark import DEFAULT_SPARK_MASTER
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
-from monitoring.alerts import (
-    DEFAULT_RULES,
-    Alert,
-    Rule,
-    accuracy_rule,
-    evaluate_rules,
-    firing_windows,
-    post_webhook,
-    write_jsonl,
-)
+from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
 from monitoring.dashboard import dashboard_figure, write_dashboard
 from monitoring.engine import LogEngine, MonitoringError, for_version, open_dataset
 from monitoring.gallery import gallery_png
+from monitoring.incidents import IncidentEvent, incident_events, junit_xml, window_checks
 from monitoring.incremental import WATERMARK_FILE, Increment, Watermark, advance, part_span, plan_increment, run_clock
 from monitoring.metrics import DEFAULT_CONFIG, MonitorConfig, judge_windows
 from monitoring.model import ModelRef
+from monitoring.policy import Policy, load_policy
 from monitoring.report import DriftVerdict, drifted_windows, evidently_report, report_title
 from monitoring.tracking import last_watermark, log_monitoring_run
 
@@ -49,6 +43,8 @@ class MonitorResult:
     rules: tuple[Rule, ...] = ()
     clock: WindowClock = SIMULATED_CLOCK
     left_out: LeftOut = NOTHING_LEFT_OUT
+    checks: pd.DataFrame | None = None  # Pass / Warn / Fail / skip per window and rule
+    incidents: tuple[IncidentEvent, ...] = ()
 
 
 def judge(
@@ -56,23 +52,39 @@ def judge(
     model: ModelRef,
     config: MonitorConfig,
     truth: pd.DataFrame | None = None,
-    cooldown_windows: int = 5,
+    policy: Policy | None = None,
     history: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[Alert], tuple[Rule, ...]]:
-    """Window metrics (with the sidecar's truth when given) and the alerts they raise; `history`, the last
-    windows an earlier run judged, carries alert streaks and cooldowns across incremental runs."""
+    """Window metrics (with the sidecar's truth when given) and the alerts the policy's rules raise (default: the
+    packaged monitor.yaml); `history`, the last windows an earlier run judged, carries alert streaks and cooldowns
+    across incremental runs."""
+    policy = policy or load_policy(None, model.reference)
     metrics = judge_windows(log.aggregates(model.reference), log.samples(config.sample_size), model.reference, config)
     if truth is not None:
         metrics = metrics.merge(log.truth_metrics(truth), on="window", how="left")
     bounds = log.clock.bounds_columns(metrics["window"])
     metrics.insert(1, "window_start", bounds["window_start"])
     metrics.insert(2, "window_end", bounds["window_end"])
-    rules = (*DEFAULT_RULES, accuracy_rule(float(model.reference.accuracy)))
     context = metrics if history is None else pd.concat([history, metrics], ignore_index=True)
-    alerts = evaluate_rules(context, rules, model.name, model.version, cooldown_windows)
+    alerts = evaluate_rules(context, policy.rules, model.name, model.version, policy.cooldown_windows)
     named = {row.window: {"window_start": row.window_start, "window_end": row.window_end} for row in metrics.itertuples()}
     # the history's windows only carry streaks and cooldowns over: their alerts were raised by an earlier run
-    return metrics, [replace(alert, **named[alert.window]) for alert in alerts if alert.window in named], rules
+    return metrics, [replace(alert, **named[alert.window]) for alert in alerts if alert.window in named], policy.rules
+
+
+def judged_checks(
+    metrics: pd.DataFrame, policy: Policy, history: pd.DataFrame | None, clock: WindowClock
+) -> tuple[pd.DataFrame, list[IncidentEvent]]:
+    """The judged windows' checks and incident events, streaks and open incidents carried over from `history`."""
+    context = metrics if history is None else pd.concat([history, metrics], ignore_index=True)
+    checks = window_checks(context.drop_duplicates("window", keep="last"), policy.rules)
+    judged = set(metrics["window"])
+    events = [
+        replace(event, **dict(zip(("window_start", "window_end"), clock.bounds(event.window) if clock.is_wall else ("", ""))))
+        for event in incident_events(checks, policy.rules, policy.resolve_after_quiet_windows)
+        if event.window in judged
+    ]
+    return checks[checks["window"].isin(judged)].reset_index(drop=True), events
 
 
 def monitor(
@@ -87,6 +99,7 @@ def monitor(
     gallery_per_window: int = 8,
     increment: tuple[Watermark, Increment] | None = None,
     run_tags: dict[str, str] | None = None,
+    policy: Policy | None = None,
 ) -> MonitorResult:
     """Judge every window, write the outputs into a new `out_dir`, post alerts, and log one MLflow run.
 
@@ -96,10 +109,17 @@ def monitor(
     if out_dir.exists():
         raise MonitoringError(f"{out_dir}: already exists; monitoring never overwrites a run's outputs")
     history = increment[0].history_frame() if increment else None
-    metrics, alerts, rules = judge(log, model, config, truth, history=history)
+    policy = policy or load_policy(None, model.reference)
+    metrics, alerts, rules = judge(log, model, config, truth, policy, history)
+    checks, incidents = judged_checks(metrics, policy, history, log.clock)
     out_dir.mkdir(parents=True)
     metrics.to_csv(out_dir / "window_metrics.csv", index=False)
     alerts_path = write_jsonl(alerts, out_dir / "alerts.jsonl")
+    checks.to_csv(out_dir / "checks.csv", index=False)
+    names = {window: log.clock.name(window) for window in checks["window"]}
+    (out_dir / "checks.xml").write_text(junit_xml(checks, rules, f"digitdrift monitor {label}", names))
+    with (out_dir / "incidents.jsonl").open("w") as stream:
+        stream.writelines(json.dumps(event.as_dict()) + "\n" for event in incidents)
     title = f"{label}: {model.name} v{model.version}" + (f" @{model.alias}" if model.alias else "")
     axis = (
         f"window start ({log.clock.timezone}, windows of {format_duration(log.clock.length_s)})"
@@ -109,6 +129,9 @@ def monitor(
     outputs = [
         alerts_path,
         out_dir / "window_metrics.csv",
+        out_dir / "checks.csv",
+        out_dir / "checks.xml",
+        out_dir / "incidents.jsonl",
         write_dashboard(dashboard_figure(metrics, alerts, title, axis), out_dir / "dashboard.html"),
     ]
     flagged = firing_windows(metrics, rules)
@@ -141,11 +164,13 @@ def monitor(
     for line in log.left_out.messages():
         logger.warning("%s", line)
     run_id = (
-        log_monitoring_run(metrics, alerts, report, model, label, outputs, log.engine, run_tags, log.clock, log.left_out)
+        log_monitoring_run(
+            metrics, alerts, report, model, label, outputs, log.engine, run_tags, log.clock, log.left_out, checks, policy
+        )
         if track
         else None
     )
-    return MonitorResult(out_dir, metrics, alerts, report, run_id, rules, log.clock, log.left_out)
+    return MonitorResult(out_dir, metrics, alerts, report, run_id, rules, log.clock, log.left_out, checks, tuple(incidents))
 
 
 @dataclass(frozen=True)
@@ -175,6 +200,7 @@ def monitor_dataset(
     engine: str = "pandas",
     spark_master: str = DEFAULT_SPARK_MASTER,
     now: datetime | None = None,
+    policy: Policy | None = None,
 ) -> tuple[MonitorResult | None, Increment, int]:
     """One incremental run over a dataset: the parts no earlier run consumed, the windows now closed (`now`: the
     clock that closes time windows, default the current time).
@@ -205,7 +231,17 @@ def monitor_dataset(
         "dataset_bytes_read": str(increment.bytes),
     }
     result = monitor(
-        records, model, out_dir, label, config, truth, webhook, source.track, increment=(watermark, increment), run_tags=tags
+        records,
+        model,
+        out_dir,
+        label,
+        config,
+        truth,
+        webhook,
+        source.track,
+        increment=(watermark, increment),
+        run_tags=tags,
+        policy=policy,
     )
     if source.watermark_file:
         source.watermark_file.write_text((out_dir / WATERMARK_FILE).read_text())

@@ -12,8 +12,10 @@ from mlflow.entities import Metric
 from common.tracking import describe_run
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, format_duration
 from monitoring.alerts import Alert
+from monitoring.incidents import CHECK_LEVELS
 from monitoring.incremental import WATERMARK_FILE, Watermark
 from monitoring.model import ModelRef
+from monitoring.policy import Policy
 from monitoring.report import DriftVerdict
 
 # Window metric -> its MLflow name: the prefixes are the sections the MLflow UI groups a run's charts into
@@ -69,6 +71,18 @@ def window_metric_batch(metrics: pd.DataFrame, alerts: list[Alert], timestamp_ms
     ]
 
 
+def check_metric_batch(checks: pd.DataFrame, logged: list[Metric]) -> list[Metric]:
+    """Each window's checks as `checks/<rule>` and `checks/status` (0 pass, 1 warn, 2 fail; skipped windows not
+    logged), timestamped like the window's other points."""
+    stamps = {metric.step: metric.timestamp for metric in logged}
+    return [
+        Metric(f"checks/{name}", float(CHECK_LEVELS[value]), stamps.get(int(row["window"]), 0), int(row["window"]))
+        for row in checks.to_dict("records")
+        for name, value in row.items()
+        if name != "window" and value in CHECK_LEVELS
+    ]
+
+
 def log_monitoring_run(
     metrics: pd.DataFrame,
     alerts: list[Alert],
@@ -80,6 +94,8 @@ def log_monitoring_run(
     run_tags: dict[str, str] | None = None,
     clock: WindowClock = SIMULATED_CLOCK,
     left_out: LeftOut = NOTHING_LEFT_OUT,
+    checks: pd.DataFrame | None = None,
+    policy: Policy | None = None,
 ) -> str:
     """One MLflow run for a monitoring run; return its id."""
     with mlflow.start_run(run_name=f"monitor-{label}-v{model.version}") as run:
@@ -126,7 +142,12 @@ def log_monitoring_run(
                 "traffic/unstamped_records_left_out": left_out.unstamped,
             }
         )
+        if policy is not None:
+            mlflow.log_param("policy", policy.source)
+            mlflow.log_artifact(policy.source, "policy")
         batch = window_metric_batch(metrics, alerts, int(pd.Timestamp.now().timestamp() * 1000))
+        if checks is not None:
+            batch += check_metric_batch(checks, batch)
         client = mlflow.MlflowClient()
         for start in range(0, len(batch), BATCH_SIZE):
             client.log_batch(run.info.run_id, metrics=batch[start : start + BATCH_SIZE])

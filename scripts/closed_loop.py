@@ -42,10 +42,11 @@ from common.settings import MODEL_NAME, Settings, load_settings  # noqa: E402
 from common.tracking import describe_run, download_reference, resolve_registered, use_tracking  # noqa: E402
 from labeling.annotator import simulated_labels  # noqa: E402
 from labeling.queue import select_for_labeling  # noqa: E402
-from monitoring.alerts import DEFAULT_RULES, accuracy_rule, evaluate_rules  # noqa: E402
+from monitoring.alerts import evaluate_rules  # noqa: E402
 from monitoring.dashboard import closed_loop_figure, write_dashboard  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
+from monitoring.policy import load_policy  # noqa: E402
 from scripts.stack import http_ok  # noqa: E402
 from simulation.client import HttpTransport  # noqa: E402
 from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
@@ -139,8 +140,8 @@ def records_frame(path: Path) -> pd.DataFrame:
 def version_alerts(records: pd.DataFrame, version: str, reference: Reference) -> list:
     """The alerts of one version's records judged against its own reference."""
     metrics = window_metrics(records, reference)
-    rules = (*DEFAULT_RULES, accuracy_rule(float(reference.accuracy)))
-    return evaluate_rules(metrics, rules, MODEL_NAME, version)
+    policy = load_policy(None, reference)
+    return evaluate_rules(metrics, policy.rules, MODEL_NAME, version, policy.cooldown_windows)
 
 
 def step_window(

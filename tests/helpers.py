@@ -207,3 +207,15 @@ def chromium_dom(url: str, profile: Path, budget_ms: int = 10000) -> str:
     )
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
     return result.stdout
+
+
+def synthetic_digits(count, seed, thickness=1):
+    """Bars of ink at random places: a stand-in population of 'digits' with a stroke thickness."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    for image in images:
+        row, column = rng.integers(6, 20, 2)
+        image[row - 5 : row + 5, column : column + thickness] = 255
+        image[row, column - 3 : column + 3] = 200
+    labels = rng.integers(0, 10, count)
+    return images, labels

@@ -129,6 +129,12 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
     assert not [alert for alert in alerts if alert["window"] < 4], "no alert before the Devanagari digits arrive"
     assert [(a["window"], a["rule"]) for a in received] == [(a["window"], a["rule"]) for a in alerts]
     assert received[0]["source"] == "digitdrift" and received[0]["model_version"] == champion.version
+    # the rules firing from window 4 on are one incident, not one per rule
+    incidents = [json.loads(line) for line in (out / "incidents.jsonl").read_text().splitlines()]
+    assert [(event["event"], event["window"]) for event in incidents if event["event"] == "opened"] == [("opened", 4)]
+    assert len({alert["rule"] for alert in alerts}) > 1 and "incident of window 4 opened at window 4: critical" in run.stdout
+    checks = pd.read_csv(out / "checks.csv")
+    assert set(checks.loc[checks["window"] < 4, "status"]) == {"pass"} and checks.loc[4, "foreign_digits"] == "fail"
 
     mlflow.set_tracking_uri(champion.tracking_uri)
     found = mlflow.search_runs(
@@ -143,9 +149,10 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
     assert max(point.value for point in history if point.step >= 4) > 0.3 > max(p.value for p in history if p.step < 4)
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(monitoring_run.info.run_id)}
     assert {"dashboard.html", "evidently_report.html", "gallery.png", "alerts.jsonl", "window_metrics.csv"} <= artifacts
+    assert {"checks.csv", "checks.xml", "incidents.jsonl", "policy"} <= artifacts
     # every metric sits in a section the MLflow UI groups by prefix; the run says what it is
     sections = {name.split("/")[0] for name in monitoring_run.data.metrics}
-    assert sections == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts"}
+    assert sections == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts", "checks"}
     assert "alerts/foreign_digits" in monitoring_run.data.metrics
     assert "'test' traffic" in monitoring_run.data.tags["mlflow.note.content"]
 
@@ -196,7 +203,7 @@ def test_the_mlflow_ui_opens_on_the_runs_and_groups_a_monitoring_runs_charts(mon
         charts, text = page(f"experiments/{experiment_id}/runs/{monitoring_run.info.run_id}/model-metrics", drawn, "b")
         # one collapsible section per metric prefix, holding all of its metrics, and none left ungrouped
         sections = Counter(name.split("/")[0] for name in monitoring_run.data.metrics)
-        assert set(sections) == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts"}
+        assert set(sections) == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts", "checks"}
         for section, count in sections.items():
             assert f" {section} ({count}) " in text, (section, text[:3000])
         assert "Model metrics (0)" in text

@@ -5,33 +5,11 @@ import pandas as pd
 import pytest
 
 from common.records import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, PROJECTION_COLUMNS
-from common.reference import fit_reference, foreign_scores, image_statistics, load_reference, project, save_reference
+from common.reference import foreign_scores, image_statistics, load_reference, project, save_reference
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows
 from monitoring.evaluate import accuracy_error, detection_delay
 from monitoring.metrics import MonitorConfig, mmd_permutation_test, window_metrics
-
-
-def synthetic_digits(count, seed, thickness=1):
-    """Bars of ink at random places: a stand-in population of 'digits' with a stroke thickness."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, 28, 28), dtype=np.uint8)
-    for image in images:
-        row, column = rng.integers(6, 20, 2)
-        image[row - 5 : row + 5, column : column + thickness] = 255
-        image[row, column - 3 : column + 3] = 200
-    labels = rng.integers(0, 10, count)
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def reference():
-    images, labels = synthetic_digits(1000, 0, thickness=3)
-    rng = np.random.default_rng(1)
-    embeddings = rng.normal(size=(1000, 16)) + labels[:, None] * 0.5
-    logits = rng.normal(size=(1000, 10))
-    logits[np.arange(1000), labels] += 6
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return fit_reference(images, labels, probabilities, embeddings, seed=0)
+from tests.helpers import synthetic_digits
 
 
 def test_the_threshold_flags_about_one_percent_of_held_out_digits(reference):

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.records import PREDICTION_COLUMNS
+from common.windows import parse_moments, utc_text
 
 logger = logging.getLogger(__name__)
 
@@ -190,21 +191,23 @@ def _column_span(metadata, name: str) -> tuple[tuple | None, int] | None:
 
 
 def part_summary(fs, part: Part) -> PartSummary:
-    """A part's PartSummary, from Parquet's column statistics where they exist (else from its two columns)."""
+    """A part's PartSummary, from Parquet's column statistics where they exist and its timestamps' extremes can be
+    read (else from its two columns; timestamps that cannot be read are passed over here, counted when judged)."""
     if part.kind == "parquet":
         with fs.open(part.path, "rb") as stream:
             metadata = pq.ParquetFile(stream).metadata
         windows, times = _column_span(metadata, "window"), _column_span(metadata, "timestamp")
-        if windows is not None and times is not None:
+        if windows is not None and times is not None and (times[0] is None or parse_moments(times[0]).notna().all()):
             (window_span, unstamped), (time_span, _) = windows, times
             window_span = None if window_span is None else (int(window_span[0]), int(window_span[1]))
+            time_span = None if time_span is None else tuple(utc_text(moment) for moment in parse_moments(time_span))
             return PartSummary(metadata.num_rows, metadata.num_rows - unstamped, window_span, time_span)
     frame = read_parts(fs, [part], ["window", "timestamp"])
     windows = frame["window"].dropna()
-    times = frame["timestamp"].dropna().astype(str)
+    moments = parse_moments(frame["timestamp"]).dropna()
     return PartSummary(
         len(frame),
         len(windows),
         (int(windows.min()), int(windows.max())) if len(windows) else None,
-        (times.min(), times.max()) if len(times) else None,
+        (utc_text(moments.min()), utc_text(moments.max())) if len(moments) else None,
     )

@@ -23,6 +23,8 @@ def spark_config(master: str, app_name: str) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.driver.memory": os.environ.get("DIGITDRIFT_SPARK_DRIVER_MEMORY", "4g"),
         "spark.ui.showConsoleProgress": "false",
+        # timestamps as UTC instants: the monitor numbers windows of wall-clock time from them (common.windows)
+        "spark.sql.session.timeZone": "UTC",
     }
 
 

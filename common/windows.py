@@ -87,7 +87,7 @@ class WindowClock:
 
     def windows_of(self, timestamps: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Each ISO-8601 timestamp's window number, and which timestamps could not be read (their window is -1)."""
-        moments = pd.to_datetime(pd.Series(timestamps, dtype=object), utc=True, format="ISO8601", errors="coerce")
+        moments = parse_moments(timestamps)
         unreadable = moments.isna().to_numpy()
         local = moments.dt.tz_convert(self.zone).dt.tz_localize(None)
         seconds = local.to_numpy(dtype="datetime64[ns]").astype(np.int64) // 1_000_000_000
@@ -138,6 +138,12 @@ class WindowClock:
             },
             index=windows.index,
         )
+
+
+def parse_moments(texts) -> pd.Series:
+    """ISO-8601 timestamps as aware UTC times, NaT where one cannot be read (a timestamp with no offset is UTC), as
+    windows_of reads them."""
+    return pd.to_datetime(pd.Series(np.asarray(texts, dtype=object)), utc=True, format="ISO8601", errors="coerce")
 
 
 def utc_text(moment: datetime) -> str:
@@ -197,7 +203,7 @@ class LeftOut:
         if self.unreadable:
             lines.append(f"{self.unreadable} records with an unreadable timestamp left out (first: {self.unreadable_example})")
         if self.unstamped:
-            lines.append(f"{self.unstamped} records without a simulated window left out (--clock simulated)")
+            lines.append(f"{self.unstamped} records without a simulated window left out (judged by simulated windows)")
         if self.late:
             lines.append(f"{self.late} late records of windows an earlier run already judged, not judged again")
         return lines

@@ -103,9 +103,13 @@ def export_queue(
     for line in left_out.messages():
         log.warning("%s: %s", log_path, line)
     records = records.astype({"image_index": int})
+    if from_window is not None and chosen.is_wall:
+        raise WindowError("--from-window counts simulated windows; with windows of time use --since")
+    if since is not None and not chosen.is_wall:
+        raise WindowError("--since takes windows of time; with simulated windows use --from-window")
     if from_window is not None:
         records = records[records["window"] >= from_window]
-    if since is not None and chosen.is_wall:
+    if since is not None:
         first = chosen.window_of(since)
         first += chosen.start(first) < since  # the window that starts at or after `since`
         records = records[records["window"] >= first]

@@ -31,7 +31,8 @@ from common.windows import (
 from monitoring.alerts import firing_windows
 from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
 from monitoring.evaluate import JudgedRun, evaluation_figures
-from monitoring.job import DatasetSource, monitor, monitor_dataset
+from monitoring.history import deployment_key
+from monitoring.job import DatasetSource, HistorySink, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
 from monitoring.model import resolve_model
 from monitoring.pandas_engine import PandasLog, log_images
@@ -126,6 +127,18 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "record or by the clock; records arriving later are counted as late (default: %(default)s)",
     )
     run.add_argument(
+        "--history",
+        help="the deployment's history (a folder or az://container/prefix): each run appends the windows it judged, the "
+        "dashboard draws its last windows and one long-lived MLflow run holds the whole timeline (default with a "
+        "dataset: .digitdrift/monitoring/history/<model>--<dataset>; with a log file: none)",
+    )
+    run.add_argument(
+        "--history-windows",
+        type=int,
+        default=365,
+        help="with a history: how many of its last windows the dashboard draws (default: %(default)s)",
+    )
+    run.add_argument(
         "--dataset-id",
         help="with a dataset: a stable name that keys the watermark in MLflow instead of the location (a scheduled "
         "job whose input is mounted at a new path each run)",
@@ -177,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             truth = read_truth(args.truth) if args.truth else None
             out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
             if is_dataset_url(args.log):
-                return _run_dataset(args, model, config, truth, label, out, settings, wall, policy)
+                return _run_dataset(args, model, config, truth, label, out, settings, policy)
             records = open_log(args.log, args.engine, args.spark_master, args.clock, wall or DAILY_CLOCK)
             records = for_version(records, model, args.log)
-            result = monitor(records, model, out, label, config, truth, args.webhook, args.track, policy=policy)
+            sink = _history_sink(args, model, args.log, settings) if args.history else None
+            result = monitor(
+                records, model, out, label, config, truth, args.webhook, args.track, policy=policy, history_sink=sink
+            )
             _report(result)
             return 0
         frame = for_version(PandasLog.read(args.log), model, args.log).frame
@@ -206,7 +222,14 @@ def _suggest(model, sd: float, out: Path) -> int:
     return 0
 
 
-def _run_dataset(args, model, config, truth, label, out, settings, wall: WindowClock | None, policy) -> int:
+def _history_sink(args, model, source: str, settings) -> HistorySink:
+    """The deployment's history: --history, else one folder per model and data source under the state folder."""
+    key = deployment_key(model.name, source)
+    location = args.history or str(settings.state_dir / "monitoring" / "history" / key)
+    return HistorySink(location, key, args.history_windows)
+
+
+def _run_dataset(args, model, config, truth, label, out, settings, policy) -> int:
     source = DatasetSource(
         args.log,
         args.watermark,
@@ -214,18 +237,30 @@ def _run_dataset(args, model, config, truth, label, out, settings, wall: WindowC
         args.close_windows,
         args.track,
         args.clock,
-        wall,
+        args.window,
+        args.timezone,
         parse_duration(args.lateness, "--lateness", allow_zero=True),
         args.dataset_id,
     )
     cache = settings.state_dir / "cache" / "datasets"
     result, increment, parts = monitor_dataset(
-        source, model, out, label, cache, config, truth, args.webhook, args.engine, args.spark_master, policy=policy
+        source,
+        model,
+        out,
+        label,
+        cache,
+        config,
+        truth,
+        args.webhook,
+        args.engine,
+        args.spark_master,
+        policy=policy,
+        history_sink=_history_sink(args, model, args.dataset_id or args.log, settings),
     )
     clock = increment.clock
     if result is None:
-        judged = "none" if increment.after is None else clock.name(increment.after)
-        print(f"nothing to judge: {parts} part(s), every complete window already judged (through {judged})")
+        judged = "no window judged yet" if increment.after is None else f"judged through {clock.name(increment.after)}"
+        print(f"nothing to judge: {parts} part(s); {judged}; every other window is still open or holds no record")
         return 0
     after = "" if increment.after is None else f"after {clock.name(increment.after)} "
     print(
@@ -254,6 +289,11 @@ def _report(result) -> None:
         print(
             "checks per window: " + ", ".join(f"{counts.get(status, 0)} {status}" for status in ("pass", "warn", "fail", "skip"))
         )
+    failed = [delivery for delivery in result.deliveries if not delivery.delivered]
+    if result.deliveries:
+        print(f"incident notices: {len(result.deliveries) - len(failed)} delivered, {len(failed)} failed")
+    for delivery in failed:
+        print(f"  route {delivery.route}: incident {delivery.incident} {delivery.event} not delivered: {delivery.error}")
     for event in result.incidents:
         print(
             f"  incident of {result.clock.name(event.incident)} {event.event} at {result.clock.name(event.window)}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,17 @@ def window_axis(metrics: pd.DataFrame) -> pd.Series:
     return metrics["window"]
 
 
-def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, window_unit: str = "window") -> go.Figure:
-    """Every window metric over the windows, alerts marked; a window of wall-clock time is drawn at its start."""
+def dashboard_figure(
+    metrics: pd.DataFrame,
+    alerts: list[Alert],
+    title: str,
+    window_unit: str = "window",
+    versions: list[tuple[int, int, str]] | None = None,
+    incidents: list[tuple[int, int]] | None = None,
+) -> go.Figure:
+    """Every window metric over the windows, alerts marked; a window of wall-clock time is drawn at its start.
+    Over a history, `versions` (first window, last window, version) marks where the serving version changed and
+    `incidents` (opened, last window) shades each incident."""
     metrics = metrics.assign(x=window_axis(metrics))
     figure = make_subplots(
         rows=len(PANELS),
@@ -83,6 +93,19 @@ def dashboard_figure(metrics: pd.DataFrame, alerts: list[Alert], title: str, win
     _truth_line(figure, metrics, "true_foreign_share", "true foreign share (sidecar)", row=6)
     at = dict(zip(metrics["window"], metrics["x"]))
     _mark_alerts(figure, alerts, at)
+    for first, _, version in (versions or [])[1:]:
+        figure.add_vline(x=at.get(first, first), line={"color": "green", "width": 2})
+        figure.add_annotation(
+            x=at.get(first, first),
+            y=1,
+            yref="paper",
+            text=f"v{version} serves",
+            showarrow=False,
+            xanchor="left",
+            font_color="green",
+        )
+    for opened, last in incidents or []:
+        figure.add_vrect(x0=at.get(opened, opened), x1=at.get(last, last), fillcolor="rgba(214,39,40,0.08)", line_width=0)
     figure.update_xaxes(title_text=window_unit, row=len(PANELS), col=1)
     figure.update_layout(title=title, height=300 * len(PANELS), template="plotly_white", hovermode="x unified")
     return figure
@@ -127,8 +150,13 @@ def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict) -> None:
         )
 
 
-def write_dashboard(figure: go.Figure, path: Path) -> Path:
-    figure.write_html(path, include_plotlyjs=True, full_html=True)
+def write_dashboard(figure: go.Figure, path: Path, links: list[tuple[str, str]] | None = None) -> Path:
+    """The figure as one self-contained HTML page; `links` (text, href), e.g. each window's run outputs, below it."""
+    page = figure.to_html(include_plotlyjs=True, full_html=True)
+    if links:
+        items = "".join(f'<li><a href="{escape(href)}">{escape(text)}</a></li>' for text, href in links)
+        page = page.replace("</body>", f'<h3 style="font-family:sans-serif">Runs and their outputs</h3><ul>{items}</ul></body>')
+    path.write_text(page)
     return path
 
 

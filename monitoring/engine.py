@@ -121,6 +121,10 @@ def open_dataset(
     clock = increment.clock
     if increment.through is None or not parts:
         raise MonitoringError(f"{location}: no complete window to judge yet (every window so far is judged or still open)")
+    try:
+        left_out = _left_out(fs, [part for part in parts if part.path not in set(increment.reread)], increment, location)
+    except DatasetError as err:
+        raise MonitoringError(str(err)) from None
     if engine == "pandas":
         from monitoring.pandas_engine import IMAGE_COLUMNS, JUDGED_COLUMNS, PandasLog
 
@@ -132,10 +136,8 @@ def open_dataset(
             frame = read_parts(fs, parts, JUDGED_COLUMNS + ["timestamp"])
         except DatasetError as err:
             raise MonitoringError(str(err)) from None
-        placed, left_out = with_windows(frame, clock, location)
+        placed, _ = with_windows(frame, clock, location)
         keep = in_increment(placed["window"], increment)
-        late = int((~keep & (placed["window"] <= increment.through)).sum())
-        left_out = left_out + LeftOut(late=late)
         return PandasLog(placed[keep].drop(columns=["timestamp"]), images, clock, left_out)
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -143,9 +145,21 @@ def open_dataset(
 
     try:
         files = local_parquet(fs, parts, cache_dir)
-        return SparkLog.read_files(files, location, spark_master, increment.after, increment.through, clock)
+        log = SparkLog.read_files(files, location, spark_master, increment.after, increment.through, clock)
     except (SparkLogError, DatasetError) as err:
         raise MonitoringError(str(err)) from None
+    log.left_out = left_out
+    return log
+
+
+def _left_out(fs, fresh: list[Part], increment: Increment, location: str) -> LeftOut:
+    """What the parts read for the first time hold that no window of this run can take: unreadable timestamps,
+    unstamped records under simulated windows, and late records (of windows an earlier run judged). Parts an
+    earlier run read already were counted then."""
+    frame = read_parts(fs, fresh, ["window", "timestamp"])
+    placed, left_out = with_windows(frame, increment.clock, location)
+    late = int((placed["window"] <= increment.after).sum()) if increment.after is not None else 0
+    return left_out + LeftOut(late=late)
 
 
 def local_parquet(fs, parts: list[Part], cache_dir: Path) -> list[str]:

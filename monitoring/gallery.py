@@ -31,7 +31,9 @@ def gallery_png(
     figure, axes = plt.subplots(len(windows), per_window, figsize=(per_window * 1.2, len(windows) * 1.4), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    names = {window: f"{clock.start(window):%m-%d %H:%M}" if clock.is_wall else f"w{window}" for window in windows}
+    # a time window by its local start: to the second for windows under a minute
+    shape = "%Y-%m-%d %H:%M:%S" if clock.length_s % 60 else "%Y-%m-%d %H:%M"
+    names = {window: f"{clock.start(window):{shape}}" if clock.is_wall else f"w{window}" for window in windows}
     for row, window in enumerate(windows):
         for column, record in enumerate(records[records["window"] == window].itertuples()):
             axes[row, column].imshow(decompress_image(record.image), cmap="gray", vmin=0, vmax=255)

@@ -18,7 +18,7 @@ from datetime import datetime
 import pandas as pd
 
 from common.prediction_dataset import Part, PartSummary
-from common.windows import DAILY_CLOCK, SIMULATED, SIMULATED_CLOCK, WALL, WindowClock, WindowError, choose_clock
+from common.windows import SIMULATED, SIMULATED_CLOCK, WALL, WindowClock, WindowError, choose_clock, format_duration
 
 HISTORY_WINDOWS = 12  # enough for the longest streak plus the cooldown
 WATERMARK_FILE = "watermark.json"
@@ -29,7 +29,8 @@ class Watermark:
     consumed: tuple[str, ...] = ()
     judged_through: int | None = None
     history: tuple[dict, ...] = field(default=())
-    clock: WindowClock | None = None  # None: no run judged yet (or a watermark from before clocks)
+    clock: WindowClock | None = None  # None: no run judged yet
+    pending: tuple[str, ...] = ()  # parts read but not consumed: they hold a window still open
 
     def to_json(self) -> str:
         return json.dumps(
@@ -37,6 +38,7 @@ class Watermark:
                 "consumed": list(self.consumed),
                 "judged_through": self.judged_through,
                 "clock": asdict(self.clock) if self.clock else None,
+                "pending": list(self.pending),
                 "history": list(self.history),
             },
             indent=1,
@@ -46,7 +48,10 @@ class Watermark:
     def from_json(cls, text: str) -> Watermark:
         data = json.loads(text)
         clock = WindowClock(**data["clock"]) if data.get("clock") else None
-        return cls(tuple(data.get("consumed", ())), data.get("judged_through"), tuple(data.get("history", ())), clock)
+        if clock is None and data.get("judged_through") is not None:
+            clock = SIMULATED_CLOCK  # a watermark from before time windows judged simulated ones
+        pending = tuple(data.get("pending", ()))
+        return cls(tuple(data.get("consumed", ())), data.get("judged_through"), tuple(data.get("history", ())), clock, pending)
 
     def history_frame(self) -> pd.DataFrame | None:
         return pd.DataFrame(list(self.history)) if self.history else None
@@ -61,6 +66,7 @@ class Increment:
     through: int | None  # ...through this one (None: nothing to judge)
     done: tuple[str, ...]  # parts consumed once this run succeeds
     clock: WindowClock = SIMULATED_CLOCK  # how the windows are numbered
+    reread: tuple[str, ...] = ()  # parts an earlier run read already (they held an open window): not late, not new
 
     @property
     def bytes(self) -> int:
@@ -77,28 +83,41 @@ def part_span(summary: PartSummary, clock: WindowClock) -> tuple[int, int] | Non
     return clock.window_of(first), clock.window_of(last)
 
 
-def run_clock(watermark: Watermark, summaries: list[PartSummary], requested: str, wall: WindowClock | None, where: str):
-    """The clock an incremental run judges by: the watermark's, once a run has judged; else as `requested`
-    (auto, simulated, wall) by how many records carry a simulated window. A different clock than the
-    watermark's is refused: windows judged once would be judged again."""
-    if watermark.clock is not None:
-        if requested == SIMULATED:
-            asked = WindowClock()
-        elif wall is not None:
-            asked = wall
-        elif requested == WALL and not watermark.clock.is_wall:
-            asked = WindowClock.wall()
-        else:
-            asked = None
-        if asked is not None and asked != watermark.clock:
-            raise WindowError(
-                f"{where}: earlier runs judged it by {watermark.clock.describe()}; pass --full to judge every window "
-                f"again by {asked.describe()}, or drop --clock/--window/--timezone"
-            )
-        return watermark.clock
+def run_clock(
+    watermark: Watermark,
+    summaries: list[PartSummary],
+    requested: str,
+    window: str | None,
+    timezone: str | None,
+    where: str,
+) -> WindowClock:
+    """The clock an incremental run judges by: the watermark's, once a run has judged (a --window or --timezone not
+    given is the watermark's); else as `requested` (auto, simulated, wall) by how many records of the new parts
+    carry a simulated window. A clock other than the watermark's is refused (windows judged once would be judged
+    again), and so are new unstamped records under a watermark of simulated windows (they would never be judged)."""
     stamped = sum(summary.stamped for summary in summaries)
     unstamped = sum(summary.rows - summary.stamped for summary in summaries)
-    return choose_clock(requested, stamped, unstamped, wall or DAILY_CLOCK, where)
+    kept = watermark.clock
+    if kept is None:
+        return choose_clock(requested, stamped, unstamped, WindowClock.wall(window or "1d", timezone or "UTC"), where)
+    if requested == SIMULATED:
+        asked = SIMULATED_CLOCK
+    elif window or timezone or (requested == WALL and not kept.is_wall):
+        length = window or (format_duration(kept.length_s) if kept.is_wall else "1d")
+        asked = WindowClock.wall(length, timezone or (kept.timezone if kept.is_wall else "UTC"))
+    else:
+        asked = kept
+    if asked != kept:
+        raise WindowError(
+            f"{where}: earlier runs judged it by {kept.describe()}; pass --full to judge every window again by "
+            f"{asked.describe()}, or drop --clock/--window/--timezone"
+        )
+    if not kept.is_wall and unstamped:
+        raise WindowError(
+            f"{where}: earlier runs judged it by simulated windows, and {unstamped} new records carry none (real "
+            "clients' traffic); judge everything by time with --full --clock wall --window 1d"
+        )
+    return kept
 
 
 def plan_increment(
@@ -135,7 +154,8 @@ def plan_increment(
     if nothing_closed or (watermark.judged_through is not None and through <= watermark.judged_through):
         return Increment(new, watermark.judged_through, None, (), clock)
     done = tuple(part.path for part in new if spans.get(part.path) is None or spans[part.path][1] <= through)
-    return Increment(new, watermark.judged_through, through, done, clock)
+    reread = tuple(part.path for part in new if part.path in set(watermark.pending))
+    return Increment(new, watermark.judged_through, through, done, clock, reread)
 
 
 def advance(watermark: Watermark, increment: Increment, metrics: pd.DataFrame, rule_metrics: list[str]) -> Watermark:
@@ -145,7 +165,8 @@ def advance(watermark: Watermark, increment: Increment, metrics: pd.DataFrame, r
     recent = recent.sort_values("window").tail(HISTORY_WINDOWS)
     history = tuple(json.loads(recent.to_json(orient="records")))
     through = watermark.judged_through if increment.through is None else increment.through
-    return Watermark(tuple(sorted(set(watermark.consumed) | set(increment.done))), through, history, increment.clock)
+    pending = tuple(part.path for part in increment.parts if part.path not in set(increment.done))
+    return Watermark(tuple(sorted(set(watermark.consumed) | set(increment.done))), through, history, increment.clock, pending)
 
 
 def in_increment(windows: pd.Series, increment: Increment) -> pd.Series:

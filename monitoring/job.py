@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,12 +17,21 @@ from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_
 from monitoring.dashboard import dashboard_figure, write_dashboard
 from monitoring.engine import LogEngine, MonitoringError, for_version, open_dataset
 from monitoring.gallery import gallery_png
+from monitoring.history import (
+    append_history,
+    history_alerts,
+    history_rows,
+    incident_spans,
+    read_history,
+    version_spans,
+)
 from monitoring.incidents import IncidentEvent, incident_events, junit_xml, window_checks
 from monitoring.incremental import WATERMARK_FILE, Increment, Watermark, advance, part_span, plan_increment, run_clock
 from monitoring.metrics import DEFAULT_CONFIG, MonitorConfig, judge_windows
 from monitoring.model import ModelRef
 from monitoring.policy import Policy, load_policy
 from monitoring.report import DriftVerdict, drifted_windows, evidently_report, report_title
+from monitoring.routes import Delivery, deliver
 from monitoring.tracking import last_watermark, log_monitoring_run
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,7 @@ class MonitorResult:
     left_out: LeftOut = NOTHING_LEFT_OUT
     checks: pd.DataFrame | None = None  # Pass / Warn / Fail / skip per window and rule
     incidents: tuple[IncidentEvent, ...] = ()
+    deliveries: tuple[Delivery, ...] = ()  # incident notices sent to the policy's routes, and what became of them
 
 
 def judge(
@@ -100,11 +110,14 @@ def monitor(
     increment: tuple[Watermark, Increment] | None = None,
     run_tags: dict[str, str] | None = None,
     policy: Policy | None = None,
+    history_sink: HistorySink | None = None,
 ) -> MonitorResult:
     """Judge every window, write the outputs into a new `out_dir`, post alerts, and log one MLflow run.
 
     With `increment` (the last watermark and what this run reads of a dataset), earlier windows carry alert
-    streaks over, and the next watermark is written as watermark.json with the run's outputs.
+    streaks over, and the next watermark is written as watermark.json with the run's outputs. With `history_sink`,
+    the judged windows are appended to the deployment's history, the dashboard shows the history's last windows,
+    and the deployment's long-lived MLflow run gets the windows as steps.
     """
     if out_dir.exists():
         raise MonitoringError(f"{out_dir}: already exists; monitoring never overwrites a run's outputs")
@@ -115,7 +128,7 @@ def monitor(
     out_dir.mkdir(parents=True)
     metrics.to_csv(out_dir / "window_metrics.csv", index=False)
     alerts_path = write_jsonl(alerts, out_dir / "alerts.jsonl")
-    checks.to_csv(out_dir / "checks.csv", index=False)
+    checks.join(log.clock.bounds_columns(checks["window"])).to_csv(out_dir / "checks.csv", index=False)
     names = {window: log.clock.name(window) for window in checks["window"]}
     (out_dir / "checks.xml").write_text(junit_xml(checks, rules, f"digitdrift monitor {label}", names))
     with (out_dir / "incidents.jsonl").open("w") as stream:
@@ -132,8 +145,11 @@ def monitor(
         out_dir / "checks.csv",
         out_dir / "checks.xml",
         out_dir / "incidents.jsonl",
-        write_dashboard(dashboard_figure(metrics, alerts, title, axis), out_dir / "dashboard.html"),
     ]
+    if history_sink:
+        rows = history_rows(metrics, checks, alerts, incidents, model.version, str(out_dir.resolve()), datetime.now(UTC))
+        append_history(history_sink.location, rows)
+    outputs.append(_dashboard(metrics, alerts, title, axis, history_sink, out_dir / "dashboard.html"))
     flagged = firing_windows(metrics, rules)
     report_windows = drifted_windows(metrics, flagged)
     # Evidently's cost grows with rows; a sample shows the same drift
@@ -161,16 +177,69 @@ def monitor(
         outputs[-1].write_text(watermark.to_json())
     if webhook and alerts:
         logger.info("webhook accepted %d of %d alerts", post_webhook(alerts, webhook), len(alerts))
+    notices = [
+        {**event.as_dict(), "model_name": model.name, "model_version": model.version, "traffic": label} for event in incidents
+    ]
+    deliveries = deliver(notices, policy.routes, policy.rule_routes) if policy.routes else []
+    if deliveries:
+        with (out_dir / "deliveries.jsonl").open("w") as stream:
+            stream.writelines(json.dumps(asdict(delivery)) + "\n" for delivery in deliveries)
+        outputs.append(out_dir / "deliveries.jsonl")
     for line in log.left_out.messages():
         logger.warning("%s", line)
     run_id = (
         log_monitoring_run(
-            metrics, alerts, report, model, label, outputs, log.engine, run_tags, log.clock, log.left_out, checks, policy
+            metrics,
+            alerts,
+            report,
+            model,
+            label,
+            outputs,
+            log.engine,
+            run_tags,
+            log.clock,
+            log.left_out,
+            checks,
+            policy,
+            history_sink.key if history_sink else None,
         )
         if track
         else None
     )
-    return MonitorResult(out_dir, metrics, alerts, report, run_id, rules, log.clock, log.left_out, checks, tuple(incidents))
+    return MonitorResult(
+        out_dir, metrics, alerts, report, run_id, rules, log.clock, log.left_out, checks, tuple(incidents), tuple(deliveries)
+    )
+
+
+@dataclass(frozen=True)
+class HistorySink:
+    """Where a monitored deployment's history lives, and how much of it the dashboard draws."""
+
+    location: str  # a folder or az://container/prefix
+    key: str  # the deployment: model name and data source (monitoring.history.deployment_key)
+    dashboard_windows: int = 365
+
+
+def _dashboard(metrics: pd.DataFrame, alerts: list[Alert], title: str, axis: str, sink: HistorySink | None, path: Path) -> Path:
+    """This run's windows, or with a history the deployment's last windows with its versions and incidents marked
+    and a link to each run's outputs."""
+    if sink is None:
+        return write_dashboard(dashboard_figure(metrics, alerts, title, axis), path)
+    history = read_history(sink.location).tail(sink.dashboard_windows).reset_index(drop=True)
+    figure = dashboard_figure(
+        history,
+        history_alerts(history),
+        f"{title}: the last {len(history)} windows of {sink.key}",
+        axis,
+        version_spans(history),
+        incident_spans(history),
+    )
+    runs = history.drop_duplicates("run", keep="first")
+    links = [
+        (f"{row.run} (from {row.window_start or f'window {row.window}'})", Path(row.run).as_uri() + "/dashboard.html")
+        for row in runs.itertuples(index=False)
+    ]
+    return write_dashboard(figure, path, links)
 
 
 @dataclass(frozen=True)
@@ -183,7 +252,8 @@ class DatasetSource:
     close_windows: bool = False  # judge the newest window too
     track: bool = True
     clock: str = "auto"  # auto, simulated or wall (see common.windows.choose_clock)
-    wall: WindowClock | None = None  # the time windows asked for (None: the watermark's, else one UTC day)
+    window: str | None = None  # the time windows' length asked for (None: the watermark's, else 1d)
+    timezone: str | None = None  # their timezone (None: the watermark's, else UTC)
     lateness_s: int = 300  # a time window is judged once its end plus this has passed
     dataset_id: str | None = None  # what keys the watermark in MLflow (default: the location)
 
@@ -201,6 +271,7 @@ def monitor_dataset(
     spark_master: str = DEFAULT_SPARK_MASTER,
     now: datetime | None = None,
     policy: Policy | None = None,
+    history_sink: HistorySink | None = None,
 ) -> tuple[MonitorResult | None, Increment, int]:
     """One incremental run over a dataset: the parts no earlier run consumed, the windows now closed (`now`: the
     clock that closes time windows, default the current time).
@@ -214,16 +285,20 @@ def monitor_dataset(
         watermark = Watermark() if source.full else _load_watermark(source, model)
         consumed = set(watermark.consumed)
         summaries = {part.path: part_summary(fs, part) for part in parts if part.path not in consumed}
-        clock = run_clock(watermark, list(summaries.values()), source.clock, source.wall, source.location)
+        fresh = [summary for path, summary in summaries.items() if path not in set(watermark.pending)]
+        clock = run_clock(watermark, fresh, source.clock, source.window, source.timezone, source.location)
         spans = {path: part_span(summary, clock) for path, summary in summaries.items()}
-        increment = plan_increment(
-            parts, spans, watermark, source.close_windows or source.full, clock, _first_open(summaries, clock, source, now)
-        )
+        # --full judges every window again; of time windows only those now closed, unless --close-windows
+        close_all = source.close_windows or (source.full and not clock.is_wall)
+        increment = plan_increment(parts, spans, watermark, close_all, clock, _first_open(summaries, clock, source, now))
     except (DatasetError, WindowError) as err:
         raise MonitoringError(str(err)) from None
     if increment.through is None:
         return None, increment, len(parts)
-    records = for_version(open_dataset(source.location, increment, engine, cache_dir, spark_master), model, source.location)
+    records = open_dataset(source.location, increment, engine, cache_dir, spark_master)
+    if records.is_empty():  # the closed windows hold no record (a quiet night): nothing to judge yet
+        return None, increment, len(parts)
+    records = for_version(records, model, source.location)
     tags = {
         "dataset": source.dataset_id or source.location,
         "dataset_location": source.location,
@@ -242,6 +317,7 @@ def monitor_dataset(
         increment=(watermark, increment),
         run_tags=tags,
         policy=policy,
+        history_sink=history_sink,
     )
     if source.watermark_file:
         source.watermark_file.write_text((out_dir / WATERMARK_FILE).read_text())

@@ -10,7 +10,7 @@ so every version is judged against its own held-out data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from common.reference import Reference, expected_accuracy
 from common.settings import LOW_CONFIDENCE_THRESHOLD
 from monitoring.alerts import Rule
+from monitoring.routes import ROUTE_KINDS, Route
 
 DEFAULT_POLICY = Path(__file__).with_name("monitor.yaml")
 SEVERITIES = ("warning", "critical")
@@ -61,6 +62,28 @@ class _FromChunks(BaseModel):
     chunk: PositiveInt = 200
 
 
+class _Route(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal[ROUTE_KINDS]  # type: ignore[valid-type]
+    url: str = ""
+    secret_env: str = ""
+    smtp_host: str = ""
+    smtp_port: PositiveInt = 25
+    sender: str = Field(default="", alias="from")
+    to: list[str] = []
+    username_env: str = ""
+    password_env: str = ""
+    starttls: bool = False
+
+    @model_validator(mode="after")
+    def complete(self) -> _Route:
+        if self.type in ("webhook", "slack") and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"a {self.type} route needs 'url' (http:// or https://)")
+        if self.type == "email" and not (self.smtp_host and self.sender and self.to):
+            raise ValueError("an email route needs 'smtp_host', 'from' and 'to'")
+        return self
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: str
@@ -70,6 +93,7 @@ class _Rule(BaseModel):
     consecutive: PositiveInt = 1
     cooldown: int | None = Field(default=None, ge=0)
     message: str = ""
+    routes: list[str] = []
 
     @model_validator(mode="after")
     def one_direction(self) -> _Rule:
@@ -87,7 +111,17 @@ class _Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cooldown_windows: int = Field(default=5, ge=0)
     incidents: _Incidents = _Incidents()
+    routes: dict[str, _Route] = {}
     rules: dict[str, _Rule]
+
+    @model_validator(mode="after")
+    def routes_exist(self) -> _Policy:
+        for name, rule in self.rules.items():
+            unknown = [route for route in rule.routes if route not in self.routes]
+            if unknown:
+                declared = ", ".join(self.routes) or "none"
+                raise ValueError(f"rules.{name}.routes names {', '.join(unknown)}, not in 'routes' (declared: {declared})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -98,14 +132,17 @@ class Policy:
     cooldown_windows: int = 5
     resolve_after_quiet_windows: int = 3
     source: str = str(DEFAULT_POLICY)
+    routes: dict[str, Route] = field(default_factory=dict)
+    rule_routes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # rule name -> the routes its incidents go to
 
 
 def _where(error: ValidationError) -> str:
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("float", "_From", "function")))
+    field_path = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("float", "_From", "function")))
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
-    return f"{field or 'the file'}{shown}: {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{field_path}{shown}: {message}" if field_path else message
 
 
 def parse_policy(raw: object, origin: str) -> _Policy:
@@ -155,7 +192,26 @@ def resolve_policy(checked: _Policy, reference: Reference, origin: str) -> Polic
                 rule.cooldown,
             )
         )
-    return Policy(tuple(rules), checked.cooldown_windows, checked.incidents.resolve_after_quiet_windows, origin)
+    routes = {
+        name: Route(
+            name,
+            route.type,
+            route.url,
+            route.secret_env,
+            route.smtp_host,
+            route.smtp_port,
+            route.sender,
+            tuple(route.to),
+            route.username_env,
+            route.password_env,
+            route.starttls,
+        )
+        for name, route in checked.routes.items()
+    }
+    rule_routes = {name: tuple(rule.routes) for name, rule in checked.rules.items()}
+    return Policy(
+        tuple(rules), checked.cooldown_windows, checked.incidents.resolve_after_quiet_windows, origin, routes, rule_routes
+    )
 
 
 def load_policy(path: str | Path | None, reference: Reference) -> Policy:

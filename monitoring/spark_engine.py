@@ -63,7 +63,7 @@ class SparkLog:
         cls, files: list[str], label: str, spark_master: str, after: int | None, through: int, clock: WindowClock
     ) -> SparkLog:
         """Parts of a partitioned dataset: records of windows after `after` through `through` under `clock`, one
-        per (request_id, image_index) as replicas write at least once; those of earlier windows counted as late."""
+        per (request_id, image_index) as replicas write at least once."""
         return cls._load(files, label, spark_master, clock.kind, clock, (after, through))
 
     @classmethod
@@ -96,9 +96,6 @@ class SparkLog:
             frame, left_out = _with_windows(frame, chosen, label)
             if windows is not None:
                 after, through = windows
-                late = F.col("window") <= (through if after is None else after)
-                counted = frame.agg(F.sum(late.cast("long"))).first()[0] if after is not None else 0
-                left_out = left_out + LeftOut(late=int(counted or 0))
                 keep = F.col("window") <= through
                 frame = frame.where(keep if after is None else keep & (F.col("window") > after))
             # one pass answers: empty? which versions?
@@ -223,14 +220,13 @@ def _with_windows(frame, clock: WindowClock, label: str):
     """common.windows.with_windows as Spark columns: the records with a window under `clock` and what was left out.
 
     A wall-clock window is numbered from the timestamp's local time in the clock's timezone, in whole seconds since
-    the clock's origin, as common.windows numbers it (the session's timezone is UTC for this)."""
+    the clock's origin, as common.windows numbers it (common.spark sets the session's timezone to UTC for this)."""
     from pyspark.sql import functions as F
 
     if not clock.is_wall:
         unstamped = frame.where(F.col("window").isNull()).count()
         placed = frame.where(F.col("window").isNotNull()).withColumn("window", F.col("window").cast("long"))
         return placed, LeftOut(unstamped=int(unstamped))
-    frame.sparkSession.conf.set("spark.sql.session.timeZone", "UTC")
     moment = F.try_to_timestamp(F.col("timestamp"))
     local_seconds = F.unix_timestamp(F.from_utc_timestamp(moment, clock.timezone))
     window = F.floor((local_seconds - F.lit(ORIGIN_S)) / F.lit(clock.length_s)).cast("long")

@@ -96,8 +96,10 @@ def log_monitoring_run(
     left_out: LeftOut = NOTHING_LEFT_OUT,
     checks: pd.DataFrame | None = None,
     policy: Policy | None = None,
+    history_key: str | None = None,
 ) -> str:
-    """One MLflow run for a monitoring run; return its id."""
+    """One MLflow run for a monitoring run; return its id. With `history_key`, the windows are also logged, as
+    steps, to the deployment's one long-lived run (created on first use), so its charts show the whole timeline."""
     with mlflow.start_run(run_name=f"monitor-{label}-v{model.version}") as run:
         mlflow.set_tags(
             {
@@ -153,7 +155,45 @@ def log_monitoring_run(
             client.log_batch(run.info.run_id, metrics=batch[start : start + BATCH_SIZE])
         for path in outputs:
             mlflow.log_artifact(str(path))
+        if history_key:
+            mlflow.set_tag("digitdrift.history", history_key)
+            version = [
+                Metric("model/version", _numeric(model.version), m.timestamp, m.step) for m in batch if m.key == "traffic/volume"
+            ]
+            log_to_history_run(client, run.info.experiment_id, history_key, batch + version)
         return run.info.run_id
+
+
+def _numeric(version: str) -> float:
+    try:
+        return float(version)
+    except ValueError:
+        return float("nan")
+
+
+def log_to_history_run(client, experiment_id: str, key: str, batch: list[Metric]) -> str:
+    """Append `batch` to the deployment's long-lived run (tag digitdrift.history_of = key), creating it the first
+    time; it stays FINISHED between runs, which MLflow lets a client log to."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`digitdrift.history_of` = '{key}'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        tags = {
+            "digitdrift.job": "monitor-history",
+            "digitdrift.history_of": key,
+            "mlflow.note.content": f"The whole timeline of {key}: every monitoring run appends the windows it judged "
+            "(step = window); each run keeps its own run for its outputs.",
+        }
+        run_id = client.create_run(experiment_id, run_name=f"history-{key}", tags=tags).info.run_id
+        client.set_terminated(run_id)
+    for start in range(0, len(batch), BATCH_SIZE):
+        client.log_batch(run_id, metrics=batch[start : start + BATCH_SIZE])
+    return run_id
 
 
 def last_watermark(location: str, model: ModelRef) -> Watermark:

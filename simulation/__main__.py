@@ -40,7 +40,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, default=None, help="requests per second at most (default: as fast as served)")
     run.add_argument(
         "--live",
-        type=float,
+        type=int,
         metavar="SECONDS",
         help="live traffic: each scenario window lasts SECONDS of wall-clock time (from the next multiple of SECONDS), "
         "its requests spread evenly across it and sent with no window, as real clients send them; monitor the log "
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace, settings) -> int:
     try:
         scenario = None
         if args.live is not None and args.live <= 0:
-            print(f"error: --live {args.live:g}: expected seconds per window, more than zero", file=sys.stderr)
+            print(f"error: --live {args.live}: expected whole seconds per window, more than zero", file=sys.stderr)
             return 2
         per_window = args.requests_per_window
         if args.live and args.rate:

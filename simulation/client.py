@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,7 @@ import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from common.datasets import Digits
+from common.windows import WALL, WindowClock
 from simulation.scenario import PlannedRequest
 from simulation.sidecar import GroundTruthSidecar
 
@@ -154,10 +156,11 @@ class LiveClock:
     positions: dict[str, tuple[int, int]]  # request id -> (its place in its window, the window's request count)
 
     @classmethod
-    def aligned(cls, plan: list[PlannedRequest], window_seconds: float, now: float) -> LiveClock:
-        """Windows that start on multiples of `window_seconds` since the epoch (the next one after `now`), so each
-        scenario window is one window of the monitor's clock (UTC, a length that divides a day)."""
-        start = (int(now // window_seconds) + 1) * window_seconds
+    def aligned(cls, plan: list[PlannedRequest], window_seconds: int, now: float) -> LiveClock:
+        """Windows that start where the monitor's UTC windows of `window_seconds` start (the next one after `now`),
+        so each scenario window is one window of the monitor's clock with --window of the same length."""
+        clock = WindowClock(WALL, int(window_seconds), "UTC")
+        start = clock.start(clock.window_of(datetime.fromtimestamp(now, UTC)) + 1).timestamp()
         counts, seen, positions = Counter(request.window for request in plan), Counter(), {}
         for request in plan:
             positions[request.request_id] = (seen[request.window], counts[request.window])

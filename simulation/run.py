@@ -60,7 +60,7 @@ def run_simulation(
     track: bool = True,
     until_window: int | None = None,
     progress: bool = True,
-    live_window_s: float | None = None,
+    live_window_s: int | None = None,
 ) -> SimulationResult:
     """Send the scenario's traffic (skipping what an earlier run of `run_dir` already delivered); with
     `until_window`, only the windows before it (a later call on the same folder sends the rest); `progress`: a

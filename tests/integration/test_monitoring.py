@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -367,3 +368,87 @@ def test_the_evidently_report_agrees_with_the_monitor_on_a_stable_and_a_drifted_
     assert "no alert" in stable.report.title and "windows between 0 and 3" in stable.report.title
     html = (tmp_path / "drifted" / "evidently_report.html").read_text()
     assert f"<title>{drifted.report.title}</title>" in html
+
+
+class RouteReceiver(BaseHTTPRequestHandler):
+    """A loopback receiver for incident notices: keeps each request's path, headers and raw body."""
+
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (the http.server API)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        RouteReceiver.received.append((self.path, dict(self.headers), body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_incident_notices_reach_a_signed_webhook_slack_and_email_and_a_dead_route_is_reported(
+    traffic, champion, tmp_path, monkeypatch
+):
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink
+
+    from common.processes import free_port
+    from monitoring.job import monitor
+    from monitoring.model import resolve_model
+    from monitoring.pandas_engine import PandasLog
+    from monitoring.policy import load_policy
+    from monitoring.routes import SIGNATURE_HEADER, verify_signature
+
+    class Inbox(Sink):
+        messages: list = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's API)
+            Inbox.messages.append(envelope.content.decode())
+            return "250 OK"
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RouteReceiver)
+    RouteReceiver.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("TEST_ROUTE_SECRET", "s3cret")
+    policy_file = tmp_path / "monitor.yaml"
+    packaged = yaml.safe_load((PROJECT_ROOT / "monitoring" / "monitor.yaml").read_text())
+    packaged["routes"] = {
+        "team": {"type": "webhook", "url": f"{base}/hook", "secret_env": "TEST_ROUTE_SECRET"},
+        "chat": {"type": "slack", "url": f"{base}/slack"},
+        "oncall": {"type": "email", "smtp_host": "127.0.0.1", "smtp_port": smtp.port, "from": "m@x.test", "to": ["o@x.test"]},
+        "gone": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/nobody"},
+    }
+    packaged["rules"]["foreign_digits"]["routes"] = ["team", "chat", "oncall", "gone"]
+    policy_file.write_text(yaml.safe_dump(packaged))
+    home, _ = traffic
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    model = resolve_model(champion.uri, None, None, "digits-cnn")
+    try:
+        result = monitor(
+            PandasLog.read(home / "log.db"),
+            model,
+            tmp_path / "out",
+            "routed",
+            track=False,
+            policy=load_policy(policy_file, model.reference),
+        )
+    finally:
+        server.shutdown()
+        smtp.stop()
+    delivered = {(d.route, d.event): d.delivered for d in result.deliveries}
+    assert delivered == {
+        ("team", "opened"): True,
+        ("chat", "opened"): True,
+        ("oncall", "opened"): True,
+        ("gone", "opened"): False,
+    }
+    assert "ConnectError" in next(d.error for d in result.deliveries if d.route == "gone")
+    (path, headers, body), slack = sorted(RouteReceiver.received, key=lambda item: item[0])
+    assert path == "/hook" and json.loads(body)["event"] == "opened" and json.loads(body)["incident"] == 4
+    assert verify_signature(body, headers[SIGNATURE_HEADER], "s3cret", now=time.time())
+    assert not verify_signature(body, headers[SIGNATURE_HEADER], "s3cret", now=time.time() + 3600)  # replayed an hour on
+    assert not verify_signature(body + b" ", headers[SIGNATURE_HEADER], "s3cret", now=time.time())
+    assert slack[0] == "/slack" and "incident opened on digits-cnn" in json.loads(slack[2])["text"]
+    assert len(Inbox.messages) == 1 and "Subject: [critical] digitdrift incident opened" in Inbox.messages[0]

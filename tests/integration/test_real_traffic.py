@@ -240,7 +240,7 @@ def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_l
     publish(rest, "c")
     later = DatasetSource(str(location), tmp_path / "watermark.json", track=False, clock="auto", close_windows=True)
     result, _, _ = monitor_dataset(
-        later, model, tmp_path / "second", "ds", tmp_path / "cache", now=datetime(2026, 11, 2, 18, tzinfo=UTC)
+        later, model, tmp_path / "second", "ds", tmp_path / "cache", engine=engine, now=datetime(2026, 11, 2, 18, tzinfo=UTC)
     )
     assert len(result.metrics) == 5 and result.clock == hourly  # the watermark's clock
     assert result.left_out.late == len(late) == 15

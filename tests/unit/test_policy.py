@@ -54,7 +54,7 @@ def test_editing_one_threshold_in_the_file_changes_the_alerts(reference, tmp_pat
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ({"x": {"metric": "foreign_p", "below": 1, "above": 2}}, "rules.x: Value error, give exactly one of 'below'"),
+        ({"x": {"metric": "foreign_p", "below": 1, "above": 2}}, "rules.x: give exactly one of 'below'"),
         (
             {"x": {"metric": "foreign_p", "below": 1, "severity": "loud"}},
             "rules.x.severity = 'loud': Input should be 'warning' or 'critical'",
@@ -127,3 +127,24 @@ def test_rules_firing_together_are_one_incident_that_resolves_after_quiet_window
         suites[5].get("skipped") == "2"
         and suites[2].find("testcase[@name='class_mix_drift (class_mix_p)']/properties/property").get("name") == "warning"
     )
+
+
+def test_a_signed_body_verifies_only_with_its_secret_and_while_fresh():
+    from monitoring.routes import signature, verify_signature
+
+    header = signature(b'{"a": 1}', "key", 1_000)
+    assert verify_signature(b'{"a": 1}', header, "key", now=1_100)
+    assert not verify_signature(b'{"a": 1}', header, "other", now=1_100)
+    assert not verify_signature(b'{"a": 2}', header, "key", now=1_100)
+    assert not verify_signature(b'{"a": 1}', header, "key", now=2_000)  # a replay after the tolerance
+    assert not verify_signature(b'{"a": 1}', "garbage", "key", now=1_000)
+
+
+def test_a_route_a_rule_names_must_be_declared_and_complete(reference, tmp_path):
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump({"rules": {"x": {"metric": "foreign_p", "below": 1, "routes": ["ops"]}}}))
+    with pytest.raises(PolicyError, match=r"rules.x.routes names ops, not in 'routes' \(declared: none\)"):
+        load_policy(path, reference)
+    path.write_text(yaml.safe_dump({"routes": {"ops": {"type": "email", "smtp_host": "h"}}, "rules": {}}))
+    with pytest.raises(PolicyError, match=r"routes.ops: an email route needs 'smtp_host', 'from' and 'to'"):
+        load_policy(path, reference)

@@ -129,10 +129,58 @@ def test_a_time_window_is_judged_once_its_end_plus_the_lateness_has_passed():
 
 def test_a_dataset_judged_by_one_clock_refuses_another_unless_judged_again_in_full():
     daily = Watermark(("p0",), 5, (), DAILY_CLOCK)
-    assert (
-        run_clock(daily, [summary("2026-12-03T09:00:00.000000+00:00", "2026-12-03T09:00:00.000000+00:00")], "auto", None, "ds")
-        == DAILY_CLOCK
-    )
+    new_parts = [summary("2026-12-03T09:00:00.000000+00:00", "2026-12-03T09:00:00.000000+00:00")]
+    assert run_clock(daily, new_parts, "auto", None, None, "ds") == DAILY_CLOCK
     with pytest.raises(WindowError, match=r"ds: earlier runs judged it by windows of 1d .* pass --full"):
-        run_clock(daily, [], "auto", WindowClock.wall("1h"), "ds")
-    assert run_clock(Watermark(), [], "wall", WindowClock.wall("1h"), "ds") == WindowClock.wall("1h")
+        run_clock(daily, [], "auto", "1h", None, "ds")
+    assert run_clock(Watermark(), [], "wall", "1h", None, "ds") == WindowClock.wall("1h")
+
+
+def test_new_unstamped_records_under_a_watermark_of_simulated_windows_are_refused_not_ignored():
+    simulated = Watermark(("p0",), 5, (), SIMULATED_CLOCK)
+    with pytest.raises(WindowError, match=r"ds: earlier runs judged it by simulated windows, and 10 new records carry none"):
+        run_clock(simulated, [summary("2026-12-03T09:00:00+00:00", "2026-12-03T09:00:00+00:00")], "auto", None, None, "ds")
+
+
+def test_a_window_or_timezone_not_restated_is_the_watermarks():
+    paris = WindowClock.wall("1h", "Europe/Paris")
+    mark = Watermark(("p0",), 5, (), paris)
+    assert run_clock(mark, [], "auto", "1h", None, "ds") == paris
+    assert run_clock(mark, [], "wall", None, "Europe/Paris", "ds") == paris
+
+
+def test_a_watermark_from_before_time_windows_judged_simulated_ones():
+    assert Watermark.from_json('{"consumed": ["p0"], "judged_through": 3, "history": []}').clock == SIMULATED_CLOCK
+    assert Watermark.from_json('{"consumed": [], "judged_through": null, "history": []}').clock is None
+
+
+def test_a_part_read_again_for_its_open_window_counts_no_late_record_and_an_unreadable_extreme_is_passed_over(tmp_path):
+    import pyarrow.parquet as pq
+
+    from common.prediction_dataset import filesystem, list_parts, part_summary, records_table
+    from monitoring.engine import open_dataset
+    from tests.unit.test_prediction_dataset import record
+
+    def stamped(number: int, moment: str):
+        return record(number, None)._replace(timestamp=moment)
+
+    rows = [stamped(n, f"2026-11-22T09:5{n}:00.000000+00:00") for n in range(5)]
+    rows += [stamped(n, f"2026-11-22T10:0{n - 5}:00.000000+00:00") for n in range(5, 9)] + [stamped(9, "garbage")]
+    (tmp_path / "ds").mkdir()
+    pq.write_table(records_table([row.row() for row in rows]), tmp_path / "ds" / "part-a-000000000000.parquet")
+    fs, root = filesystem(str(tmp_path / "ds"))
+    parts = list_parts(fs, root)
+    found = part_summary(fs, parts[0])  # 'garbage' sorts last: the extremes come from the readable timestamps
+    assert found.times == ("2026-11-22T09:50:00.000000+00:00", "2026-11-22T10:03:00.000000+00:00")
+    hourly = WindowClock.wall("1h")
+    spans = {parts[0].path: part_span(found, hourly)}
+    ten = hourly.window_of(datetime(2026, 11, 22, 10, tzinfo=UTC))
+    first = plan_increment(parts, spans, Watermark(), clock=hourly, first_open=ten)
+    log = open_dataset(str(tmp_path / "ds"), first, "pandas", tmp_path / "cache")
+    assert len(log.frame) == 5 and log.left_out.unreadable == 1 and log.left_out.late == 0
+    mark = advance(Watermark(), first, pd.DataFrame({"window": [ten - 1], "too_small": [False]}), [])
+    assert mark.pending == (parts[0].path,) and mark.consumed == ()
+    second = plan_increment(parts, spans, mark, clock=hourly, first_open=ten + 1)
+    assert second.reread == (parts[0].path,) and (second.after, second.through) == (ten - 1, ten)
+    log = open_dataset(str(tmp_path / "ds"), second, "pandas", tmp_path / "cache")
+    assert len(log.frame) == 4 and log.left_out.late == 0 and log.left_out.unreadable == 0  # counted once, the first time

@@ -230,7 +230,7 @@ def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_l
     mlflow.set_tracking_uri(champion.tracking_uri)
     model = resolve_model(champion.uri, None, None, "digits-cnn")
     hourly = WindowClock.wall("1h")
-    source = DatasetSource(str(location), tmp_path / "watermark.json", track=False, clock="wall", wall=hourly)
+    source = DatasetSource(str(location), tmp_path / "watermark.json", track=False, clock="wall", window="1h")
     # 11:03 UTC: the 10:00-11:00 window waits for its 5 minutes of lateness
     first, increment, _ = monitor_dataset(
         source, model, tmp_path / "first", "ds", tmp_path / "cache", engine=engine, now=datetime(2026, 11, 2, 11, 3, tzinfo=UTC)
@@ -246,3 +246,60 @@ def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_l
     assert result.left_out.late == len(late) == 15
     judged = int(first.metrics["volume"].sum()) + int(result.metrics["volume"].sum())
     assert judged == len(frame) - len(late)  # every record judged once but the late ones, counted instead
+
+
+def test_thirty_daily_runs_make_one_history_one_mlflow_timeline_and_one_dashboard_with_the_version_change(
+    hourly_log, champion, tmp_path
+):
+    from monitoring.history import deployment_key, read_history
+    from monitoring.job import DatasetSource, HistorySink, monitor_dataset
+    from monitoring.model import ModelRef, resolve_model
+    from tests.helpers import chromium_dom
+
+    source = pd.DataFrame(read_prediction_log(hourly_log))
+    location = tmp_path / "dataset"
+    start = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    reference = resolve_model(champion.uri, None, None, "digits-cnn").reference
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("daily-monitoring")
+    key = deployment_key("digits-cnn", "daily-traffic")
+    sink = HistorySink(str(tmp_path / "history"), key)
+    daily = DatasetSource(str(location), tmp_path / "watermark.json", clock="wall", window="1d", dataset_id="daily-traffic")
+    for day in range(30):  # each day a hundred real records arrive, served by version 1 and from day 15 by version 2
+        version = "1" if day < 15 else "2"
+        picks = source.iloc[[(day * 100 + index) % len(source) for index in range(100)]].copy()
+        moment = start + timedelta(days=day)
+        picks["timestamp"] = [(moment + timedelta(seconds=index)).isoformat(timespec="microseconds") for index in range(100)]
+        picks["request_id"] = [f"day{day}-{index}" for index in range(100)]
+        picks["model_version"] = version
+        folder = location / f"date={moment:%Y-%m-%d}" / "hour=12"
+        folder.mkdir(parents=True)
+        pq.write_table(records_table([record.row() for record in records_of_frame(picks)]), folder / part_name("a", day))
+        # the schedule runs the next day, once the day's window and its lateness have passed
+        result, increment, _ = monitor_dataset(
+            daily,
+            ModelRef("digits-cnn", version, None, reference),
+            tmp_path / f"run-{day}",
+            "daily",
+            tmp_path / "cache",
+            now=moment + timedelta(hours=12, minutes=10),
+            history_sink=sink,
+        )
+        assert result is not None and len(result.metrics) == 1, (day, increment)
+    history = read_history(sink.location)
+    assert len(history) == 30 and history["model_version"].tolist() == ["1"] * 15 + ["2"] * 15
+    assert history["window_start"].iloc[0] == "2026-10-01T00:00:00+00:00" and (history["volume"] == 100).all()
+    timeline = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.`digitdrift.history_of` = '{key}'", output_format="list"
+    )
+    assert len(timeline) == 1  # one long-lived run for the deployment, beside the 30 runs of their own
+    volume = mlflow.MlflowClient().get_metric_history(timeline[0].info.run_id, "traffic/volume")
+    assert sorted(point.step for point in volume) == history["window"].tolist()
+    versions = mlflow.MlflowClient().get_metric_history(timeline[0].info.run_id, "model/version")
+    assert {point.value for point in versions} == {1.0, 2.0}
+    page = tmp_path / "run-29" / "dashboard.html"
+    assert page.read_text().count("file://") >= 30  # a link to each run's outputs
+    dom = chromium_dom(page.as_uri(), tmp_path / "profile")
+    assert "v2 serves" in dom and "the last 30 windows of digits-cnn--daily-traffic" in dom
+    assert dom.count('class="point"') >= 30  # the volume bars of the 30 days

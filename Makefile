@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv azurite system-packages demo-packages stack stack-down data train promote demo evaluate loop test test-unit test-integration lint bench-train clean
+.PHONY: help venv azurite system-packages demo-packages stack stack-down data train promote demo evaluate loop test test-unit test-quick test-integration lint bench-train clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,9 @@ test: system-packages venv $(AZURITE) ## run the whole test suite (unit and inte
 
 test-unit: venv ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-quick: venv ## the edit-test loop: the unit tests, stopping at the first failure
+	$(PY) -m pytest tests/unit -x -q $(PYTEST_ARGS)
 
 test-integration: system-packages venv $(AZURITE) ## run the integration tests (real MLflow, servers, Spark)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)

@@ -72,6 +72,7 @@ def judge(
     metrics = judge_windows(log.aggregates(model.reference), log.samples(config.sample_size), model.reference, config)
     if truth is not None:
         metrics = metrics.merge(log.truth_metrics(truth), on="window", how="left")
+    metrics = with_empty_windows(metrics, log.clock)
     bounds = log.clock.bounds_columns(metrics["window"])
     metrics.insert(1, "window_start", bounds["window_start"])
     metrics.insert(2, "window_end", bounds["window_end"])
@@ -80,6 +81,18 @@ def judge(
     named = {row.window: {"window_start": row.window_start, "window_end": row.window_end} for row in metrics.itertuples()}
     # the history's windows only carry streaks and cooldowns over: their alerts were raised by an earlier run
     return metrics, [replace(alert, **named[alert.window]) for alert in alerts if alert.window in named], policy.rules
+
+
+def with_empty_windows(metrics: pd.DataFrame, clock: WindowClock) -> pd.DataFrame:
+    """Windows of time between the first and the last that no record fell in (a quiet night), as rows of volume 0
+    marked too small to judge: shown and reported, never alerted on, never merged into a neighbour."""
+    if not clock.is_wall or metrics.empty:
+        return metrics
+    missing = sorted(set(range(int(metrics["window"].min()), int(metrics["window"].max()) + 1)) - set(metrics["window"]))
+    if not missing:
+        return metrics
+    empty = pd.DataFrame({"window": missing, "volume": 0, "too_small": True})
+    return pd.concat([metrics, empty], ignore_index=True).sort_values("window", kind="stable").reset_index(drop=True)
 
 
 def judged_checks(

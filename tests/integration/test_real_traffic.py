@@ -172,6 +172,13 @@ def test_an_unreadable_timestamp_is_counted_and_named_and_the_rest_is_judged(hou
     assert run.returncode == 0, run.stderr[-3000:]
     assert "895 records" in run.stdout and "5 records with an unreadable timestamp left out" in run.stdout
     assert f"{broken}: request {request_id} image 0, timestamp 'last tuesday'" in run.stdout
+    with sqlite3.connect(broken) as connection:  # a quiet hour: no record at all from 09:00 to 10:00 UTC
+        connection.execute("DELETE FROM predictions WHERE timestamp LIKE '2026-11-02T09:%'")
+    quiet = cli("monitoring", [*arguments, "--out", str(tmp_path / "quiet")], env)
+    assert quiet.returncode == 0 and "9 windows, 795 records" in quiet.stdout, quiet.stderr[-2000:]
+    metrics = pd.read_csv(tmp_path / "quiet" / "window_metrics.csv")
+    empty = metrics[metrics["window_start"] == "2026-11-02T09:00:00+00:00"]
+    assert empty["volume"].tolist() == [0] and empty["too_small"].tolist() == [True]  # shown, never merged
 
 
 @pytest.mark.parametrize(

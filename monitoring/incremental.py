@@ -102,10 +102,10 @@ def run_clock(
         return choose_clock(requested, stamped, unstamped, WindowClock.wall(window or "1d", timezone or "UTC"), where)
     if requested == SIMULATED:
         asked = SIMULATED_CLOCK
-    elif window or timezone or (requested == WALL and not kept.is_wall):
+    elif requested == WALL or (kept.is_wall and (window or timezone)):
         length = window or (format_duration(kept.length_s) if kept.is_wall else "1d")
         asked = WindowClock.wall(length, timezone or (kept.timezone if kept.is_wall else "UTC"))
-    else:
+    else:  # auto: the watermark's clock (over stamped records, --window and --timezone shape no window)
         asked = kept
     if asked != kept:
         raise WindowError(

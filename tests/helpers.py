@@ -219,3 +219,15 @@ def synthetic_digits(count, seed, thickness=1):
         image[row, column - 3 : column + 3] = 200
     labels = rng.integers(0, 10, count)
     return images, labels
+
+
+def cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m module args...` in the project's folder with `env` over this environment, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

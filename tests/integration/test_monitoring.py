@@ -1,11 +1,8 @@
 """Monitoring a real prediction log: alerts to a real webhook, the MLflow run, bad input, the dashboard in Chromium."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,7 +16,7 @@ import yaml
 from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
 from serving.prediction_log import PredictionLog
-from tests.helpers import VENV_BIN, assert_same_frames, chromium_dom
+from tests.helpers import VENV_BIN, assert_same_frames, chromium_dom, cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +28,6 @@ SCENARIO = {
     "mode": "mix",
     "sources": {"mnist": {"weight": {"constant": 1.0}}, "devanagari": {"weight": {"step": {"at": 4, "after": 1.0}}}},
 }
-
-
-def cli(module, args, env, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

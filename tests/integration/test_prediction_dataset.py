@@ -20,7 +20,7 @@ from common.processes import free_port, stop, wait_for_http
 from common.records import PredictionRecord, read_prediction_log, records_of_frame
 from common.settings import PROJECT_ROOT
 from serving.dataset_sink import DatasetSink
-from tests.helpers import acknowledged, assert_same_frames, serving_command
+from tests.helpers import acknowledged, assert_same_frames, cli, serving_command
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +32,6 @@ SCENARIO = {
     "mode": "mix",
     "sources": {"mnist": {"weight": {"constant": 1.0}}, "devanagari": {"weight": {"step": {"at": 4, "after": 1.0}}}},
 }
-
-
-def cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def records_of(frame: pd.DataFrame, hour: int) -> list[PredictionRecord]:

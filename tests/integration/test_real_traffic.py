@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +16,9 @@ import yaml
 from common.prediction_dataset import part_name, records_table
 from common.processes import free_port, running
 from common.records import read_prediction_log, records_of_frame
-from common.settings import PROJECT_ROOT
 from common.windows import WindowClock
 from serving.prediction_log import PredictionLog
-from tests.helpers import assert_same_frames, serving_command
+from tests.helpers import assert_same_frames, cli, serving_command
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +37,6 @@ LIVE_SCENARIO = {
         "devanagari": {"weight": {"step": {"at": CHANGE_AT, "after": 0.4}}},
     },
 }
-
-
-def cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

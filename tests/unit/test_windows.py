@@ -142,6 +142,13 @@ def test_new_unstamped_records_under_a_watermark_of_simulated_windows_are_refuse
         run_clock(simulated, [summary("2026-12-03T09:00:00+00:00", "2026-12-03T09:00:00+00:00")], "auto", None, None, "ds")
 
 
+def test_auto_over_a_dataset_of_simulated_windows_keeps_them_whatever_window_is_given():
+    simulated = Watermark(("p0",), 5, (), SIMULATED_CLOCK)
+    assert run_clock(simulated, [], "auto", "1d", None, "ds") == SIMULATED_CLOCK
+    with pytest.raises(WindowError, match="earlier runs judged it by simulated windows"):
+        run_clock(simulated, [], "wall", "1d", None, "ds")
+
+
 def test_a_window_or_timezone_not_restated_is_the_watermarks():
     paris = WindowClock.wall("1h", "Europe/Paris")
     mark = Watermark(("p0",), 5, (), paris)

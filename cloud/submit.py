@@ -7,6 +7,7 @@ checks a plan without one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from azure.ai.ml import (
-    Input,
     load_component,
     load_compute,
     load_data,
@@ -339,17 +339,21 @@ def plan_monitor(specs: dict[str, Any], endpoint: str, slot: str, version: str, 
     """Both monitors of the deployment `slot` serving `version`: ours (a pipeline on a daily schedule, its watermark
     keyed by a dataset id that stays when Azure mounts the data at a new path) and Azure's own."""
     collected = f"{COLLECTOR_ROOT}{endpoint}/{slot}/model_outputs"
-    schedule = specs["monitor-schedule"]
-    job = schedule.create_job
-    job.inputs["predictions"] = Input(type="uri_folder", path=collected, mode="ro_mount")
-    job.inputs["model"] = Input(type="mlflow_model", path=f"azureml:{MODEL_NAME}:{version}")
-    job.inputs["model_version"] = version
-    job.inputs["dataset_id"] = f"{endpoint}/{slot}/model_outputs"
+    # the job as `az ml ... --set` would give it: the pipeline's inputs are bound to its step, so they are set at load
+    job = load_job(
+        SPECS / SPEC_FILES["monitor-job"],
+        params_override=[
+            {"inputs.predictions.path": collected},
+            {"inputs.model.path": f"azureml:{MODEL_NAME}:{version}"},
+            {"inputs.model_version": version},
+            {"inputs.dataset_id": f"{endpoint}/{slot}/model_outputs"},
+        ],
+    )
     for step in job.jobs.values():
         step.environment = environment_id
-    component = specs["window-signal"]
-    component.environment = environment_id
-    azure = specs["monitor-azure"]
+    schedule = replace_entity(specs["monitor-schedule"], create_job=job)
+    component = replace_entity(specs["window-signal"], environment=environment_id)
+    azure = copy.deepcopy(specs["monitor-azure"])  # its signals' inputs are changed in place below
     azure.create_monitor.monitoring_target.endpoint_deployment_id = f"azureml:{endpoint}:{slot}"
     for signal in azure.create_monitor.monitoring_signals.values():
         data_inputs = [*(getattr(signal, "inputs", None) or {}).values()]
@@ -369,10 +373,8 @@ def plan_monitor(specs: dict[str, Any], endpoint: str, slot: str, version: str, 
 
 
 def replace_entity(entity: Any, **changes: Any) -> Any:
-    """A copy of an SDK entity with some attributes changed (the loaded spec stays as it was)."""
-    import copy
-
-    changed = copy.deepcopy(entity)
+    """A shallow copy of an SDK entity with some attributes replaced (the loaded spec stays as it was)."""
+    changed = copy.copy(entity)
     for name, value in changes.items():
         setattr(changed, name, value)
     return changed

@@ -138,7 +138,7 @@ def collector_sidecar(root: Path, endpoint: str = "digitdrift-digits", deploymen
     import threading
     import uuid
     from datetime import UTC, datetime
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     instance = uuid.uuid4().hex
     lock = threading.Lock()
@@ -171,9 +171,18 @@ def collector_sidecar(root: Path, endpoint: str = "digitdrift-digits", deploymen
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Sidecar)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    with loopback_http(Sidecar) as port:
+        yield port
+
+
+@contextmanager
+def loopback_http(handler):
+    """A threading HTTP server for `handler` on a free loopback port, in a background thread; yields the port."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server.server_address[1]
     finally:
@@ -190,8 +199,7 @@ def azure_like_tracking(upstream: str):
     """A loopback proxy in front of a real `mlflow server` that answers 404 ENDPOINT_NOT_FOUND where Azure ML's
     tracking does (AZURE_MISSING_ROUTES) and forwards everything else. Yields its URL (an MLFLOW_TRACKING_URI)."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     import httpx
 
@@ -224,14 +232,8 @@ def azure_like_tracking(upstream: str):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        yield url, refused
-    finally:
-        server.shutdown()
+    with loopback_http(Proxy) as port:
+        yield f"http://127.0.0.1:{port}", refused
 
 
 def chromium_dom(url: str, profile: Path, budget_ms: int = 10000) -> str:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -81,15 +82,26 @@ def write_mltable(table: pd.DataFrame, out: str) -> None:
         stream.write(MLTABLE)
 
 
+def monitor_location(url: str) -> tuple[str, dict[str, str]]:
+    """The monitor's --log for a data input: abfss://container@account.dfs.core.windows.net/path (how Azure hands a
+    direct-mode input to Spark) becomes az://container/path with the account in AZURE_STORAGE_ACCOUNT_NAME (the
+    process's identity reads it); anything else is passed as it is."""
+    found = re.fullmatch(r"abfss?://([^@/]+)@([^./]+)\.dfs\.core\.windows\.net/(.*)", url)
+    if not found:
+        return url, {}
+    return f"az://{found.group(1)}/{found.group(3)}", {"AZURE_STORAGE_ACCOUNT_NAME": found.group(2)}
+
+
 def monitor_windows(predictions: str, dataset_id: str, model: str, work: Path) -> pd.DataFrame:
     """Run digitdrift's monitor by day over the collector folder from its watermark on; its window metrics."""
+    location, env = monitor_location(predictions)
     command = [
         sys.executable,
         "-m",
         "monitoring",
         "run",
         "--log",
-        predictions,
+        location,
         "--model",
         model,
         "--dataset-id",
@@ -99,7 +111,9 @@ def monitor_windows(predictions: str, dataset_id: str, model: str, work: Path) -
         "--out",
         str(work / "monitoring"),
     ]
-    done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, env={**os.environ, **env}
+    )
     if done.returncode != 0:
         raise SignalError(f"the monitor failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     metrics = work / "monitoring" / "window_metrics.csv"

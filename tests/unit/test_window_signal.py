@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from cloud.window_signal import MLTABLE, SIGNAL_COLUMNS, SignalError, main, parse_thresholds, signal_table
+from cloud.window_signal import MLTABLE, SIGNAL_COLUMNS, SignalError, main, monitor_location, parse_thresholds, signal_table
 
 
 def windows() -> pd.DataFrame:
@@ -53,3 +53,12 @@ def test_the_signal_writes_a_table_azure_reads_as_mltable(tmp_path):
         "metric_value": [0.02, 0.3],
         "threshold_value": [0.1, 0.1],
     }
+
+
+def test_a_direct_mode_input_url_becomes_a_location_the_monitor_reads():
+    url = "abfss://azureml-blobstore-1@ws1store.dfs.core.windows.net/modelDataCollector/e/blue/model_outputs"
+    assert monitor_location(url) == (
+        "az://azureml-blobstore-1/modelDataCollector/e/blue/model_outputs",
+        {"AZURE_STORAGE_ACCOUNT_NAME": "ws1store"},
+    )
+    assert monitor_location("/mnt/inputs/predictions") == ("/mnt/inputs/predictions", {})

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -126,17 +128,29 @@ def without_digitdrift(environ) -> dict:
 
 
 def monitor_has_dataset_ids() -> bool:
-    from monitoring.__main__ import build_parser
+    """Whether this checkout's monitor takes --dataset-id (the time-window work adds it)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "monitoring", "run", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    return "--dataset-id" in shown.stdout
 
-    return "--dataset-id" in build_parser().format_help()
+
+@dataclass(frozen=True)
+class Rehearsal:
+    home: Path
+    trained: subprocess.CompletedProcess
+    refused: list[str]  # the calls the Azure-like tracking answered 404
+    served: Path  # the model as Azure mounts a registered version: .../azureml-models/digits-cnn/1
+    collected: Path  # the collector's model_outputs folder after the traffic
 
 
-def test_the_jobs_run_here_against_a_tracking_service_that_answers_like_azures(mlflow_server, shared_data, tmp_path):
-    """Blocker 2: the training job's command succeeds against a tracking server that answers 404 to MLflow 3's
-    logged-models calls and to alias calls, as Azure ML's has; its model is the job's output. Blocker 5: score.py
-    serving that output from Azure's AZUREML_MODEL_DIR (.../azureml-models/<name>/<version>, no DIGITDRIFT_*
-    variable) records the version's number. Blocker 6: the monitor's command judges each window once over two
-    different mount paths of the same collector folder (its watermark keyed by the dataset id)."""
+@pytest.fixture(scope="module")
+def rehearsal(mlflow_server, shared_data, tmp_path_factory) -> Rehearsal:
+    """The training job's command against a tracking service that answers like Azure's, its output served by
+    score.py as Azure mounts a registered version (no DIGITDRIFT_* variable names it), traffic collected by a
+    stand-in for Azure's collection sidecar."""
+    home = tmp_path_factory.mktemp("rehearsal")
+
     with azure_like_tracking(mlflow_server) as (tracking_uri, refused):
         env = {"MLFLOW_TRACKING_URI": tracking_uri, "DIGITDRIFT_DATA": str(shared_data), "TF_CPP_MIN_LOG_LEVEL": "2"}
         train = step_command(
@@ -146,37 +160,59 @@ def test_the_jobs_run_here_against_a_tracking_service_that_answers_like_azures(m
                 "inputs.epochs": 1,
                 "inputs.train_limit": 1500,
                 "inputs.foreign_limit_per_class": 3,
-                "outputs.model": tmp_path / "model",
+                "outputs.model": home / "model",
             },
         )
-        trained = run_command(train, {**env, "DIGITDRIFT_HOME": str(tmp_path)})
-        assert trained.returncode == 0, trained.stderr[-3000:]
-        assert not refused, refused  # the job never asked for what Azure's tracking lacks
-    assert (tmp_path / "model" / "MLmodel").is_file() and (tmp_path / "model" / "reference.npz").is_file()
+        trained = run_command(train, {**env, "DIGITDRIFT_HOME": str(home)})
+    assert trained.returncode == 0, trained.stderr[-3000:]
 
     # what a deployment of version 1 serves: Azure mounts the registered model at .../azureml-models/<name>/<version>
-    served = tmp_path / "var" / "azureml-app" / "azureml-models" / "digits-cnn" / "1"
-    shutil.copytree(tmp_path / "model", served / "model")
-    blob = tmp_path / "workspaceblobstore" / "modelDataCollector"
+    served = home / "var" / "azureml-app" / "azureml-models" / "digits-cnn" / "1"
+    shutil.copytree(home / "model", served / "model")
+    blob = home / "workspaceblobstore" / "modelDataCollector"
     with collector_sidecar(blob) as port:
         traffic = run_command(
             f"python -m simulation run --scenario sudden-devanagari --windows 3 --requests-per-window 40 --url inprocess "
-            f"--run-dir {tmp_path / 'run'} --no-mlflow",
+            f"--run-dir {home / 'run'} --no-mlflow",
             {
                 # the simulator's own settings (it runs score.py in its process, as azmlinfsrv would); none names the model
                 "DIGITDRIFT_DATA": str(shared_data),
-                "DIGITDRIFT_HOME": str(tmp_path),
+                "DIGITDRIFT_HOME": str(home),
                 "AZUREML_MODEL_DIR": str(served),
                 "AZUREML_MDC_ENABLED": "true",
                 "AZUREML_MDC_PORT": str(port),
             },
         )
     assert traffic.returncode == 0, traffic.stderr[-2000:]
-    collected = blob / "digitdrift-digits" / "blue" / "model_outputs"
-    fs, root = filesystem(str(collected))
+    return Rehearsal(
+        home,
+        trained,
+        refused,
+        served,
+        home / "workspaceblobstore" / "modelDataCollector" / "digitdrift-digits" / "blue" / "model_outputs",
+    )
+
+
+def test_the_training_job_never_calls_what_azures_tracking_lacks_and_outputs_the_model(rehearsal):
+    """Blocker 2: MLflow 3's log_model calls the logged-models API, which Azure ML's tracking has answered with 404;
+    the job's command (against a real mlflow server behind a proxy answering 404 there and to alias calls) never
+    calls it, and its model is the job's output folder."""
+    assert rehearsal.trained.returncode == 0 and not rehearsal.refused, rehearsal.refused
+    assert (rehearsal.home / "model" / "MLmodel").is_file() and (rehearsal.home / "model" / "reference.npz").is_file()
+
+
+def test_records_served_from_azures_model_folder_carry_the_registered_version(rehearsal):
+    """Blocker 5: score.py serving from AZUREML_MODEL_DIR=.../azureml-models/digits-cnn/1 with no DIGITDRIFT_*
+    variable naming the model records version 1, not local:<folder>."""
+    fs, root = filesystem(str(rehearsal.collected))
     records = read_parts(fs, list_parts(fs, root), ["model_name", "model_version"])
     assert len(records) >= 120 and set(records["model_version"]) == {"1"} and set(records["model_name"]) == {"digits-cnn"}
 
+
+def test_two_scheduled_runs_over_new_mount_paths_judge_each_window_once(rehearsal):
+    """Blockers 6 and 7: the monitor job's command, with the model as its input, by day, its watermark keyed by the
+    dataset id, over the same collector folder mounted at two paths (Azure mounts anew for every run)."""
+    tmp_path, served, collected = rehearsal.home, rehearsal.served, rehearsal.collected
     if not monitor_has_dataset_ids():
         pytest.skip("the monitor's --dataset-id and --window (time windows for real traffic) are not in this checkout")
     mounts = []

@@ -108,6 +108,8 @@ def monitor_windows(predictions: str, dataset_id: str, model: str, work: Path) -
         dataset_id,
         "--window",
         "1d",
+        "--clock",
+        "wall",
         "--out",
         str(work / "monitoring"),
     ]

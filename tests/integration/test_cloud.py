@@ -209,16 +209,32 @@ def test_records_served_from_azures_model_folder_carry_the_registered_version(re
     assert len(records) >= 120 and set(records["model_version"]) == {"1"} and set(records["model_name"]) == {"digits-cnn"}
 
 
+def two_days_earlier(event: dict) -> dict:
+    """A collector event whose records were scored two days earlier."""
+    from datetime import datetime, timedelta
+
+    for row in event["data"]:
+        row["timestamp"] = (datetime.fromisoformat(row["timestamp"]) - timedelta(days=2)).isoformat(timespec="microseconds")
+    return event
+
+
 def test_two_scheduled_runs_over_new_mount_paths_judge_each_window_once(rehearsal):
     """Blockers 6 and 7: the monitor job's command, with the model as its input, by day, its watermark keyed by the
     dataset id, over the same collector folder mounted at two paths (Azure mounts anew for every run)."""
     tmp_path, served, collected = rehearsal.home, rehearsal.served, rehearsal.collected
     if not monitor_has_dataset_ids():
         pytest.skip("the monitor's --dataset-id and --window (time windows for real traffic) are not in this checkout")
+    yesterday = tmp_path / "scored-two-days-ago"  # the traffic as a daily run finds it: its days are over
+    for path in collected.rglob("*.jsonl"):
+        target = yesterday / path.relative_to(collected)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            "".join(json.dumps(two_days_earlier(json.loads(line))) + "\n" for line in path.read_text().splitlines())
+        )
     mounts = []
     for mount in ("mnt-run-1", "mnt-run-2"):  # Azure mounts the same folder at a new path for every run
         mounts.append(tmp_path / mount / "model_outputs")
-        shutil.copytree(collected, mounts[-1])
+        shutil.copytree(yesterday, mounts[-1])
     values = {
         "inputs.model": served / "model",
         "inputs.model_version": "1",

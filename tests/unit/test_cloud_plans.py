@@ -123,7 +123,7 @@ def test_the_monitors_follow_the_live_deployment_and_key_the_watermark_by_a_data
     assert inputs["model"] == {"uri": "digits-cnn:7", "jobInputType": "mlflow_model"}
     assert inputs["model_version"]["value"] == "7" and inputs["dataset_id"]["value"] == "digitdrift-abc/green/model_outputs"
     command = job.jobs["monitor"].command
-    assert "--dataset-id ${{inputs.dataset_id}}" in command and "--window 1d" in command
+    assert "--dataset-id ${{inputs.dataset_id}}" in command and "--window 1d" in command and "--clock wall" in command
     assert job.jobs["monitor"].environment == ENVIRONMENT_ID
     azure = calls[2].arguments["schedule"]
     assert azure.create_monitor.monitoring_target.endpoint_deployment_id == "azureml:digitdrift-abc:green"

@@ -1,4 +1,4 @@
-"""python -m cloud submit train|deploy|monitor [--dry-run]: run digitdrift's jobs on Azure ML."""
+"""python -m cloud submit train|register|deploy|monitor [--dry-run]: run digitdrift's jobs on Azure ML."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, resolved_yaml, submit
+from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, resolved_yaml, rest_body, submit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,11 +19,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument(
         "action",
         choices=list(ACTIONS),
-        help="train: the training job (and its model); deploy: the online endpoint; monitor: the daily monitoring schedule",
+        help="train: the training job, then its model registered as the challenger; register: a finished training job's "
+        "model; deploy: the champion to a new blue/green deployment, smoke-tested, then all traffic; monitor: the daily "
+        "monitoring schedules (digitdrift's and Azure ML's) of the deployment taking traffic",
     )
-    submit_cmd.add_argument("--dry-run", action="store_true", help="validate with the SDK and print the resolved specs")
+    submit_cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate with the SDK (load, and build the REST body it would send) and print the resolved specs",
+    )
     submit_cmd.add_argument("--config", type=Path, help="the workspace's config.json (default: ./config.json)")
-    submit_cmd.add_argument("--no-stream", dest="stream", action="store_false", help="do not wait for the job's logs")
+    submit_cmd.add_argument(
+        "--no-stream", dest="stream", action="store_false", help="train: submit and return; register later with --job"
+    )
+    submit_cmd.add_argument("--job", help="register: the training job whose model output to register")
+    submit_cmd.add_argument(
+        "--endpoint-name",
+        help="the online endpoint (unique in its region; default: digitdrift- and a digest of the workspace)",
+    )
     return parser
 
 
@@ -32,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         specs = load_specs(args.action)
+        for name, entity in specs.items():  # where the SDK refuses what it loaded (a schedule of a command job)
+            try:
+                rest_body(entity)
+            except Exception as err:
+                raise CloudError(f"{name}: the Azure ML SDK cannot build its request: {type(err).__name__}: {err}") from None
         if args.dry_run:
             try:
                 workspace = find_workspace(dict(os.environ), args.config)
@@ -41,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             print(resolved_yaml(specs, workspace))
             print(f"# {args.action}: {len(specs)} spec(s) valid", file=sys.stderr)
             return 0
-        print(submit(args.action, specs, find_workspace(dict(os.environ), args.config), args.stream))
+        workspace = find_workspace(dict(os.environ), args.config)
+        print(submit(args.action, specs, workspace, args.stream, args.job, args.endpoint_name))
         return 0
     except CloudError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -115,8 +115,37 @@ def list_parts(fs, root: str) -> list[Part]:
     return sorted(parts, key=lambda part: part.path)
 
 
-def collector_records(lines: Iterable[str], where: str) -> list[dict]:
-    """The prediction records of data-collector JSON lines (each a CloudEvent whose `data` lists records)."""
+def collector_records(lines: Iterable[str], where: str, unreachable: list[str] | None = None) -> list[dict]:
+    """The prediction records of data-collector JSON lines (each a CloudEvent whose `data` lists records).
+
+    An event whose payload was over 4 MB holds no records: Azure writes `"datainblob": "true"` and the URL of a blob
+    that holds them in `data`. Its records are read from that blob when it is reachable (a workspace blob with the
+    process's Azure identity, a URL with a SAS token, a local file); an unreachable one is never taken for a record:
+    it is named in a warning (without its query string, which may hold a SAS token) and added to `unreachable`.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    def blob_text(url: str) -> str:
+        import fsspec
+
+        parts = urlsplit(url)
+        if (parts.hostname or "").endswith(".blob.core.windows.net") and not parts.query:
+            # the workspace's own storage: adlfs with the process's Azure identity (DefaultAzureCredential)
+            account = parts.hostname.split(".")[0]
+            with fsspec.open(f"az://{unquote(parts.path.lstrip('/'))}", "rt", account_name=account, anon=False) as stream:
+                return stream.read()
+        with fsspec.open(url, "rt") as stream:
+            return stream.read()
+
+    def payload_records(text: str) -> list:
+        try:
+            payload = json.loads(text)
+        except ValueError:  # JSON lines of events, as the collector files themselves
+            return collector_records(text.splitlines(), where, unreachable)
+        if isinstance(payload, dict) and "data" in payload:
+            payload = payload["data"]
+        return payload if isinstance(payload, list) else [payload]
+
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -126,12 +155,24 @@ def collector_records(lines: Iterable[str], where: str) -> list[dict]:
             data = event["data"]
         except (ValueError, KeyError, TypeError):
             raise DatasetError(f"{where}:{number}: not a data-collector event (a JSON object with 'data')") from None
+        if str(event.get("datainblob", "")).lower() == "true":
+            url = data if isinstance(data, str) else ""
+            named = urlsplit(url)._replace(query="", fragment="").geturl() or "(no URL)"
+            try:
+                records.extend(payload_records(blob_text(url)))
+            except Exception as err:  # any failure to reach or parse the blob: counted and named, never guessed at
+                logger.warning("%s:%d: records in blob %s not read (%s: %s)", where, number, named, type(err).__name__, err)
+                if unreachable is not None:
+                    unreachable.append(named)
+            continue
         records.extend(data if isinstance(data, list) else [data])
     return records
 
 
 def collector_frame(records: list[dict], where: str) -> pd.DataFrame:
-    """Collected records in the dataset's columns; the image comes back from base64."""
+    """Collected records in the dataset's columns; the image comes back from base64. No records: an empty frame."""
+    if not records:
+        return ARROW_SCHEMA.empty_table().to_pandas()
     frame = pd.DataFrame.from_records(records)
     missing = [column for column in ("request_id", "image_index", "model_name", "model_version") if column not in frame]
     if missing:

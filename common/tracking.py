@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +18,23 @@ from mlflow.exceptions import MlflowException
 from common.datasets import Digits
 from common.settings import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE, Settings, parse_registry_uri
 
+log = logging.getLogger(__name__)
+
 # An MLflow 3 UI that reads the experiment's kind opens this one on its runs table, not on the GenAI overview of
 # traces. MLflow 3.17's UI reads its workflow selector first (GenAI by default): the demo's link sets it with
 # ?workflowType=machine_learning.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# A model version's role (champion, challenger) as a tag, beside the alias of the same name: Azure ML's MLflow
+# registry documents versions, tags and `latest`, not aliases, so there the tag is what names the champion.
+ROLE_TAG = "digitdrift_role"
+AZURE_TRACKING_SCHEME = "azureml:"  # an Azure ML workspace's MLflow tracking URI (needs the azureml-mlflow plugin)
+
+
+def is_azure_workspace(tracking_uri: str) -> bool:
+    """Whether MLflow tracks to an Azure ML workspace (its `azureml://` URI), whose registry has no aliases and whose
+    tracking service has answered MLflow 3's logged-models calls with 404."""
+    return tracking_uri.startswith(AZURE_TRACKING_SCHEME)
 
 
 def use_tracking(settings: Settings) -> str:
@@ -58,10 +72,44 @@ def resolve_registered(model_uri: str) -> RegisteredVersion:
     """
     ref = parse_registry_uri(model_uri)
     client = mlflow.MlflowClient()
-    found = (
-        client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else client.get_model_version(ref.name, ref.version)
-    )
+    found = version_by_role(client, ref.name, ref.alias) if ref.alias else client.get_model_version(ref.name, ref.version)
     return RegisteredVersion(ref.name, str(found.version), ref.alias, found.run_id)
+
+
+def newest_with_role(versions: Iterable[tuple[str, dict[str, str]]], role: str) -> str | None:
+    """The newest of (version, tags) pairs whose ROLE_TAG is `role`; None when none is."""
+    tagged = [int(version) for version, tags in versions if (tags or {}).get(ROLE_TAG) == role]
+    return str(max(tagged)) if tagged else None
+
+
+def version_by_role(client: mlflow.MlflowClient, name: str, role: str):
+    """The version alias `role` names; where the registry has no such alias (Azure ML's has no aliases at all), the
+    newest version tagged ROLE_TAG=`role`. Neither: the alias look-up's MlflowException."""
+    try:
+        return client.get_model_version_by_alias(name, role)
+    except MlflowException as err:
+        missing = err
+    versions = client.search_model_versions(f"name='{name}'")
+    chosen = newest_with_role(((str(version.version), version.tags) for version in versions), role)
+    if chosen is None:
+        raise missing
+    log.info("%s has no alias @%s here; version %s carries the tag %s=%s", name, role, chosen, ROLE_TAG, role)
+    return client.get_model_version(name, chosen)
+
+
+def set_role(client: mlflow.MlflowClient, name: str, role: str, version: str) -> bool:
+    """Give `version` the role `role`: the tag always (taken from any other version that had it), the alias where
+    the registry has aliases. Returns whether the alias was set."""
+    for other in client.search_model_versions(f"name='{name}'"):
+        if str(other.version) != str(version) and (other.tags or {}).get(ROLE_TAG) == role:
+            client.delete_model_version_tag(name, str(other.version), ROLE_TAG)
+    client.set_model_version_tag(name, str(version), ROLE_TAG, role)
+    try:
+        client.set_registered_model_alias(name, role, str(version))
+    except MlflowException as err:  # Azure ML's registry: no aliases; the tag names the role
+        log.warning("%s: alias @%s not set (%s); the tag %s names version %s", name, role, err.message, ROLE_TAG, version)
+        return False
+    return True
 
 
 def download_reference(run_id: str) -> Path:

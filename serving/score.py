@@ -4,7 +4,8 @@ Runs unchanged under the Azure ML inference server (`azmlinfsrv --entry_script s
 and in a managed online deployment. The model comes from AZUREML_MODEL_DIR when set, else from
 DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion); its monitoring reference from
 DIGITDRIFT_REFERENCE, its run, or reference.npz beside the model. DIGITDRIFT_MODEL_NAME and
-DIGITDRIFT_MODEL_VERSION name a model folder in the records (default digits-cnn, local:<folder>).
+DIGITDRIFT_MODEL_VERSION name a model folder in the records; unset, a registered model's AZUREML_MODEL_DIR
+(`.../azureml-models/<name>/<version>`) names it, else digits-cnn and local:<folder>.
 Every scored image's record goes to one sink: on an Azure ML deployment with data collection enabled, Azure's
 data collector (model_inputs, model_outputs); else the partitioned dataset at DIGITDRIFT_PREDICTION_DATASET
 (a folder or az://container/prefix), staged in DIGITDRIFT_STAGING_DIR; else the SQLite log at
@@ -29,7 +30,7 @@ from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: 
 
 from common.settings import LOW_CONFIDENCE_THRESHOLD  # noqa: E402
 from serving.collector_sink import CollectorSink, collection_enabled  # noqa: E402
-from serving.core import DEFAULT_MODEL_URI, ScoringCore, freeze_heap, load_core  # noqa: E402
+from serving.core import DEFAULT_MODEL_URI, ScoringCore, freeze_heap, load_core, to_records  # noqa: E402
 from serving.protocol import BadRequest, decode_json, parse_score_body, score_answer  # noqa: E402
 from serving.scoring import RecordSink, SingleRequest, open_sink, score_and_log  # noqa: E402
 
@@ -49,16 +50,28 @@ def find_model_folder(root: str | Path) -> Path:
     raise FileNotFoundError(f"{root}: no MLflow model (no MLmodel file) under AZUREML_MODEL_DIR")
 
 
+def registered_identity(model_dir: str | None) -> tuple[str, str] | None:
+    """(name, version) of a registered model from the folder Azure ML mounts it at,
+    `.../azureml-models/<name>/<version>` (with or without a trailing slash); None for any other folder."""
+    if not model_dir:
+        return None
+    parts = Path(model_dir.rstrip("/")).parts
+    if len(parts) >= 3 and parts[-3] == "azureml-models" and parts[-1].isdigit():
+        return parts[-2], parts[-1]
+    return None
+
+
 def init() -> None:
     global core, prediction_log
     model_dir = os.environ.get("AZUREML_MODEL_DIR")
     source = str(find_model_folder(model_dir)) if model_dir else os.environ.get("DIGITDRIFT_MODEL_URI", DEFAULT_MODEL_URI)
     threshold = float(os.environ.get("DIGITDRIFT_LOW_CONFIDENCE", LOW_CONFIDENCE_THRESHOLD))
+    registered = registered_identity(model_dir)
     core = load_core(
         source,
         threshold,
-        name=os.environ.get("DIGITDRIFT_MODEL_NAME"),
-        version=os.environ.get("DIGITDRIFT_MODEL_VERSION"),
+        name=os.environ.get("DIGITDRIFT_MODEL_NAME") or (registered[0] if registered else None),
+        version=os.environ.get("DIGITDRIFT_MODEL_VERSION") or (registered[1] if registered else None),
         reference_path=os.environ.get("DIGITDRIFT_REFERENCE"),
     )
     if collection_enabled():
@@ -81,8 +94,14 @@ def run(raw_data: str | bytes) -> dict | AMLResponse:
     except BadRequest as err:
         return AMLResponse({"error": str(err)}, err.status, json_str=True)
     request_id = request.request_id or uuid.uuid4().hex
+    single = SingleRequest(request.images, request_id, request.window)
     try:
-        (scored,) = score_and_log(core, prediction_log, [SingleRequest(request.images, request_id, request.window)])
+        if isinstance(prediction_log, CollectorSink):  # Azure's collector also takes the images' pixel statistics
+            (scored,) = score_and_log(core, None, [single])
+            records = to_records(scored, single.images, scored.identity, request_id, request.window)
+            prediction_log.write(records, single.images)
+        else:
+            (scored,) = score_and_log(core, prediction_log, [single])
     except Exception:  # our failure, not the client's: a 500, and the server goes on serving
         log.exception("scoring or logging request %s failed", request_id)
         return AMLResponse({"error": "the model failed to score this request"}, 500, json_str=True)

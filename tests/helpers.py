@@ -138,7 +138,7 @@ def collector_sidecar(root: Path, endpoint: str = "digitdrift-digits", deploymen
     import threading
     import uuid
     from datetime import UTC, datetime
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     instance = uuid.uuid4().hex
     lock = threading.Lock()
@@ -171,13 +171,69 @@ def collector_sidecar(root: Path, endpoint: str = "digitdrift-digits", deploymen
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Sidecar)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    with loopback_http(Sidecar) as port:
+        yield port
+
+
+@contextmanager
+def loopback_http(handler):
+    """A threading HTTP server for `handler` on a free loopback port, in a background thread; yields the port."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server.server_address[1]
     finally:
         server.shutdown()
+
+
+# What Azure ML's MLflow tracking answers differently from an MLflow server: MLflow 3's logged-models API has
+# answered 404 (azure-sdk-for-python#44896) and its registry documents no aliases.
+AZURE_MISSING_ROUTES = ("/mlflow/logged-models", "/mlflow/registered-models/alias")
+
+
+@contextmanager
+def azure_like_tracking(upstream: str):
+    """A loopback proxy in front of a real `mlflow server` that answers 404 ENDPOINT_NOT_FOUND where Azure ML's
+    tracking does (AZURE_MISSING_ROUTES) and forwards everything else. Yields its URL (an MLFLOW_TRACKING_URI)."""
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    import httpx
+
+    refused: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            if any(route in self.path for route in AZURE_MISSING_ROUTES):
+                refused.append(f"{self.command} {self.path}")
+                answer = json.dumps({"error_code": "ENDPOINT_NOT_FOUND", "message": f"{self.path} not found"}).encode()
+                self.send_response(404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                return
+            headers = {key: value for key, value in self.headers.items() if key.lower() not in ("host", "content-length")}
+            response = httpx.request(self.command, f"{upstream}{self.path}", content=body, headers=headers, timeout=120)
+            self.send_response(response.status_code)
+            for key, value in response.headers.items():
+                if key.lower() not in ("transfer-encoding", "content-encoding", "content-length", "connection"):
+                    self.send_header(key, value)
+            self.send_header("content-length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward  # noqa: N815 (the http.server API)
+
+        def log_message(self, *args):
+            pass
+
+    with loopback_http(Proxy) as port:
+        yield f"http://127.0.0.1:{port}", refused
 
 
 def chromium_dom(url: str, profile: Path, budget_ms: int = 10000) -> str:

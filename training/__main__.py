@@ -57,6 +57,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     keras_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
     keras_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
+    keras_cmd.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="keep the model only in --model-output: no MLflow logged model, no registration (an Azure ML job's "
+        "output, which `python -m cloud submit` registers); implied when MLflow tracks to an azureml:// workspace",
+    )
     keras_cmd.add_argument("--skip-if-champion", action="store_true", help="do nothing when the model already has a @champion")
 
     spark_cmd = commands.add_parser(
@@ -194,6 +201,9 @@ def _reference(args: argparse.Namespace, settings) -> int:
 
 
 def _train_keras(args: argparse.Namespace, settings) -> int:
+    if not args.register and not args.model_output:
+        print("error: --no-register needs --model-output: the model would be kept nowhere", file=sys.stderr)
+        return 2
     if args.skip_if_champion:
         from training.registry import champion_version
 
@@ -217,6 +227,7 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
         train_limit=args.train_limit,
         foreign_limit_per_class=args.foreign_limit_per_class,
         model_output=args.model_output,
+        register=args.register,
         run_name=args.run_name,
     )
     try:
@@ -229,7 +240,10 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
         f"trained in {result.train_seconds:.0f} s"
     )
     _print_evaluations(result.evaluations)
-    print(f"registered {config.model_name} version {result.model_version} as @challenger ({result.model_uri})")
+    if result.model_version:
+        print(f"registered {config.model_name} version {result.model_version} as @challenger ({result.model_uri})")
+    else:
+        print(f"saved the model to {result.model_uri}, not registered (register it from there)")
     print(f"review it: mlflow ui --backend-store-uri {settings.tracking_uri}")
     return 0
 

@@ -27,7 +27,7 @@ from common.settings import (
     REFERENCE_FILE,
     Settings,
 )
-from common.tracking import describe_run, log_digit_sets, resolve_registered, use_tracking
+from common.tracking import describe_run, is_azure_workspace, log_digit_sets, resolve_registered, set_role, use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import AUTO, build_cnn, compile_cnn, resolve_precision, servable_copy
@@ -63,6 +63,7 @@ class KerasJobConfig:
     model_name: str = MODEL_NAME
     run_name: str | None = None
     model_output: str | None = None  # also save the MLflow model folder (and reference.npz) here
+    register: bool = True  # log the model to MLflow and register it (False: only the folder at model_output)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def run_keras_job(
 
     `callbacks` join the fit's own (a benchmark's clock, for one)."""
     config = replace(config, precision=resolve_precision(config.precision))
+    if not config.register and not config.model_output:
+        raise ValueError("training without registering (--no-register) needs --model-output: the model would be kept nowhere")
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     data_dir = Path(config.data_dir)
@@ -101,6 +104,11 @@ def run_keras_job(
     )
 
     use_tracking(settings)
+    # Inside an Azure ML job MLflow 3's log_model calls the logged-models API, which the workspace's tracking
+    # service has answered with 404: there the job's output folder is the model, and `cloud submit` registers it.
+    registers = config.register and not is_azure_workspace(mlflow.get_tracking_uri())
+    if not registers and not config.model_output:
+        raise ValueError(f"MLflow tracks to {mlflow.get_tracking_uri()}, where the model is not logged: give --model-output")
     model = build_cnn(
         augment=config.augment,
         batch_norm_momentum=config.batch_norm_momentum,
@@ -144,18 +152,19 @@ def run_keras_job(
         example = to_model_input(evaluation_sets["mnist_test"].images[:2])
         signature = infer_signature(example, model.predict(example, verbose=0))
         requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
-        info = log_keras_model(model, signature, example, config.model_name, requirements)
+        info = log_keras_model(model, signature, example, config.model_name, requirements) if registers else None
         if config.model_output:  # e.g. an Azure ML job's mlflow_model output, registered from there
             save_keras_model(Path(config.model_output), model, signature, example, requirements)
             save_reference(reference, Path(config.model_output) / REFERENCE_FILE)
-        model_version = str(info.registered_model_version) if info.registered_model_version else None
+            mlflow.set_tag("model_output", str(config.model_output))
+        model_version = str(info.registered_model_version) if info and info.registered_model_version else None
         if model_version:
-            mlflow.MlflowClient().set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, model_version)
+            set_role(mlflow.MlflowClient(), config.model_name, CHALLENGER_ALIAS, model_version)
             mlflow.set_tag("registered_version", model_version)
         return KerasJobResult(
             run_id=run.info.run_id,
             run_name=run.info.run_name,
-            model_uri=info.model_uri,
+            model_uri=info.model_uri if info else str(Path(config.model_output).resolve()),
             model_version=model_version,
             test_accuracy=evaluations["mnist_test"].accuracy,
             train_seconds=train_seconds,

@@ -1,5 +1,6 @@
-"""Promotion: move the champion alias to the challenger only when it clears the accuracy bar (and, for a retrained
-challenger, beats its parent on the replay set of labeled traffic it never trained on)."""
+"""Promotion: move the champion role (alias and digitdrift_role tag) to the challenger only when it clears the
+accuracy bar (and, for a retrained challenger, beats its parent on the replay set of labeled traffic it never
+trained on)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from common.tracking import set_role, version_by_role
 
 ACCURACY_METRIC = "mnist_test_accuracy"
 REPLAY_METRIC = "replay_accuracy"  # a retrained challenger's accuracy on held-out labeled traffic
@@ -72,16 +74,17 @@ def decide_promotion(
 
 def champion_version(model_name: str) -> str | None:
     try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(model_name, CHAMPION_ALIAS).version)
+        return str(version_by_role(mlflow.MlflowClient(), model_name, CHAMPION_ALIAS).version)
     except MlflowException:
         return None
 
 
 def promote(model_name: str, threshold: float) -> PromotionDecision:
-    """Read the challenger's accuracy from its run and move the champion alias if it qualifies."""
+    """Read the challenger's accuracy from its run and move the champion role if it qualifies: the alias where the
+    registry has aliases, and the digitdrift_role tag always (Azure ML's registry has tags, not aliases)."""
     client = mlflow.MlflowClient()
     try:
-        challenger = client.get_model_version_by_alias(model_name, CHALLENGER_ALIAS)
+        challenger = version_by_role(client, model_name, CHALLENGER_ALIAS)
     except MlflowException:
         return PromotionDecision(False, None, f"model {model_name!r} has no @{CHALLENGER_ALIAS}: train one first")
     champion = champion_version(model_name)
@@ -94,5 +97,5 @@ def promote(model_name: str, threshold: float) -> PromotionDecision:
     client.set_tag(challenger.run_id, PROMOTION_TAG, "promoted" if decision.promoted else "refused")
     client.set_tag(challenger.run_id, f"{PROMOTION_TAG}_reason", decision.reason)
     if decision.promoted:
-        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, challenger.version)
+        set_role(client, model_name, CHAMPION_ALIAS, str(challenger.version))
     return decision

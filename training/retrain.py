@@ -19,7 +19,7 @@ from common.images import fingerprint, to_model_input
 from common.labels import read_labels
 from common.records import read_prediction_log
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
-from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
+from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, set_role, use_tracking
 from training.data import LabeledImages, labeled_images, repeats_for, replay_mask, split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 from training.keras_job import SERVING_REQUIREMENTS, fit_cnn, fit_model_reference, log_reference
@@ -168,7 +168,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         model_version = str(info.registered_model_version) if info.registered_model_version else None
         if model_version:
             client = mlflow.MlflowClient()
-            client.set_registered_model_alias(parent.name, CHALLENGER_ALIAS, model_version)
+            set_role(client, parent.name, CHALLENGER_ALIAS, model_version)
             client.set_model_version_tag(parent.name, model_version, PARENT_VERSION_TAG, parent.version)
             mlflow.set_tag("registered_version", model_version)
         return RetrainResult(

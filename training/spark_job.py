@@ -18,7 +18,7 @@ from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist
 from common.images import NUM_CLASSES, PIXELS
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, Settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
-from common.tracking import describe_run, log_digit_sets, use_tracking
+from common.tracking import describe_run, log_digit_sets, set_role, use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 
@@ -252,5 +252,5 @@ def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
         )
         version = str(info.registered_model_version) if info.registered_model_version else None
         if version:
-            mlflow.MlflowClient().set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, version)
+            set_role(mlflow.MlflowClient(), config.model_name, CHALLENGER_ALIAS, version)
         return SparkJobResult(run.info.run_id, version, evaluations, train_seconds, model)

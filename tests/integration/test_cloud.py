@@ -1,20 +1,36 @@
-"""Azure ML specs: loaded by the SDK's own loaders offline, and each job's exact command run here on small data."""
+"""Azure ML dress rehearsal: specs loaded by the SDK's loaders and built into the requests it would send, the
+environment resolved, each job's exact command run here against stand-ins for what Azure answers differently."""
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 import yaml
 
-from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs
+from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, rest_body
+from common.datasets import load_source
+from common.prediction_dataset import filesystem, list_parts, read_parts
+from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
-from tests.helpers import VENV_BIN, collector_sidecar
+from tests.helpers import VENV_BIN, azure_like_tracking, collector_sidecar
 
 pytestmark = pytest.mark.slow
 SPECS = PROJECT_ROOT / "cloud" / "specs"
+
+
+@pytest.fixture(scope="module")
+def images_of_every_source(shared_data):
+    return np.concatenate([load_source(source, shared_data, limit_per_class=1).images[:4] for source in ("mnist", "devanagari")])
 
 
 def test_every_spec_loads_with_the_sdk_and_says_what_we_meant():
@@ -23,12 +39,14 @@ def test_every_spec_loads_with_the_sdk_and_says_what_we_meant():
         yaml.safe_load((PROJECT_ROOT / "conda.yaml").read_text())["dependencies"][-1]["pip"]
         == specs["environment"].conda_file["dependencies"][-1]["pip"]
     )
+    assert specs["environment"].version is None  # `submit` versions it by a digest of what builds it
     assert specs["compute"].min_instances == 0 and specs["compute"].type == "amlcompute"
     assert specs["train-job"].outputs["model"].type == "mlflow_model"
-    assert specs["train-job"].inputs["data"].type == "uri_folder"
+    assert specs["train-job"].inputs["data"].type == "uri_folder" and "--no-register" in specs["train-job"].command
     deployment = specs["deployment"]
     assert deployment.code_configuration.scoring_script == "serving/score.py"
     assert (PROJECT_ROOT / deployment.code_configuration.scoring_script).is_file()
+    assert "@latest" not in deployment.model  # @latest is the newest version, not the champion
     assert deployment.request_settings.request_timeout_ms == 10000
     assert deployment.request_settings.max_concurrent_requests_per_instance == 4
     collections = deployment.data_collector.collections
@@ -36,19 +54,54 @@ def test_every_spec_loads_with_the_sdk_and_says_what_we_meant():
         "model_inputs": "true",
         "model_outputs": "true",
     }
-    monitor_input = specs["monitor-schedule"].create_job.inputs["predictions"]
-    assert monitor_input.type == "uri_folder" and monitor_input.path.endswith(
-        "modelDataCollector/digitdrift-digits/blue/model_outputs"
-    )
     schedule = specs["monitor-schedule"]
-    assert schedule.trigger.expression == "0 6 * * *" and "python -m monitoring run" in schedule.create_job.command
+    assert schedule.trigger.expression == "0 6 * * *" and type(schedule.create_job).__name__ == "PipelineJob"
+    (step,) = schedule.create_job.jobs.values()
+    assert "python -m monitoring run" in step.command and "--dataset-id" in step.command and "--window 1d" in step.command
+    assert rest_body(schedule)["properties"]["action"]["jobDefinition"]["inputs"]["model"]["jobInputType"] == "mlflow_model"
+    signals = specs["monitor-azure"].create_monitor.monitoring_signals
+    assert set(signals["image_features_drift"].features) >= {"foreign_score", "emb_0", "pixel_mean", "ink_share"}
+    assert specs["window-signal"].outputs["signal_metrics"].type == "mltable"
 
 
-def command_with(spec: str, values: dict[str, str]) -> str:
-    """The spec's command line with ${{inputs.x}} / ${{outputs.y}} mapped to local values, as Azure ML maps them."""
+def test_every_spec_turns_into_the_request_the_sdk_would_send():
+    """Blocker 3: azure-ai-ml 1.35 loads a schedule of a command job but refuses to build its request; every spec
+    here is built into its REST body, as `create_or_update` would."""
+    for action in ACTIONS:
+        for name, entity in load_specs(action).items():
+            try:
+                assert rest_body(entity), name
+            except Exception as err:
+                pytest.fail(f"{name}: {type(err).__name__}: {err}")
+
+
+def test_the_azure_environment_resolves_in_one_pass(tmp_path):
+    """Blocker 1: conda.yaml's pip list, as Azure ML installs it into the job environment, resolves with pip in
+    one pass, with azureml-mlflow and the MLflow it accepts (pip's index or cache; CI reaches PyPI)."""
+    conda = yaml.safe_load((PROJECT_ROOT / "conda.yaml").read_text())
+    pip_section = next(item["pip"] for item in conda["dependencies"] if isinstance(item, dict))
+    (tmp_path / "requirements.txt").write_text("\n".join(pip_section) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+         str(tmp_path / "report.json"), "-r", str(tmp_path / "requirements.txt")],
+        capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads((tmp_path / "report.json").read_text())["install"]
+    }
+    pins = dict(pin.split("==") for pin in pip_section)
+    assert resolved["azureml-mlflow"] == pins["azureml-mlflow"] and resolved["mlflow"] == pins["mlflow"]
+
+
+def step_command(spec: str, values: dict[str, str]) -> str:
+    """The spec's command line (a pipeline's one step's) with ${{inputs.x}} / ${{outputs.y}} mapped to local
+    values, as Azure ML maps them."""
     from azure.ai.ml import load_job
 
-    command = load_job(SPECS / spec).command
+    job = load_job(SPECS / spec)
+    command = job.command if hasattr(job, "command") else next(iter(job.jobs.values())).command
 
     def local(match):
         key = match.group(1)
@@ -65,67 +118,203 @@ def run_command(command: str, env: dict) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **env},
+        env={**without_digitdrift(os.environ), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **env},
     )
 
 
-def test_the_train_and_monitor_jobs_commands_run_here_on_small_data(shared_data, tmp_path):
-    env = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "DIGITDRIFT_HOME": str(tmp_path),
-        "DIGITDRIFT_DATA": str(shared_data),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    train = command_with(
-        "train-job.yaml",
-        {
-            "inputs.data": shared_data,
-            "inputs.epochs": 1,
-            "inputs.train_limit": 1500,
-            "inputs.foreign_limit_per_class": 3,
-            "outputs.model": tmp_path / "model",
-        },
+def without_digitdrift(environ) -> dict:
+    """The environment with no DIGITDRIFT_* variable: Azure sets none of ours."""
+    return {key: value for key, value in environ.items() if not key.startswith("DIGITDRIFT_")}
+
+
+def monitor_has_dataset_ids() -> bool:
+    """Whether this checkout's monitor takes --dataset-id (the time-window work adds it)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "monitoring", "run", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True
     )
-    trained = run_command(train, env)
+    return "--dataset-id" in shown.stdout
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    home: Path
+    trained: subprocess.CompletedProcess
+    refused: list[str]  # the calls the Azure-like tracking answered 404
+    served: Path  # the model as Azure mounts a registered version: .../azureml-models/digits-cnn/1
+    collected: Path  # the collector's model_outputs folder after the traffic
+
+
+@pytest.fixture(scope="module")
+def rehearsal(mlflow_server, shared_data, tmp_path_factory) -> Rehearsal:
+    """The training job's command against a tracking service that answers like Azure's, its output served by
+    score.py as Azure mounts a registered version (no DIGITDRIFT_* variable names it), traffic collected by a
+    stand-in for Azure's collection sidecar."""
+    home = tmp_path_factory.mktemp("rehearsal")
+
+    with azure_like_tracking(mlflow_server) as (tracking_uri, refused):
+        env = {"MLFLOW_TRACKING_URI": tracking_uri, "DIGITDRIFT_DATA": str(shared_data), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        train = step_command(
+            "train-job.yaml",
+            {
+                "inputs.data": shared_data,
+                "inputs.epochs": 1,
+                "inputs.train_limit": 1500,
+                "inputs.foreign_limit_per_class": 3,
+                "outputs.model": home / "model",
+            },
+        )
+        trained = run_command(train, {**env, "DIGITDRIFT_HOME": str(home)})
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert (tmp_path / "model" / "MLmodel").is_file() and (tmp_path / "model" / "reference.npz").is_file()
 
-    # what the deployment would serve: the job's model output, through score.py, with data collection on as the
-    # deployment spec asks; the sidecar stands in for Azure's and writes the collector's layout
-    promote = run_command("python -m training promote --min-accuracy 0", env)
-    assert promote.returncode == 0, promote.stderr[-2000:]
-    blob = tmp_path / "workspaceblobstore" / "modelDataCollector"
+    # what a deployment of version 1 serves: Azure mounts the registered model at .../azureml-models/<name>/<version>
+    served = home / "var" / "azureml-app" / "azureml-models" / "digits-cnn" / "1"
+    shutil.copytree(home / "model", served / "model")
+    blob = home / "workspaceblobstore" / "modelDataCollector"
     with collector_sidecar(blob) as port:
         traffic = run_command(
             f"python -m simulation run --scenario sudden-devanagari --windows 3 --requests-per-window 40 --url inprocess "
-            f"--model {tmp_path / 'model'} --run-dir {tmp_path / 'run'} --no-mlflow",
-            {**env, "DIGITDRIFT_MODEL_VERSION": "1", "AZUREML_MDC_ENABLED": "true", "AZUREML_MDC_PORT": str(port)},
+            f"--run-dir {home / 'run'} --no-mlflow",
+            {
+                # the simulator's own settings (it runs score.py in its process, as azmlinfsrv would); none names the model
+                "DIGITDRIFT_DATA": str(shared_data),
+                "DIGITDRIFT_HOME": str(home),
+                "AZUREML_MODEL_DIR": str(served),
+                "AZUREML_MDC_ENABLED": "true",
+                "AZUREML_MDC_PORT": str(port),
+            },
         )
     assert traffic.returncode == 0, traffic.stderr[-2000:]
-    collected = blob / "digitdrift-digits" / "blue" / "model_outputs"
-    assert (
-        len(list(collected.rglob("*.jsonl"))) >= 1
-        and len(list((blob / "digitdrift-digits" / "blue" / "model_inputs").rglob("*.jsonl"))) >= 1
+    return Rehearsal(
+        home,
+        trained,
+        refused,
+        served,
+        home / "workspaceblobstore" / "modelDataCollector" / "digitdrift-digits" / "blue" / "model_outputs",
     )
 
-    monitor = command_with(
-        "monitor-job.yaml",
-        {
-            "inputs.predictions": collected,
-            "inputs.model": "models:/digits-cnn@champion",
-            "outputs.report": tmp_path / "report",
-        },
+
+def test_the_training_job_never_calls_what_azures_tracking_lacks_and_outputs_the_model(rehearsal):
+    """Blocker 2: MLflow 3's log_model calls the logged-models API, which Azure ML's tracking has answered with 404;
+    the job's command (against a real mlflow server behind a proxy answering 404 there and to alias calls) never
+    calls it, and its model is the job's output folder."""
+    assert rehearsal.trained.returncode == 0 and not rehearsal.refused, rehearsal.refused
+    assert (rehearsal.home / "model" / "MLmodel").is_file() and (rehearsal.home / "model" / "reference.npz").is_file()
+
+
+def test_records_served_from_azures_model_folder_carry_the_registered_version(rehearsal):
+    """Blocker 5: score.py serving from AZUREML_MODEL_DIR=.../azureml-models/digits-cnn/1 with no DIGITDRIFT_*
+    variable naming the model records version 1, not local:<folder>."""
+    fs, root = filesystem(str(rehearsal.collected))
+    records = read_parts(fs, list_parts(fs, root), ["model_name", "model_version"])
+    assert len(records) >= 120 and set(records["model_version"]) == {"1"} and set(records["model_name"]) == {"digits-cnn"}
+
+
+def two_days_earlier(event: dict) -> dict:
+    """A collector event whose records were scored two days earlier."""
+    from datetime import datetime, timedelta
+
+    for row in event["data"]:
+        row["timestamp"] = (datetime.fromisoformat(row["timestamp"]) - timedelta(days=2)).isoformat(timespec="microseconds")
+    return event
+
+
+def test_two_scheduled_runs_over_new_mount_paths_judge_each_window_once(rehearsal):
+    """Blockers 6 and 7: the monitor job's command, with the model as its input, by day, its watermark keyed by the
+    dataset id, over the same collector folder mounted at two paths (Azure mounts anew for every run)."""
+    tmp_path, served, collected = rehearsal.home, rehearsal.served, rehearsal.collected
+    if not monitor_has_dataset_ids():
+        pytest.skip("the monitor's --dataset-id and --window (time windows for real traffic) are not in this checkout")
+    yesterday = tmp_path / "scored-two-days-ago"  # the traffic as a daily run finds it: its days are over
+    for path in collected.rglob("*.jsonl"):
+        target = yesterday / path.relative_to(collected)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            "".join(json.dumps(two_days_earlier(json.loads(line))) + "\n" for line in path.read_text().splitlines())
+        )
+    mounts = []
+    for mount in ("mnt-run-1", "mnt-run-2"):  # Azure mounts the same folder at a new path for every run
+        mounts.append(tmp_path / mount / "model_outputs")
+        shutil.copytree(yesterday, mounts[-1])
+    values = {
+        "inputs.model": served / "model",
+        "inputs.model_version": "1",
+        "inputs.dataset_id": "digitdrift-digits/blue/model_outputs",
+    }
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'monitor.db'}", "DIGITDRIFT_HOME": str(tmp_path)}
+    first = run_command(
+        step_command("monitor-job.yaml", {**values, "inputs.predictions": mounts[0], "outputs.report": tmp_path / "r1"}), env
     )
-    monitored = run_command(monitor, env)
-    assert monitored.returncode == 0, monitored.stderr[-3000:]
-    assert (tmp_path / "report" / "monitoring" / "dashboard.html").is_file()
-    judged = (tmp_path / "report" / "monitoring" / "window_metrics.csv").read_text().splitlines()
-    assert len(judged) == 1 + 2 and re.search(
-        r"read (\d+) of \1 parts", monitored.stdout
-    )  # windows 0 and 1; window 2 may still grow
-    # the next day's scheduled run finds the watermark in MLflow and reads nothing twice
-    again = run_command(monitor.replace(str(tmp_path / "report"), str(tmp_path / "report-2")), env)
-    assert again.returncode == 0 and "nothing to judge" in again.stdout, again.stderr[-2000:]
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "r1" / "monitoring" / "dashboard.html").is_file()
+    second = run_command(
+        step_command("monitor-job.yaml", {**values, "inputs.predictions": mounts[1], "outputs.report": tmp_path / "r2"}), env
+    )
+    assert second.returncode == 0 and "nothing to judge" in second.stdout, second.stdout[-2000:] + second.stderr[-2000:]
+
+
+def test_score_py_under_azmlinfsrv_with_azures_environment_collects_the_version_and_image_features(
+    champion, images_of_every_source, tmp_path, monkeypatch
+):
+    """Blocker 5 and the collector's features, under the real inference server with exactly what Azure sets:
+    AZUREML_MODEL_DIR ending in <name>/<version>, data collection on, no DIGITDRIFT_* variable."""
+    for key in [key for key in os.environ if key.startswith("DIGITDRIFT_")]:
+        monkeypatch.delenv(key)
+    served = tmp_path / "azureml-models" / "digits-cnn" / "3"
+    shutil.copytree(champion.folder, served / "model")
+    blob = tmp_path / "modelDataCollector"
+    port, health_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(VENV_BIN / "azmlinfsrv"), "--entry_script", "serving/score.py", "--port", str(port),
+               "--health_port", str(health_port)]  # fmt: skip
+    with collector_sidecar(blob) as sidecar:
+        env = {"AZUREML_MODEL_DIR": str(served), "AZUREML_MDC_ENABLED": "true", "AZUREML_MDC_PORT": str(sidecar)}
+        with running(command, f"{url}/", env, tmp_path / "azmlinfsrv.log"):
+            for number in range(2):
+                answer = httpx.post(
+                    f"{url}/score", json={"data": images_of_every_source.tolist(), "request_id": f"r-{number}"}, timeout=60
+                )
+                assert answer.status_code == 200 and answer.json()["model"] == {"name": "digits-cnn", "version": "3"}
+            deadline = time.monotonic() + 30  # the collector posts in the background
+            while time.monotonic() < deadline and len(list(blob.rglob("*.jsonl"))) < 2:
+                time.sleep(0.5)
+    outputs = blob / "digitdrift-digits" / "blue" / "model_outputs"
+    fs, root = filesystem(str(outputs))
+    records = read_parts(fs, list_parts(fs, root))
+    assert len(records) == 2 * len(images_of_every_source) and set(records["model_version"]) == {"3"}
+    inputs = [row for path in (blob / "digitdrift-digits" / "blue" / "model_inputs").rglob("*.jsonl")
+              for line in path.read_text().splitlines() for row in json.loads(line)["data"]]  # fmt: skip
+    assert len(inputs) == len(records) and all(row["pixel_mean"] is not None and "emb_7" in row for row in inputs)
+    assert {"request_id", "image_index", "foreign_score", "ink_share"} <= set(inputs[0])
+
+
+def test_promote_on_a_registry_without_aliases_moves_the_role_tag(mlflow_server):
+    """Blocker 4: where the registry answers alias calls with 404 (Azure ML's documents no aliases), promote
+    still names the champion, by the digitdrift_role tag, and the look-ups of @champion find it."""
+    import mlflow
+
+    from common.tracking import ROLE_TAG, resolve_registered, set_role
+    from training.registry import promote
+
+    with azure_like_tracking(mlflow_server) as (tracking_uri, refused):
+        mlflow.set_tracking_uri(tracking_uri)
+        client = mlflow.MlflowClient()
+        name = f"digits-roles-{uuid.uuid4().hex[:6]}"
+        client.create_registered_model(name)
+        experiment = mlflow.create_experiment(name)
+        for accuracy in (0.95, 0.99):
+            with mlflow.start_run(experiment_id=experiment) as run:
+                mlflow.log_metric("mnist_test_accuracy", accuracy)
+            version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version
+            assert set_role(client, name, "challenger", str(version)) is False  # the alias call is refused
+        decision = promote(name, 0.9)
+        assert decision.promoted and decision.version == "2", decision.reason
+        assert client.get_model_version(name, "2").tags[ROLE_TAG] == "champion"
+        assert (
+            ROLE_TAG not in client.get_model_version(name, "1").tags
+            or client.get_model_version(name, "1").tags[ROLE_TAG] == "challenger"
+        )
+        assert resolve_registered(f"models:/{name}@champion").version == "2"
+        assert any("alias" in call for call in refused)
 
 
 def test_submit_without_a_workspace_names_what_is_missing(tmp_path):

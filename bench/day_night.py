@@ -18,7 +18,6 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -124,7 +123,6 @@ def main() -> None:
         "benchmark": "false alarms of stable traffic with a day/night volume, one-hour windows of wall-clock time",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         **run(args.source_log, args.model, args.days, args.low, args.high, args.seeds),
-        "tracking_uri": mlflow.get_tracking_uri(),
         "machine": describe_machine(),
         "command": " ".join(["python -m bench.day_night", *sys.argv[1:]]),
     }

@@ -1,4 +1,4 @@
-"""Alert rules over window metrics: thresholds, minimum window size, cooldown, de-duplication; and sinks."""
+"""Alert rules over window metrics (the rules themselves are the policy file's): streaks, cooldown, de-duplication; and sinks."""
 
 from __future__ import annotations
 
@@ -26,31 +26,6 @@ class Rule:
     consecutive: int = 1  # windows in a row the condition must hold before the rule fires
     severity: str = "warning"  # warning or critical: a window's check is Warn or Fail when the rule fires
     cooldown: int | None = None  # quiet windows before it alerts again (None: the run's cooldown_windows)
-
-
-# p-value thresholds are tiny because every window runs several tests; the foreign test's null
-# (1% of held-out MNIST flagged) and the accuracy bar come from the model's reference.
-DEFAULT_RULES = (
-    Rule("foreign_digits", "foreign_p", 1e-4, True, "more images flagged foreign than the reference's 1% allows", 1, "critical"),
-    Rule("class_mix_drift", "class_mix_p", 1e-4, True, "the predicted-class mix departs from the reference"),
-    Rule("confidence_drift", "confidence_p", 1e-4, True, "the confidence distribution departs from the reference"),
-    # A permutation p-value cannot go under 1/(permutations + 1) = 0.0025, so one window alone would
-    # fire by chance once in 400: two windows in a row are required.
-    Rule("embedding_drift", "embedding_p", 0.0025, True, "the inputs' embeddings depart from the reference (MMD)", 2),
-)
-
-
-def accuracy_rule(reference_accuracy: float, drop_points: float = 3.0) -> Rule:
-    """Estimated accuracy more than `drop_points` under the reference's held-out accuracy."""
-    threshold = reference_accuracy - drop_points / 100
-    return Rule(
-        "accuracy_drop",
-        "estimated_accuracy_high",
-        threshold,
-        True,
-        f"estimated accuracy fell more than {drop_points:g} points under the reference's {reference_accuracy:.1%}",
-        severity="critical",
-    )
 
 
 @dataclass(frozen=True)

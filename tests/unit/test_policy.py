@@ -6,18 +6,24 @@ import pandas as pd
 import pytest
 import yaml
 
-from monitoring.alerts import DEFAULT_RULES, accuracy_rule, evaluate_rules
+from monitoring.alerts import evaluate_rules
 from monitoring.incidents import incident_events, junit_xml, window_checks
 from monitoring.policy import DEFAULT_POLICY, PolicyError, load_policy, suggested_policy
 
 
 def test_the_packaged_policy_is_the_rules_the_monitor_had(reference):
     policy = load_policy(None, reference)
-    expected = (*DEFAULT_RULES, accuracy_rule(float(reference.accuracy)))
-    assert [(r.name, r.metric, r.below, r.consecutive, r.severity) for r in policy.rules] == [
-        (r.name, r.metric, r.below, r.consecutive, r.severity) for r in expected
+    # the rules as they were written in code before the policy file: name, metric, threshold, below, streak, severity
+    expected = [
+        ("foreign_digits", "foreign_p", 1e-4, True, 1, "critical"),
+        ("class_mix_drift", "class_mix_p", 1e-4, True, 1, "warning"),
+        ("confidence_drift", "confidence_p", 1e-4, True, 1, "warning"),
+        ("embedding_drift", "embedding_p", 0.0025, True, 2, "warning"),
+        ("accuracy_drop", "estimated_accuracy_high", float(reference.accuracy) - 0.03, True, 1, "critical"),
     ]
-    assert [rule.threshold for rule in policy.rules] == pytest.approx([rule.threshold for rule in expected], abs=1e-12)
+    got = [(r.name, r.metric, r.threshold, r.below, r.consecutive, r.severity) for r in policy.rules]
+    assert [row[:2] + row[3:] for row in got] == [row[:2] + row[3:] for row in expected]
+    assert [row[2] for row in got] == pytest.approx([row[2] for row in expected], abs=1e-12)
     assert policy.cooldown_windows == 5 and policy.resolve_after_quiet_windows == 3
 
 

@@ -59,6 +59,7 @@ GROUND_TRUTH_COLUMNS: dict[str, str] = {
     "window": "INTEGER NOT NULL",
     "source": "TEXT NOT NULL",  # mnist, japanese, devanagari, ...
     "label": "INTEGER NOT NULL",
+    "corruption": "TEXT NOT NULL DEFAULT ''",  # the pipeline fault the simulator applied (common.quality), '' none
 }
 
 
@@ -170,4 +171,7 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no ground-truth sidecar here (the simulator writes ground_truth.db)")
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-        return pd.read_sql_query(f"SELECT {', '.join(GROUND_TRUTH_COLUMNS)} FROM ground_truth", connection)
+        present = {row[1] for row in connection.execute("PRAGMA table_info(ground_truth)")}
+        # sidecars written before corruptions existed have none
+        selected = [name if name in present else f"'' AS {name}" for name in GROUND_TRUTH_COLUMNS]
+        return pd.read_sql_query(f"SELECT {', '.join(selected)} FROM ground_truth", connection)

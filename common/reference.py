@@ -8,13 +8,14 @@ with it; monitoring compares windows with its samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from common.images import IMAGE_SIDE, NUM_CLASSES, PIXELS
+from common.quality import fit_quality_bounds
 
 EMBEDDING_LAYER = "embedding"  # the model layer whose output the reference describes
 PROJECTION_DIMS = 8
@@ -78,6 +79,8 @@ class Reference:
     sample_projection: np.ndarray  # (n, 8)
     class_shares: np.ndarray  # (10,) predicted-class mix on held-out MNIST
     accuracy: np.ndarray  # () held-out accuracy
+    # (5,) data-quality bounds (common.quality); empty in references written before they existed: no causes named
+    quality_bounds: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def has_embeddings(self) -> bool:
@@ -196,6 +199,7 @@ def fit_reference(
         reference.sample_projection = np.zeros((0, PROJECTION_DIMS))
     reference.class_shares = np.bincount(probabilities.argmax(axis=1), minlength=NUM_CLASSES) / len(probabilities)
     reference.accuracy = np.array(correct.mean())
+    reference.quality_bounds = fit_quality_bounds(images)
     return reference
 
 
@@ -219,7 +223,7 @@ def expected_accuracy(reference: Reference, confidence: np.ndarray) -> np.ndarra
 
 def save_reference(reference: Reference, path: str | Path) -> Path:
     path = Path(path)
-    np.savez_compressed(path, **{field.name: np.asarray(getattr(reference, field.name)) for field in fields(Reference)})
+    np.savez_compressed(path, **{entry.name: np.asarray(getattr(reference, entry.name)) for entry in fields(Reference)})
     return path
 
 
@@ -228,7 +232,8 @@ def load_reference(path: str | Path) -> Reference:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no monitoring reference here (the training job writes reference/reference.npz)")
     with np.load(path) as stored:
-        missing = [field.name for field in fields(Reference) if field.name not in stored]
+        required = [entry.name for entry in fields(Reference) if entry.default_factory is MISSING]
+        missing = [name for name in required if name not in stored]
         if missing:
             raise ValueError(f"{path}: not a digitdrift reference (missing {', '.join(missing)})")
-        return Reference(**{field.name: stored[field.name] for field in fields(Reference)})
+        return Reference(**{entry.name: stored[entry.name] for entry in fields(Reference) if entry.name in stored})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from common.datasets import load_mnist
 from common.machine import describe_machine
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
@@ -30,7 +31,7 @@ from common.windows import (
 )
 from monitoring.alerts import firing_windows
 from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
-from monitoring.evaluate import JudgedRun, evaluation_figures
+from monitoring.evaluate import JudgedRun, evaluation_figures, quality_figures
 from monitoring.history import deployment_key
 from monitoring.job import DatasetSource, HistorySink, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
@@ -304,6 +305,14 @@ def _report(result) -> None:
         print(f"MLflow run {result.mlflow_run_id} (metrics by window as steps; dashboard, report, gallery as artifacts)")
 
 
+def _quality_on_mnist(model, settings) -> dict | None:
+    """The data-quality causes' precision and recall on MNIST's test images (the simulator's pool), corrupted."""
+    bounds = model.reference.quality_bounds
+    if not len(bounds):
+        return None
+    return quality_figures(bounds, load_mnist(settings.data_dir / "mnist", "test").images)
+
+
 def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
     judged = []
     for run_dir in args.runs:
@@ -313,7 +322,9 @@ def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
             else run_dir.name
         )
         truth = read_truth(run_dir / "ground_truth.db")
-        records = frame.merge(truth[["request_id", "image_index", "source", "label"]], on=["request_id", "image_index"])
+        records = frame.merge(
+            truth[["request_id", "image_index", "source", "label", "corruption"]], on=["request_id", "image_index"]
+        )
         if records.empty:
             raise MonitoringError(f"{run_dir}: none of its requests are in {args.log}")
         result = monitor(
@@ -338,6 +349,7 @@ def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
             run.label: {"scenario": run.scenario, "windows": len(run.metrics), "records": len(run.records)} for run in judged
         },
         **evaluation_figures(judged),
+        "data_quality_on_corrupted_mnist": _quality_on_mnist(model, settings),
         "machine": describe_machine(("tensorflow-cpu", "keras", "mlflow", "numpy", "evidently")),
         "command": args.reproduce_with or "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
         "monitoring_command": "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),

@@ -12,10 +12,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from monitoring.alerts import Alert
+from monitoring.metrics import DATA_QUALITY_CAUSES
 
 BLUE, GREEN = (31, 119, 180), (44, 160, 44)  # Plotly's first and third default colours
 PANELS = (
-    "Volume and flag rates",
+    "Volume, flag rates and data-quality causes",
     "Confidence",
     "Predicted-class mix",
     "Drift tests (p-values, log scale)",
@@ -58,6 +59,10 @@ def dashboard_figure(
     figure.add_scatter(x=x, y=metrics["low_confidence_rate"], name="low-confidence rate", row=1, col=1)
     if metrics["foreign_rate"].notna().any():
         figure.add_scatter(x=x, y=metrics["foreign_rate"], name="foreign-flag rate", row=1, col=1)
+    for cause in DATA_QUALITY_CAUSES:  # only the causes some window holds: a clean history draws none
+        column = f"{cause}_rate"
+        if column in metrics and (metrics[column].fillna(0) > 0).any():
+            figure.add_scatter(x=x, y=metrics[column], name=f"{cause.replace('_', '-')} rate", line_dash="dash", row=1, col=1)
     for column, name in (
         ("confidence_p10", "confidence p10"),
         ("confidence_p50", "confidence median"),

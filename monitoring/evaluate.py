@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from common.quality import QUALITY_CAUSES, corrupt, quality_causes
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG
 from monitoring.alerts import Alert
 
@@ -47,6 +48,51 @@ def per_image_figures(records: pd.DataFrame) -> dict:
     return figures
 
 
+def quality_figures(bounds: np.ndarray, images: np.ndarray, seed: int = 0) -> dict:
+    """Image-level precision and recall of each data-quality cause on `images` (held-out MNIST, clean) together with
+    a corrupted copy of them per cause, and the share of the clean images given any cause."""
+    rng = np.random.default_rng(seed)
+    truth = np.array([""] * len(images) + [cause for cause in QUALITY_CAUSES for _ in images], dtype=object)
+    named = np.array(
+        quality_causes(np.concatenate([images, *(corrupt(images, cause, rng) for cause in QUALITY_CAUSES)]), bounds),
+        dtype=object,
+    )
+    figures: dict = {"images_per_cause": len(images), "clean_flagged_share": float((named[: len(images)] != "").mean())}
+    for cause in QUALITY_CAUSES:
+        flagged = named == cause
+        figures[cause] = {
+            "precision": float((truth[flagged] == cause).mean()) if flagged.any() else None,
+            "recall": float((named[truth == cause] == cause).mean()),
+        }
+    return figures
+
+
+def corruption_figures(runs: list[JudgedRun]) -> dict:
+    """For each run with corrupted images: per cause, windows from its first corrupted window to its rule's first
+    alert (None: never alerted), and the foreign-digit alerts raised (there should be none without foreign digits);
+    and the share of clean MNIST records the server gave a data-quality cause."""
+    records = pd.concat([run.records for run in runs], ignore_index=True)
+    clean = records[(records["source"] == "mnist") & (records["corruption"] == "")]
+    causes = "|".join(QUALITY_CAUSES)
+    figures: dict = {
+        "clean_mnist_records_given_a_cause": float(clean["flags"].str.contains(causes).mean()) if len(clean) else None
+    }
+    for run in runs:
+        corrupted = run.records[run.records["corruption"] != ""]
+        if corrupted.empty:
+            continue
+        delays = {}
+        for cause, rows in corrupted.groupby("corruption"):
+            onset = int(rows["window"].min())
+            alerted = [alert.window for alert in run.alerts if alert.metric == f"{cause}_rate" and alert.window >= onset]
+            delays[cause] = min(alerted) - onset if alerted else None
+        figures[run.label] = {
+            "alert_delay_windows": delays,
+            "foreign_digit_alerts": [alert.window for alert in run.alerts if alert.metric == "foreign_p"],
+        }
+    return figures
+
+
 def detection_delay(metrics: pd.DataFrame, alerts: list[Alert]) -> int | None:
     """Windows from the first window whose true foreign share reaches 20% to the first alert after foreign
     traffic began (negative: caught earlier); None when foreign traffic never reaches 20% or no alert came."""
@@ -80,7 +126,9 @@ def evaluation_figures(runs: list[JudgedRun]) -> dict:
             delays[run.label] = detection_delay(run.metrics, run.alerts)
     # on traffic without a single foreign digit, every alert is a false alarm, and so is every window where a
     # rule fired (the cooldown can hide repeated firings behind one alert)
-    clean_runs = [run for run in runs if (run.metrics["true_foreign_share"] == 0).all()]
+    clean_runs = [
+        run for run in runs if (run.metrics["true_foreign_share"] == 0).all() and (run.records["corruption"] == "").all()
+    ]
     if clean_runs:
         windows = sum(len(run.metrics) for run in clean_runs)
         figures["false_alarms_per_100_stable"] = 100 * sum(len(run.alerts) for run in clean_runs) / windows
@@ -92,4 +140,5 @@ def evaluation_figures(runs: list[JudgedRun]) -> dict:
     figures.update(accuracy_error(all_metrics))
     figures["alerts_per_run"] = {run.label: [(a.window, a.rule) for a in run.alerts] for run in runs}
     figures["firing_windows_per_run"] = {run.label: run.firing_windows for run in runs}
+    figures["data_quality_traffic"] = corruption_figures(runs)
     return figures

@@ -41,6 +41,7 @@ def history_rows(
     )
     rows = metrics.copy()
     rows["status"] = rows["window"].map(dict(zip(checks["window"], checks["status"]))).fillna("skip")
+    rows["cause"] = rows["window"].map(dict(zip(checks["window"], checks["cause"]))).fillna("")
     rows["alerts"] = rows["window"].map(alerted.groupby(level=0).agg(",".join) if len(alerted) else {}).fillna("")
     rows["incident_events"] = rows["window"].map(events.groupby(level=0).agg(";".join) if len(events) else {}).fillna("")
     rows["model_version"] = str(model_version)

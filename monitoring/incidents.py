@@ -10,14 +10,30 @@ from xml.etree import ElementTree
 import pandas as pd
 
 from monitoring.alerts import Rule, rule_firings
+from monitoring.metrics import DATA_QUALITY_CAUSES
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 CHECK_LEVELS = {PASS: 0, WARN: 1, FAIL: 2}  # what MLflow logs per step (checks/<rule>)
+DRIFT = "drift"  # the cause of a firing no data-quality rule explains
+
+
+def rule_cause(rule: Rule) -> str:
+    """The data-quality cause a rule watches (its metric is `<cause>_rate`), or '' for a drift rule."""
+    cause = rule.metric.removesuffix("_rate")
+    return cause if rule.metric.endswith("_rate") and cause in DATA_QUALITY_CAUSES else ""
+
+
+def cause_of(firing: list[Rule]) -> str:
+    """What explains rules firing together: the data-quality causes among them (comma-separated) when there are
+    any, since a pipeline fault moves the drift signals too; else drift; '' when nothing fired."""
+    causes = [rule_cause(rule) for rule in firing if rule_cause(rule)]
+    return ",".join(dict.fromkeys(causes)) if causes else (DRIFT if firing else "")
 
 
 def window_checks(metrics: pd.DataFrame, rules: tuple[Rule, ...]) -> pd.DataFrame:
     """One row per window: a column per rule, 'fail' (a critical rule fired), 'warn' (a warning rule fired), 'pass',
-    or 'skip' (the window is too small to judge, or the metric is missing), and the window's overall `status`."""
+    or 'skip' (the window is too small to judge, or the metric is missing), the window's overall `status`, and its
+    `cause` (`cause_of` the rules that fired)."""
     fired = {(firing.window, firing.rule.name) for firing in rule_firings(metrics, rules)}
     rows = []
     for row in metrics.sort_values("window").itertuples(index=False):
@@ -32,8 +48,9 @@ def window_checks(metrics: pd.DataFrame, rules: tuple[Rule, ...]) -> pd.DataFram
                 checks[rule.name] = PASS
         judged = [check for check in checks.values() if check != SKIP]
         status = max(judged, key=CHECK_LEVELS.get) if judged else SKIP
-        rows.append({"window": int(row.window), **checks, "status": status})
-    return pd.DataFrame(rows, columns=["window", *(rule.name for rule in rules), "status"])
+        cause = cause_of([rule for rule in rules if checks[rule.name] in (WARN, FAIL)])
+        rows.append({"window": int(row.window), **checks, "status": status, "cause": cause})
+    return pd.DataFrame(rows, columns=["window", *(rule.name for rule in rules), "status", "cause"])
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,7 @@ class IncidentEvent:
     window: int
     rules: tuple[str, ...]  # every rule that has fired in it so far
     severity: str
+    cause: str = ""  # data-quality causes among its rules (comma-separated), or drift
     window_start: str = ""
     window_end: str = ""
 
@@ -56,6 +74,11 @@ def incident_events(checks: pd.DataFrame, rules: tuple[Rule, ...], resolve_after
     """The incidents of a run of windows, as events in window order. A window where any rule fires opens an incident
     (or updates the open one when a new rule joins it or it turns critical); `resolve_after` judged windows in a
     row with no rule firing resolve it. Windows too small to judge neither extend nor resolve an incident."""
+    by_name = {rule.name: rule for rule in rules}
+
+    def named(names: tuple[str, ...]) -> list[Rule]:
+        return [by_name[name] for name in names]
+
     events: list[IncidentEvent] = []
     opened: int | None = None
     seen: tuple[str, ...] = ()
@@ -70,17 +93,17 @@ def incident_events(checks: pd.DataFrame, rules: tuple[Rule, ...], resolve_after
             quiet = 0
             if opened is None:
                 opened, seen, severity = row["window"], firing, level
-                events.append(IncidentEvent(opened, "opened", row["window"], seen, severity))
+                events.append(IncidentEvent(opened, "opened", row["window"], seen, severity, cause_of(named(seen))))
             else:
                 joined = tuple(dict.fromkeys((*seen, *firing)))
                 worse = level == "critical" and severity == "warning"
                 if joined != seen or worse:
                     seen, severity = joined, "critical" if worse else severity
-                    events.append(IncidentEvent(opened, "updated", row["window"], seen, severity))
+                    events.append(IncidentEvent(opened, "updated", row["window"], seen, severity, cause_of(named(seen))))
         elif opened is not None:
             quiet += 1
             if quiet >= resolve_after:
-                events.append(IncidentEvent(opened, "resolved", row["window"], seen, severity))
+                events.append(IncidentEvent(opened, "resolved", row["window"], seen, severity, cause_of(named(seen))))
                 opened, seen, severity, quiet = None, (), "warning", 0
     return events
 

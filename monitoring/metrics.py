@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from common.images import NUM_CLASSES
+from common.quality import DUPLICATE_CAUSE, DUPLICATE_MIN_COUNT, QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PROBABILITY_COLUMNS, PROJECTION_COLUMNS
 from common.reference import FOREIGN_FALSE_ALARM_RATE, Reference, expected_accuracy
 
@@ -51,7 +52,10 @@ AGGREGATE_COLUMNS = (
     "foreign_score_count",
     "foreign_score_sum",
     *(f"class_{digit}_count" for digit in range(NUM_CLASSES)),
+    *(f"{cause}_count" for cause in QUALITY_CAUSES),
+    "duplicate_count",
 )
+DATA_QUALITY_CAUSES = (*QUALITY_CAUSES, DUPLICATE_CAUSE)  # each gives a window its `<cause>_rate`
 SAMPLE_COLUMNS = ("window", "confidence", *PROJECTION_COLUMNS)
 
 
@@ -117,8 +121,15 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
             "expected_correct_variance": p_correct * (1 - p_correct),
             "foreign_score": scores,
             **{f"class_{digit}": (predicted == digit).astype(int) for digit in range(NUM_CLASSES)},
+            **{cause: flags.str.contains(cause).to_numpy(dtype=int) for cause in QUALITY_CAUSES},
         }
     )
+    if "fingerprint" in log:
+        keys = [per_record["window"].to_numpy(), log["fingerprint"].to_numpy()]
+        repeats = pd.Series(1, index=per_record.index).groupby(keys).transform("size")
+        per_record["duplicate"] = (repeats.to_numpy() >= DUPLICATE_MIN_COUNT).astype(int)
+    else:
+        per_record["duplicate"] = 0
     grouped = per_record.groupby("window", sort=True)
     aggregates = grouped.agg(
         volume=("confidence", "size"),
@@ -131,6 +142,7 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
         foreign_score_count=("foreign_score", "count"),
         foreign_score_sum=("foreign_score", "sum"),
         **{f"class_{digit}_count": (f"class_{digit}", "sum") for digit in range(NUM_CLASSES)},
+        **{f"{cause}_count": (cause, "sum") for cause in DATA_QUALITY_CAUSES},
     )
     quantiles = grouped["confidence"].quantile(list(CONFIDENCE_QUANTILES.values())).unstack()
     for name, q in CONFIDENCE_QUANTILES.items():
@@ -200,6 +212,7 @@ def _one_window(
         "estimated_accuracy_low": max(0.0, estimated - spread),
         "estimated_accuracy_high": min(1.0, estimated + spread),
         "too_small": volume < config.min_window_size,
+        **{f"{cause}_rate": int(sums.get(f"{cause}_count", 0)) / volume for cause in DATA_QUALITY_CAUSES},
     }
     has_scores = int(sums["foreign_score_count"]) > 0
     foreign_count = int(sums["foreign_count"]) if has_scores else 0

@@ -27,9 +27,9 @@ from monitoring.gallery import least_confident
 from monitoring.metrics import sample_keys, truth_metrics, window_aggregates, window_samples
 
 # What judging reads: every column but the image blobs, which only the gallery needs (for a few records of a
-# few windows), and the timestamp and fingerprint strings, which no step reads once each record has its window
-# (strings are what a pandas frame of a log spends most of its memory and read time on).
-JUDGED_COLUMNS = [name for name in PREDICTION_COLUMNS if name not in ("image", "timestamp", "fingerprint")]
+# few windows), and the timestamp strings, which no step reads once each record has its window (strings are what
+# a pandas frame of a log spends most of its memory and read time on; the fingerprint counts duplicate bursts).
+JUDGED_COLUMNS = [name for name in PREDICTION_COLUMNS if name not in ("image", "timestamp")]
 IMAGE_COLUMNS = ["request_id", "image_index", "timestamp", "window", "image"]
 
 # images of the given windows: (request_id, image_index, window, image) of the records that kept one

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.images import NUM_CLASSES
+from common.quality import DUPLICATE_MIN_COUNT, QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.reference import CONFIDENCE_BINS, Reference
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
@@ -145,12 +146,30 @@ class SparkLog:
             F.count("foreign_score").alias("foreign_score_count"),
             F.sum("foreign_score").alias("foreign_score_sum"),
             *(F.sum((F.col("predicted") == digit).cast("long")).alias(f"class_{digit}_count") for digit in range(NUM_CLASSES)),
+            *(F.sum(F.col("flags").contains(cause).cast("long")).alias(f"{cause}_count") for cause in QUALITY_CAUSES),
         ]
         rows = self.frame.groupBy("window").agg(*sums).orderBy("window").toPandas()
+        rows["duplicate_count"] = rows["window"].map(self._duplicates()).fillna(0).astype("int64")
         for index, name in enumerate(CONFIDENCE_QUANTILES):
             rows[name] = rows["quantiles"].map(lambda values, index=index: float(values[index]))
         rows["foreign_score_sum"] = rows["foreign_score_sum"].fillna(0.0)
         return rows[list(AGGREGATE_COLUMNS)]
+
+    def _duplicates(self) -> dict[int, int]:
+        """Per window, the records whose image (fingerprint) comes at least DUPLICATE_MIN_COUNT times in it."""
+        from pyspark.sql import functions as F
+
+        if "fingerprint" not in self.frame.columns:
+            return {}
+        bursts = (
+            self.frame.groupBy("window", "fingerprint")
+            .count()
+            .where(F.col("count") >= DUPLICATE_MIN_COUNT)
+            .groupBy("window")
+            .agg(F.sum("count").alias("records"))
+            .collect()
+        )
+        return {int(row["window"]): int(row["records"]) for row in bursts}
 
     def samples(self, size: int) -> pd.DataFrame:
         """Per window, the `size` records with the smallest sample keys, in key order (SAMPLE_COLUMNS).

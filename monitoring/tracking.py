@@ -14,6 +14,7 @@ from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClo
 from monitoring.alerts import Alert
 from monitoring.incidents import CHECK_LEVELS
 from monitoring.incremental import WATERMARK_FILE, Watermark
+from monitoring.metrics import DATA_QUALITY_CAUSES
 from monitoring.model import ModelRef
 from monitoring.policy import Policy
 from monitoring.report import DriftVerdict
@@ -39,6 +40,7 @@ LOGGED_METRICS = {
     "estimated_accuracy_low": "accuracy/estimated_low",
     "estimated_accuracy_high": "accuracy/estimated_high",
     "realised_accuracy": "accuracy/realised",
+    **{f"{cause}_rate": f"quality/{cause}_rate" for cause in DATA_QUALITY_CAUSES},
 }
 BATCH_SIZE = 1000  # metrics per log_batch call (MLflow's limit)
 

@@ -27,7 +27,7 @@ for _ in $(seq 1 120); do
 done
 
 RUNS=()
-for scenario in seasonal-japanese gradual-devanagari stable; do
+for scenario in seasonal-japanese gradual-devanagari stable inverted-scans; do
   echo "==> 3/5 simulating $scenario ($REQUESTS requests per window)"
   RUN_DIR="$HOME_DIR/simulations/$scenario-$STAMP"
   $PY -m simulation run --scenario "$scenario" --requests-per-window "$REQUESTS" --url "http://127.0.0.1:$PORT" --run-dir "$RUN_DIR"

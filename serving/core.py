@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from common.images import NUM_CLASSES, PIXELS, fingerprint, to_model_input
+from common.quality import quality_causes
 from common.quiet import native_stderr_filtered
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
 from common.reference import EMBEDDING_LAYER, Reference, foreign_scores, load_reference, project
@@ -72,13 +73,18 @@ def flag_predictions(
     foreign_score: np.ndarray | None = None,
     foreign_threshold: float | None = None,
     projection: np.ndarray | None = None,
+    causes: list[str] | None = None,
 ) -> Scored:
-    """Class, confidence and flags: low confidence under `threshold`, foreign over `foreign_threshold`."""
+    """Class, confidence and flags: low confidence under `threshold`, foreign over `foreign_threshold`, and each
+    image's data-quality cause (`common.quality`), which explains it instead of the foreign flag."""
     confidence = probabilities.max(axis=1)
     flags = []
     for index, value in enumerate(confidence):
         flag = (LOW_CONFIDENCE_FLAG,) if value < threshold else ()
-        if foreign_score is not None and foreign_score[index] > foreign_threshold:
+        cause = causes[index] if causes is not None else ""
+        if cause:
+            flag += (cause,)
+        elif foreign_score is not None and foreign_score[index] > foreign_threshold:
             flag += (FOREIGN_FLAG,)
         flags.append(flag)
     return Scored(probabilities.argmax(axis=1), probabilities, confidence, flags, foreign_score, projection)
@@ -143,7 +149,9 @@ class ScoringCore:
         probabilities, foreign_score, projection = self._outputs(images)
         if self.reference is None:
             return replace(flag_predictions(probabilities, self.threshold), identity=self.identity)
-        scored = flag_predictions(probabilities, self.threshold, foreign_score, self.reference.threshold, projection)
+        bounds = self.reference.quality_bounds
+        causes = quality_causes(images, bounds) if len(bounds) else None
+        scored = flag_predictions(probabilities, self.threshold, foreign_score, self.reference.threshold, projection, causes)
         return replace(scored, identity=self.identity)
 
     def _chunk_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -22,6 +23,7 @@ import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from common.datasets import Digits
+from common.quality import DUPLICATE_CAUSE, corrupt
 from common.windows import WALL, WindowClock
 from simulation.scenario import PlannedRequest
 from simulation.sidecar import GroundTruthSidecar
@@ -189,8 +191,13 @@ class SendStats:
 
 
 def images_of(request: PlannedRequest, pools: dict[str, Digits]) -> tuple[np.ndarray, list[int]]:
+    """A request's images as the client sends them (each with its planned corruption) and their true labels."""
     images = np.stack([pools[s].images[i] for s, i in zip(request.sources, request.pool_indices)])
     labels = [int(pools[s].labels[i]) for s, i in zip(request.sources, request.pool_indices)]
+    for index, fault in enumerate(request.corruptions):
+        if fault and fault != DUPLICATE_CAUSE:  # a duplicate is planned as the burst's image itself
+            seed = int.from_bytes(hashlib.sha256(f"{request.request_id}:{index}".encode()).digest()[:8], "big")
+            images[index] = corrupt(images[index : index + 1], fault, np.random.default_rng(seed))[0]
     return images, labels
 
 
@@ -225,9 +232,10 @@ def send_plan(
 
     def collect(future: Future) -> None:
         request, answer, labels = future.result()
+        faults = request.corruptions or ("",) * len(labels)
         rows.extend(
-            (request.request_id, index, request.window, source, label)
-            for index, (source, label) in enumerate(zip(request.sources, labels))
+            (request.request_id, index, request.window, source, label, fault)
+            for index, (source, label, fault) in enumerate(zip(request.sources, labels, faults))
         )
         stats.sent += 1
         version = answer.get("model", {}).get("version")

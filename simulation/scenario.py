@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from common.datasets import SOURCES
+from common.quality import CORRUPTIONS, DUPLICATE_CAUSE
 from simulation.curves import CurveError, add_noise, evaluate_curve, normalise, winner_takes_all
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
@@ -32,6 +33,14 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class CorruptionSpec:
+    """A pipeline fault applied to a share of every window's images (`rate`: a curve of shares in 0..1)."""
+
+    name: str
+    rate: object
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     windows: int
@@ -43,6 +52,7 @@ class Scenario:
     mode: str = "mix"
     description: str = ""
     origin: str = "<inline>"
+    corruptions: tuple[CorruptionSpec, ...] = ()
 
     @property
     def source_names(self) -> list[str]:
@@ -66,6 +76,7 @@ class Scenario:
                 }
                 for s in self.sources
             },
+            **({"corruptions": {c.name: {"rate": c.rate} for c in self.corruptions}} if self.corruptions else {}),
         }
 
 
@@ -100,6 +111,13 @@ class SourceFields(BaseModel):
     layout: Literal[SOURCES] | None = None  # type: ignore[valid-type]
 
 
+class CorruptionFields(BaseModel):
+    """One pipeline fault of a scenario file: the share of each window's images it corrupts, as a curve."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    rate: Any
+
+
 class ScenarioFields(BaseModel):
     """A scenario file's top-level fields, as written."""
 
@@ -113,15 +131,22 @@ class ScenarioFields(BaseModel):
     seed: int = 0
     mode: Literal[MODES] = "mix"  # type: ignore[valid-type]
     sources: dict[str, SourceFields] = Field(min_length=1)
+    corruptions: dict[Literal[CORRUPTIONS], CorruptionFields] = {}  # type: ignore[valid-type]
 
 
 def _first_problem(error: ValidationError) -> str:
     """Pydantic's first complaint as `field.path: what was expected; got <value>`."""
-    problem = error.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"])
+    problems = error.errors()
+    # a misspelt field explains the missing one it was meant to be: name it first
+    problem = next((each for each in problems if each["type"] == "extra_forbidden"), problems[0])
+    where = ".".join(str(part) for part in problem["loc"] if part != "[key]")
     if problem["type"] == "extra_forbidden":
         parent = problem["loc"][:-1]
-        expected = SourceFields.model_fields if parent else ScenarioFields.model_fields
+        expected = (
+            (CorruptionFields if parent[:1] == ("corruptions",) else SourceFields).model_fields
+            if parent
+            else ScenarioFields.model_fields
+        )
         return f"{where}: unknown field; expected one of {', '.join(expected)}"
     if problem["type"] == "missing":
         return f"{where}: missing"
@@ -160,6 +185,7 @@ def parse_scenario(raw: dict, origin: str = "<inline>") -> Scenario:
         mode=fields.mode,
         description=fields.description,
         origin=origin,
+        corruptions=tuple(CorruptionSpec(name, spec.rate) for name, spec in fields.corruptions.items()),
     )
     try:
         weights = raw_weights(scenario, np.random.default_rng(0))
@@ -167,9 +193,18 @@ def parse_scenario(raw: dict, origin: str = "<inline>") -> Scenario:
             source = scenario.sources[int(np.argwhere(weights < 0)[0][1])].name
             raise fail(f"sources.{source}.weight: negative weights (a source cannot send fewer than zero images)")
         normalise(weights)
+        rates = corruption_rates(scenario)
+        if len(rates) and ((rates < 0).any() or (rates.sum(axis=1) > 1).any()):
+            raise fail("corruptions: each rate must lie in 0..1 and together at most 1 in every window")
     except CurveError as err:
         raise fail(str(err)) from None
     return scenario
+
+
+def corruption_rates(scenario: Scenario) -> np.ndarray:
+    """(windows, corruptions) share of each window's images each corruption takes; (windows, 0) when none."""
+    columns = [evaluate_curve(c.rate, scenario.windows, f"corruptions.{c.name}.rate") for c in scenario.corruptions]
+    return np.stack(columns, axis=1) if columns else np.zeros((scenario.windows, 0))
 
 
 def raw_weights(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
@@ -195,26 +230,37 @@ class PlannedRequest:
     window: int
     sources: tuple[str, ...]
     pool_indices: tuple[int, ...] = field(default=())
+    corruptions: tuple[str, ...] = ()  # per image, the pipeline fault applied to it ('' none); empty: none at all
 
 
 def plan_traffic(scenario: Scenario, pool_sizes: dict[str, int]) -> list[PlannedRequest]:
     """The whole run's requests, the same for the same seed: sources drawn from each window's mix,
-    images drawn from each pool without replacement (reshuffled only once a pool is exhausted)."""
+    images drawn from each pool without replacement (reshuffled only once a pool is exhausted), and corruptions
+    drawn from their rates on a stream of their own (a scenario without any plans as it always did). A duplicate
+    burst sends one image of the first source, the same all window."""
     mix = intended_mix(scenario)
     rng = np.random.default_rng([scenario.seed, 1])
     names = scenario.source_names
     orders = {name: _PoolOrder(pool_sizes[name], _stable_seed(scenario.seed, name)) for name in names}
     prefix = f"{scenario.name}-s{scenario.seed}"
+    rates = corruption_rates(scenario)
+    faults = np.random.default_rng([scenario.seed, 2])
+    kinds = ["", *(c.name for c in scenario.corruptions)]
     plan = []
     for window in range(scenario.windows):
         count = scenario.requests_per_window * scenario.images_per_request
         drawn = rng.choice(len(names), size=count, p=mix[window])
+        corrupted = faults.choice(len(kinds), size=count, p=[1 - rates[window].sum(), *rates[window]]) if kinds[1:] else None
+        burst = int(faults.integers(pool_sizes[names[0]])) if kinds[1:] else 0
         for request in range(scenario.requests_per_window):
-            chosen = drawn[request * scenario.images_per_request : (request + 1) * scenario.images_per_request]
-            sources = tuple(names[index] for index in chosen)
-            plan.append(
-                PlannedRequest(f"{prefix}-w{window}-r{request}", window, sources, tuple(orders[name].next() for name in sources))
-            )
+            span = slice(request * scenario.images_per_request, (request + 1) * scenario.images_per_request)
+            sources = tuple(names[index] for index in drawn[span])
+            indices = tuple(orders[name].next() for name in sources)
+            faults_here = () if corrupted is None else tuple(kinds[index] for index in corrupted[span])
+            if DUPLICATE_CAUSE in faults_here:
+                sources = tuple(names[0] if f == DUPLICATE_CAUSE else s for s, f in zip(sources, faults_here))
+                indices = tuple(burst if f == DUPLICATE_CAUSE else i for i, f in zip(indices, faults_here))
+            plan.append(PlannedRequest(f"{prefix}-w{window}-r{request}", window, sources, indices, faults_here))
     return plan
 
 

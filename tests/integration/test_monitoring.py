@@ -140,7 +140,7 @@ def test_a_monitoring_run_alerts_posts_and_logs_to_mlflow(monitored, webhook, ch
     assert {"checks.csv", "checks.xml", "incidents.jsonl", "policy"} <= artifacts
     # every metric sits in a section the MLflow UI groups by prefix; the run says what it is
     sections = {name.split("/")[0] for name in monitoring_run.data.metrics}
-    assert sections == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts", "checks"}
+    assert sections == {"traffic", "confidence", "foreign", "drift", "accuracy", "quality", "alerts", "checks"}
     assert "alerts/foreign_digits" in monitoring_run.data.metrics
     assert "'test' traffic" in monitoring_run.data.tags["mlflow.note.content"]
 
@@ -195,7 +195,7 @@ def test_the_mlflow_ui_opens_on_the_runs_and_groups_a_monitoring_runs_charts(mon
         charts, text = page(f"experiments/{experiment_id}/runs/{monitoring_run.info.run_id}/model-metrics", needle, "b")
         # one collapsible section per metric prefix, holding all of its metrics, and none left ungrouped
         sections = Counter(name.split("/")[0] for name in monitoring_run.data.metrics)
-        assert set(sections) == {"traffic", "confidence", "foreign", "drift", "accuracy", "alerts", "checks"}
+        assert set(sections) == {"traffic", "confidence", "foreign", "drift", "accuracy", "quality", "alerts", "checks"}
         for section, count in sections.items():
             assert f" {section} ({count}) " in text, (section, text[:3000])
         assert "Model metrics (0)" in text

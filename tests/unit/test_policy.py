@@ -21,6 +21,15 @@ def test_the_packaged_policy_is_the_rules_the_monitor_had(reference):
         ("embedding_drift", "embedding_p", 0.0025, True, 2, "warning"),
         ("accuracy_drop", "estimated_accuracy_high", float(reference.accuracy) - 0.03, True, 1, "critical"),
     ]
+    # and the data-quality rules that came after them, one per cause
+    expected += [
+        ("inverted_images", "inverted_rate", 0.02, False, 1, "critical"),
+        ("blank_images", "blank_rate", 0.05, False, 1, "critical"),
+        ("saturated_images", "saturated_rate", 0.02, False, 1, "warning"),
+        ("off_centre_images", "off_centre_rate", 0.05, False, 1, "warning"),
+        ("wrong_scale_images", "wrong_scale_rate", 0.05, False, 1, "warning"),
+        ("duplicate_bursts", "duplicate_rate", 0.02, False, 1, "warning"),
+    ]
     got = [(r.name, r.metric, r.threshold, r.below, r.consecutive, r.severity) for r in policy.rules]
     assert [row[:2] + row[3:] for row in got] == [row[:2] + row[3:] for row in expected]
     assert [row[2] for row in got] == pytest.approx([row[2] for row in expected], abs=1e-12)

@@ -91,7 +91,12 @@ def dashboard_figure(
                 x=x, y=metrics[column].clip(lower=1e-12), name=name, mode="lines+markers", marker_size=4, row=4, col=1
             )
     figure.update_yaxes(type="log", row=4, col=1)
-    _estimate_with_interval(figure, metrics, "estimated_accuracy", "estimated accuracy", "95% interval", BLUE, row=5)
+    # the estimate is drawn only where its interval is narrow enough to mean something; the interval always
+    estimable = metrics["accuracy_estimable"].fillna(True).astype(bool) if "accuracy_estimable" in metrics else True
+    shown = metrics.assign(estimated_accuracy=metrics["estimated_accuracy"].where(estimable))
+    _estimate_with_interval(
+        figure, shown, "estimated_accuracy", "estimated accuracy (where estimable)", "95% interval", BLUE, row=5
+    )
     _truth_line(figure, metrics, "realised_accuracy", "realised accuracy (sidecar)", row=5)
     if metrics["estimated_foreign_share"].notna().any():
         figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)

@@ -106,15 +106,38 @@ def detection_delay(metrics: pd.DataFrame, alerts: list[Alert]) -> int | None:
 
 
 def accuracy_error(metrics: pd.DataFrame) -> dict:
-    """Mean absolute error, in points, of the label-free accuracy on clean and on drifted windows."""
+    """How the label-free accuracy fares against the realised one: its mean absolute error in points on clean and on
+    drifted windows (beside the best constant's on clean windows: the clean windows' mean realised accuracy), and
+    how often its 95% interval holds the realised accuracy, how wide it is, and how many windows it marks not
+    estimable without labels."""
     error = (metrics["estimated_accuracy"] - metrics["realised_accuracy"]).abs() * 100
     clean = metrics["true_foreign_share"] < CLEAN_SHARE
-    return {
+    held = metrics["realised_accuracy"].between(metrics["estimated_accuracy_low"], metrics["estimated_accuracy_high"])
+    width = (metrics["estimated_accuracy_high"] - metrics["estimated_accuracy_low"]) * 100
+    estimable = metrics["accuracy_estimable"].astype(bool) if "accuracy_estimable" in metrics else pd.Series(True, metrics.index)
+    figures = {
         "label_free_accuracy_mae_points": float(error[clean].mean()) if clean.any() else None,
         "label_free_accuracy_mae_points_drifted": float(error[~clean].mean()) if (~clean).any() else None,
         "clean_windows": int(clean.sum()),
         "drifted_windows": int((~clean).sum()),
     }
+    if clean.any():
+        constant = metrics.loc[clean, "realised_accuracy"].mean()
+        figures["best_constant_mae_points"] = float((metrics.loc[clean, "realised_accuracy"] - constant).abs().mean() * 100)
+    for name, rows in (("clean", clean), ("drifted", ~clean)):
+        if rows.any():
+            figures[f"label_free_interval_holds_share_{name}"] = float(held[rows].mean())
+            figures[f"label_free_interval_width_points_{name}"] = float(width[rows].mean())
+            figures[f"not_estimable_windows_{name}"] = int((~estimable[rows]).sum())
+            figures[f"label_free_interval_holds_share_{name}_estimable"] = (
+                float(held[rows & estimable].mean()) if (rows & estimable).any() else None
+            )
+            if "confidence_accuracy_low" in metrics:  # the calibrated confidence's own interval, for comparison
+                calibrated = metrics["realised_accuracy"].between(
+                    metrics["confidence_accuracy_low"], metrics["confidence_accuracy_high"]
+                )
+                figures[f"confidence_interval_holds_share_{name}"] = float(calibrated[rows].mean())
+    return figures
 
 
 def evaluation_figures(runs: list[JudgedRun]) -> dict:

@@ -49,6 +49,9 @@ AGGREGATE_COLUMNS = (
     "entropy_sum",
     "expected_correct_sum",
     "expected_correct_variance_sum",
+    "in_reference_expected_correct_sum",
+    "in_reference_expected_correct_variance_sum",
+    "out_of_reference_count",
     "foreign_score_count",
     "foreign_score_sum",
     *(f"class_{digit}_count" for digit in range(NUM_CLASSES)),
@@ -56,6 +59,9 @@ AGGREGATE_COLUMNS = (
     "duplicate_count",
 )
 DATA_QUALITY_CAUSES = (*QUALITY_CAUSES, DUPLICATE_CAUSE)  # each gives a window its `<cause>_rate`
+# Flags that put an image outside what the reference's confidence calibration vouches for: its accuracy is unknown
+OUT_OF_REFERENCE_FLAGS = (FOREIGN_FLAG, *QUALITY_CAUSES)
+MAX_ESTIMABLE_WIDTH = 0.10  # a label-free interval wider than this: the window's accuracy is not estimable without labels
 SAMPLE_COLUMNS = ("window", "confidence", *PROJECTION_COLUMNS)
 
 
@@ -109,6 +115,7 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     flags = log["flags"].fillna("").astype(str)
     p_correct = expected_accuracy(reference, confidence)
     predicted = log["predicted"].to_numpy().astype(int)
+    outside = flags.str.contains("|".join(OUT_OF_REFERENCE_FLAGS)).to_numpy()
     scores = log["foreign_score"].to_numpy(dtype=float) if "foreign_score" in log else np.full(len(log), np.nan)
     per_record = pd.DataFrame(
         {
@@ -119,6 +126,9 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
             "entropy": _entropy(log[PROBABILITY_COLUMNS].to_numpy(dtype=float)),
             "expected_correct": p_correct,
             "expected_correct_variance": p_correct * (1 - p_correct),
+            "in_reference_expected_correct": np.where(outside, 0.0, p_correct),
+            "in_reference_expected_correct_variance": np.where(outside, 0.0, p_correct * (1 - p_correct)),
+            "out_of_reference": outside.astype(int),
             "foreign_score": scores,
             **{f"class_{digit}": (predicted == digit).astype(int) for digit in range(NUM_CLASSES)},
             **{cause: flags.str.contains(cause).to_numpy(dtype=int) for cause in QUALITY_CAUSES},
@@ -139,6 +149,9 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
         entropy_sum=("entropy", "sum"),
         expected_correct_sum=("expected_correct", "sum"),
         expected_correct_variance_sum=("expected_correct_variance", "sum"),
+        in_reference_expected_correct_sum=("in_reference_expected_correct", "sum"),
+        in_reference_expected_correct_variance_sum=("in_reference_expected_correct_variance", "sum"),
+        out_of_reference_count=("out_of_reference", "sum"),
         foreign_score_count=("foreign_score", "count"),
         foreign_score_sum=("foreign_score", "sum"),
         **{f"class_{digit}_count": (f"class_{digit}", "sum") for digit in range(NUM_CLASSES)},
@@ -200,6 +213,7 @@ def _one_window(
     class_counts = np.array([int(sums[f"class_{digit}_count"]) for digit in range(NUM_CLASSES)])
     estimated = float(sums["expected_correct_sum"]) / volume
     spread = 1.96 * float(np.sqrt(sums["expected_correct_variance_sum"])) / volume
+    low, high = accuracy_bounds(sums, volume)
     row = {
         "window": int(sums["window"]),
         "volume": volume,
@@ -209,8 +223,11 @@ def _one_window(
         "entropy_mean": float(sums["entropy_sum"]) / volume,
         **{f"class_{digit}_share": float(class_counts[digit] / volume) for digit in range(NUM_CLASSES)},
         "estimated_accuracy": estimated,
-        "estimated_accuracy_low": max(0.0, estimated - spread),
-        "estimated_accuracy_high": min(1.0, estimated + spread),
+        "estimated_accuracy_low": low,
+        "estimated_accuracy_high": high,
+        "accuracy_estimable": high - low <= MAX_ESTIMABLE_WIDTH,
+        "confidence_accuracy_low": max(0.0, estimated - spread),
+        "confidence_accuracy_high": min(1.0, estimated + spread),
         "too_small": volume < config.min_window_size,
         **{f"{cause}_rate": int(sums.get(f"{cause}_count", 0)) / volume for cause in DATA_QUALITY_CAUSES},
     }
@@ -242,6 +259,18 @@ def _one_window(
     else:
         row["embedding_mmd"] = row["embedding_p"] = np.nan
     return row
+
+
+def accuracy_bounds(sums: dict, volume: int) -> tuple[float, float]:
+    """A 95% interval for a window's accuracy that holds on drifted windows too: the images the reference vouches
+    for (no foreign flag, no data-quality cause) count with their calibrated P(correct) and its normal spread; the
+    others, whose accuracy no label-free estimate knows, count as wrong for the low bound and right for the high.
+    On clean windows it is the calibrated interval widened by the 1% of MNIST flagged foreign; with many foreign or
+    faulty images it widens to what their share allows (not estimable without labels past MAX_ESTIMABLE_WIDTH)."""
+    known = float(sums["in_reference_expected_correct_sum"])
+    spread = 1.96 * float(np.sqrt(sums["in_reference_expected_correct_variance_sum"]))
+    unknown = int(sums["out_of_reference_count"])
+    return max(0.0, (known - spread) / volume), min(1.0, (known + spread + unknown) / volume)
 
 
 def truth_metrics(log: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:

@@ -40,13 +40,21 @@ def reference_metric(reference: Reference, metric: str) -> np.ndarray:
         "low_confidence_rate": lambda: (confidence < LOW_CONFIDENCE_THRESHOLD).astype(float),
         "foreign_rate": lambda: (np.asarray(reference.sample_foreign_score, dtype=float) > reference.threshold).astype(float),
         "estimated_accuracy": lambda: expected_accuracy(reference, confidence).astype(float),
+        "confidence_accuracy": lambda: expected_accuracy(reference, confidence).astype(float),
     }
     if metric == "accuracy":
         return np.full(len(confidence), float(reference.accuracy))
     return per_image[metric.removesuffix("_high").removesuffix("_low")]()
 
 
-REFERENCE_METRICS = ("accuracy", "confidence_mean", "low_confidence_rate", "foreign_rate", "estimated_accuracy")
+REFERENCE_METRICS = (
+    "accuracy",
+    "confidence_mean",
+    "low_confidence_rate",
+    "foreign_rate",
+    "estimated_accuracy",
+    "confidence_accuracy",
+)
 
 
 class _FromReference(BaseModel):

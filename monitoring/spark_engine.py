@@ -21,7 +21,14 @@ from common.windows import (
     WindowClock,
     choose_clock,
 )
-from monitoring.metrics import AGGREGATE_COLUMNS, CONFIDENCE_QUANTILES, ENTROPY_FLOOR, SAMPLE_COLUMNS, SAMPLE_KEY_HEX_DIGITS
+from monitoring.metrics import (
+    AGGREGATE_COLUMNS,
+    CONFIDENCE_QUANTILES,
+    ENTROPY_FLOOR,
+    OUT_OF_REFERENCE_FLAGS,
+    SAMPLE_COLUMNS,
+    SAMPLE_KEY_HEX_DIGITS,
+)
 
 REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
 
@@ -134,6 +141,9 @@ class SparkLog:
             F.lit(0.0),
         )
         p_correct = expected_correct(confidence, reference)
+        outside = F.lit(False)
+        for flag in OUT_OF_REFERENCE_FLAGS:
+            outside = outside | F.col("flags").contains(flag)
         sums = [
             F.count(F.lit(1)).alias("volume"),
             F.sum(F.col("flags").contains(LOW_CONFIDENCE_FLAG).cast("long")).alias("low_confidence_count"),
@@ -143,6 +153,11 @@ class SparkLog:
             F.sum(entropy).alias("entropy_sum"),
             F.sum(p_correct).alias("expected_correct_sum"),
             F.sum(p_correct * (1 - p_correct)).alias("expected_correct_variance_sum"),
+            F.sum(F.when(outside, 0.0).otherwise(p_correct)).alias("in_reference_expected_correct_sum"),
+            F.sum(F.when(outside, 0.0).otherwise(p_correct * (1 - p_correct))).alias(
+                "in_reference_expected_correct_variance_sum"
+            ),
+            F.sum(outside.cast("long")).alias("out_of_reference_count"),
             F.count("foreign_score").alias("foreign_score_count"),
             F.sum("foreign_score").alias("foreign_score_sum"),
             *(F.sum((F.col("predicted") == digit).cast("long")).alias(f"class_{digit}_count") for digit in range(NUM_CLASSES)),

@@ -39,6 +39,9 @@ LOGGED_METRICS = {
     "estimated_accuracy": "accuracy/estimated",
     "estimated_accuracy_low": "accuracy/estimated_low",
     "estimated_accuracy_high": "accuracy/estimated_high",
+    "accuracy_estimable": "accuracy/estimable",
+    "confidence_accuracy_low": "accuracy/confidence_low",
+    "confidence_accuracy_high": "accuracy/confidence_high",
     "realised_accuracy": "accuracy/realised",
     **{f"{cause}_rate": f"quality/{cause}_rate" for cause in DATA_QUALITY_CAUSES},
 }
@@ -134,7 +137,7 @@ def log_monitoring_run(
             f"windows, {int(metrics['volume'].sum())} records, {len(alerts)} alerts (`alerts/*`), Evidently: "
             f"{verdict}. Judged by {clock.describe()}. Metrics by window (step = window"
             + ("; each step's window start in window/start_unix_s" if clock.is_wall else "")
-            + "): traffic/, confidence/, foreign/, drift/, accuracy/."
+            + "): traffic/, confidence/, foreign/, drift/, accuracy/, quality/."
         )
         mlflow.log_param("evidently_column_p_threshold", report.column_threshold)
         mlflow.log_metrics(

@@ -123,13 +123,46 @@ def test_detection_delay_counts_from_the_twenty_percent_window():
     assert detection_delay(metrics, []) is None
 
 
-def test_accuracy_error_splits_clean_and_drifted_windows():
+def test_accuracy_error_splits_clean_and_drifted_windows_and_scores_the_interval():
     metrics = pd.DataFrame(
-        {"estimated_accuracy": [0.99, 0.98, 0.9], "realised_accuracy": [0.98, 0.98, 0.6], "true_foreign_share": [0.0, 0.02, 0.4]}
+        {
+            "estimated_accuracy": [0.99, 0.98, 0.9],
+            "estimated_accuracy_low": [0.985, 0.95, 0.5],
+            "estimated_accuracy_high": [0.995, 0.99, 0.95],
+            "accuracy_estimable": [True, True, False],
+            "realised_accuracy": [0.98, 0.98, 0.6],
+            "true_foreign_share": [0.0, 0.02, 0.4],
+        }
     )
     errors = accuracy_error(metrics)
     assert errors["label_free_accuracy_mae_points"] == pytest.approx(0.5)
     assert errors["label_free_accuracy_mae_points_drifted"] == pytest.approx(30)
+    assert errors["best_constant_mae_points"] == pytest.approx(0.0)  # both clean windows realised 0.98
+    assert errors["label_free_interval_holds_share_clean"] == pytest.approx(0.5)  # 0.98 is under the first's 0.985
+    assert errors["label_free_interval_holds_share_drifted"] == 1.0 and errors["not_estimable_windows_drifted"] == 1
+    assert errors["label_free_interval_width_points_drifted"] == pytest.approx(45)
+
+
+def test_the_accuracy_interval_counts_foreign_and_faulty_images_as_unknown():
+    from monitoring.metrics import accuracy_bounds
+
+    # 100 images: 80 the reference vouches for (P(correct) 0.99 each), 20 flagged foreign or faulty
+    sums = {
+        "in_reference_expected_correct_sum": 79.2,
+        "in_reference_expected_correct_variance_sum": 80 * 0.99 * 0.01,
+        "out_of_reference_count": 20,
+    }
+    low, high = accuracy_bounds(sums, 100)
+    spread = 1.96 * np.sqrt(80 * 0.99 * 0.01) / 100
+    assert accuracy_bounds({**sums, "out_of_reference_count": 10}, 100)[1] == pytest.approx(0.892 + spread)
+    assert low == pytest.approx(0.792 - spread) and high == 1.0  # 0.992 + spread, capped
+    # none flagged: the calibrated interval itself
+    clean = {
+        "in_reference_expected_correct_sum": 99.0,
+        "in_reference_expected_correct_variance_sum": 0.99,
+        "out_of_reference_count": 0,
+    }
+    assert accuracy_bounds(clean, 100) == pytest.approx((0.99 - 1.96 * np.sqrt(0.99) / 100, 1.0))
 
 
 def test_a_rule_needing_two_windows_in_a_row_ignores_a_lone_one():

@@ -31,7 +31,7 @@ from common.windows import (
 )
 from monitoring.alerts import firing_windows
 from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
-from monitoring.evaluate import JudgedRun, evaluation_figures, quality_figures
+from monitoring.evaluate import JudgedRun, cluster_figures, evaluation_figures, quality_figures
 from monitoring.history import deployment_key
 from monitoring.job import DatasetSource, HistorySink, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
@@ -350,6 +350,7 @@ def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
         },
         **evaluation_figures(judged),
         "data_quality_on_corrupted_mnist": _quality_on_mnist(model, settings),
+        "what_drifted": cluster_figures(judged, model.reference),
         "machine": describe_machine(("tensorflow-cpu", "keras", "mlflow", "numpy", "evidently")),
         "command": args.reproduce_with or "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
         "monitoring_command": "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),

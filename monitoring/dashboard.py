@@ -41,10 +41,12 @@ def dashboard_figure(
     window_unit: str = "window",
     versions: list[tuple[int, int, str]] | None = None,
     incidents: list[tuple[int, int]] | None = None,
+    notes: dict[int, str] | None = None,
 ) -> go.Figure:
     """Every window metric over the windows, alerts marked; a window of wall-clock time is drawn at its start.
     Over a history, `versions` (first window, last window, version) marks where the serving version changed and
-    `incidents` (opened, last window) shades each incident."""
+    `incidents` (opened, last window) shades each incident; `notes` adds a line to a window's alert marks (what
+    drifted in it)."""
     metrics = metrics.assign(x=window_axis(metrics))
     figure = make_subplots(
         rows=len(PANELS),
@@ -102,7 +104,7 @@ def dashboard_figure(
         figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)
     _truth_line(figure, metrics, "true_foreign_share", "true foreign share (sidecar)", row=6)
     at = dict(zip(metrics["window"], metrics["x"]))
-    _mark_alerts(figure, alerts, at)
+    _mark_alerts(figure, alerts, at, notes or {})
     for first, _, version in (versions or [])[1:]:
         figure.add_vline(x=at.get(first, first), line={"color": "green", "width": 2})
         figure.add_annotation(
@@ -141,7 +143,7 @@ def _truth_line(figure: go.Figure, metrics: pd.DataFrame, column: str, name: str
         figure.add_scatter(x=x, y=metrics[column], name=name, line={"color": "black", "dash": "dot"}, row=row, col=1)
 
 
-def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict) -> None:
+def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict, notes: dict[int, str]) -> None:
     """A red dotted line on every panel at each alert's window (`at`: window -> x), with the rule on hover in the
     first panel."""
     for alert in alerts:
@@ -153,16 +155,40 @@ def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict) -> None:
             mode="markers",
             name="alerts",
             marker={"color": "red", "symbol": "triangle-down", "size": 10},
-            text=[f"{a.rule}: {a.message}" + (f" ({a.window_start} to {a.window_end})" * bool(a.window_start)) for a in alerts],
+            text=[
+                f"{a.rule}: {a.message}"
+                + (f" ({a.window_start} to {a.window_end})" * bool(a.window_start))
+                + (f"<br>{notes[a.window]}" if a.window in notes else "")
+                for a in alerts
+            ],
             hoverinfo="text",
             row=1,
             col=1,
         )
 
 
-def write_dashboard(figure: go.Figure, path: Path, links: list[tuple[str, str]] | None = None) -> Path:
-    """The figure as one self-contained HTML page; `links` (text, href), e.g. each window's run outputs, below it."""
+def write_dashboard(
+    figure: go.Figure,
+    path: Path,
+    links: list[tuple[str, str]] | None = None,
+    explained: list[tuple[str, str, str]] | None = None,
+) -> Path:
+    """The figure as one self-contained HTML page; `links` (text, href), e.g. each window's run outputs, below it;
+    `explained` (window, cause, what drifted) as a table of the alerted windows above them."""
     page = figure.to_html(include_plotlyjs=True, full_html=True)
+    if explained:
+        rows = "".join(
+            f"<tr><td>{escape(window)}</td><td>{escape(cause)}</td><td>{escape(what)}</td></tr>"
+            for window, cause, what in explained
+        )
+        page = page.replace(
+            "</body>",
+            '<h3 style="font-family:sans-serif">Alerted windows: cause and what drifted '
+            '(<a href="clusters.png">examples</a>, <a href="clusters.csv">every cluster</a>)</h3>'
+            '<table id="explained" style="font-family:sans-serif;font-size:13px" border="1" cellpadding="4">'
+            "<tr><th>window</th><th>cause</th><th>most over-represented cluster of flagged images</th></tr>"
+            f"{rows}</table></body>",
+        )
     if links:
         items = "".join(f'<li><a href="{escape(href)}">{escape(text)}</a></li>' for text, href in links)
         page = page.replace("</body>", f'<h3 style="font-family:sans-serif">Runs and their outputs</h3><ul>{items}</ul></body>')

@@ -58,6 +58,9 @@ class LogEngine(Protocol):
     def least_confident(self, windows: list[int], per_window: int) -> pd.DataFrame:
         """The least confident flagged records of each window, with their images."""
 
+    def flagged_records(self, windows: list[int]) -> pd.DataFrame:
+        """Every record of `windows` flagged foreign or given a data-quality cause, with its image when it kept one."""
+
     def truth_metrics(self, truth: pd.DataFrame) -> pd.DataFrame:
         """Realised accuracy and true foreign share per window, from a ground-truth sidecar."""
 

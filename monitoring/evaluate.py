@@ -10,7 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from common.quality import QUALITY_CAUSES, corrupt, quality_causes
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG
+from common.reference import Reference
 from monitoring.alerts import Alert
+from monitoring.clusters import flagged_mask, window_clusters
 
 DRIFT_ONSET_SHARE = 0.20  # detection delay counts from the first window whose true foreign share reaches this
 CLEAN_SHARE = 0.05  # windows under this true foreign share judge the label-free accuracy
@@ -90,6 +92,38 @@ def corruption_figures(runs: list[JudgedRun]) -> dict:
             "alert_delay_windows": delays,
             "foreign_digit_alerts": [alert.window for alert in run.alerts if alert.metric == "foreign_p"],
         }
+    return figures
+
+
+def cluster_figures(runs: list[JudgedRun], reference: Reference) -> dict:
+    """What drifted, against the truth: per run, in its firing windows, how many have a significant cluster of
+    flagged images and how pure the most over-represented one is in its main source (mean, lowest, that source);
+    on runs with neither foreign digits nor corruptions, the share of all windows with a significant cluster."""
+    figures: dict = {}
+    for run in runs:
+        clean = (run.metrics["true_foreign_share"] == 0).all() and (run.records["corruption"] == "").all()
+        windows = list(run.metrics["window"]) if clean else run.firing_windows
+        volumes = dict(zip(run.metrics["window"], run.metrics["volume"]))
+        flagged = run.records[run.records["window"].isin(windows) & flagged_mask(run.records["flags"])]
+        tops = []
+        for window, group in flagged.groupby("window"):
+            clusters = window_clusters(group, int(volumes[window]), reference, int(window))
+            significant = clusters[clusters["significant"]] if not clusters.empty else clusters
+            if not significant.empty:
+                tops.append(significant.iloc[0])
+        entry: dict = {"windows": len(windows), "windows_with_a_significant_cluster": len(tops)}
+        if clean:
+            entry["share_of_windows_with_a_significant_cluster"] = len(tops) / len(windows) if windows else None
+        elif tops:
+            shares = [float(top["top_source_share"]) for top in tops]
+            entry.update(
+                top_cluster_main_source=pd.Series([top["top_source"] for top in tops]).value_counts().to_dict(),
+                top_cluster_purity_mean=float(np.mean(shares)),
+                top_cluster_purity_min=float(np.min(shares)),
+                windows_top_cluster_at_least_90_percent_one_source=int(sum(share >= 0.9 for share in shares)),
+                windows_top_cluster_at_least_80_percent_one_source=int(sum(share >= 0.8 for share in shares)),
+            )
+        figures[run.label] = entry
     return figures
 
 

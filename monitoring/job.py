@@ -14,6 +14,7 @@ from common.prediction_dataset import DatasetError, PartSummary, filesystem, lis
 from common.spark import DEFAULT_SPARK_MASTER
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
+from monitoring.clusters import EXAMPLES, window_clusters
 from monitoring.dashboard import dashboard_figure, write_dashboard
 from monitoring.engine import LogEngine, MonitoringError, for_version, open_dataset
 from monitoring.gallery import gallery_png
@@ -40,6 +41,7 @@ REPORT_SAMPLE = (
     2_000  # records of the reported windows in the Evidently report: tests as sensitive as the monitor's per-window ones
 )
 GALLERY_WINDOWS = 12  # flagged windows in the gallery: those with the most low-confidence predictions
+CLUSTER_WINDOWS = 100  # the last firing windows whose flagged images are clustered
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,26 @@ def monitor(
     if history_sink:
         rows = history_rows(metrics, checks, alerts, incidents, model.version, str(out_dir.resolve()), datetime.now(UTC))
         append_history(history_sink.location, rows)
-    outputs.append(_dashboard(metrics, alerts, title, axis, history_sink, out_dir / "dashboard.html"))
     flagged = firing_windows(metrics, rules)
+    clusters, examples = drifted_clusters(log, flagged[-CLUSTER_WINDOWS:], metrics, model.reference, truth)
+    clusters.to_csv(out_dir / "clusters.csv", index=False)
+    outputs.append(out_dir / "clusters.csv")
+    pictured = gallery_png(
+        examples,
+        f"{label}: the most over-represented cluster of flagged images in each window ({EXAMPLES} examples)",
+        out_dir / "clusters.png",
+        EXAMPLES,
+        log.clock,
+    )
+    if pictured:
+        outputs.append(pictured)
+    notes = cluster_notes(clusters)
+    causes = dict(zip(checks["window"], checks["cause"]))
+    explained = [
+        (log.clock.name(alert.window), causes.get(alert.window, ""), notes.get(alert.window, "no significant cluster"))
+        for alert in alerts
+    ]
+    outputs.append(_dashboard(metrics, alerts, title, axis, history_sink, out_dir / "dashboard.html", notes, explained))
     report_windows = drifted_windows(metrics, flagged)
     # Evidently's cost grows with rows; a sample shows the same drift
     current = log.rows_of_windows(report_windows, REPORT_SAMPLE)
@@ -233,11 +253,65 @@ class HistorySink:
     dashboard_windows: int = 365
 
 
-def _dashboard(metrics: pd.DataFrame, alerts: list[Alert], title: str, axis: str, sink: HistorySink | None, path: Path) -> Path:
+def drifted_clusters(
+    log: LogEngine, windows: list[int], metrics: pd.DataFrame, reference, truth: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The clusters of flagged images in each of `windows` (`monitoring.clusters.window_clusters`), and the example
+    records (with images) of each window's most over-represented significant cluster, for its picture."""
+    records = log.flagged_records(windows) if windows else pd.DataFrame()
+    if records.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    if truth is not None:
+        records = records.merge(
+            truth[["request_id", "image_index", "source", "label"]], on=["request_id", "image_index"], how="left"
+        )
+    volumes = dict(zip(metrics["window"], metrics["volume"]))
+    found = [window_clusters(group, int(volumes[window]), reference, int(window)) for window, group in records.groupby("window")]
+    clusters = (
+        pd.concat([frame for frame in found if not frame.empty], ignore_index=True)
+        if any(not f.empty for f in found)
+        else pd.DataFrame()
+    )
+    if clusters.empty:
+        return clusters, pd.DataFrame()
+    tops = clusters[clusters["significant"]].drop_duplicates("window").nlargest(GALLERY_WINDOWS, "over_representation")
+    keys = {(window, key) for window, listed in zip(tops["window"], tops["examples"]) for key in listed.split(";")}
+    chosen = records[
+        [(w, f"{r}:{i}") in keys for w, r, i in zip(records["window"], records["request_id"], records["image_index"])]
+    ]
+    return clusters, chosen[chosen["image"].notna()] if "image" in chosen else chosen.iloc[:0]
+
+
+def cluster_notes(clusters: pd.DataFrame) -> dict[int, str]:
+    """Per window, one line on its most over-represented significant cluster, for the dashboard's alert marks."""
+    if clusters.empty:
+        return {}
+    tops = clusters[clusters["significant"]].drop_duplicates("window")
+    return {
+        int(row.window): (
+            f"top cluster: {row.size} images, {row.share:.0%} of the window ({row.over_representation:.0f}x the reference), "
+            f"predicted {row.class_mix}, mean confidence {row.mean_confidence:.2f}"
+            + (f"; truth {row.true_mix}" if "true_mix" in clusters and isinstance(row.true_mix, str) else "")
+        )
+        for row in tops.itertuples(index=False)
+    }
+
+
+def _dashboard(
+    metrics: pd.DataFrame,
+    alerts: list[Alert],
+    title: str,
+    axis: str,
+    sink: HistorySink | None,
+    path: Path,
+    notes: dict[int, str] | None = None,
+    explained: list[tuple[str, str, str]] | None = None,
+) -> Path:
     """This run's windows, or with a history the deployment's last windows with its versions and incidents marked
-    and a link to each run's outputs."""
+    and a link to each run's outputs; `notes`: a line per window for its alert marks (what drifted); `explained`:
+    the alerted windows' causes and clusters, as a table below the figure."""
     if sink is None:
-        return write_dashboard(dashboard_figure(metrics, alerts, title, axis), path)
+        return write_dashboard(dashboard_figure(metrics, alerts, title, axis, notes=notes), path, explained=explained)
     history = read_history(sink.location).tail(sink.dashboard_windows).reset_index(drop=True)
     figure = dashboard_figure(
         history,
@@ -246,13 +320,14 @@ def _dashboard(metrics: pd.DataFrame, alerts: list[Alert], title: str, axis: str
         axis,
         version_spans(history),
         incident_spans(history),
+        notes,
     )
     runs = history.drop_duplicates("run", keep="first")
     links = [
         (f"{row.run} (from {row.window_start or f'window {row.window}'})", Path(row.run).as_uri() + "/dashboard.html")
         for row in runs.itertuples(index=False)
     ]
-    return write_dashboard(figure, path, links)
+    return write_dashboard(figure, path, links, explained)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from common.windows import (
     utc_text,
     with_windows,
 )
+from monitoring.clusters import flagged_mask
 from monitoring.engine import MonitoringError
 from monitoring.gallery import least_confident
 from monitoring.metrics import sample_keys, truth_metrics, window_aggregates, window_samples
@@ -165,6 +166,13 @@ class PandasLog:
             return self.frame.iloc[:0]
         images = self.images(windows)[["request_id", "image_index", "image"]]
         return least_confident(self.frame.merge(images, on=["request_id", "image_index"]), windows, per_window)
+
+    def flagged_records(self, windows: list[int]) -> pd.DataFrame:
+        chosen = self.frame[self.frame["window"].isin(windows) & flagged_mask(self.frame["flags"])]
+        if "image" in chosen or self.images is None:
+            return chosen
+        images = self.images(windows)[["request_id", "image_index", "image"]]
+        return chosen.merge(images, on=["request_id", "image_index"], how="left")
 
     def truth_metrics(self, truth: pd.DataFrame) -> pd.DataFrame:
         return truth_metrics(self.frame, truth)

@@ -233,6 +233,16 @@ class SparkLog:
         ranked = kept.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= per_window)
         return ranked.orderBy("window", "rank").drop("rank").toPandas()
 
+    def flagged_records(self, windows: list[int]) -> pd.DataFrame:
+        """Every record of `windows` flagged foreign or given a data-quality cause, with its image."""
+        from pyspark.sql import functions as F
+
+        outside = F.lit(False)
+        for flag in OUT_OF_REFERENCE_FLAGS:
+            outside = outside | F.col("flags").contains(flag)
+        chosen = self.frame.where(F.col("window").isin([int(w) for w in windows]) & outside)
+        return chosen.orderBy("window", "request_id", "image_index").toPandas()
+
     def truth_metrics(self, truth: pd.DataFrame) -> pd.DataFrame:
         """Per window, from the simulator's sidecar: realised accuracy and the true share of foreign digits."""
         from pyspark.sql import functions as F

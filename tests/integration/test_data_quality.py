@@ -93,6 +93,8 @@ def test_the_dashboard_draws_each_cause_that_arrived_in_chromium(monitored_fault
     assert "Volume, flag rates and data-quality causes" in dom
     legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', dom)
     assert {"inverted rate", "duplicate rate"} <= set(legend) and "blank rate" not in legend, legend
+    table = re.search(r'<table id="explained".*?</table>', dom, flags=re.S).group(0)
+    assert "<td>window 3</td><td>inverted</td>" in table and "<td>window 5</td><td>inverted,duplicate</td>" in table, table
 
 
 def test_both_engines_count_causes_and_bursts_alike(faulty_traffic, champion, spark, tmp_path):

@@ -152,6 +152,18 @@ def test_the_dashboard_draws_in_headless_chromium(monitored, tmp_path):
     assert dom.count('class="trace scatter') >= 10  # the lines of the panels
     for title in ("Drift tests (p-values, log scale)", "Accuracy: estimated without labels", "Foreign digits: estimated share"):
         assert title in dom
+    # the alerted windows, each with its cause and what drifted: the Devanagari digits from window 4 on, as a cluster
+    table = re.search(r'<table id="explained".*?</table>', dom, flags=re.S).group(0)
+    assert "<td>window 4</td><td>drift</td><td>top cluster:" in table, table[:2000]
+
+
+def test_what_drifted_is_the_devanagari_digits(monitored):
+    _, _, out = monitored
+    clusters = pd.read_csv(out / "clusters.csv")
+    tops = clusters[clusters["significant"]].drop_duplicates("window")
+    assert set(tops["window"]) >= {4, 5, 6, 7}
+    assert (tops["top_source"] == "devanagari").all() and tops["top_source_share"].min() >= 0.9, tops
+    assert (tops["over_representation"] > 5).all() and (out / "clusters.png").stat().st_size > 10_000
 
 
 def visible_text(dom: str) -> str:

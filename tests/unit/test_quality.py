@@ -177,3 +177,47 @@ def test_a_scenario_without_corruptions_plans_the_traffic_it_always_did():
 def test_a_bad_corruption_is_named(corruptions, message):
     with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(")):
         parse_scenario({**SCENARIO, "corruptions": corruptions})
+
+
+def flagged_window(reference, far: int, near: int, seed: int = 0) -> pd.DataFrame:
+    """Flagged records of one window: `far` in a tight group away from the reference's flagged images, `near` drawn
+    from the reference's own flagged ones."""
+    from common.records import PROJECTION_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    flagged_reference = reference.sample_projection[reference.sample_foreign_score > reference.threshold]
+    points = np.vstack(
+        [
+            rng.normal(50.0, 0.5, (far, 8)),
+            flagged_reference[rng.integers(0, len(flagged_reference), near)] + rng.normal(0, 0.01, (near, 8)),
+        ]
+    )
+    return pd.DataFrame(
+        {
+            **{column: points[:, index] for index, column in enumerate(PROJECTION_COLUMNS)},
+            "predicted": [3] * far + [7] * near,
+            "confidence": [0.99] * far + [0.6] * near,
+            "request_id": [f"r{i}" for i in range(far + near)],
+            "image_index": 0,
+            "source": ["devanagari"] * far + ["mnist"] * near,
+            "label": [1] * far + [7] * near,
+        }
+    )
+
+
+def test_the_over_represented_cluster_of_flagged_images_comes_first_with_its_mix(reference):
+    from monitoring.clusters import window_clusters
+
+    clusters = window_clusters(flagged_window(reference, far=30, near=10), 200, reference, window=4)
+    top = clusters.iloc[0]
+    assert top["significant"] and top["size"] == 30 and top["share"] == pytest.approx(0.15)
+    assert top["class_mix"] == "3 100%" and top["true_mix"] == "devanagari 100%" and top["realised_accuracy"] == 0.0
+    assert top["over_representation"] > clusters["over_representation"].iloc[1:].max()
+    assert len(top["examples"].split(";")) == 16
+
+
+def test_a_few_flagged_images_like_the_references_make_no_significant_cluster(reference):
+    from monitoring.clusters import window_clusters
+
+    clusters = window_clusters(flagged_window(reference, far=0, near=3), 200, reference, window=0)
+    assert not clusters["significant"].any()

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from common.images import NUM_CLASSES
+from common.quality import QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG
 
 # Columns of a label file; `window` (when the image was served) and `arrived_window` (when its label came
@@ -19,16 +20,18 @@ OPTIONAL_LABEL_COLUMNS = ("window", "arrived_window")
 LABEL_SUFFIXES = (".csv", ".jsonl")
 # Strata of served images by their flags: the labeling queue draws within them, the label-assisted estimate
 # corrects each with its own labels.
-FOREIGN_STRATUM = "foreign"  # flagged foreign (whatever its confidence)
+FOREIGN_STRATUM = "foreign"  # flagged foreign or given a data-quality cause (whatever its confidence)
 UNSURE_STRATUM = "low_confidence"  # flagged low confidence only
 CLEAN_STRATUM = "clean"  # no flag
 STRATA = (FOREIGN_STRATUM, UNSURE_STRATUM, CLEAN_STRATUM)
 
 
 def strata_of(flags: pd.Series) -> pd.Series:
-    """Each record's stratum from its flags: foreign, low_confidence (only), or clean."""
+    """Each record's stratum from its flags: foreign (flagged foreign, or given a data-quality cause: either way
+    outside what the reference vouches for), low_confidence (only), or clean."""
     text = flags.fillna("").astype(str)
-    foreign, unsure = text.str.contains(FOREIGN_FLAG), text.str.contains(LOW_CONFIDENCE_FLAG)
+    foreign = text.str.contains("|".join((FOREIGN_FLAG, *QUALITY_CAUSES)))
+    unsure = text.str.contains(LOW_CONFIDENCE_FLAG)
     stratum = np.where(foreign, FOREIGN_STRATUM, np.where(unsure, UNSURE_STRATUM, CLEAN_STRATUM))
     return pd.Series(stratum, index=flags.index, name="stratum")
 

@@ -1,25 +1,60 @@
-"""The labeling queue: per window, a budget of images drawn at random within strata (mostly flagged, a random share unflagged)."""
+"""The labeling queue: per window, a budget of images drawn at random within strata: a fixed split (mostly
+flagged, a random share unflagged) or Neyman's allocation (each stratum in proportion to its size times its spread)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from common.labels import CLEAN_STRATUM, strata_of
+from common.labels import CLEAN_STRATUM, FOREIGN_STRATUM, STRATA, strata_of
 
 QUEUE_COLUMNS = ("request_id", "image_index", "window", "stratum", "confidence", "foreign_score")
+ALLOCATIONS = ("fixed", "neyman")
+
+
+def neyman_counts(group: pd.DataFrame, budget: int) -> dict[str, int]:
+    """Labels per stratum of one window in proportion to N_h * S_h (Neyman's allocation, which minimises the
+    stratified estimate's variance for a budget), rounded by largest remainder and capped at each stratum's size.
+    S_h is the spread of a label's correctness: sqrt(c(1 - c)) with c the stratum's mean confidence, and 0.5 (the
+    most a yes/no can spread) for foreign or faulty images, whose confidence says nothing of their accuracy."""
+    sizes = {stratum: int((group["stratum"] == stratum).sum()) for stratum in STRATA}
+    spreads = {}
+    for stratum in STRATA:
+        confidence = float(group.loc[group["stratum"] == stratum, "confidence"].mean()) if sizes[stratum] else 0.0
+        spreads[stratum] = 0.5 if stratum == FOREIGN_STRATUM else float(np.sqrt(max(confidence * (1 - confidence), 1e-4)))
+    counts = dict.fromkeys(STRATA, 0)
+    left = min(budget, sum(sizes.values()))
+    while left > 0:  # hand out what is left among the strata not yet full, by weight
+        open_strata = [stratum for stratum in STRATA if counts[stratum] < sizes[stratum]]
+        weights = np.array([sizes[stratum] * spreads[stratum] for stratum in open_strata])
+        shares = weights / weights.sum() * left if weights.sum() > 0 else np.full(len(open_strata), left / len(open_strata))
+        whole = np.floor(shares).astype(int)
+        for index in np.argsort(-(shares - whole))[: left - whole.sum()]:
+            whole[index] += 1
+        for stratum, extra in zip(open_strata, whole):
+            counts[stratum] += min(int(extra), sizes[stratum] - counts[stratum])
+        left = min(budget, sum(sizes.values())) - sum(counts.values())
+    return counts
 
 
 def select_for_labeling(
-    records: pd.DataFrame, per_window: int, random_share: float = 0.3, seed: int = 0, already: pd.DataFrame | None = None
+    records: pd.DataFrame,
+    per_window: int,
+    random_share: float = 0.3,
+    seed: int = 0,
+    already: pd.DataFrame | None = None,
+    allocation: str = "fixed",
 ) -> pd.DataFrame:
     """At most `per_window` records of each window to label (QUEUE_COLUMNS), drawn uniformly within strata.
 
-    `1 - random_share` of the budget goes to flagged records (foreign or low confidence), the rest to unflagged
-    ones; a stratum too small passes its share to the other. Drawing at random inside each stratum, not the
-    most extreme first, keeps each stratum's labeled accuracy an unbiased sample of it. Records in `already`
-    (request_id, image_index) are not drawn again. The draw of a window depends only on the seed and the window.
+    Fixed allocation: `1 - random_share` of the budget goes to flagged records (foreign or low confidence), the
+    rest to unflagged ones; a stratum too small passes its share to the other. Neyman allocation (`neyman_counts`)
+    ignores `random_share`. Drawing at random inside each stratum, not the most extreme first, keeps each
+    stratum's labeled accuracy an unbiased sample of it. Records in `already` (request_id, image_index) are not
+    drawn again. The draw of a window depends only on the seed and the window.
     """
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
     if not 0 <= random_share <= 1:
         raise ValueError(f"random_share {random_share} is not in 0..1")
     if per_window < 0:
@@ -31,6 +66,12 @@ def select_for_labeling(
     picked = []
     for window, group in frame.groupby("window", sort=True):
         rng = np.random.default_rng([seed, int(window)])
+        if allocation == "neyman":
+            for stratum, count in neyman_counts(group, per_window).items():
+                part = group[group["stratum"] == stratum]
+                if count:
+                    picked.append(part.iloc[np.sort(rng.choice(len(part), count, replace=False))])
+            continue
         flagged = group[group["stratum"] != CLEAN_STRATUM]
         clean = group[group["stratum"] == CLEAN_STRATUM]
         want_clean = min(len(clean), round(per_window * random_share))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from common.labels import STRATA, strata_of
 
@@ -18,8 +19,11 @@ def label_assisted_accuracy(
     labels: pd.DataFrame,
     horizon: int = HORIZON_WINDOWS,
     lag: int = 0,
+    looks: int | None = None,
 ) -> pd.DataFrame:
-    """Per window: the estimated accuracy with a 95% interval, and how many labels it used.
+    """Per window: the estimated accuracy with a 95% interval, the same estimate's interval that holds in every
+    window at once when each is checked (95% over `looks` windows, by default all of them: Bonferroni's
+    correction for repeated looks, `label_assisted_accuracy_every_window_low/high`), and how many labels it used.
 
     A difference estimator per stratum (foreign-flagged, low-confidence, clean): the stratum's label-free
     accuracy in the window (mean P(correct) of its records) plus the mean of (correct - P(correct)) over the
@@ -38,6 +42,8 @@ def label_assisted_accuracy(
     )
     frame["correct"] = (frame["predicted"] == frame["label"]).astype(float).where(frame["label"].notna())
     labeled = frame[frame["label"].notna()]
+    looks = looks or max(1, frame["window"].nunique())
+    z_every = float(stats.norm.ppf(1 - 0.05 / (2 * looks)))
     rows = []
     for window, group in frame.groupby("window", sort=True):
         usable = labeled[
@@ -61,12 +67,15 @@ def label_assisted_accuracy(
         volume = len(group)
         estimate = correct_count / volume
         spread = Z95 * np.sqrt(variance) / volume
+        spread_every = z_every * np.sqrt(variance) / volume
         rows.append(
             {
                 "window": int(window),
                 "label_assisted_accuracy": estimate,
                 "label_assisted_accuracy_low": max(0.0, estimate - spread),
                 "label_assisted_accuracy_high": min(1.0, estimate + spread),
+                "label_assisted_accuracy_every_window_low": max(0.0, estimate - spread_every),
+                "label_assisted_accuracy_every_window_high": min(1.0, estimate + spread_every),
                 "labels_used": len(usable),
             }
         )

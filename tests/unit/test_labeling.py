@@ -170,3 +170,45 @@ def test_the_queue_of_real_clients_records_spends_its_budget_per_window_of_time(
     )
     assert later["window_start"].unique().tolist() == ["2026-12-01T10:00:00+00:00"]
     assert pd.read_csv(tmp_path / "q2.csv")["window_end"].unique().tolist() == ["2026-12-01T11:00:00+00:00"]
+
+
+def test_neyman_allocation_follows_size_times_spread_and_spends_the_whole_budget():
+    from labeling.queue import neyman_counts
+
+    group = pd.DataFrame(
+        {
+            "stratum": [FOREIGN_STRATUM] * 20 + [UNSURE_STRATUM] * 20 + [CLEAN_STRATUM] * 160,
+            "confidence": [0.9] * 20 + [0.7] * 20 + [0.99] * 160,
+        }
+    )
+    counts = neyman_counts(group, 10)
+    # weights: 20 x 0.5 = 10, 20 x sqrt(0.21) = 9.2, 160 x sqrt(0.0099) = 15.9
+    assert counts == {FOREIGN_STRATUM: 3, UNSURE_STRATUM: 3, CLEAN_STRATUM: 4}
+    # a stratum too small passes what it cannot take to the others: here the foreign one would get 5 of 6
+    small = pd.DataFrame({"stratum": [FOREIGN_STRATUM] * 4 + [CLEAN_STRATUM] * 4, "confidence": [0.9] * 4 + [0.99] * 4})
+    assert neyman_counts(small, 6) == {FOREIGN_STRATUM: 4, UNSURE_STRATUM: 0, CLEAN_STRATUM: 2}
+    assert sum(neyman_counts(group.iloc[:5], 10).values()) == 5
+
+
+def test_the_queue_takes_neyman_allocation_and_refuses_an_unknown_one():
+    records = traffic(windows=4)
+    queue = select_for_labeling(records, 10, seed=0, allocation="neyman")
+    assert queue.groupby("window").size().tolist() == [10, 10, 10, 10]
+    with pytest.raises(ValueError, match="allocation 'best' is not one of fixed, neyman"):
+        select_for_labeling(records, 10, allocation="best")
+
+
+def test_the_interval_checked_every_window_is_wider_by_the_repeated_looks():
+    records = traffic()
+    labels = simulated_labels(select_for_labeling(records, 10, 0.3, seed=0), records, delay_windows=1)
+    estimate = label_assisted_accuracy(records, np.full(len(records), 0.99), labels, lag=1)
+    width = estimate["label_assisted_accuracy_high"] - estimate["label_assisted_accuracy_low"]
+    every = estimate["label_assisted_accuracy_every_window_high"] - estimate["label_assisted_accuracy_every_window_low"]
+    unclipped = (
+        (estimate["label_assisted_accuracy_every_window_high"] < 1)
+        & (estimate["label_assisted_accuracy_every_window_low"] > 0)
+        & (width > 1e-9)
+    )
+    assert unclipped.sum() >= 10
+    # 20 looks: z of 0.05 / 40 (3.02) against 1.96
+    assert np.allclose(every[unclipped] / width[unclipped], 3.0233 / 1.96, rtol=1e-3)

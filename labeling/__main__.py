@@ -26,7 +26,7 @@ from common.windows import (
     with_windows,
 )
 from labeling.annotator import LABEL_DELAY_WINDOWS, simulated_labels
-from labeling.queue import select_for_labeling
+from labeling.queue import ALLOCATIONS, select_for_labeling
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,19 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="share of the budget drawn from unflagged images, for an unbiased estimate (default: %(default)s)",
     )
     queue.add_argument("--from-window", type=int, default=None, help="only simulated windows from this one on")
+    queue.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default="fixed",
+        help="how a window's budget is split across strata: fixed (--random-share unflagged, the rest flagged) or "
+        "neyman (in proportion to each stratum's size times its spread) (default: %(default)s)",
+    )
+    queue.add_argument(
+        "--cluster",
+        metavar="MEMBERS.csv:WINDOW:CLUSTER",
+        help="only the images of one cluster of what drifted: a monitoring run's cluster_members.csv, the window and "
+        "the cluster number (as clusters.csv names them)",
+    )
     queue.add_argument(
         "--clock",
         choices=CLOCKS,
@@ -93,10 +106,12 @@ def export_queue(
     clock: str = "auto",
     wall: WindowClock = DAILY_CLOCK,
     since: datetime | None = None,
+    allocation: str = "fixed",
+    cluster: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The queue of a prediction log as CSV (and the kept images as PNG files), a budget per window as the monitor
     numbers them (`clock`: auto, simulated or wall; `wall`: the time windows); a time window's queue rows carry its
-    start and end."""
+    start and end. `cluster` (request_id, image_index): only those records."""
     records = pd.DataFrame(read_prediction_log(log_path))
     chosen = choose_clock(clock, int(records["window"].notna().sum()), int(records["window"].isna().sum()), wall, log_path)
     records, left_out = with_windows(records, chosen, log_path)
@@ -113,7 +128,9 @@ def export_queue(
         first = chosen.window_of(since)
         first += chosen.start(first) < since  # the window that starts at or after `since`
         records = records[records["window"] >= first]
-    queue = select_for_labeling(records, per_window, random_share, seed)
+    if cluster is not None:
+        records = records.merge(cluster[["request_id", "image_index"]], on=["request_id", "image_index"])
+    queue = select_for_labeling(records, per_window, random_share, seed, allocation=allocation)
     if chosen.is_wall:
         bounds = chosen.bounds_columns(queue["window"])
         queue = queue.assign(window_start=bounds["window_start"], window_end=bounds["window_end"])
@@ -140,6 +157,24 @@ def _since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _cluster(spec: str | None) -> pd.DataFrame | None:
+    """--cluster MEMBERS.csv:WINDOW:CLUSTER as the (request_id, image_index) of that cluster's records."""
+    if spec is None:
+        return None
+    path, window_text, number_text = spec.rsplit(":", 2) if spec.count(":") >= 2 else (spec, "", "")
+    try:
+        window, number = int(window_text), int(number_text)
+    except ValueError:
+        raise WindowError(f"--cluster {spec!r}: expected MEMBERS.csv:WINDOW:CLUSTER with two whole numbers") from None
+    if not Path(path).is_file():
+        raise WindowError(f"--cluster {spec!r}: {path} is not a file (a monitoring run writes cluster_members.csv)")
+    members = pd.read_csv(path)
+    chosen = members[(members["window"] == window) & (members["cluster"] == number)]
+    if chosen.empty:
+        raise WindowError(f"--cluster {spec!r}: {path} holds no cluster {number} in window {window}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
@@ -162,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.clock,
                 wall,
                 since,
+                args.allocation,
+                _cluster(args.cluster),
             )
         except WindowError as err:
             print(f"error: {err}", file=sys.stderr)

@@ -31,7 +31,8 @@ def window_clusters(
     image_index; `source` and `label` when `truth` joined them), most over-represented first: its size, share of
     the window, the reference's share in it (flagged held-out images nearest to it, smoothed), the ratio, the
     binomial p-value of its count and whether that is significant, its predicted-class mix, mean confidence,
-    the confidence-calibrated accuracy, and (with truth) the realised accuracy, its sources and 16 example keys."""
+    the confidence-calibrated accuracy, and (with truth) the realised accuracy, its sources; 16 example keys and
+    every member's (request_id, image_index)."""
     from sklearn.cluster import KMeans
 
     points = flagged[PROJECTION_COLUMNS].to_numpy(dtype=float)
@@ -64,6 +65,7 @@ def window_clusters(
             "mean_confidence": float(rows_in["confidence"].mean()),
             "calibrated_accuracy": float(expected_accuracy(reference, rows_in["confidence"].to_numpy(dtype=float)).mean()),
             "examples": ";".join(f"{r}:{i}" for r, i in zip(rows_in["request_id"][:EXAMPLES], rows_in["image_index"][:EXAMPLES])),
+            "members": list(zip(rows_in["request_id"], rows_in["image_index"].astype(int))),
         }
         known = rows_in[rows_in["source"].notna()] if "source" in rows_in else rows_in.iloc[:0]
         if len(known):
@@ -73,6 +75,16 @@ def window_clusters(
             row["realised_accuracy"] = float((known["label"] == known["predicted"]).mean())
         rows.append(row)
     return pd.DataFrame(rows).sort_values("over_representation", ascending=False, ignore_index=True)
+
+
+def cluster_members(clusters: pd.DataFrame) -> pd.DataFrame:
+    """One row per clustered record: window, cluster, request_id, image_index (what a labeling queue can draw from)."""
+    rows = [
+        (int(row.window), int(row.cluster), request_id, image_index)
+        for row in clusters.itertuples(index=False)
+        for request_id, image_index in row.members
+    ]
+    return pd.DataFrame(rows, columns=["window", "cluster", "request_id", "image_index"])
 
 
 def _mix(values: pd.Series) -> str:

@@ -14,7 +14,7 @@ from common.prediction_dataset import DatasetError, PartSummary, filesystem, lis
 from common.spark import DEFAULT_SPARK_MASTER
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
-from monitoring.clusters import EXAMPLES, window_clusters
+from monitoring.clusters import EXAMPLES, cluster_members, window_clusters
 from monitoring.dashboard import dashboard_figure, write_dashboard
 from monitoring.engine import LogEngine, MonitoringError, for_version, open_dataset
 from monitoring.gallery import gallery_png
@@ -166,6 +166,10 @@ def monitor(
         append_history(history_sink.location, rows)
     flagged = firing_windows(metrics, rules)
     clusters, examples = drifted_clusters(log, flagged[-CLUSTER_WINDOWS:], metrics, model.reference, truth)
+    if not clusters.empty:
+        cluster_members(clusters).to_csv(out_dir / "cluster_members.csv", index=False)
+        outputs.append(out_dir / "cluster_members.csv")
+        clusters = clusters.drop(columns=["members"])
     clusters.to_csv(out_dir / "clusters.csv", index=False)
     outputs.append(out_dir / "clusters.csv")
     pictured = gallery_png(

@@ -158,12 +158,30 @@ def test_the_dashboard_draws_in_headless_chromium(monitored, tmp_path):
 
 
 def test_what_drifted_is_the_devanagari_digits(monitored):
+    from monitoring.engine import read_truth
+
     _, _, out = monitored
     clusters = pd.read_csv(out / "clusters.csv")
     tops = clusters[clusters["significant"]].drop_duplicates("window")
     assert set(tops["window"]) >= {4, 5, 6, 7}
     assert (tops["top_source"] == "devanagari").all() and tops["top_source_share"].min() >= 0.9, tops
     assert (tops["over_representation"] > 5).all() and (out / "clusters.png").stat().st_size > 10_000
+
+    # and a labeling queue drawn from that cluster alone
+    home, env, _ = monitored
+    top = tops.iloc[0]
+    members = f"{out / 'cluster_members.csv'}:{top['window']}:{top['cluster']}"
+    queued = cli(
+        "labeling",
+        ["queue", "--prediction-log", str(home / "log.db"), "--per-window", "5", "--cluster", members]
+        + ["--out", str(home / "cluster-queue.csv")],
+        env,
+    )
+    assert queued.returncode == 0, queued.stderr[-2000:]
+    queue = pd.read_csv(home / "cluster-queue.csv")
+    truth = read_truth(home / "run" / "ground_truth.db")
+    sources = queue.merge(truth, on=["request_id", "image_index"])["source"]
+    assert len(queue) == 5 and set(queue["window"]) == {top["window"]} and set(sources) == {"devanagari"}
 
 
 def visible_text(dom: str) -> str:

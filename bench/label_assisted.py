@@ -68,6 +68,24 @@ def run_figures(records: pd.DataFrame, truth: pd.DataFrame, p_correct: np.ndarra
     return figures
 
 
+def served_runs(log_path: Path, model: str, runs: list[Path]):
+    """The model version, and for each simulation run its records in the log (with the true label), its sidecar
+    and each record's label-free P(correct): what both label benches read."""
+    use_tracking(load_settings())
+    registered = resolve_registered(model)
+    reference = load_reference(download_reference(registered.run_id))
+    log_frame = pd.DataFrame(read_prediction_log(log_path))
+
+    def each():
+        for run in runs:
+            truth = read_ground_truth(run / "ground_truth.db")
+            records = log_frame.merge(truth[["request_id", "image_index", "label"]], on=["request_id", "image_index"])
+            records = records.astype({"window": int, "image_index": int})
+            yield run, records, truth, expected_accuracy(reference, records["confidence"].to_numpy(dtype=float))
+
+    return registered, each()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", type=Path, required=True, help="the prediction log the runs' traffic went to")
@@ -77,16 +95,10 @@ def main() -> None:
     parser.add_argument("--delay", type=int, default=1, help="windows before labels come back")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    use_tracking(load_settings())
-    registered = resolve_registered(args.model)
-    reference = load_reference(download_reference(registered.run_id))
-    log_frame = pd.DataFrame(read_prediction_log(args.log))
+    registered, runs = served_runs(args.log, args.model, args.runs)
     results = {}
-    for run in args.runs:
-        truth = read_ground_truth(run / "ground_truth.db")
-        records = log_frame.merge(truth[["request_id", "image_index"]], on=["request_id", "image_index"])
-        records = records.astype({"window": int, "image_index": int})
-        p_correct = expected_accuracy(reference, records["confidence"].to_numpy(dtype=float))
+    for run, records, truth, p_correct in runs:
+        records = records.drop(columns=["label"])
         results[run.name] = {str(budget): run_figures(records, truth, p_correct, budget, args.delay) for budget in args.budgets}
         log.info("%s: done", run.name)
     figures = {

@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.label_assisted import served_runs
 from common.machine import describe_machine
-from common.records import read_ground_truth, read_prediction_log
-from common.reference import expected_accuracy, load_reference
-from common.settings import load_settings
-from common.tracking import download_reference, resolve_registered, use_tracking
 from labeling.annotator import simulated_labels
 from labeling.queue import ALLOCATIONS, select_for_labeling
 from monitoring.label_assisted import label_assisted_accuracy
@@ -38,7 +35,7 @@ def seeded_figures(
 ) -> dict:
     """One seeded run: per-window coverage, whether every window held at once, the mean widths, labels used."""
     queue = select_for_labeling(records, budget, 0.3, seed=seed, allocation=allocation)
-    labels = simulated_labels(queue, records.rename(columns={"true_label": "label"}), delay)
+    labels = simulated_labels(queue, records, delay)
     estimate = label_assisted_accuracy(records, p_correct, labels, lag=delay).set_index("window")
     truth = realised.reindex(estimate.index)
     inside = estimate["label_assisted_accuracy_low"].le(truth) & truth.le(estimate["label_assisted_accuracy_high"])
@@ -67,17 +64,10 @@ def main() -> None:
     parser.add_argument("--delay", type=int, default=1, help="windows before labels come back")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    use_tracking(load_settings())
-    registered = resolve_registered(args.model)
-    reference = load_reference(download_reference(registered.run_id))
-    log_frame = pd.DataFrame(read_prediction_log(args.log))
+    registered, runs = served_runs(args.log, args.model, args.runs)
     results = {}
-    for run in args.runs:
-        truth = read_ground_truth(run / "ground_truth.db")
-        records = log_frame.merge(truth[["request_id", "image_index", "label"]], on=["request_id", "image_index"])
-        records = records.astype({"window": int, "image_index": int})
+    for run, records, _, p_correct in runs:
         realised = (records["predicted"] == records["label"]).groupby(records["window"]).mean()
-        p_correct = expected_accuracy(reference, records["confidence"].to_numpy(dtype=float))
         by_allocation = {}
         for allocation in ALLOCATIONS:
             seeded = [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
+from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
@@ -258,7 +259,7 @@ class HistorySink:
 
 
 def drifted_clusters(
-    log: LogEngine, windows: list[int], metrics: pd.DataFrame, reference, truth: pd.DataFrame | None
+    log: LogEngine, windows: list[int], metrics: pd.DataFrame, reference: Reference, truth: pd.DataFrame | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The clusters of flagged images in each of `windows` (`monitoring.clusters.window_clusters`), and the example
     records (with images) of each window's most over-represented significant cluster, for its picture."""

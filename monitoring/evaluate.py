@@ -95,6 +95,26 @@ def corruption_figures(runs: list[JudgedRun]) -> dict:
     return figures
 
 
+def class_recall_error(runs: list[JudgedRun], min_images: int = 5) -> dict:
+    """Mean absolute error in points of the label-free per-class recall against the realised one (windows and
+    classes with at least `min_images` true images of the class), on clean and on drifted windows; a MNIST image
+    counts by its label, a foreign one by the value it stands for."""
+    errors: dict[str, list[float]] = {"clean": [], "drifted": []}
+    for run in runs:
+        shares = dict(zip(run.metrics["window"], run.metrics["true_foreign_share"]))
+        estimated = run.metrics.set_index("window")
+        for (window, label), group in run.records.groupby(["window", "label"]):
+            column = f"class_{int(label)}_recall_estimated"
+            if len(group) < min_images or column not in estimated or pd.isna(estimated.at[window, column]):
+                continue
+            realised = float((group["predicted"] == label).mean())
+            kind = "clean" if shares.get(window, 0) < CLEAN_SHARE else "drifted"
+            errors[kind].append(abs(float(estimated.at[window, column]) - realised) * 100)
+    return {
+        f"class_recall_mae_points_{kind}": float(np.mean(values)) if values else None for kind, values in errors.items()
+    } | {f"class_recall_pairs_{kind}": len(values) for kind, values in errors.items()}
+
+
 def cluster_figures(runs: list[JudgedRun], reference: Reference) -> dict:
     """What drifted, against the truth: per run, in its firing windows, how many have a significant cluster of
     flagged images and how pure the most over-represented one is in its main source (mean, lowest, that source);
@@ -198,4 +218,5 @@ def evaluation_figures(runs: list[JudgedRun]) -> dict:
     figures["alerts_per_run"] = {run.label: [(a.window, a.rule) for a in run.alerts] for run in runs}
     figures["firing_windows_per_run"] = {run.label: run.firing_windows for run in runs}
     figures["data_quality_traffic"] = corruption_figures(runs)
+    figures.update(class_recall_error(runs))
     return figures

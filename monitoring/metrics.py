@@ -55,6 +55,10 @@ AGGREGATE_COLUMNS = (
     "foreign_score_count",
     "foreign_score_sum",
     *(f"class_{digit}_count" for digit in range(NUM_CLASSES)),
+    # per class: its expected true count (the summed probability of it) and the expected correct among those
+    # predicted as it, for the label-free recall
+    *(f"class_{digit}_probability_sum" for digit in range(NUM_CLASSES)),
+    *(f"class_{digit}_expected_correct_sum" for digit in range(NUM_CLASSES)),
     *(f"{cause}_count" for cause in QUALITY_CAUSES),
     "duplicate_count",
 )
@@ -131,6 +135,8 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
             "out_of_reference": outside.astype(int),
             "foreign_score": scores,
             **{f"class_{digit}": (predicted == digit).astype(int) for digit in range(NUM_CLASSES)},
+            **{f"class_{digit}_probability": log[f"prob_{digit}"].to_numpy(dtype=float) for digit in range(NUM_CLASSES)},
+            **{f"class_{digit}_expected_correct": np.where(predicted == digit, p_correct, 0.0) for digit in range(NUM_CLASSES)},
             **{cause: flags.str.contains(cause).to_numpy(dtype=int) for cause in QUALITY_CAUSES},
         }
     )
@@ -155,6 +161,8 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
         foreign_score_count=("foreign_score", "count"),
         foreign_score_sum=("foreign_score", "sum"),
         **{f"class_{digit}_count": (f"class_{digit}", "sum") for digit in range(NUM_CLASSES)},
+        **{f"class_{d}_probability_sum": (f"class_{d}_probability", "sum") for d in range(NUM_CLASSES)},
+        **{f"class_{d}_expected_correct_sum": (f"class_{d}_expected_correct", "sum") for d in range(NUM_CLASSES)},
         **{f"{cause}_count": (cause, "sum") for cause in DATA_QUALITY_CAUSES},
     )
     quantiles = grouped["confidence"].quantile(list(CONFIDENCE_QUANTILES.values())).unstack()
@@ -230,6 +238,7 @@ def _one_window(
         "confidence_accuracy_high": min(1.0, estimated + spread),
         "too_small": volume < config.min_window_size,
         **{f"{cause}_rate": int(sums.get(f"{cause}_count", 0)) / volume for cause in DATA_QUALITY_CAUSES},
+        **class_recalls(sums),
     }
     has_scores = int(sums["foreign_score_count"]) > 0
     foreign_count = int(sums["foreign_count"]) if has_scores else 0
@@ -259,6 +268,18 @@ def _one_window(
     else:
         row["embedding_mmd"] = row["embedding_p"] = np.nan
     return row
+
+
+def class_recalls(sums: dict) -> dict:
+    """Per class, the label-free recall: the expected correct among images predicted as it over its expected true
+    count (the summed probability of it); NaN for a class the window holds almost none of (under one image). Like
+    the accuracy estimate it trusts the calibrated confidence, so it means little where foreign images are many."""
+    recalls = {}
+    for digit in range(NUM_CLASSES):
+        expected = float(sums.get(f"class_{digit}_probability_sum", 0.0))
+        correct = float(sums.get(f"class_{digit}_expected_correct_sum", 0.0))
+        recalls[f"class_{digit}_recall_estimated"] = min(1.0, correct / expected) if expected >= 1 else np.nan
+    return recalls
 
 
 def accuracy_bounds(sums: dict, volume: int) -> tuple[float, float]:

@@ -161,6 +161,14 @@ class SparkLog:
             F.count("foreign_score").alias("foreign_score_count"),
             F.sum("foreign_score").alias("foreign_score_sum"),
             *(F.sum((F.col("predicted") == digit).cast("long")).alias(f"class_{digit}_count") for digit in range(NUM_CLASSES)),
+            *(
+                F.sum(F.col(f"prob_{digit}").cast("double")).alias(f"class_{digit}_probability_sum")
+                for digit in range(NUM_CLASSES)
+            ),
+            *(
+                F.sum(F.when(F.col("predicted") == digit, p_correct).otherwise(0.0)).alias(f"class_{digit}_expected_correct_sum")
+                for digit in range(NUM_CLASSES)
+            ),
             *(F.sum(F.col("flags").contains(cause).cast("long")).alias(f"{cause}_count") for cause in QUALITY_CAUSES),
         ]
         rows = self.frame.groupBy("window").agg(*sums).orderBy("window").toPandas()

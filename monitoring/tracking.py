@@ -44,6 +44,7 @@ LOGGED_METRICS = {
     "confidence_accuracy_high": "accuracy/confidence_high",
     "realised_accuracy": "accuracy/realised",
     **{f"{cause}_rate": f"quality/{cause}_rate" for cause in DATA_QUALITY_CAUSES},
+    **{f"class_{digit}_recall_estimated": f"accuracy/class_{digit}_recall_estimated" for digit in range(10)},
 }
 BATCH_SIZE = 1000  # metrics per log_batch call (MLflow's limit)
 

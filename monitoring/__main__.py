@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from common.datasets import load_mnist
+from common.datasets import DatasetError, load_mnist
 from common.machine import describe_machine
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
@@ -310,7 +310,12 @@ def _quality_on_mnist(model, settings) -> dict | None:
     bounds = model.reference.quality_bounds
     if not len(bounds):
         return None
-    return quality_figures(bounds, load_mnist(settings.data_dir / "mnist", "test").images)
+    try:
+        images = load_mnist(settings.data_dir / "mnist", "test").images
+    except DatasetError as err:
+        logging.getLogger(__name__).warning("no data-quality figures on corrupted MNIST: %s", err)
+        return None
+    return quality_figures(bounds, images)
 
 
 def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:

@@ -14,7 +14,7 @@ from common.reference import Reference, expected_accuracy
 from monitoring.metrics import OUT_OF_REFERENCE_FLAGS
 
 MAX_CLUSTERS = 4
-MIN_PER_CLUSTER = 5  # fewer flagged images than this per cluster: fewer clusters
+MIN_PER_CLUSTER = 5  # clusters asked for: one per this many flagged images (on average), up to MAX_CLUSTERS
 EXAMPLES = 16
 SIGNIFICANT_P = 1e-4  # a cluster's count against its reference share, one-sided binomial test
 
@@ -35,10 +35,13 @@ def window_clusters(
     every member's (request_id, image_index)."""
     from sklearn.cluster import KMeans
 
+    if any(column not in flagged for column in PROJECTION_COLUMNS) or len(reference.sample_projection) == 0:
+        return pd.DataFrame()  # a log of a model without embeddings: nothing to cluster on
     points = flagged[PROJECTION_COLUMNS].to_numpy(dtype=float)
-    if len(points) == 0 or np.isnan(points).any() or len(reference.sample_projection) == 0:
+    if len(points) == 0 or np.isnan(points).any():
         return pd.DataFrame()
-    count = max(1, min(MAX_CLUSTERS, len(points) // MIN_PER_CLUSTER))
+    distinct = len(np.unique(points, axis=0))
+    count = max(1, min(MAX_CLUSTERS, len(points) // MIN_PER_CLUSTER, distinct))
     model = KMeans(n_clusters=count, n_init=4, random_state=seed).fit(points)
     members = model.labels_
     reference_points = np.asarray(reference.sample_projection, dtype=float)
@@ -48,6 +51,8 @@ def window_clusters(
     for index in range(count):
         rows_in = flagged[members == index]
         size = len(rows_in)
+        if size == 0:
+            continue
         reference_share = (int((nearest == index).sum()) + 1) / (len(reference_points) + 1)
         p_value = float(stats.binomtest(size, volume, reference_share, alternative="greater").pvalue)
         predicted = rows_in["predicted"].to_numpy(dtype=int)

@@ -110,9 +110,9 @@ def class_recall_error(runs: list[JudgedRun], min_images: int = 5) -> dict:
             realised = float((group["predicted"] == label).mean())
             kind = "clean" if shares.get(window, 0) < CLEAN_SHARE else "drifted"
             errors[kind].append(abs(float(estimated.at[window, column]) - realised) * 100)
-    return {
-        f"class_recall_mae_points_{kind}": float(np.mean(values)) if values else None for kind, values in errors.items()
-    } | {f"class_recall_pairs_{kind}": len(values) for kind, values in errors.items()}
+    return {f"class_recall_mae_points_{kind}": float(np.mean(values)) if values else None for kind, values in errors.items()} | {
+        f"class_recall_pairs_{kind}": len(values) for kind, values in errors.items()
+    }
 
 
 def cluster_figures(runs: list[JudgedRun], reference: Reference) -> dict:
@@ -164,6 +164,8 @@ def accuracy_error(metrics: pd.DataFrame) -> dict:
     drifted windows (beside the best constant's on clean windows: the clean windows' mean realised accuracy), and
     how often its 95% interval holds the realised accuracy, how wide it is, and how many windows it marks not
     estimable without labels."""
+    if "volume" in metrics:
+        metrics = metrics[metrics["volume"] > 0]  # an empty window of time has nothing to estimate
     error = (metrics["estimated_accuracy"] - metrics["realised_accuracy"]).abs() * 100
     clean = metrics["true_foreign_share"] < CLEAN_SHARE
     held = metrics["realised_accuracy"].between(metrics["estimated_accuracy_low"], metrics["estimated_accuracy_high"])

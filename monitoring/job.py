@@ -266,6 +266,9 @@ def drifted_clusters(
     records = log.flagged_records(windows) if windows else pd.DataFrame()
     if records.empty:
         return pd.DataFrame(), pd.DataFrame()
+    # one row per record, in one order whichever engine read it: k-means' start depends on the order
+    keys = ["window", "request_id", "image_index"]
+    records = records.drop_duplicates(keys).sort_values(keys, kind="stable", ignore_index=True)
     if truth is not None:
         records = records.merge(
             truth[["request_id", "image_index", "source", "label"]], on=["request_id", "image_index"], how="left"

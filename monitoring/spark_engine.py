@@ -185,7 +185,8 @@ class SparkLog:
         if "fingerprint" not in self.frame.columns:
             return {}
         bursts = (
-            self.frame.groupBy("window", "fingerprint")
+            self.frame.where(F.col("fingerprint").isNotNull())  # as pandas, which leaves missing keys out of groups
+            .groupBy("window", "fingerprint")
             .count()
             .where(F.col("count") >= DUPLICATE_MIN_COUNT)
             .groupBy("window")

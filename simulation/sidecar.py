@@ -20,6 +20,9 @@ class GroundTruthSidecar:
         self._connection = sqlite3.connect(self.path, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(DDL)
+        present = {row[1] for row in self._connection.execute("PRAGMA table_info(ground_truth)")}
+        if "corruption" not in present:  # a run started before corruptions existed, resumed now
+            self._connection.execute("ALTER TABLE ground_truth ADD COLUMN corruption TEXT NOT NULL DEFAULT ''")
 
     def write(self, rows: list[tuple]) -> None:
         """Rows in GROUND_TRUTH_COLUMNS order, in one transaction."""

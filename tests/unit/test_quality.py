@@ -221,3 +221,34 @@ def test_a_few_flagged_images_like_the_references_make_no_significant_cluster(re
 
     clusters = window_clusters(flagged_window(reference, far=0, near=3), 200, reference, window=0)
     assert not clusters["significant"].any()
+
+
+def test_identical_images_make_one_cluster_and_a_log_without_embeddings_none(reference):
+    from common.records import PROJECTION_COLUMNS
+    from monitoring.clusters import window_clusters
+
+    same = flagged_window(reference, far=20, near=0)
+    same[PROJECTION_COLUMNS] = 1.0  # twenty all-black images: one point
+    clusters = window_clusters(same, 200, reference, window=0)
+    assert len(clusters) == 1 and clusters["size"].tolist() == [20]
+    assert window_clusters(same.drop(columns=PROJECTION_COLUMNS), 200, reference, window=0).empty
+
+
+def test_a_sidecar_from_before_corruptions_takes_new_rows_when_resumed(tmp_path):
+    import sqlite3
+
+    from common.records import read_ground_truth
+    from simulation.sidecar import GroundTruthSidecar
+
+    path = tmp_path / "ground_truth.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE ground_truth (request_id TEXT NOT NULL, image_index INTEGER NOT NULL, window INTEGER NOT NULL, "
+            "source TEXT NOT NULL, label INTEGER NOT NULL, PRIMARY KEY (request_id, image_index))"
+        )
+        old.execute("INSERT INTO ground_truth VALUES ('r0', 0, 0, 'mnist', 7)")
+    sidecar = GroundTruthSidecar(path)
+    sidecar.write([("r1", 0, 1, "mnist", 3, "inverted")])
+    sidecar.close()
+    truth = read_ground_truth(path).sort_values("request_id")
+    assert truth["corruption"].tolist() == ["", "inverted"] and truth["label"].tolist() == [7, 3]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.machine import describe_machine
+from common.machine import describe_machine, shown_path
 from common.records import read_ground_truth, read_prediction_log
 from common.reference import expected_accuracy, load_reference
 from common.settings import load_settings
@@ -110,8 +110,8 @@ def main() -> None:
         "random_share": 0.3,
         "clean_means_true_foreign_share_under": CLEAN_SHARE,
         "runs": results,
-        "command": f"python -m bench.label_assisted --log {args.log} --model {args.model} --runs "
-        + " ".join(str(run) for run in args.runs),
+        "command": f"python -m bench.label_assisted --log {shown_path(args.log)} --model {args.model} --runs "
+        + " ".join(map(shown_path, args.runs)),
     }
     (RESULTS / "label_assisted_accuracy.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

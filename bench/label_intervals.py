@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.label_assisted import served_runs
-from common.machine import describe_machine
+from common.machine import describe_machine, shown_path
 from labeling.annotator import simulated_labels
 from labeling.queue import ALLOCATIONS, select_for_labeling
 from monitoring.label_assisted import label_assisted_accuracy
@@ -96,8 +96,8 @@ def main() -> None:
         "labels_per_window": args.budget,
         "label_delay_windows": args.delay,
         "runs": results,
-        "command": f"python -m bench.label_intervals --log {args.log} --model {args.model} --runs "
-        + " ".join(str(run) for run in args.runs),
+        "command": f"python -m bench.label_intervals --log {shown_path(args.log)} --model {args.model} --runs "
+        + " ".join(map(shown_path, args.runs)),
     }
     (RESULTS / "label_intervals.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

@@ -49,3 +49,11 @@ def describe_machine(packages: tuple[str, ...] = ("tensorflow-cpu", "keras", "ml
         "platform": platform.platform(),
         "packages": versions,
     }
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a result file records it: relative to the working folder when it lies under it (`.digitdrift/...`,
+    as a checkout of the project has it), so the command it is part of reproduces on another machine; else as given."""
+    absolute = os.path.abspath(path)
+    here = os.getcwd()
+    return os.path.relpath(absolute, here) if absolute.startswith(here + os.sep) else str(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.images import IMAGE_SIDE, PIXELS
+from common.images import IMAGE_SIDE, PIXELS, image_statistics
 
 # In priority order: an image takes the first cause whose bound it crosses (an inverted image is also saturated
 # in the frame's eyes, a shifted one may also lose part of its box).
@@ -31,25 +31,20 @@ _on_frame[:FRAME, :] = _on_frame[-FRAME:, :] = _on_frame[:, :FRAME] = _on_frame[
 _on_frame = _on_frame.reshape(PIXELS)
 
 
-def quality_features(images: np.ndarray) -> np.ndarray:
+def quality_features(images: np.ndarray, statistics: np.ndarray | None = None) -> np.ndarray:
     """(N, 5) per uint8 (N, 28, 28) image, one column per cause in QUALITY_CAUSES order: the frame's mean
     brightness, the brightest pixel, the share of ink pixels at full white (0..1 each), the centre of mass's
-    distance from the image centre and the bounding box's longer side (pixels)."""
+    distance from the image centre and the bounding box's longer side (pixels), these two from the images'
+    `image_statistics` (passed in when the caller has them already)."""
+    statistics = image_statistics(images) if statistics is None else statistics
     pixels = images.reshape(len(images), PIXELS)
     grey = pixels.astype(np.float32) / 255.0
     frame = grey[:, _on_frame].mean(axis=1)
     peak = grey.max(axis=1)
     ink_pixels = (pixels > _INK_ABOVE).sum(axis=1)
     full_share = (pixels >= _FULL_FROM).sum(axis=1) / np.maximum(ink_pixels, 1)
-    square = grey.reshape(len(images), IMAGE_SIDE, IMAGE_SIDE)
-    rows, columns = square.sum(axis=2), square.sum(axis=1)
-    ink = np.maximum(rows.sum(axis=1), 1e-9)
-    positions = np.arange(IMAGE_SIDE)
-    offset = np.hypot(rows @ positions / ink - _centre, columns @ positions / ink - _centre)
-    used_rows, used_columns = rows > 0.05, columns > 0.05
-    height = IMAGE_SIDE - used_rows.argmax(axis=1) - used_rows[:, ::-1].argmax(axis=1)
-    width = IMAGE_SIDE - used_columns.argmax(axis=1) - used_columns[:, ::-1].argmax(axis=1)
-    box = np.where(used_rows.any(axis=1), np.maximum(height, width), 0)
+    offset = np.hypot(statistics[:, 4] - _centre, statistics[:, 5] - _centre)
+    box = np.maximum(statistics[:, 6], statistics[:, 7])
     return np.stack([frame, peak, full_share, offset, box], axis=1).astype(np.float64)
 
 
@@ -66,9 +61,9 @@ def fit_quality_bounds(images: np.ndarray) -> np.ndarray:
     return np.array([(high[0] + 1) / 2, low[1] / 2, (full_share + 1) / 2, 3.5 * high[3], 0.6 * low[4]])
 
 
-def quality_causes(images: np.ndarray, bounds: np.ndarray) -> list[str]:
+def quality_causes(images: np.ndarray, bounds: np.ndarray, statistics: np.ndarray | None = None) -> list[str]:
     """Each image's data-quality cause ('' for none), the first in QUALITY_CAUSES order whose bound it crosses."""
-    features = quality_features(images)
+    features = quality_features(images, statistics)
     crossed = np.stack(
         [
             features[:, 0] > bounds[0],

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from common.datasets import DatasetError, load_mnist
-from common.machine import describe_machine
+from common.machine import describe_machine, shown_path
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
@@ -357,8 +357,8 @@ def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
         "data_quality_on_corrupted_mnist": _quality_on_mnist(model, settings),
         "what_drifted": cluster_figures(judged, model.reference),
         "machine": describe_machine(("tensorflow-cpu", "keras", "mlflow", "numpy", "evidently")),
-        "command": args.reproduce_with or "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
-        "monitoring_command": "python -m monitoring evaluate --runs " + " ".join(map(str, args.runs)),
+        "command": args.reproduce_with or "python -m monitoring evaluate --runs " + " ".join(map(shown_path, args.runs)),
+        "monitoring_command": "python -m monitoring evaluate --runs " + " ".join(map(shown_path, args.runs)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n")

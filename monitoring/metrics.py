@@ -113,19 +113,27 @@ def _entropy(probabilities: np.ndarray) -> np.ndarray:
     return -np.sum(probabilities * np.log(np.clip(probabilities, ENTROPY_FLOOR, 1)), axis=1)
 
 
+def _flag_tester(flags: pd.Series):
+    """A test of every record's flags against a pattern, run once per distinct flags text (a log holds a handful of
+    them) rather than once per record: eight patterns over a million records cost what two did."""
+    categories = pd.Categorical(flags)
+    return lambda pattern: np.asarray(categories.categories.str.contains(pattern))[categories.codes]
+
+
 def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     """The pandas engine's per-window sums and counts (AGGREGATE_COLUMNS), one row per window in order."""
     confidence = log["confidence"].to_numpy(dtype=float)
     flags = log["flags"].fillna("").astype(str)
     p_correct = expected_accuracy(reference, confidence)
     predicted = log["predicted"].to_numpy().astype(int)
-    outside = flags.str.contains("|".join(OUT_OF_REFERENCE_FLAGS)).to_numpy()
+    has_flag = _flag_tester(flags)
+    outside = has_flag("|".join(OUT_OF_REFERENCE_FLAGS))
     scores = log["foreign_score"].to_numpy(dtype=float) if "foreign_score" in log else np.full(len(log), np.nan)
     per_record = pd.DataFrame(
         {
             "window": log["window"].to_numpy().astype(int),
-            "low_confidence": flags.str.contains(LOW_CONFIDENCE_FLAG).to_numpy(dtype=int),
-            "foreign": flags.str.contains(FOREIGN_FLAG).to_numpy(dtype=int),
+            "low_confidence": has_flag(LOW_CONFIDENCE_FLAG).astype(int),
+            "foreign": has_flag(FOREIGN_FLAG).astype(int),
             "confidence": confidence,
             "entropy": _entropy(log[PROBABILITY_COLUMNS].to_numpy(dtype=float)),
             "expected_correct": p_correct,
@@ -137,7 +145,7 @@ def window_aggregates(log: pd.DataFrame, reference: Reference) -> pd.DataFrame:
             **{f"class_{digit}": (predicted == digit).astype(int) for digit in range(NUM_CLASSES)},
             **{f"class_{digit}_probability": log[f"prob_{digit}"].to_numpy(dtype=float) for digit in range(NUM_CLASSES)},
             **{f"class_{digit}_expected_correct": np.where(predicted == digit, p_correct, 0.0) for digit in range(NUM_CLASSES)},
-            **{cause: flags.str.contains(cause).to_numpy(dtype=int) for cause in QUALITY_CAUSES},
+            **{cause: has_flag(cause).astype(int) for cause in QUALITY_CAUSES},
         }
     )
     if "fingerprint" in log:

@@ -34,7 +34,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.labels import write_labels  # noqa: E402
-from common.machine import describe_machine  # noqa: E402
+from common.machine import describe_machine, shown_path  # noqa: E402
 from common.processes import free_port  # noqa: E402
 from common.records import read_ground_truth, read_prediction_log  # noqa: E402
 from common.reference import Reference, expected_accuracy, load_reference  # noqa: E402
@@ -328,7 +328,7 @@ def loop_figures(windows: pd.DataFrame, state: LoopState, config: LoopConfig, fi
         "benchmark": "closed loop on simulated traffic: alert, labels, retrain, safe promotion, server switch",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": describe_machine(("tensorflow-cpu", "keras", "mlflow", "numpy")),
-        "config": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
+        "config": {key: shown_path(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
         "drifted_traffic_realised_accuracy": {
             "before": by_version.get(first_version),
             "after": by_version.get(final_version) if final_version != first_version else None,

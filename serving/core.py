@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.images import NUM_CLASSES, PIXELS, fingerprint, to_model_input
+from common.images import NUM_CLASSES, PIXELS, fingerprint, image_statistics, to_model_input
 from common.quality import quality_causes
 from common.quiet import native_stderr_filtered
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
@@ -146,21 +146,25 @@ class ScoringCore:
     def score(self, images: np.ndarray) -> Scored:
         """Score uint8 (N, 28, 28) images in one model call, with foreign scores when a reference is loaded."""
         self.calls += 1
-        probabilities, foreign_score, projection = self._outputs(images)
+        probabilities, foreign_score, projection, causes = self._outputs(images)
         if self.reference is None:
             return replace(flag_predictions(probabilities, self.threshold), identity=self.identity)
-        bounds = self.reference.quality_bounds
-        causes = quality_causes(images, bounds) if len(bounds) else None
+        causes = None if causes is None else causes.tolist()
         scored = flag_predictions(probabilities, self.threshold, foreign_score, self.reference.threshold, projection, causes)
         return replace(scored, identity=self.identity)
 
-    def _chunk_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Probabilities, foreign scores and projections of some images (None without a reference)."""
+    def _chunk_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Probabilities, foreign scores, projections and data-quality causes of some images (None without a
+        reference, or causes None with a reference that has no quality bounds); the image statistics once for both."""
         probabilities, embeddings = self.predict(to_model_input(images))
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if self.reference is None:
-            return probabilities, None, None
-        return probabilities, foreign_scores(self.reference, images, embeddings), project(self.reference, embeddings)
+            return probabilities, None, None, None
+        statistics = image_statistics(images)
+        bounds = self.reference.quality_bounds
+        causes = np.array(quality_causes(images, bounds, statistics), dtype=object) if len(bounds) else None
+        foreign = foreign_scores(self.reference, images, embeddings, statistics)
+        return probabilities, foreign, project(self.reference, embeddings), causes
 
 
 def load_core(

@@ -2,8 +2,11 @@
 
 Fitted once per model version on held-out MNIST (the training job's validation split, never the
 training data): one half fits the distances, the other calibrates their tails, the thresholds and
-the confidence-to-accuracy map. No foreign digit is used for any of it. Serving scores each image
-with it; monitoring compares windows with its samples.
+the confidence-to-accuracy map. A version retrained on the traffic of a drift incident also takes in
+that traffic's flagged images it never trained on (`ServedImages`), mixed with MNIST at the share
+they came in: they join the distances and the samples as components of their own, so that the traffic
+the version was trained for is no longer foreign to it; accuracy stays calibrated on labeled MNIST
+alone. Serving scores each image with it; monitoring compares windows with its samples.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ from common.quality import fit_quality_bounds
 EMBEDDING_LAYER = "embedding"  # the model layer whose output the reference describes
 PROJECTION_DIMS = 8
 FOREIGN_FALSE_ALARM_RATE = 0.01  # share of held-out MNIST a threshold flags as foreign
+MIN_COMPONENT_IMAGES = 5  # served images of one predicted class needed for a component of their own
 CONFIDENCE_BINS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0001])
 
 
 @dataclass
 class Reference:
-    """Everything monitoring and serving need from held-out MNIST for one model version."""
+    """Everything monitoring and serving need from held-out MNIST (and served images, see the module) for one
+    model version."""
 
     statistics_mean: np.ndarray  # (8,)
     statistics_precision: np.ndarray  # (8, 8)
-    class_means: np.ndarray  # (10, D) embedding means per class; D = 0 when the model has no embedding
+    class_means: np.ndarray  # (K, D) means per class, then per served images' predicted class; D = 0 without embedding
     embedding_precision: np.ndarray  # (D, D)
     projection_mean: np.ndarray  # (D,)
     projection: np.ndarray  # (8, D) top principal directions of the embeddings
@@ -45,6 +50,8 @@ class Reference:
     accuracy: np.ndarray  # () held-out accuracy
     # (5,) data-quality bounds (common.quality); empty in references written before they existed: no causes named
     quality_bounds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # () share of served images in the samples and distances (0: held-out MNIST alone, as before they existed)
+    served_share: np.ndarray = field(default_factory=lambda: np.array(0.0))
 
     @property
     def has_embeddings(self) -> bool:
@@ -104,6 +111,26 @@ def project(reference: Reference, embeddings: np.ndarray | None) -> np.ndarray |
     return (embeddings - reference.projection_mean) @ reference.projection.T
 
 
+@dataclass(frozen=True)
+class ServedImages:
+    """Served images a retrained version is referenced on besides held-out MNIST, as that version sees them."""
+
+    images: np.ndarray  # (n, 28, 28) uint8, none of them trained on
+    probabilities: np.ndarray  # (n, 10)
+    embeddings: np.ndarray | None  # (n, D)
+    share: float  # the share of the traffic they stand for, in (0, 1)
+
+
+def mixture_sizes(mnist: int, served: int, share: float) -> tuple[int, int]:
+    """How many MNIST and served images make a mixture with `share` of served ones, as large as the two allow."""
+    if not 0 < share < 1:
+        raise ValueError(f"served share {share}: expected a share strictly between 0 and 1")
+    mnist_needed = round(served * (1 - share) / share)
+    if mnist_needed <= mnist:
+        return mnist_needed, served
+    return mnist, min(served, round(mnist * share / (1 - share)))
+
+
 def fit_reference(
     images: np.ndarray,
     labels: np.ndarray,
@@ -111,9 +138,29 @@ def fit_reference(
     embeddings: np.ndarray | None,
     seed: int = 0,
     shrinkage: float = 0.01,
+    served: ServedImages | None = None,
 ) -> Reference:
-    """Fit on one half of held-out MNIST, calibrate tails, thresholds and accuracy on the other half."""
+    """Fit on one half of held-out MNIST, calibrate tails, thresholds and accuracy on the other half; with `served`,
+    the distances, tails and samples come from MNIST mixed with them (see the module), accuracy from MNIST alone."""
     order = np.random.default_rng(seed).permutation(len(images))
+    mnist_calibrate = order[len(order) // 2 :]
+    correct = probabilities.argmax(axis=1) == labels
+    mnist_images, mnist_confidence = images, probabilities.max(axis=1)
+    components = labels
+    served_share = 0.0
+    if served is not None and len(served.images):
+        rng = np.random.default_rng([seed, 1])
+        mnist_count, served_count = mixture_sizes(len(images), len(served.images), served.share)
+        from_mnist = np.sort(rng.choice(len(images), mnist_count, replace=False))
+        from_served = np.sort(rng.choice(len(served.images), served_count, replace=False))
+        images = np.concatenate([images[from_mnist], served.images[from_served]])
+        # a served image's component is its predicted class, apart from MNIST's: the two domains keep their own means
+        components = np.concatenate([labels[from_mnist], NUM_CLASSES + served.probabilities[from_served].argmax(axis=1)])
+        probabilities = np.concatenate([probabilities[from_mnist], served.probabilities[from_served]])
+        if embeddings is not None and served.embeddings is not None:
+            embeddings = np.concatenate([embeddings[from_mnist], served.embeddings[from_served]])
+        served_share = served_count / len(images)
+        order = rng.permutation(len(images))
     fit, calibrate = order[: len(order) // 2], order[len(order) // 2 :]
     statistics = image_statistics(images)
     statistics_mean = statistics[fit].mean(axis=0)
@@ -125,10 +172,14 @@ def fit_reference(
     embedding_tail = np.zeros(0)
     if embeddings is not None:
         embeddings = embeddings.astype(np.float64)
-        fit_labels = labels[fit]
-        class_means = np.stack([embeddings[fit][fit_labels == c].mean(axis=0) for c in range(NUM_CLASSES)])
-        centred = embeddings[fit] - class_means[fit_labels]
-        covariance = centred.T @ centred / len(fit)
+        fit_components = components[fit]
+        counts = np.bincount(fit_components, minlength=NUM_CLASSES)
+        # every MNIST class, then the served components with enough images for a mean
+        kept = [c for c in range(len(counts)) if c < NUM_CLASSES or counts[c] >= MIN_COMPONENT_IMAGES]
+        class_means = np.stack([embeddings[fit][fit_components == c].mean(axis=0) for c in kept])
+        member = np.isin(fit_components, kept)
+        centred = embeddings[fit][member] - class_means[np.searchsorted(kept, fit_components[member])]
+        covariance = centred.T @ centred / len(centred)
         covariance += shrinkage * np.trace(covariance) / dims * np.eye(dims)
         embedding_precision = np.linalg.inv(covariance)
         projection_mean = embeddings[fit].mean(axis=0)
@@ -159,14 +210,15 @@ def fit_reference(
     calibration_scores = foreign_scores(reference, images[calibrate], None if embeddings is None else embeddings[calibrate])
     reference.sample_foreign_score = calibration_scores
     reference.foreign_threshold = np.array(np.quantile(calibration_scores, 1 - FOREIGN_FALSE_ALARM_RATE))
-    correct = probabilities.argmax(axis=1) == labels
-    reference.confidence_bin_accuracy = _bin_accuracy(probabilities[calibrate].max(axis=1), correct[calibrate])
+    # accuracy is known on labeled MNIST only: a served image's true class is not
+    reference.confidence_bin_accuracy = _bin_accuracy(mnist_confidence[mnist_calibrate], correct[mnist_calibrate])
     reference.sample_projection = project(reference, None if embeddings is None else embeddings[calibrate])
     if reference.sample_projection is None:
         reference.sample_projection = np.zeros((0, PROJECTION_DIMS))
     reference.class_shares = np.bincount(probabilities.argmax(axis=1), minlength=NUM_CLASSES) / len(probabilities)
     reference.accuracy = np.array(correct.mean())
-    reference.quality_bounds = fit_quality_bounds(images)
+    reference.quality_bounds = fit_quality_bounds(mnist_images)
+    reference.served_share = np.array(served_share)
     return reference
 
 

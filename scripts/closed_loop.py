@@ -44,6 +44,7 @@ from labeling.annotator import simulated_labels  # noqa: E402
 from labeling.queue import select_for_labeling  # noqa: E402
 from monitoring.alerts import evaluate_rules  # noqa: E402
 from monitoring.dashboard import closed_loop_figure, write_dashboard  # noqa: E402
+from monitoring.incidents import incident_events, window_checks  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
 from monitoring.policy import load_policy  # noqa: E402
@@ -142,6 +143,35 @@ def version_alerts(records: pd.DataFrame, version: str, reference: Reference) ->
     metrics = window_metrics(records, reference)
     policy = load_policy(None, reference)
     return evaluate_rules(metrics, policy.rules, MODEL_NAME, version, policy.cooldown_windows)
+
+
+def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
+    """The incidents of the whole run, as the monitor would raise them: each window judged against the reference of
+    the version that served most of it, under that version's policy."""
+    main_version = records.groupby("window")["model_version"].agg(lambda versions: versions.mode().iloc[0])
+    checks, policy = [], None
+    for version, mine in records.groupby("model_version", sort=False):
+        reference = references(str(version))
+        policy = load_policy(None, reference)
+        judged = window_metrics(mine, reference)
+        judged = judged[judged["window"].map(main_version).astype(str) == str(version)]
+        checks.append(window_checks(judged, policy.rules))
+    every = pd.concat(checks, ignore_index=True).sort_values("window", kind="stable")
+    return [event.as_dict() for event in incident_events(every, policy.rules, policy.resolve_after_quiet_windows)]
+
+
+def incidents_after(incidents: list[dict], window: int | None, windows: int) -> dict:
+    """Incidents opened after `window` (the first promotion), per 100 of the windows after it."""
+    if window is None:
+        return {}
+    opened = [event["window"] for event in incidents if event["event"] == "opened" and event["window"] > window]
+    after = windows - window - 1
+    return {
+        "windows": after,
+        "opened": len(opened),
+        "opened_at": opened,
+        "per_100_windows": round(100 * len(opened) / after, 2) if after else None,
+    }
 
 
 def step_window(
@@ -245,7 +275,8 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
     records, truth = records_frame(config.out / "predictions.db"), read_ground_truth(sim_dir / SIDECAR_FILE)
     answered = pd.concat(state.answered, ignore_index=True) if state.answered else labels_in_hand(state, -1)
     windows = window_table(records, truth, answered, references, config.label_delay, trained_fingerprints())
-    figures = loop_figures(windows, state, config, first_version, time.perf_counter() - started)
+    incidents = loop_incidents(records, references)
+    figures = loop_figures(windows, state, config, first_version, time.perf_counter() - started, incidents)
     write_outputs(windows, figures, state, config, scenario.name)
     return figures
 
@@ -309,7 +340,9 @@ def estimate_errors(windows: pd.DataFrame, column: str) -> dict:
     return out
 
 
-def loop_figures(windows: pd.DataFrame, state: LoopState, config: LoopConfig, first_version: str, seconds: float) -> dict:
+def loop_figures(
+    windows: pd.DataFrame, state: LoopState, config: LoopConfig, first_version: str, seconds: float, incidents: list[dict]
+) -> dict:
     drifted = windows[windows["true_foreign_share"] >= DRIFTED_SHARE]
     by_version = {
         version: {
@@ -353,6 +386,10 @@ def loop_figures(windows: pd.DataFrame, state: LoopState, config: LoopConfig, fi
             "label_assisted_interval_coverage": round(float(inside.mean()), 3),
         },
         "events": state.events,
+        "incidents": incidents,
+        "incidents_after_first_promotion": incidents_after(
+            incidents, promotions[0]["window"] if promotions else None, int(windows["window"].max()) + 1
+        ),
         "seconds": round(seconds, 1),
         "command": "python scripts/closed_loop.py " + " ".join(sys.argv[1:]),
     }
@@ -459,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                     "drifted_traffic_realised_accuracy",
                     "labels",
                     "windows_from_first_alert_to_promotion",
+                    "incidents_after_first_promotion",
                     "estimate_error_points",
                 )
             },

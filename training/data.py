@@ -1,4 +1,5 @@
-"""How training splits its data: MNIST train (the Keras and Spark jobs, the reference) and labeled served digits (retraining)."""
+"""How training splits its data: MNIST train (the Keras and Spark jobs, the reference), labeled served digits
+(retraining), and the incident traffic a retrained version's reference takes in."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import pandas as pd
 
 from common.datasets import Digits
 from common.images import IMAGE_SIDE
-from common.records import decompress_image
+from common.records import FOREIGN_FLAG, decompress_image
+from common.reference import FOREIGN_FALSE_ALARM_RATE
 
 LABELED_STEP_SHARE = 0.1  # labeled images are repeated until they are about this share of an epoch
+MIN_INCIDENT_SHARE = 0.05  # foreign share of the labeled traffic under which it is no incident to reference
+MIN_INCIDENT_IMAGES = 100  # foreign images kept in the log needed to reference them
+RECENT_RECORDS = 1000  # the newest records of the labeled traffic that say what share it came in at
 
 
 def split_train_validation(digits: Digits, validation_size: int, seed: int, limit: int | None) -> tuple[Digits, Digits]:
@@ -72,3 +77,45 @@ def replay_mask(request_ids: np.ndarray, image_indexes: np.ndarray, share: float
 def repeats_for(labeled: int, train: int, share: float = LABELED_STEP_SHARE) -> int:
     """How many times each labeled image goes into an epoch so that labeled images are about `share` of it."""
     return max(1, round(share * train / ((1 - share) * max(labeled, 1))))
+
+
+@dataclass(frozen=True)
+class IncidentTraffic:
+    """The foreign-flagged images of the traffic the labels came from, and the share of that traffic they were."""
+
+    images: np.ndarray  # (n, 28, 28) uint8, distinct, none trained on
+    fingerprints: np.ndarray
+    share: float  # estimated foreign share of its newest records
+    first_timestamp: str
+    last_timestamp: str
+    records: int  # records of the span served by a version with an MNIST-only reference
+
+
+def incident_traffic(
+    log_columns: dict[str, np.ndarray], labels: pd.DataFrame, trained_fingerprints: set[str], base_versions: set[str]
+) -> IncidentTraffic | None:
+    """The traffic between the first and the last labeled record, as served by `base_versions` (versions whose
+    reference is MNIST alone, so that their foreign flags say what is foreign): its foreign-flagged images not
+    trained on, and its foreign share over the newest RECENT_RECORDS (less the flag's false-alarm rate). None when
+    that share or those images are too few to count as an incident's traffic."""
+    records = pd.DataFrame(
+        {
+            name: log_columns[name]
+            for name in ("request_id", "image_index", "timestamp", "model_version", "flags", "fingerprint", "image")
+        }
+    ).astype({"image_index": int, "model_version": str})
+    labeled = records.merge(labels[["request_id", "image_index"]], on=["request_id", "image_index"])
+    if labeled.empty:
+        return None
+    first, last = labeled["timestamp"].min(), labeled["timestamp"].max()
+    span = records[records["timestamp"].between(first, last) & records["model_version"].isin(base_versions)]
+    span = span.sort_values("timestamp", kind="stable")
+    foreign = span["flags"].str.split(",").map(lambda flags: FOREIGN_FLAG in flags).to_numpy(dtype=bool)
+    recent = foreign[-RECENT_RECORDS:]
+    share = float(max(0.0, (recent.mean() - FOREIGN_FALSE_ALARM_RATE) / (1 - FOREIGN_FALSE_ALARM_RATE))) if len(recent) else 0.0
+    kept = span[foreign & span["image"].notna().to_numpy() & ~span["fingerprint"].isin(trained_fingerprints).to_numpy()]
+    kept = kept.drop_duplicates("fingerprint")
+    if share < MIN_INCIDENT_SHARE or len(kept) < MIN_INCIDENT_IMAGES:
+        return None
+    images = np.stack([decompress_image(blob) for blob in kept["image"]])
+    return IncidentTraffic(images, kept["fingerprint"].to_numpy(), min(share, 0.95), str(first), str(last), len(span))

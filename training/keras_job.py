@@ -18,7 +18,7 @@ from mlflow.models import infer_signature
 
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import to_model_input
-from common.reference import EMBEDDING_LAYER, Reference, fit_reference, save_reference
+from common.reference import EMBEDDING_LAYER, Reference, ServedImages, fit_reference, save_reference
 from common.settings import (
     CHALLENGER_ALIAS,
     LOW_CONFIDENCE_THRESHOLD,
@@ -35,6 +35,7 @@ from training.reports import confusion_matrix_html, confusion_matrix_png, digit_
 from training.tracking import log_files, log_keras_model, save_keras_model
 
 log = logging.getLogger(__name__)
+SERVED_IMAGES_FILE = "served_images.npz"  # beside reference.npz: the served images a retrained version's reference took in
 
 SERVING_REQUIREMENTS = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas")
 
@@ -229,11 +230,18 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bo
     return dataset.prefetch(2).with_options(options)
 
 
-def fit_model_reference(model: keras.Model, held_out: Digits, seed: int) -> Reference:
-    """The monitoring reference of `model`, fitted on held-out digits it never trained on."""
+def fit_model_reference(
+    model: keras.Model, held_out: Digits, seed: int, served: np.ndarray | None = None, served_share: float = 0.0
+) -> Reference:
+    """The monitoring reference of `model`, fitted on held-out digits it never trained on, and with `served` images
+    (never trained on either) standing for `served_share` of the traffic it serves when given."""
     with_embedding = keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING_LAYER).output])
     probabilities, embeddings = with_embedding.predict(to_model_input(held_out.images), batch_size=512, verbose=0)
-    return fit_reference(held_out.images, held_out.labels, probabilities, embeddings, seed)
+    served_images = None
+    if served is not None and len(served):
+        served_probabilities, served_embeddings = with_embedding.predict(to_model_input(served), batch_size=512, verbose=0)
+        served_images = ServedImages(served, served_probabilities, served_embeddings, served_share)
+    return fit_reference(held_out.images, held_out.labels, probabilities, embeddings, seed, served=served_images)
 
 
 def log_reference(reference: Reference, run_id: str) -> None:
@@ -252,9 +260,29 @@ def reference_for_registered(model_uri: str, settings: Settings) -> tuple[str, R
     data_dir = Path(params["data_dir"]) if (Path(params["data_dir"]) / "mnist").is_dir() else settings.data_dir
     train = load_mnist(data_dir / "mnist", "train")
     _, held_out = split_train_validation(train, int(params["validation_size"]), int(params["seed"]), None)
-    reference = fit_model_reference(mlflow.keras.load_model(model_uri), held_out, int(params["seed"]))
+    served, share = load_served_images(registered.run_id)
+    reference = fit_model_reference(mlflow.keras.load_model(model_uri), held_out, int(params["seed"]), served, share)
     log_reference(reference, registered.run_id)
     return registered.run_id, reference
+
+
+def log_served_images(run_id: str, images: np.ndarray, fingerprints: np.ndarray, share: float) -> None:
+    """The served images a version's reference takes in, kept on its run (reference/served_images.npz) so that the
+    reference can be computed again."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / SERVED_IMAGES_FILE
+        np.savez_compressed(path, images=images, fingerprints=fingerprints.astype(str), share=np.array(share))
+        mlflow.MlflowClient().log_artifact(run_id, str(path), REFERENCE_ARTIFACT_DIR)
+
+
+def load_served_images(run_id: str) -> tuple[np.ndarray | None, float]:
+    """(images, share) of the served images run `run_id`'s reference takes in; (None, 0.0) when it takes none."""
+    names = {entry.path for entry in mlflow.MlflowClient().list_artifacts(run_id, REFERENCE_ARTIFACT_DIR)}
+    if f"{REFERENCE_ARTIFACT_DIR}/{SERVED_IMAGES_FILE}" not in names:
+        return None, 0.0
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{SERVED_IMAGES_FILE}")
+    with np.load(path) as stored:
+        return stored["images"], float(stored["share"])
 
 
 def _log_review_artifacts(test: Digits, probabilities: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""Retraining with lineage: the parent version fine-tuned on MNIST plus labeled served digits, registered as the challenger."""
+"""Retraining with lineage: the parent version fine-tuned on MNIST plus labeled served digits, registered as the challenger
+with a reference that takes in the incident traffic the labels came from."""
 
 from __future__ import annotations
 
@@ -20,9 +21,17 @@ from common.labels import read_labels
 from common.records import read_prediction_log
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
 from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, set_role, use_tracking
-from training.data import LabeledImages, labeled_images, repeats_for, replay_mask, split_train_validation
+from training.data import (
+    IncidentTraffic,
+    LabeledImages,
+    incident_traffic,
+    labeled_images,
+    repeats_for,
+    replay_mask,
+    split_train_validation,
+)
 from training.evaluate import SetEvaluation, evaluate_probabilities
-from training.keras_job import SERVING_REQUIREMENTS, fit_cnn, fit_model_reference, log_reference
+from training.keras_job import SERVING_REQUIREMENTS, fit_cnn, fit_model_reference, log_reference, log_served_images
 from training.model import compile_cnn
 from training.registry import PARENT_VERSION_TAG, REPLAY_METRIC, REPLAY_PARENT_METRIC
 from training.tracking import log_keras_model
@@ -31,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REPLAY_SHARE = 0.25  # labeled images held out of training: the replay set promotion compares champion and challenger on
 TRAINED_FINGERPRINTS = "lineage/trained_fingerprints.txt"  # images this version trained on: never counted in evaluation
+SERVED_IMAGES_PARAM = "reference_served_images"  # served images its reference took in (0: held-out MNIST alone)
 
 
 class RetrainError(ValueError):
@@ -76,7 +86,8 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
     """Fine-tune the parent on MNIST train plus the labeled images, evaluate, log the lineage, register @challenger."""
     use_tracking(settings)
     labels = read_labels(config.labels)
-    found, without_image = labeled_images(read_prediction_log(config.prediction_log), labels)
+    log_columns = read_prediction_log(config.prediction_log)
+    found, without_image = labeled_images(log_columns, labels)
     if without_image:
         log.info(
             "%d labeled records have no image in the log (it keeps flagged images only): estimates use them, training cannot",
@@ -158,7 +169,10 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 replay_accuracy,
                 replay_parent_accuracy,
             )
-        log_reference(fit_model_reference(model, validation, seed), run.info.run_id)
+        traffic = incident_traffic(
+            log_columns, labels, trained_fingerprints, mnist_referenced_versions(parent.name, set(log_columns["model_version"]))
+        )
+        _log_reference_with_traffic(model, validation, seed, traffic, run.info.run_id)
         mlflow.log_text("\n".join(sorted(trained_fingerprints)) + "\n", TRAINED_FINGERPRINTS)
         example = to_model_input(validation.images[:2])
         requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
@@ -181,6 +195,52 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             replay_parent_accuracy,
             evaluations,
         )
+
+
+def mnist_referenced_versions(model_name: str, versions: set[str]) -> set[str]:
+    """The versions among `versions` whose reference is held-out MNIST alone (their foreign flags mean foreign to
+    MNIST); a version the registry does not know is left out."""
+    client = mlflow.MlflowClient()
+    found = set()
+    for model_version in sorted(versions):
+        try:
+            run_id = client.get_model_version(model_name, str(model_version)).run_id
+        except mlflow.exceptions.MlflowException:
+            log.info(
+                "version %s of %s served records but is not in the registry: its flags are not read", model_version, model_name
+            )
+            continue
+        if int(mlflow.get_run(run_id).data.params.get(SERVED_IMAGES_PARAM, "0")) == 0:
+            found.add(str(model_version))
+    return found
+
+
+def _log_reference_with_traffic(
+    model: keras.Model, validation: Digits, seed: int, traffic: IncidentTraffic | None, run_id: str
+) -> None:
+    """The retrained version's reference: held-out MNIST, and the incident traffic it was trained for when there is
+    one, so that the traffic it now handles is no longer foreign to it (its images kept on the run)."""
+    if traffic is None:
+        mlflow.log_param(SERVED_IMAGES_PARAM, 0)
+        log_reference(fit_model_reference(model, validation, seed), run_id)
+        return
+    mlflow.log_params(
+        {
+            SERVED_IMAGES_PARAM: len(traffic.images),
+            "reference_served_share": round(traffic.share, 4),
+            "reference_served_from": traffic.first_timestamp,
+            "reference_served_to": traffic.last_timestamp,
+        }
+    )
+    log.info(
+        "reference: held-out MNIST and %d foreign-flagged served images not trained on (traffic %s to %s, %.0f%% foreign)",
+        len(traffic.images),
+        traffic.first_timestamp,
+        traffic.last_timestamp,
+        100 * traffic.share,
+    )
+    log_reference(fit_model_reference(model, validation, seed, traffic.images, traffic.share), run_id)
+    log_served_images(run_id, traffic.images, traffic.fingerprints, traffic.share)
 
 
 def _log_label_sets(found: LabeledImages, held_out: np.ndarray, path: str) -> None:

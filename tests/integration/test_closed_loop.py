@@ -25,7 +25,9 @@ SMALL_SCENARIO = {
     "description": "Devanagari digits arrive from day 2 and are half the traffic from day 4.",
     "windows": 14,
     "window": "day",
-    "requests_per_window": 60,  # monitoring judges windows of 50 records or more
+    # monitoring judges windows of 50 records or more; 100 leave a retrain the 100 foreign images it needs to take
+    # the incident's traffic into its reference once it has trained on the labeled ones
+    "requests_per_window": 100,
     "seed": 5,
     "mode": "mix",
     "sources": {
@@ -128,6 +130,39 @@ def test_later_windows_are_judged_against_the_new_versions_reference_and_recover
     accuracy = figures["drifted_traffic_realised_accuracy"]["by_version"]
     assert accuracy[promoted["version"]]["realised_accuracy"] > accuracy["1"]["realised_accuracy"]
     assert (windows["label_assisted_accuracy_low"] <= windows["label_assisted_accuracy_high"]).all()
+
+
+def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_reference_and_stops_calling_it_foreign(loop):
+    import mlflow
+    import pandas as pd
+
+    from common.reference import load_reference
+    from common.tracking import download_reference
+
+    _, out, figures = loop
+    promoted = _first_promotion(figures)
+    client = mlflow.MlflowClient()
+    run = client.get_run(client.get_model_version("digits-cnn", promoted["version"]).run_id)
+    taken = int(run.data.params["reference_served_images"])
+    assert taken >= 100 and 0.2 < float(run.data.params["reference_served_share"]) < 0.7
+    stored = np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reference/served_images.npz"))
+    assert stored["images"].shape == (taken, 28, 28)
+    trained = set(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/lineage/trained_fingerprints.txt").split())
+    assert not trained & set(stored["fingerprints"])  # calibrated on images it never trained on
+    reference = load_reference(download_reference(run.info.run_id))
+    assert 0.2 < float(reference.served_share) < 0.7 and reference.class_means.shape[0] > 10
+    # the Devanagari half of the traffic is foreign to version 1, not to the version trained on it
+    with sqlite3.connect(out / "predictions.db") as connection:
+        records = pd.read_sql("SELECT window, model_version, flags FROM predictions WHERE window >= 4", connection)
+    foreign = records.assign(foreign=records["flags"].str.contains("foreign")).groupby("model_version")["foreign"].mean()
+    assert foreign["1"] > 0.3 and foreign[promoted["version"]] < foreign["1"] / 3
+    # so the foreign-digit rule that opened the incident stays quiet on the new version (this small model, one epoch
+    # on few labels, stays poor on Devanagari digits: its accuracy rule may rightly keep the incident open)
+    opened = [event for event in figures["incidents"] if event["event"] == "opened"]
+    assert opened[0]["window"] == figures["first_alert_window"] and "foreign_digits" in opened[0]["rules"]
+    later = [e for e in _events(figures, "alert") if e["window"] > promoted["window"]]
+    assert "foreign_digits" not in {e["rule"] for e in later}
+    assert figures["incidents_after_first_promotion"]["windows"] == SMALL_SCENARIO["windows"] - promoted["window"] - 1
 
 
 def test_the_retrains_record_their_lineage_and_the_promotion_its_decision_in_mlflow(loop):

@@ -201,3 +201,49 @@ def test_image_statistics_of_a_blank_image_have_no_ink_and_a_full_one_fills_the_
     statistics = image_statistics(np.stack([blank, full]))
     assert np.array_equal(statistics[0], [0, 0, 0, 0, 0, 0, 28, 28])  # no used row or column: the extent is the frame
     assert np.allclose(statistics[1], [784, 784, 1, 0, 13.5, 13.5, 28, 28], rtol=1e-12)
+
+
+def _synthetic_model_outputs(labels, seed, shift=0.0):
+    """Embeddings and probabilities a model might give: class-separated embeddings, moved by `shift` for another
+    population, and a confident top class."""
+    rng = np.random.default_rng(seed)
+    embeddings = rng.normal(size=(len(labels), 16)) + labels[:, None] * 0.5 + shift
+    logits = rng.normal(size=(len(labels), 10))
+    logits[np.arange(len(labels)), labels] += 6
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), embeddings
+
+
+def test_a_reference_that_takes_in_served_images_no_longer_calls_their_kind_foreign():
+    from common.reference import ServedImages, fit_reference
+
+    images, labels = synthetic_digits(1000, 0, thickness=3)
+    probabilities, embeddings = _synthetic_model_outputs(labels, 1)
+    served, served_labels = synthetic_digits(600, 2, thickness=1)  # another stroke, another embedding region
+    served_probabilities, served_embeddings = _synthetic_model_outputs(served_labels, 3, shift=4.0)
+    mnist_only = fit_reference(images, labels, probabilities, embeddings, seed=0)
+    mixed = fit_reference(
+        images, labels, probabilities, embeddings, seed=0,
+        served=ServedImages(served, served_probabilities, served_embeddings, share=0.4),
+    )  # fmt: skip
+    new, new_labels = synthetic_digits(400, 4, thickness=1)
+    _, new_embeddings = _synthetic_model_outputs(new_labels, 5, shift=4.0)
+    assert (foreign_scores(mnist_only, new, new_embeddings) > mnist_only.threshold).mean() > 0.9
+    assert (foreign_scores(mixed, new, new_embeddings) > mixed.threshold).mean() < 0.05
+    # the first population stays in, accuracy is MNIST's alone, and the samples hold both at the share asked
+    clean, clean_labels = synthetic_digits(400, 6, thickness=3)
+    _, clean_embeddings = _synthetic_model_outputs(clean_labels, 7)
+    assert (foreign_scores(mixed, clean, clean_embeddings) > mixed.threshold).mean() < 0.05
+    assert float(mixed.accuracy) == float(mnist_only.accuracy)
+    assert float(mixed.served_share) == pytest.approx(0.4, abs=0.01)
+    assert mixed.class_means.shape[0] == 20 and mnist_only.class_means.shape[0] == 10
+    assert float(mnist_only.served_share) == 0.0
+
+
+def test_mixture_sizes_keep_the_share_with_as_many_images_as_the_two_allow():
+    from common.reference import mixture_sizes
+
+    assert mixture_sizes(5000, 1000, 0.5) == (1000, 1000)  # MNIST is cut to match the served images
+    assert mixture_sizes(5000, 9000, 0.5) == (5000, 5000)  # served images are cut when MNIST runs out
+    assert mixture_sizes(5000, 1000, 0.2) == (4000, 1000)
+    with pytest.raises(ValueError, match="served share 1.0"):
+        mixture_sizes(5000, 1000, 1.0)

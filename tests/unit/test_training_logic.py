@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from training.evaluate import confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.registry import decide_promotion
@@ -108,3 +109,51 @@ def test_labeled_images_are_repeated_to_about_a_tenth_of_an_epoch():
 
     assert repeats_for(100, 55000) == 61
     assert repeats_for(10000, 1000) == 1
+
+
+def _served_log(versions, flags, fingerprints):
+    from common.records import compress_image
+
+    count = len(flags)
+    return {
+        "request_id": np.array([f"r{n}" for n in range(count)]),
+        "image_index": np.zeros(count, dtype=int),
+        "timestamp": np.array([f"2026-12-01T00:{n // 60:02d}:{n % 60:02d}Z" for n in range(count)]),
+        "model_version": np.array(versions),
+        "flags": np.array(flags),
+        "fingerprint": np.array(fingerprints),
+        "image": np.array(
+            [compress_image(np.full((28, 28), n % 250, np.uint8)) if flag else None for n, flag in enumerate(flags)],
+            dtype=object,
+        ),
+    }
+
+
+def test_incident_traffic_is_the_foreign_images_between_the_labels_from_mnist_referenced_versions():
+    from training.data import incident_traffic
+
+    count = 1200
+    flags = ["foreign" if n % 2 else "" for n in range(count)]  # half the traffic foreign
+    flags[3] = "foreign,low_confidence"
+    flags[5] = "inverted"  # a data-quality cause is a fault, not a kind of digit
+    versions = ["1"] * 1000 + ["2"] * 200  # version 2's reference already took the traffic in: its flags say little
+    fingerprints = [f"f{n}" for n in range(count)]
+    fingerprints[9] = fingerprints[7]  # one image twice
+    log = _served_log(versions, flags, fingerprints)
+    labels = pd.DataFrame({"request_id": ["r2", "r1100"], "image_index": [0, 0], "label": [1, 2]})
+    traffic = incident_traffic(log, labels, {"f1", "f11"}, base_versions={"1"})
+    # records r2..r999 served by version 1: the odd ones are foreign, less r5 (inverted) and r9 (r7's image again)
+    assert len(traffic.images) == len(range(3, 1000, 2)) - 3  # and r11, trained on
+    assert not {"f1", "f5", "f11"} & set(traffic.fingerprints)
+    assert traffic.share == pytest.approx((0.5 - 0.01) / 0.99, abs=0.01)
+    assert traffic.records == 998 and traffic.first_timestamp < traffic.last_timestamp
+
+
+def test_labeled_traffic_with_few_foreign_images_is_no_incident_to_reference():
+    from training.data import incident_traffic
+
+    flags = ["foreign" if n % 50 == 0 else "" for n in range(1000)]  # 2%: about the flag's false alarms
+    log = _served_log(["1"] * 1000, flags, [f"f{n}" for n in range(1000)])
+    labels = pd.DataFrame({"request_id": ["r0", "r999"], "image_index": [0, 0], "label": [1, 2]})
+    assert incident_traffic(log, labels, set(), base_versions={"1"}) is None
+    assert incident_traffic(log, labels.iloc[:0], set(), base_versions={"1"}) is None

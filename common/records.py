@@ -17,6 +17,7 @@ PROBABILITY_COLUMNS = [f"prob_{digit}" for digit in range(NUM_CLASSES)]
 PROJECTION_COLUMNS = [f"emb_{index}" for index in range(PROJECTION_DIMS)]
 LOW_CONFIDENCE_FLAG = "low_confidence"
 FOREIGN_FLAG = "foreign"
+LEARNED_FLAG = "learned"  # unlike held-out MNIST, like the incident traffic the serving version was trained for
 
 # Column name -> SQLite type, in order. One row per scored image; no label ever.
 PREDICTION_COLUMNS: dict[str, str] = {

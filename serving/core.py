@@ -14,8 +14,8 @@ import numpy as np
 from common.images import NUM_CLASSES, PIXELS, fingerprint, image_statistics, to_model_input
 from common.quality import quality_causes
 from common.quiet import native_stderr_filtered
-from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
-from common.reference import EMBEDDING_LAYER, Reference, foreign_scores, load_reference, project
+from common.records import FOREIGN_FLAG, LEARNED_FLAG, LOW_CONFIDENCE_FLAG, PredictionRecord, compress_image
+from common.reference import EMBEDDING_LAYER, Reference, load_reference, project, scores_and_learned
 from common.settings import (
     CHAMPION_ALIAS,
     LOW_CONFIDENCE_THRESHOLD,
@@ -74,9 +74,11 @@ def flag_predictions(
     foreign_threshold: float | None = None,
     projection: np.ndarray | None = None,
     causes: list[str] | None = None,
+    learned: np.ndarray | None = None,
 ) -> Scored:
     """Class, confidence and flags: low confidence under `threshold`, foreign over `foreign_threshold`, and each
-    image's data-quality cause (`common.quality`), which explains it instead of the foreign flag."""
+    image's data-quality cause (`common.quality`), which explains it instead of the foreign flag; an image neither
+    foreign nor faulty is flagged `learned` when it is like the incident traffic the version was trained for."""
     confidence = probabilities.max(axis=1)
     flags = []
     for index, value in enumerate(confidence):
@@ -86,6 +88,8 @@ def flag_predictions(
             flag += (cause,)
         elif foreign_score is not None and foreign_score[index] > foreign_threshold:
             flag += (FOREIGN_FLAG,)
+        elif learned is not None and learned[index]:
+            flag += (LEARNED_FLAG,)
         flags.append(flag)
     return Scored(probabilities.argmax(axis=1), probabilities, confidence, flags, foreign_score, projection)
 
@@ -146,25 +150,28 @@ class ScoringCore:
     def score(self, images: np.ndarray) -> Scored:
         """Score uint8 (N, 28, 28) images in one model call, with foreign scores when a reference is loaded."""
         self.calls += 1
-        probabilities, foreign_score, projection, causes = self._outputs(images)
+        probabilities, foreign_score, projection, causes, learned = self._outputs(images)
         if self.reference is None:
             return replace(flag_predictions(probabilities, self.threshold), identity=self.identity)
         causes = None if causes is None else causes.tolist()
-        scored = flag_predictions(probabilities, self.threshold, foreign_score, self.reference.threshold, projection, causes)
+        scored = flag_predictions(
+            probabilities, self.threshold, foreign_score, self.reference.threshold, projection, causes, learned
+        )
         return replace(scored, identity=self.identity)
 
-    def _chunk_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """Probabilities, foreign scores, projections and data-quality causes of some images (None without a
-        reference, or causes None with a reference that has no quality bounds); the image statistics once for both."""
+    def _chunk_outputs(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Probabilities, foreign scores, projections, data-quality causes and learned marks of some images (None
+        without a reference; causes None with a reference that has no quality bounds, learned None with one that
+        took in no served images); the image statistics once for the score and the causes."""
         probabilities, embeddings = self.predict(to_model_input(images))
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if self.reference is None:
-            return probabilities, None, None, None
+            return probabilities, None, None, None, None
         statistics = image_statistics(images)
         bounds = self.reference.quality_bounds
         causes = np.array(quality_causes(images, bounds, statistics), dtype=object) if len(bounds) else None
-        foreign = foreign_scores(self.reference, images, embeddings, statistics)
-        return probabilities, foreign, project(self.reference, embeddings), causes
+        foreign, learned = scores_and_learned(self.reference, images, embeddings, statistics)
+        return probabilities, foreign, project(self.reference, embeddings), causes, learned
 
 
 def load_core(

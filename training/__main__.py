@@ -119,6 +119,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--foreign-limit-per-class", type=int, default=None, help="evaluate on at most N foreign digits per class"
     )
     retrain_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
+    retrain_cmd.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="repeat the labeled images as they are (default: each repeat turned, scaled and moved a little)",
+    )
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
     promote_cmd.add_argument("--model-name", default=MODEL_NAME, help="the registered model (default: %(default)s)")
@@ -264,6 +270,7 @@ def _retrain(args: argparse.Namespace, settings) -> int:
         train_limit=args.train_limit,
         foreign_limit_per_class=args.foreign_limit_per_class,
         run_name=args.run_name,
+        augment=args.augment,
     )
     try:
         result = run_retrain(config, settings)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from common.datasets import Digits
 from common.images import IMAGE_SIDE
-from common.records import FOREIGN_FLAG, decompress_image
+from common.records import FOREIGN_FLAG, LEARNED_FLAG, decompress_image
 from common.reference import FOREIGN_FALSE_ALARM_RATE
 
 LABELED_STEP_SHARE = 0.1  # labeled images are repeated until they are about this share of an epoch
@@ -74,6 +75,28 @@ def replay_mask(request_ids: np.ndarray, image_indexes: np.ndarray, share: float
     return buckets < share
 
 
+def augmented_copies(
+    images: np.ndarray, copies: int, seed: int, shift: float = 2.0, degrees: float = 12.0, scale: float = 0.1
+) -> np.ndarray:
+    """`copies` of each image in a row, the first as it is and the others turned (up to `degrees`), scaled (by up to
+    `scale`) and moved (up to `shift` pixels) at random: a handful of labeled digits teaches more than their exact
+    repeats, which a network learns by heart."""
+    rng = np.random.default_rng(seed)
+    centre = (np.array(images.shape[1:]) - 1) / 2
+    out = np.repeat(images, copies, axis=0)
+    for index in range(len(out)):
+        if index % copies == 0:
+            continue
+        angle = np.deg2rad(rng.uniform(-degrees, degrees))
+        factor = rng.uniform(1 - scale, 1 + scale)
+        # affine_transform maps each output pixel back to the input: the inverse rotation and scale about the centre
+        matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / factor
+        offset = centre - matrix @ (centre + rng.uniform(-shift, shift, 2))
+        moved = ndimage.affine_transform(images[index // copies].astype(np.float32), matrix, offset, order=1)
+        out[index] = np.clip(np.rint(moved), 0, 255).astype(np.uint8)
+    return out
+
+
 def repeats_for(labeled: int, train: int, share: float = LABELED_STEP_SHARE) -> int:
     """How many times each labeled image goes into an epoch so that labeled images are about `share` of it."""
     return max(1, round(share * train / ((1 - share) * max(labeled, 1))))
@@ -88,32 +111,29 @@ class IncidentTraffic:
     share: float  # estimated foreign share of its newest records
     first_timestamp: str
     last_timestamp: str
-    records: int  # records of the span served by a version with an MNIST-only reference
+    records: int  # records of the span
 
 
 def incident_traffic(
-    log_columns: dict[str, np.ndarray], labels: pd.DataFrame, trained_fingerprints: set[str], base_versions: set[str]
+    log_columns: dict[str, np.ndarray], labels: pd.DataFrame, trained_fingerprints: set[str]
 ) -> IncidentTraffic | None:
-    """The traffic between the first and the last labeled record, as served by `base_versions` (versions whose
-    reference is MNIST alone, so that their foreign flags say what is foreign): its foreign-flagged images not
-    trained on, and its foreign share over the newest RECENT_RECORDS (less the flag's false-alarm rate). None when
-    that share or those images are too few to count as an incident's traffic."""
+    """The traffic between the first and the last labeled record: its images unlike held-out MNIST (flagged
+    `foreign`, or `learned` by a version whose reference took in earlier incident traffic) that were not trained
+    on, and their share of its newest RECENT_RECORDS (less the foreign flag's false-alarm rate). None when that
+    share or those images are too few to count as an incident's traffic."""
     records = pd.DataFrame(
-        {
-            name: log_columns[name]
-            for name in ("request_id", "image_index", "timestamp", "model_version", "flags", "fingerprint", "image")
-        }
-    ).astype({"image_index": int, "model_version": str})
+        {name: log_columns[name] for name in ("request_id", "image_index", "timestamp", "flags", "fingerprint", "image")}
+    ).astype({"image_index": int})
     labeled = records.merge(labels[["request_id", "image_index"]], on=["request_id", "image_index"])
     if labeled.empty:
         return None
     first, last = labeled["timestamp"].min(), labeled["timestamp"].max()
-    span = records[records["timestamp"].between(first, last) & records["model_version"].isin(base_versions)]
-    span = span.sort_values("timestamp", kind="stable")
-    foreign = span["flags"].str.split(",").map(lambda flags: FOREIGN_FLAG in flags).to_numpy(dtype=bool)
-    recent = foreign[-RECENT_RECORDS:]
+    span = records[records["timestamp"].between(first, last)].sort_values("timestamp", kind="stable")
+    unlike_mnist = span["flags"].str.split(",").map(lambda flags: FOREIGN_FLAG in flags or LEARNED_FLAG in flags)
+    unlike_mnist = unlike_mnist.to_numpy(dtype=bool)
+    recent = unlike_mnist[-RECENT_RECORDS:]
     share = float(max(0.0, (recent.mean() - FOREIGN_FALSE_ALARM_RATE) / (1 - FOREIGN_FALSE_ALARM_RATE))) if len(recent) else 0.0
-    kept = span[foreign & span["image"].notna().to_numpy() & ~span["fingerprint"].isin(trained_fingerprints).to_numpy()]
+    kept = span[unlike_mnist & span["image"].notna().to_numpy() & ~span["fingerprint"].isin(trained_fingerprints).to_numpy()]
     kept = kept.drop_duplicates("fingerprint")
     if share < MIN_INCIDENT_SHARE or len(kept) < MIN_INCIDENT_IMAGES:
         return None

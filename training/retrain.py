@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from common.tracking import describe_run, log_digit_sets, log_frame_input, resol
 from training.data import (
     IncidentTraffic,
     LabeledImages,
+    augmented_copies,
     incident_traffic,
     labeled_images,
     repeats_for,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 REPLAY_SHARE = 0.25  # labeled images held out of training: the replay set promotion compares champion and challenger on
 TRAINED_FINGERPRINTS = "lineage/trained_fingerprints.txt"  # images this version trained on: never counted in evaluation
+PSEUDO_LABEL_CONFIDENCE = 0.97  # unlabeled incident images the first fit is at least this sure of become training images
 SERVED_IMAGES_PARAM = "reference_served_images"  # served images its reference took in (0: held-out MNIST alone)
 
 
@@ -58,6 +60,8 @@ class RetrainConfig:
     batch_size: int = 128
     learning_rate: float = 5e-4
     replay_share: float = REPLAY_SHARE
+    augment: bool = True  # the labeled images' repeats turned, scaled and moved a little (augmented_copies)
+    self_training: bool = True  # one more epoch on the incident's unlabeled images the model is sure of (see run_retrain)
     train_limit: int | None = None
     foreign_limit_per_class: int | None = None
     low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
@@ -108,7 +112,10 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         load_mnist(data_dir / "mnist", "train"), int(parent_params["validation_size"]), seed, config.train_limit
     )
     repeats = repeats_for(len(trained), len(mnist_train))
-    images = np.concatenate([mnist_train.images, np.repeat(trained.images, repeats, axis=0)])
+    labeled_copies = (
+        augmented_copies(trained.images, repeats, seed) if config.augment else np.repeat(trained.images, repeats, axis=0)
+    )
+    images = np.concatenate([mnist_train.images, labeled_copies])
     targets = np.concatenate([mnist_train.labels, np.repeat(trained.labels, repeats)])
     evaluation_sets = {"mnist_test": load_source("mnist", data_dir)}
     for source in FOREIGN_LAYOUTS:
@@ -116,6 +123,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             load_source(source, data_dir, config.foreign_limit_per_class), trained_fingerprints
         )
 
+    traffic = incident_traffic(log_columns, labels, trained_fingerprints)
     model = mlflow.keras.load_model(config.parent)
     parent_replay = model.predict(to_model_input(replay.images), verbose=0) if len(replay) else None
     compile_cnn(model, config.learning_rate, -(-len(images) // config.batch_size) * config.epochs)
@@ -140,18 +148,24 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 "labeled_replay_images": len(replay),
                 "labeled_repeats": repeats,
                 "train_size": len(images),
-                **{f"{name}_images": len(digits) for name, digits in evaluation_sets.items()},
             }
         )
         _log_label_sets(found, held_out, config.labels)
         log_digit_sets({"mnist-train": (mnist_train, "training")}, str(data_dir))
         describe_run(
             f"{parent.name} version {parent.version} fine-tuned for {config.epochs} epochs on {len(mnist_train)} MNIST images "
-            f"and {len(trained)} labeled served digits (each repeated {repeats} times); {len(replay)} labeled digits held "
+            f"and {len(trained)} labeled served digits (each repeated {repeats} times"
+            f"{', turned, scaled and moved a little' if config.augment else ''}); {len(replay)} labeled digits held "
             f"out as the replay set promotion compares on. Foreign sets are evaluated without the images trained on. "
             f"Registered as {parent.name} @{CHALLENGER_ALIAS}."
         )
         fit_cnn(model, images, targets, validation, config.epochs, config.batch_size, run)
+        if config.self_training and traffic is not None:
+            replay_fingerprints = set(found.fingerprints[held_out])
+            pseudo, traffic = _self_train(model, traffic, replay_fingerprints, images, targets, validation, config, run)
+            trained_fingerprints |= pseudo
+            evaluation_sets = {name: unseen(digits, pseudo) for name, digits in evaluation_sets.items()}
+        mlflow.log_params({f"{name}_images": len(digits) for name, digits in evaluation_sets.items()})
         evaluations = {}
         for name, digits in evaluation_sets.items():
             probabilities = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)
@@ -169,9 +183,6 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 replay_accuracy,
                 replay_parent_accuracy,
             )
-        traffic = incident_traffic(
-            log_columns, labels, trained_fingerprints, mnist_referenced_versions(parent.name, set(log_columns["model_version"]))
-        )
         _log_reference_with_traffic(model, validation, seed, traffic, run.info.run_id)
         mlflow.log_text("\n".join(sorted(trained_fingerprints)) + "\n", TRAINED_FINGERPRINTS)
         example = to_model_input(validation.images[:2])
@@ -197,22 +208,42 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         )
 
 
-def mnist_referenced_versions(model_name: str, versions: set[str]) -> set[str]:
-    """The versions among `versions` whose reference is held-out MNIST alone (their foreign flags mean foreign to
-    MNIST); a version the registry does not know is left out."""
-    client = mlflow.MlflowClient()
-    found = set()
-    for model_version in sorted(versions):
-        try:
-            run_id = client.get_model_version(model_name, str(model_version)).run_id
-        except mlflow.exceptions.MlflowException:
-            log.info(
-                "version %s of %s served records but is not in the registry: its flags are not read", model_version, model_name
-            )
-            continue
-        if int(mlflow.get_run(run_id).data.params.get(SERVED_IMAGES_PARAM, "0")) == 0:
-            found.add(str(model_version))
-    return found
+def _self_train(
+    model: keras.Model,
+    traffic: IncidentTraffic,
+    replay_fingerprints: set[str],
+    images: np.ndarray,
+    targets: np.ndarray,
+    validation: Digits,
+    config: RetrainConfig,
+    run,
+) -> tuple[set[str], IncidentTraffic]:
+    """Self-training on the incident's unlabeled images: half of them (by fingerprint) labeled by the model just fitted
+    where it is at least PSEUDO_LABEL_CONFIDENCE sure, then one more epoch with them beside MNIST and the labeled
+    images; the other half stays unseen for the reference, and the replay set's images stay out of training.
+    (the pseudo-labeled fingerprints, the traffic left for the reference)"""
+    pool = replay_mask(traffic.fingerprints, np.zeros(len(traffic.fingerprints), dtype=int), 0.5)
+    pool &= ~np.isin(traffic.fingerprints, list(replay_fingerprints))
+    probabilities = model.predict(to_model_input(traffic.images[pool]), batch_size=512, verbose=0)
+    sure = probabilities.max(axis=1) >= PSEUDO_LABEL_CONFIDENCE
+    pseudo_images, pseudo_labels = traffic.images[pool][sure], probabilities[sure].argmax(axis=1)
+    kept = replace(traffic, images=traffic.images[~pool], fingerprints=traffic.fingerprints[~pool])
+    mlflow.log_params({"pseudo_label_pool": int(pool.sum()), "pseudo_labeled_images": len(pseudo_images)})
+    log.info(
+        "self-training: %d of %d unlabeled incident images labeled by the model (confidence >= %.2f); one more epoch",
+        len(pseudo_images),
+        int(pool.sum()),
+        PSEUDO_LABEL_CONFIDENCE,
+    )
+    if len(pseudo_images) == 0:
+        return set(), kept
+    repeats = repeats_for(len(pseudo_images), len(images))
+    copies = augmented_copies(pseudo_images, repeats, 1) if config.augment else np.repeat(pseudo_images, repeats, axis=0)
+    more_images = np.concatenate([images, copies])
+    more_targets = np.concatenate([targets, np.repeat(pseudo_labels, repeats)])
+    compile_cnn(model, config.learning_rate / 2, -(-len(more_images) // config.batch_size))
+    fit_cnn(model, more_images, more_targets, validation, 1, config.batch_size, run)
+    return set(traffic.fingerprints[pool][sure]), kept
 
 
 def _log_reference_with_traffic(

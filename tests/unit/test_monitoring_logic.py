@@ -214,19 +214,19 @@ def _synthetic_model_outputs(labels, seed, shift=0.0):
 
 
 def test_a_reference_that_takes_in_served_images_no_longer_calls_their_kind_foreign():
-    from common.reference import ServedImages, fit_reference
+    from common.reference import ServedImages, fit_reference, scores_and_learned
 
     images, labels = synthetic_digits(1000, 0, thickness=3)
     probabilities, embeddings = _synthetic_model_outputs(labels, 1)
     served, served_labels = synthetic_digits(600, 2, thickness=1)  # another stroke, another embedding region
-    served_probabilities, served_embeddings = _synthetic_model_outputs(served_labels, 3, shift=4.0)
+    served_probabilities, served_embeddings = _synthetic_model_outputs(served_labels, 3, shift=8.0)
     mnist_only = fit_reference(images, labels, probabilities, embeddings, seed=0)
     mixed = fit_reference(
         images, labels, probabilities, embeddings, seed=0,
         served=ServedImages(served, served_probabilities, served_embeddings, share=0.4),
     )  # fmt: skip
     new, new_labels = synthetic_digits(400, 4, thickness=1)
-    _, new_embeddings = _synthetic_model_outputs(new_labels, 5, shift=4.0)
+    _, new_embeddings = _synthetic_model_outputs(new_labels, 5, shift=8.0)
     assert (foreign_scores(mnist_only, new, new_embeddings) > mnist_only.threshold).mean() > 0.9
     assert (foreign_scores(mixed, new, new_embeddings) > mixed.threshold).mean() < 0.05
     # the first population stays in, accuracy is MNIST's alone, and the samples hold both at the share asked
@@ -237,6 +237,11 @@ def test_a_reference_that_takes_in_served_images_no_longer_calls_their_kind_fore
     assert float(mixed.served_share) == pytest.approx(0.4, abs=0.01)
     assert mixed.class_means.shape[0] == 20 and mnist_only.class_means.shape[0] == 10
     assert float(mnist_only.served_share) == 0.0
+    # serving marks the new kind as learned, the first population not
+    _, learned = scores_and_learned(mixed, new, new_embeddings)
+    assert learned.mean() > 0.9
+    assert scores_and_learned(mixed, clean, clean_embeddings)[1].mean() < 0.05
+    assert scores_and_learned(mnist_only, new, new_embeddings)[1] is None
 
 
 def test_mixture_sizes_keep_the_share_with_as_many_images_as_the_two_allow():

@@ -129,24 +129,25 @@ def _served_log(versions, flags, fingerprints):
     }
 
 
-def test_incident_traffic_is_the_foreign_images_between_the_labels_from_mnist_referenced_versions():
+def test_incident_traffic_is_the_images_unlike_mnist_between_the_first_and_last_labels():
     from training.data import incident_traffic
 
     count = 1200
     flags = ["foreign" if n % 2 else "" for n in range(count)]  # half the traffic foreign
     flags[3] = "foreign,low_confidence"
     flags[5] = "inverted"  # a data-quality cause is a fault, not a kind of digit
-    versions = ["1"] * 1000 + ["2"] * 200  # version 2's reference already took the traffic in: its flags say little
+    for n in range(1001, count, 2):  # a version trained for that traffic calls it learned, not foreign
+        flags[n] = "learned"
     fingerprints = [f"f{n}" for n in range(count)]
     fingerprints[9] = fingerprints[7]  # one image twice
-    log = _served_log(versions, flags, fingerprints)
+    log = _served_log(["1"] * 1000 + ["2"] * 200, flags, fingerprints)
     labels = pd.DataFrame({"request_id": ["r2", "r1100"], "image_index": [0, 0], "label": [1, 2]})
-    traffic = incident_traffic(log, labels, {"f1", "f11"}, base_versions={"1"})
-    # records r2..r999 served by version 1: the odd ones are foreign, less r5 (inverted) and r9 (r7's image again)
-    assert len(traffic.images) == len(range(3, 1000, 2)) - 3  # and r11, trained on
-    assert not {"f1", "f5", "f11"} & set(traffic.fingerprints)
+    traffic = incident_traffic(log, labels, {"f1", "f11"})
+    # records r2..r1100: the odd ones are unlike MNIST, less r5 (inverted), r9 (r7's image again) and r11 (trained on)
+    assert len(traffic.images) == len(range(3, 1101, 2)) - 3
+    assert not {"f1", "f5", "f11"} & set(traffic.fingerprints) and "f1001" in set(traffic.fingerprints)
     assert traffic.share == pytest.approx((0.5 - 0.01) / 0.99, abs=0.01)
-    assert traffic.records == 998 and traffic.first_timestamp < traffic.last_timestamp
+    assert traffic.records == 1099 and traffic.first_timestamp < traffic.last_timestamp
 
 
 def test_labeled_traffic_with_few_foreign_images_is_no_incident_to_reference():
@@ -155,5 +156,24 @@ def test_labeled_traffic_with_few_foreign_images_is_no_incident_to_reference():
     flags = ["foreign" if n % 50 == 0 else "" for n in range(1000)]  # 2%: about the flag's false alarms
     log = _served_log(["1"] * 1000, flags, [f"f{n}" for n in range(1000)])
     labels = pd.DataFrame({"request_id": ["r0", "r999"], "image_index": [0, 0], "label": [1, 2]})
-    assert incident_traffic(log, labels, set(), base_versions={"1"}) is None
-    assert incident_traffic(log, labels.iloc[:0], set(), base_versions={"1"}) is None
+    assert incident_traffic(log, labels, set()) is None
+    assert incident_traffic(log, labels.iloc[:0], set()) is None
+
+
+def test_augmented_copies_keep_the_first_as_it_is_and_move_the_others_a_little():
+    from tests.helpers import synthetic_digits
+    from training.data import augmented_copies
+
+    images, _ = synthetic_digits(5, 0, thickness=3)
+    copies = augmented_copies(images, 4, seed=0)
+    assert copies.shape == (20, 28, 28) and copies.dtype == np.uint8
+    assert (copies[::4] == images).all()
+    for index in range(20):
+        if index % 4:
+            original = images[index // 4].astype(float)
+            moved = copies[index].astype(float)
+            assert not (copies[index] == images[index // 4]).all()
+            # still the same digit: about as much ink, mostly where it was
+            assert abs(moved.sum() - original.sum()) < 0.35 * original.sum()
+            assert np.corrcoef(moved.ravel(), original.ravel())[0, 1] > 0.2
+    assert (augmented_copies(images, 4, seed=0) == copies).all()

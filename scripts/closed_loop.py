@@ -33,7 +33,7 @@ import httpx  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.labels import write_labels  # noqa: E402
+from common.labels import read_labels, write_labels  # noqa: E402
 from common.machine import describe_machine, shown_path  # noqa: E402
 from common.processes import free_port  # noqa: E402
 from common.records import read_ground_truth, read_prediction_log  # noqa: E402
@@ -272,26 +272,75 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
         transport.close()
         server.terminate()
         server.wait(timeout=30)
-    records, truth = records_frame(config.out / "predictions.db"), read_ground_truth(sim_dir / SIDECAR_FILE)
     answered = pd.concat(state.answered, ignore_index=True) if state.answered else labels_in_hand(state, -1)
-    windows = window_table(records, truth, answered, references, config.label_delay, trained_fingerprints())
+    answered.to_csv(config.out / "labels_answered.csv", index=False)  # with those still to arrive: for --reanalyse
+    figures = judge_loop(config, state, answered, first_version, time.perf_counter() - started)
+    write_outputs(figures["windows"], figures["figures"], state, config, scenario.name)
+    return figures["figures"]
+
+
+def judge_loop(config: LoopConfig, state: LoopState, answered: pd.DataFrame, first_version: str, seconds: float) -> dict:
+    """A finished loop's per-window table and figures, from its folder: each version judged on the images it and
+    its ancestors never trained on. {"windows": table, "figures": closed_loop.json's figures}"""
+    records = records_frame(config.out / "predictions.db")
+    truth = read_ground_truth(config.out / "simulation" / SIDECAR_FILE)
+    references = References()
+    trained = trained_fingerprints(set(records["model_version"].astype(str)))
+    windows = window_table(records, truth, answered, references, config.label_delay, trained)
     incidents = loop_incidents(records, references)
-    figures = loop_figures(windows, state, config, first_version, time.perf_counter() - started, incidents)
-    write_outputs(windows, figures, state, config, scenario.name)
+    return {"windows": windows, "figures": loop_figures(windows, state, config, first_version, seconds, incidents)}
+
+
+def reanalyse(out: Path) -> dict:
+    """Judge a finished loop again with this analysis (its events, configuration and time kept from its
+    closed_loop.json); rewrites closed_loop.json and windows.csv in its folder."""
+    old = json.loads((out / "closed_loop.json").read_text())
+    fields = {key: value for key, value in old["config"].items() if key in LoopConfig.__dataclass_fields__}
+    config = LoopConfig(**{**fields, "out": out})
+    state = LoopState(events=old["events"])
+    answered_path = out / "labels_answered.csv" if (out / "labels_answered.csv").is_file() else out / "labels.csv"
+    answered = read_labels(answered_path)
+    first_version = str(records_frame(out / "predictions.db")["model_version"].iloc[0])
+    judged = judge_loop(config, state, answered, first_version, old["seconds"])
+    figures = {**judged["figures"], "date": old["date"], "command": old["command"], "machine": old["machine"]}
+    if answered_path.name == "labels.csv":  # the last window's labels had not arrived: the run's own count stands
+        figures["labels"] = old["labels"]
+    figures["reanalysed"] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "labels_from": answered_path.name}
+    judged["windows"].to_csv(out / "windows.csv", index=False)
+    (out / "closed_loop.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return figures
 
 
-def trained_fingerprints() -> set[str]:
-    """Every image a retrained version of the model trained on (their runs' lineage artifact)."""
-    found: set[str] = set()
-    for run in mlflow.search_runs(filter_string="tags.`digitdrift.job` = 'retrain'", output_format="list"):
-        text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/lineage/trained_fingerprints.txt")
-        found |= set(filter(None, text.splitlines()))
+def trained_fingerprints(versions: set[str]) -> dict[str, set[str]]:
+    """Per version, every image it trained on, its ancestors' included (the retrain runs' lineage artifacts, up the
+    parent tags); nothing for a version that no retrain made."""
+    client = mlflow.MlflowClient()
+    own: dict[str, set[str]] = {}
+    parents: dict[str, str] = {}
+    for version in versions:
+        registered = client.get_model_version(MODEL_NAME, version)
+        if registered.tags.get("digitdrift.parent_version") is None:
+            continue
+        parents[version] = registered.tags["digitdrift.parent_version"]
+        text = mlflow.artifacts.load_text(f"runs:/{registered.run_id}/lineage/trained_fingerprints.txt")
+        own[version] = set(filter(None, text.splitlines()))
+    found = {}
+    for version in versions:
+        images, current = set(), version
+        while current in own:
+            images |= own[current]
+            current = parents[current]
+        found[version] = images
     return found
 
 
 def window_table(
-    records: pd.DataFrame, truth: pd.DataFrame, labels: pd.DataFrame, references: References, delay: int, trained: set[str]
+    records: pd.DataFrame,
+    truth: pd.DataFrame,
+    labels: pd.DataFrame,
+    references: References,
+    delay: int,
+    trained: dict[str, set[str]],
 ) -> pd.DataFrame:
     """Per window and serving version: truth, label-free and label-assisted accuracy, labels that came back.
 
@@ -302,7 +351,7 @@ def window_table(
         p_correct = expected_accuracy(reference, mine["confidence"].to_numpy(dtype=float))
         judged = mine.assign(p_correct=p_correct)
         if str(version) != str(records["model_version"].iloc[0]):
-            judged = judged[~judged["fingerprint"].isin(trained)]
+            judged = judged[~judged["fingerprint"].isin(trained.get(str(version), set()))]
         truths = truth_metrics(judged, truth)
         label_free = judged.groupby("window")["p_correct"].mean().rename("label_free_accuracy").reset_index()
         assisted = {
@@ -464,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="a new folder for the loop (default: .digitdrift/loops/<scenario>-<time>)")
     parser.add_argument("--result", type=Path, help="also copy closed_loop.json here (e.g. bench/results/closed_loop.json)")
+    parser.add_argument(
+        "--reanalyse", type=Path, metavar="FOLDER", help="judge a finished loop's folder again (no traffic, no training)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for chatty in ("httpx", "common.datasets"):  # a line per request and per pool load; the loop logs each window
@@ -485,7 +537,11 @@ def main(argv: list[str] | None = None) -> int:
         min_accuracy=args.min_accuracy,
     )
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)  # the parts' commands use the same store
-    figures = run_loop(config, settings)
+    if args.reanalyse:
+        use_tracking(settings)
+        figures = reanalyse(args.reanalyse)
+    else:
+        figures = run_loop(config, settings)
     if args.result:
         args.result.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print(
@@ -503,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    print(f"loop folder: {config.out} (closed_loop.html, closed_loop.json, windows.csv, labels.csv)")
+    print(f"loop folder: {args.reanalyse or config.out} (closed_loop.html, closed_loop.json, windows.csv, labels.csv)")
     return 0
 
 

@@ -24,6 +24,7 @@ EMBEDDING_LAYER = "embedding"  # the model layer whose output the reference desc
 PROJECTION_DIMS = 8
 FOREIGN_FALSE_ALARM_RATE = 0.01  # share of held-out MNIST a threshold flags as foreign
 MIN_COMPONENT_IMAGES = 5  # served images of one predicted class needed for a component of their own
+MIN_MIXTURE_MNIST = 300  # held-out MNIST images a mixture keeps at least: every class's mean stays well measured
 CONFIDENCE_BINS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0001])
 
 
@@ -40,7 +41,7 @@ class Reference:
     projection: np.ndarray  # (8, D) top principal directions of the embeddings
     statistics_distance_tail: np.ndarray  # sorted calibration distances
     embedding_distance_tail: np.ndarray  # sorted calibration distances (empty without embeddings)
-    foreign_threshold: np.ndarray  # () score above which an image is flagged foreign
+    foreign_threshold: np.ndarray  # () score above which an image is flagged foreign (1% of the fitted images)
     confidence_bin_accuracy: np.ndarray  # (len(CONFIDENCE_BINS) - 1,) accuracy per confidence bin
     sample_confidence: np.ndarray  # calibration half: top probabilities
     sample_predicted: np.ndarray  # calibration half: predicted classes
@@ -137,13 +138,15 @@ class ServedImages:
 
 
 def mixture_sizes(mnist: int, served: int, share: float) -> tuple[int, int]:
-    """How many MNIST and served images make a mixture with `share` of served ones, as large as the two allow."""
+    """How many MNIST and served images make a mixture with `share` of served ones, as large as the two allow;
+    it keeps at least MIN_MIXTURE_MNIST of MNIST's, at a lower share when the served images are too few for it."""
     if not 0 < share < 1:
         raise ValueError(f"served share {share}: expected a share strictly between 0 and 1")
     mnist_needed = round(served * (1 - share) / share)
-    if mnist_needed <= mnist:
+    if min(mnist, MIN_MIXTURE_MNIST) <= mnist_needed <= mnist:
         return mnist_needed, served
-    return mnist, min(served, round(mnist * share / (1 - share)))
+    mnist_count = min(mnist, max(mnist_needed, MIN_MIXTURE_MNIST))
+    return mnist_count, min(served, round(mnist_count * share / (1 - share)))
 
 
 def fit_reference(
@@ -164,6 +167,8 @@ def fit_reference(
     components = labels
     served_share = 0.0
     if served is not None and len(served.images):
+        if (embeddings is None) != (served.embeddings is None):
+            raise ValueError("served images need embeddings exactly when the held-out images have them")
         rng = np.random.default_rng([seed, 1])
         mnist_count, served_count = mixture_sizes(len(images), len(served.images), served.share)
         from_mnist = np.sort(rng.choice(len(images), mnist_count, replace=False))
@@ -191,6 +196,9 @@ def fit_reference(
         counts = np.bincount(fit_components, minlength=NUM_CLASSES)
         # every MNIST class, then the served components with enough images for a mean
         kept = [c for c in range(len(counts)) if c < NUM_CLASSES or counts[c] >= MIN_COMPONENT_IMAGES]
+        if (counts[:NUM_CLASSES] == 0).any():
+            missing = np.flatnonzero(counts[:NUM_CLASSES] == 0).tolist()
+            raise ValueError(f"held-out digits of class(es) {missing} are missing from the reference's fit half")
         class_means = np.stack([embeddings[fit][fit_components == c].mean(axis=0) for c in kept])
         member = np.isin(fit_components, kept)
         centred = embeddings[fit][member] - class_means[np.searchsorted(kept, fit_components[member])]

@@ -559,7 +559,10 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    print(f"loop folder: {args.reanalyse or config.out} (closed_loop.html, closed_loop.json, windows.csv, labels.csv)")
+    if args.reanalyse:
+        print(f"loop folder: {args.reanalyse} (closed_loop.json and windows.csv rewritten)")
+    else:
+        print(f"loop folder: {config.out} (closed_loop.html, closed_loop.json, windows.csv, labels.csv)")
     return 0
 
 

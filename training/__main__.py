@@ -125,6 +125,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         action="store_false",
         help="repeat the labeled images as they are (default: each repeat turned, scaled and moved a little)",
     )
+    retrain_cmd.add_argument(
+        "--no-self-training",
+        dest="self_training",
+        action="store_false",
+        help="no epoch on the incident's unlabeled images the model is sure of (default: one, when there are enough)",
+    )
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
     promote_cmd.add_argument("--model-name", default=MODEL_NAME, help="the registered model (default: %(default)s)")
@@ -271,6 +277,7 @@ def _retrain(args: argparse.Namespace, settings) -> int:
         foreign_limit_per_class=args.foreign_limit_per_class,
         run_name=args.run_name,
         augment=args.augment,
+        self_training=args.self_training,
     )
     try:
         result = run_retrain(config, settings)

@@ -183,19 +183,23 @@ def fit_cnn(
     batch_size: int,
     run,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
 ) -> float:
-    """Fit with Keras' per-epoch progress and MLflow's per-epoch metrics on `run`; the seconds it took (logged too)."""
+    """Fit with Keras' per-epoch progress and MLflow's per-epoch metrics on `run` (steps from `initial_epoch`, for
+    a fit that continues an earlier one); the seconds it took (logged too, added to an earlier fit's)."""
     started = time.perf_counter()
     model.fit(
         batches(images, labels, batch_size, shuffle=True),
         validation_data=batches(validation.images, validation.labels, batch_size),
-        epochs=epochs,
+        initial_epoch=initial_epoch,
+        epochs=initial_epoch + epochs,
         shuffle=False,  # the dataset comes in its own shuffled order; fit can only warn that it cannot shuffle one
         verbose=2,
         callbacks=[mlflow.keras.MlflowCallback(run), *callbacks],
     )
     seconds = time.perf_counter() - started
-    mlflow.log_metric("train_seconds", seconds)
+    earlier = mlflow.get_run(run.info.run_id).data.metrics.get("train_seconds", 0.0) if initial_epoch else 0.0
+    mlflow.log_metric("train_seconds", earlier + seconds)
     return seconds
 
 

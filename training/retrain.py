@@ -22,6 +22,7 @@ from common.records import read_prediction_log
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
 from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, set_role, use_tracking
 from training.data import (
+    MIN_INCIDENT_IMAGES,
     IncidentTraffic,
     LabeledImages,
     augmented_copies,
@@ -61,7 +62,7 @@ class RetrainConfig:
     learning_rate: float = 5e-4
     replay_share: float = REPLAY_SHARE
     augment: bool = True  # the labeled images' repeats turned, scaled and moved a little (augmented_copies)
-    self_training: bool = True  # one more epoch on the incident's unlabeled images the model is sure of (see run_retrain)
+    self_training: bool = True  # one more epoch on the incident's unlabeled images the model is sure of (_self_train)
     train_limit: int | None = None
     foreign_limit_per_class: int | None = None
     low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
@@ -99,11 +100,14 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         )
     if len(found.digits) == 0:
         raise RetrainError(f"{config.labels}: none of its {len(labels)} labels matches an image kept in {config.prediction_log}")
+    parent = resolve_registered(config.parent)
+    # what the parent and its ancestors trained on (self-labeled images too): never replay, reference or "unseen"
+    seen_before = ancestor_fingerprints(parent.name, parent.version)
     held_out = replay_mask(found.request_ids, found.image_indexes, config.replay_share)
+    held_out &= ~np.isin(found.fingerprints, list(seen_before))
     trained, replay = found.digits.subset(np.flatnonzero(~held_out)), found.digits.subset(np.flatnonzero(held_out))
     trained_fingerprints = set(found.fingerprints[~held_out])
 
-    parent = resolve_registered(config.parent)
     parent_params = mlflow.get_run(parent.run_id).data.params
     data_dir = Path(parent_params["data_dir"]) if (Path(parent_params["data_dir"]) / "mnist").is_dir() else settings.data_dir
     seed = int(parent_params["seed"])
@@ -120,10 +124,10 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
     evaluation_sets = {"mnist_test": load_source("mnist", data_dir)}
     for source in FOREIGN_LAYOUTS:
         evaluation_sets[f"{source}_unseen"] = unseen(
-            load_source(source, data_dir, config.foreign_limit_per_class), trained_fingerprints
+            load_source(source, data_dir, config.foreign_limit_per_class), trained_fingerprints | seen_before
         )
 
-    traffic = incident_traffic(log_columns, labels, trained_fingerprints)
+    traffic = incident_traffic(log_columns, labels, trained_fingerprints | seen_before)
     model = mlflow.keras.load_model(config.parent)
     parent_replay = model.predict(to_model_input(replay.images), verbose=0) if len(replay) else None
     compile_cnn(model, config.learning_rate, -(-len(images) // config.batch_size) * config.epochs)
@@ -160,7 +164,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             f"Registered as {parent.name} @{CHALLENGER_ALIAS}."
         )
         fit_cnn(model, images, targets, validation, config.epochs, config.batch_size, run)
-        if config.self_training and traffic is not None:
+        if config.self_training and traffic is not None and len(traffic.images) >= 2 * MIN_INCIDENT_IMAGES:
             replay_fingerprints = set(found.fingerprints[held_out])
             pseudo, traffic = _self_train(model, traffic, replay_fingerprints, images, targets, validation, config, run)
             trained_fingerprints |= pseudo
@@ -242,8 +246,23 @@ def _self_train(
     more_images = np.concatenate([images, copies])
     more_targets = np.concatenate([targets, np.repeat(pseudo_labels, repeats)])
     compile_cnn(model, config.learning_rate / 2, -(-len(more_images) // config.batch_size))
-    fit_cnn(model, more_images, more_targets, validation, 1, config.batch_size, run)
+    fit_cnn(model, more_images, more_targets, validation, 1, config.batch_size, run, initial_epoch=config.epochs)
     return set(traffic.fingerprints[pool][sure]), kept
+
+
+def ancestor_fingerprints(model_name: str, version: str) -> set[str]:
+    """Every image `version` and the versions it was retrained from trained on (their runs' lineage files); empty
+    for a version trained from scratch."""
+    client = mlflow.MlflowClient()
+    found: set[str] = set()
+    current: str | None = str(version)
+    while current is not None:
+        registered = client.get_model_version(model_name, current)
+        current = registered.tags.get(PARENT_VERSION_TAG)
+        if current is not None:
+            text = mlflow.artifacts.load_text(f"runs:/{registered.run_id}/{TRAINED_FINGERPRINTS}")
+            found |= set(filter(None, text.splitlines()))
+    return found
 
 
 def _log_reference_with_traffic(

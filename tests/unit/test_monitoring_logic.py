@@ -233,6 +233,8 @@ def test_a_reference_that_takes_in_served_images_no_longer_calls_their_kind_fore
     clean, clean_labels = synthetic_digits(400, 6, thickness=3)
     _, clean_embeddings = _synthetic_model_outputs(clean_labels, 7)
     assert (foreign_scores(mixed, clean, clean_embeddings) > mixed.threshold).mean() < 0.05
+    assert np.array_equal(mixed.confidence_bin_accuracy, mnist_only.confidence_bin_accuracy)
+    assert np.array_equal(mixed.quality_bounds, mnist_only.quality_bounds)
     assert float(mixed.accuracy) == float(mnist_only.accuracy)
     assert float(mixed.served_share) == pytest.approx(0.4, abs=0.01)
     assert mixed.class_means.shape[0] == 20 and mnist_only.class_means.shape[0] == 10
@@ -244,11 +246,26 @@ def test_a_reference_that_takes_in_served_images_no_longer_calls_their_kind_fore
     assert scores_and_learned(mnist_only, new, new_embeddings)[1] is None
 
 
+def test_a_reference_refuses_served_images_without_embeddings_and_a_class_it_cannot_measure():
+    from common.reference import ServedImages, fit_reference
+
+    images, labels = synthetic_digits(400, 0, thickness=3)
+    probabilities, embeddings = _synthetic_model_outputs(labels, 1)
+    served = ServedImages(images[:100], probabilities[:100], None, share=0.3)
+    with pytest.raises(ValueError, match="need embeddings exactly when"):
+        fit_reference(images, labels, probabilities, embeddings, served=served)
+    labels = np.where(labels == 3, 4, labels)  # no 3 at all
+    with pytest.raises(ValueError, match=r"class\(es\) \[3\] are missing"):
+        fit_reference(images, labels, probabilities, embeddings)
+
+
 def test_mixture_sizes_keep_the_share_with_as_many_images_as_the_two_allow():
     from common.reference import mixture_sizes
 
     assert mixture_sizes(5000, 1000, 0.5) == (1000, 1000)  # MNIST is cut to match the served images
     assert mixture_sizes(5000, 9000, 0.5) == (5000, 5000)  # served images are cut when MNIST runs out
     assert mixture_sizes(5000, 1000, 0.2) == (4000, 1000)
+    assert mixture_sizes(5000, 50, 0.95) == (300, 50)  # never so little MNIST that a class mean goes unmeasured
+    assert mixture_sizes(200, 100, 0.5) == (200, 100)
     with pytest.raises(ValueError, match="served share 1.0"):
         mixture_sizes(5000, 1000, 1.0)

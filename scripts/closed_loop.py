@@ -389,6 +389,12 @@ def estimate_errors(windows: pd.DataFrame, column: str) -> dict:
     return out
 
 
+def reproducing_command(argv: list[str]) -> str:
+    """The command as a reader runs it again: without `--out` (a folder of this machine; the default makes a new one)."""
+    kept = [arg for index, arg in enumerate(argv) if arg != "--out" and (index == 0 or argv[index - 1] != "--out")]
+    return " ".join(["python scripts/closed_loop.py", *(arg for arg in kept if not arg.startswith("--out="))])
+
+
 def loop_figures(
     windows: pd.DataFrame, state: LoopState, config: LoopConfig, first_version: str, seconds: float, incidents: list[dict]
 ) -> dict:
@@ -440,7 +446,7 @@ def loop_figures(
             incidents, promotions[0]["window"] if promotions else None, int(windows["window"].max()) + 1
         ),
         "seconds": round(seconds, 1),
-        "command": "python scripts/closed_loop.py " + " ".join(sys.argv[1:]),
+        "command": reproducing_command(sys.argv[1:]),
     }
 
 

@@ -1,9 +1,10 @@
 """Monitoring engines compared: python -m bench.monitoring_engines --source-log LOG [--sizes 100000 1000000 10000000].
 
 For each size, a Parquet log of that many real records (resampled from `--source-log`, spread over
-`--windows` windows) is judged by the pandas engine and by the Spark engine, each in a fresh process:
+`--windows` windows) is judged by the pandas, DuckDB and Spark engines, each in a fresh process:
 read, select the model version, window metrics and alerts; and by the pandas engine as it was before it
-left the image blobs on disk (`pandas-every-column`), the peer of its column pruning. Spark is timed cold (the JVM and session
+left the image blobs on disk (`pandas-every-column`), the peer of its column pruning. `--skip ENGINE@SIZE`
+leaves one out where it cannot finish (pandas past the machine's memory). Spark is timed cold (the JVM and session
 start inside the measurement) and warm (the same work again on the running session). Peak memory is
 the most resident memory of the measured process and its children (Spark's JVM), sampled every 0.1 s;
 a process that passes `--memory-limit-gib` is stopped and reported as such.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,7 @@ import numpy as np
 from common.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
-ENGINES = ("pandas", "spark")
+ENGINES = ("pandas", "duckdb", "spark")
 EVERY_COLUMN = "pandas-every-column"  # the pandas engine before it left the image blobs on disk
 MEASURED = (EVERY_COLUMN, *ENGINES)
 log = logging.getLogger(__name__)
@@ -125,12 +127,15 @@ def run_measured(engine: str, log_path: Path, model_uri: str, limit_gib: float) 
     return {**json.loads(output.strip().splitlines()[-1]), **result}
 
 
-def crossover(sizes: dict, key: str) -> int | None:
-    """The smallest size at which Spark's `key` time beats pandas, when pandas finished there."""
+def crossover(sizes: dict, key: str, embedded: str = "pandas") -> int | None:
+    """The smallest size at which Spark's `key` time beats the embedded engine's, when that one was measured there
+    and finished or failed (a skipped size says nothing)."""
     for size, row in sizes.items():
-        pandas_seconds = row["pandas"].get("seconds")
+        if "skipped" in row[embedded]:
+            continue
+        embedded_seconds = row[embedded].get("seconds")
         spark_seconds = row["spark"].get(key)
-        if spark_seconds is not None and (pandas_seconds is None or spark_seconds < pandas_seconds):
+        if spark_seconds is not None and (embedded_seconds is None or spark_seconds < embedded_seconds):
             return int(size)
     return None
 
@@ -148,6 +153,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=365)
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
     parser.add_argument("--scratch", type=Path, default=None, help="where the big logs go (default: a temporary folder)")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="ENGINE@SIZE", help="measurements to leave out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "measure":
@@ -166,6 +172,9 @@ def main() -> None:
             build_parquet_log(folder / "source.parquet", size, args.windows, path)
             sizes[str(size)] = {"parquet_mib": round(path.stat().st_size / 2**20)}
             for engine in MEASURED:
+                if f"{engine}@{size}" in args.skip:
+                    sizes[str(size)][engine] = {"skipped": "left out by --skip"}
+                    continue
                 log.info("measuring %s on %d records", engine, size)
                 sizes[str(size)][engine] = run_measured(engine, path, args.model, args.memory_limit_gib)
                 log.info("%s on %d records: %s", engine, size, sizes[str(size)][engine])
@@ -178,13 +187,20 @@ def main() -> None:
             row["pandas_vs_every_column_memory_ratio"] = round(
                 row["pandas"]["peak_memory_mib"] / row[EVERY_COLUMN]["peak_memory_mib"], 2
             )
+        duckdb_seconds = row["duckdb"].get("seconds")
+        if pandas_seconds and duckdb_seconds:
+            row["duckdb_vs_pandas_time_ratio"] = round(duckdb_seconds / pandas_seconds, 2)
+            row["duckdb_vs_pandas_memory_ratio"] = round(row["duckdb"]["peak_memory_mib"] / row["pandas"]["peak_memory_mib"], 2)
         for key in ("cold_seconds", "warm_seconds"):
+            name = key.split("_")[0]
             if pandas_seconds and row["spark"].get(key):
-                row[f"spark_{key.split('_')[0]}_vs_pandas_time_ratio"] = round(row["spark"][key] / pandas_seconds, 2)
+                row[f"spark_{name}_vs_pandas_time_ratio"] = round(row["spark"][key] / pandas_seconds, 2)
+            if duckdb_seconds and row["spark"].get(key):
+                row[f"spark_{name}_vs_duckdb_time_ratio"] = round(row["spark"][key] / duckdb_seconds, 2)
     result = {
-        "benchmark": "monitoring engines: pandas against Spark (local[*]) on Parquet prediction logs of real records",
+        "benchmark": "monitoring engines: pandas, DuckDB and Spark (local[*]) on Parquet prediction logs of real records",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pandas", "numpy", "scipy", "pyarrow", "pyspark", "mlflow")),
+        "machine": describe_machine(("pandas", "numpy", "scipy", "pyarrow", "duckdb", "pyspark", "mlflow")),
         "model": args.model,
         "windows": args.windows,
         "measured": "read the Parquet log, select the model version, window metrics and alerts (default config); "
@@ -192,8 +208,9 @@ def main() -> None:
         "sizes": sizes,
         "crossover_records_cold": crossover(sizes, "cold_seconds"),
         "crossover_records_warm": crossover(sizes, "warm_seconds"),
-        "command": f"python -m bench.monitoring_engines --source-log {args.source_log} --model {args.model} --sizes "
-        + " ".join(map(str, args.sizes)),
+        "crossover_vs_duckdb_records_cold": crossover(sizes, "cold_seconds", "duckdb"),
+        "crossover_vs_duckdb_records_warm": crossover(sizes, "warm_seconds", "duckdb"),
+        "command": shlex.join(["python", "-m", "bench.monitoring_engines", *sys.argv[1:]]),
     }
     (RESULTS / "monitoring_engines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -79,8 +79,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument(
         "--engine",
         choices=ENGINES,
-        default="pandas",
-        help="who computes the window metrics: pandas in memory (SQLite or Parquet logs), or Spark (Parquet logs)",
+        default="auto",
+        help="who computes the window metrics: DuckDB (Parquet logs and datasets), pandas in memory (SQLite or "
+        "Parquet logs) or Spark (Parquet logs, a cluster); auto: DuckDB for Parquet, pandas for SQLite",
     )
     run.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER, help="with --engine spark: local[*] or a master URL")
     run.add_argument("--truth", help="a simulation's ground_truth.db: adds realised accuracy and true foreign share")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from monitoring.model import ModelRef
 
 logger = logging.getLogger(__name__)
-ENGINES = ("pandas", "spark")
+ENGINES = ("auto", "pandas", "duckdb", "spark")
 
 
 class MonitoringError(RuntimeError):
@@ -65,19 +65,38 @@ class LogEngine(Protocol):
         """Realised accuracy and true foreign share per window, from a ground-truth sidecar."""
 
 
+def chosen_engine(engine: str, path: str | Path | None = None) -> str:
+    """The engine `auto` stands for: DuckDB for Parquet (a file, a folder of parts, a dataset; `path` None), where
+    it is the fastest in the smallest memory (bench/results/monitoring_engines.json), pandas for a SQLite log."""
+    if engine != "auto":
+        return engine
+    if path is None or Path(path).suffix == ".parquet" or Path(path).is_dir():
+        return "duckdb"
+    return "pandas"
+
+
 def open_log(
     path: str | Path,
-    engine: str = "pandas",
+    engine: str = "auto",
     spark_master: str = DEFAULT_SPARK_MASTER,
     clock: str = "auto",
     wall: WindowClock = DAILY_CLOCK,
 ) -> LogEngine:
-    """The prediction log at `path`, read by the pandas engine (SQLite or Parquet) or by Spark (Parquet), each
-    record in its window under `clock` (auto, simulated or wall; `wall`: the time windows' length and timezone)."""
+    """The prediction log at `path`, read by the pandas engine (SQLite or Parquet), DuckDB (Parquet) or Spark
+    (Parquet), each record in its window under `clock` (auto, simulated or wall; `wall`: the time windows' length
+    and timezone)."""
+    engine = chosen_engine(engine, path)
     if engine == "pandas":
         from monitoring.pandas_engine import PandasLog
 
         return PandasLog.read(path, clock, wall)
+    if engine == "duckdb":
+        from monitoring.duckdb_engine import DuckLog, DuckLogError
+
+        try:
+            return DuckLog.read(path, clock, wall)
+        except (DuckLogError, WindowError) as err:
+            raise MonitoringError(str(err)) from None
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from monitoring.spark_engine import SparkLog, SparkLogError
@@ -113,12 +132,13 @@ def read_truth(path: str | Path) -> pd.DataFrame:
 def open_dataset(
     location: str, increment: Increment, engine: str, cache_dir: Path, spark_master: str = DEFAULT_SPARK_MASTER
 ) -> LogEngine:
-    """The records an increment judges, read from a partitioned dataset by the pandas or the Spark engine, each
-    in its window under the increment's clock; records of windows an earlier run judged are counted as late.
+    """The records an increment judges, read from a partitioned dataset by the pandas, DuckDB or Spark engine,
+    each in its window under the increment's clock; records of windows an earlier run judged are counted as late.
 
-    Spark reads local Parquet parts where they are; parts in a blob container, and collector JSON lines,
-    are first copied into `cache_dir` as Parquet (Spark here has no Azure connector), once each.
+    DuckDB and Spark read local Parquet parts where they are; parts in a blob container, and collector JSON
+    lines, are first copied into `cache_dir` as Parquet (neither has an Azure connector here), once each.
     """
+    engine = chosen_engine(engine)
     fs, _ = filesystem(location)
     parts = list(increment.parts)
     clock = increment.clock
@@ -142,6 +162,15 @@ def open_dataset(
         placed, _ = with_windows(frame, clock, location)
         keep = in_increment(placed["window"], increment)
         return PandasLog(placed[keep].drop(columns=["timestamp"]), images, clock, left_out)
+    if engine == "duckdb":
+        from monitoring.duckdb_engine import DuckLog, DuckLogError
+
+        try:
+            log = DuckLog.read_files(local_parquet(fs, parts, cache_dir), location, increment.after, increment.through, clock)
+        except (DuckLogError, DatasetError) as err:
+            raise MonitoringError(str(err)) from None
+        log.left_out = left_out
+        return log
     if engine != "spark":
         raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     from monitoring.spark_engine import SparkLog, SparkLogError

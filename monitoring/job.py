@@ -363,7 +363,7 @@ def monitor_dataset(
     config: MonitorConfig = DEFAULT_CONFIG,
     truth: pd.DataFrame | None = None,
     webhook: str | None = None,
-    engine: str = "pandas",
+    engine: str = "auto",
     spark_master: str = DEFAULT_SPARK_MASTER,
     now: datetime | None = None,
     policy: Policy | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,17 @@ def sample_keys(request_ids: pd.Series, image_indexes: pd.Series) -> np.ndarray:
         dtype=np.int64,
         count=len(request_ids),
     )
+
+
+KEY_SPACE = 16**SAMPLE_KEY_HEX_DIGITS
+
+
+def key_cut(volume: int, size: int) -> int:
+    """A sample-key bound under which a window of `volume` uniform keys keeps its `size` smallest, but for
+    a chance of about 1e-15: the expected count under it is `size` plus eight standard deviations. Engines that
+    cannot afford to sort every record rank only the records under it."""
+    expected = size + 8 * math.sqrt(size) + 64
+    return KEY_SPACE if expected >= volume else int(KEY_SPACE * expected / volume)
 
 
 def _entropy(probabilities: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +27,7 @@ from monitoring.metrics import (
     OUT_OF_REFERENCE_FLAGS,
     SAMPLE_COLUMNS,
     SAMPLE_KEY_HEX_DIGITS,
+    key_cut,
 )
 
 REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
@@ -292,16 +292,6 @@ def _with_windows(frame, clock: WindowClock, label: str):
         example = f"{label}: request {first['request_id']} image {first['image_index']}, timestamp {first['timestamp']!r}"
         left_out = LeftOut(unreadable=int(count), unreadable_example=example)
     return stamped.where(F.col("window").isNotNull()), left_out
-
-
-KEY_SPACE = 16**SAMPLE_KEY_HEX_DIGITS
-
-
-def key_cut(volume: int, size: int) -> int:
-    """A sample-key bound under which a window of `volume` uniform keys keeps its `size` smallest, but for
-    a chance of about 1e-15: the expected count under it is `size` plus eight standard deviations."""
-    expected = size + 8 * math.sqrt(size) + 64
-    return KEY_SPACE if expected >= volume else int(KEY_SPACE * expected / volume)
 
 
 def _bottom_keys(frame, size: int) -> pd.DataFrame:

@@ -307,7 +307,8 @@ def test_windows_with_too_few_records_are_shown_but_not_judged(traffic, champion
     assert (tmp_path / "out" / "alerts.jsonl").read_text() == ""
 
 
-def test_spark_and_pandas_engines_judge_the_same_log_alike(traffic, champion, spark, tmp_path):
+def test_spark_duckdb_and_pandas_engines_judge_the_same_log_alike(traffic, champion, spark, tmp_path):
+    from monitoring.duckdb_engine import DuckLog
     from monitoring.engine import read_truth
     from monitoring.job import judge
     from monitoring.metrics import AGGREGATE_COLUMNS, MonitorConfig
@@ -333,6 +334,9 @@ def test_spark_and_pandas_engines_judge_the_same_log_alike(traffic, champion, sp
     assert_same_frames(metrics_pandas, metrics_spark, exact=["window", "volume", "too_small"])
     assert alerts_pandas == alerts_spark and alerts_pandas
     assert metrics_pandas["embedding_p"].notna().all() and metrics_pandas["true_foreign_share"].iloc[-1] > 0.3
+    metrics_duckdb, alerts_duckdb, _ = judge(DuckLog.read(tmp_path / "log.parquet"), model, config, truth)
+    assert_same_frames(metrics_pandas, metrics_duckdb, exact=["window", "volume", "too_small"])
+    assert alerts_pandas == alerts_duckdb
 
     drifted = [4, 5, 6, 7]
     columns = ["request_id", "image_index", "window", "confidence"]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from common.records import PROJECTION_COLUMNS
-from monitoring import spark_engine
+from monitoring import metrics, spark_engine
 from monitoring.metrics import window_samples
 from monitoring.spark_engine import SparkLog
 
@@ -37,7 +37,7 @@ def big_windows(tmp_path_factory):
 
 def test_spark_samples_the_records_pandas_samples_in_the_same_order(spark, big_windows):
     frame, path = big_windows
-    assert spark_engine.key_cut(1500, 30) < spark_engine.KEY_SPACE  # the cut is taken, not everything collected
+    assert spark_engine.key_cut(1500, 30) < metrics.KEY_SPACE  # the cut is taken, not everything collected
     expected = window_samples(frame, 30)
     sampled = SparkLog.read(path).samples(30)
     assert len(sampled) == 90 and sampled.equals(expected)
@@ -45,7 +45,7 @@ def test_spark_samples_the_records_pandas_samples_in_the_same_order(spark, big_w
 
 def test_a_window_the_cut_leaves_short_is_sampled_whole(spark, big_windows, monkeypatch):
     frame, path = big_windows
-    monkeypatch.setattr(spark_engine, "key_cut", lambda volume, size: spark_engine.KEY_SPACE // 1000)
+    monkeypatch.setattr(spark_engine, "key_cut", lambda volume, size: metrics.KEY_SPACE // 1000)
     assert SparkLog.read(path).samples(30).equals(window_samples(frame, 30))
 
 

@@ -201,8 +201,8 @@ def test_two_replicas_on_azurite_lose_no_acknowledged_prediction_when_one_is_kil
     raw = sum(len(read_parts(fs, [part], ["window"])) for part in parts)
     print(f"{len(parts)} parts from 2 writers; {raw - len(records)} record(s) written by both replicas")
 
-    for engine in ("pandas", "spark"):
+    for engine in ("pandas", "duckdb", "spark"):
         out = tmp_path / f"monitor-{engine}"
-        extra = ["--engine", engine, "--spark-master", "local[1]"] if engine == "spark" else []
+        extra = ["--engine", engine, "--spark-master", "local[1]"]
         metrics = monitor_dataset(location, env, out, champion, "--full", *extra)
         assert metrics["window"].tolist() == list(range(6)) and int(metrics["volume"].sum()) == len(ids)

@@ -175,7 +175,7 @@ def test_an_unreadable_window_or_timezone_names_the_flag_and_the_accepted_forms(
     assert run.returncode == 2 and f"{flag} {value!r}: {expected}" in run.stderr
 
 
-def test_spark_and_pandas_judge_time_windows_alike(hourly_log, champion, spark, tmp_path):
+def test_spark_duckdb_and_pandas_judge_time_windows_alike(hourly_log, champion, spark, tmp_path):
     from monitoring.engine import open_log
     from monitoring.job import judge
     from monitoring.metrics import MonitorConfig
@@ -195,9 +195,14 @@ def test_spark_and_pandas_judge_time_windows_alike(hourly_log, champion, spark, 
     assert_same_frames(metrics_pandas, metrics_spark, exact=["window", "volume", "too_small"])
     assert alerts_pandas == alerts_spark and alerts_pandas
     assert metrics_pandas["window_start"].iloc[0] == "2026-11-02T07:00:00+01:00"
+    by_duckdb = open_log(tmp_path / "log.parquet", "duckdb", clock="auto", wall=clock)
+    metrics_duckdb, alerts_duckdb, _ = judge(by_duckdb, model, config)
+    assert by_duckdb.clock == clock and by_duckdb.left_out == by_pandas.left_out
+    assert_same_frames(metrics_pandas, metrics_duckdb, exact=["window", "volume", "too_small"])
+    assert alerts_pandas == alerts_duckdb
 
 
-@pytest.mark.parametrize("engine", ["pandas", "spark"])
+@pytest.mark.parametrize("engine", ["pandas", "duckdb", "spark"])
 def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_late_arrivals(
     hourly_log, champion, spark, tmp_path, engine
 ):

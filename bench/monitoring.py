@@ -2,7 +2,8 @@
 
 The big log is made of real records of `--source-log` (a log the server or score.py wrote),
 resampled with new request ids across `--windows` windows, written as SQLite and as Parquet.
-Each stage of a monitoring run is timed; the MLflow run goes to a scratch SQLite store.
+Each stage of a monitoring run is timed, by the pandas engine on both files and by the DuckDB engine on the
+Parquet one (the engine `--engine auto` takes for Parquet); the MLflow run goes to a scratch SQLite store.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import pandas as pd
 
 from common.machine import describe_machine
 from common.records import PredictionRecord
-from monitoring.engine import for_version
+from monitoring.engine import for_version, open_log
 from monitoring.job import judge, monitor
 from monitoring.metrics import DEFAULT_CONFIG
 from monitoring.model import ModelRef, resolve_model
-from monitoring.pandas_engine import PandasLog, read_log
+from monitoring.pandas_engine import read_log
 from serving.prediction_log import PredictionLog, export_parquet
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,9 +84,12 @@ def run(source_log: Path, model: ModelRef, records: int, windows: int) -> dict:
         source = read_log(source_log, columns=None)  # every column, images too: the big logs are real ones
         timed(figures, "build_log_seconds", lambda: build_big_log(source, records, windows, folder / "big.db"))
         timed(figures, "export_parquet_seconds", lambda: export_parquet(folder / "big.db", folder / "big.parquet"))
-        for kind, path in (("sqlite", folder / "big.db"), ("parquet", folder / "big.parquet")):
+        measured = (("sqlite", "pandas", folder / "big.db"), ("parquet", "pandas", folder / "big.parquet"))
+        for kind, engine, path in (*measured, ("parquet_duckdb", "duckdb", folder / "big.parquet")):
             stages: dict = {}
-            frame = timed(stages, "read_seconds", lambda path=path: for_version(PandasLog.read(path), model, path))
+            frame = timed(
+                stages, "read_seconds", lambda path=path, engine=engine: for_version(open_log(path, engine), model, path)
+            )
             timed(stages, "window_metrics_and_alerts_seconds", lambda frame=frame: judge(frame, model, DEFAULT_CONFIG))
             mlflow.set_tracking_uri(f"sqlite:///{folder / f'mlflow-{kind}.db'}")
             timed(
@@ -115,7 +119,7 @@ def main() -> None:
     result = {
         "benchmark": "monitoring a big prediction log (real records resampled), each stage timed",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pandas", "numpy", "scipy", "mlflow", "evidently", "plotly")),
+        "machine": describe_machine(("pandas", "numpy", "scipy", "duckdb", "mlflow", "evidently", "plotly")),
         "model": args.model,
         **figures,
         "command": f"python -m bench.monitoring --source-log {args.source_log} --model {args.model} --records {args.records} "

@@ -5,7 +5,10 @@ each in a process of its own, before and after each of N rounds of our server, o
 ratios are the rounds' medians), our server and `mlflow models serve`
 (--workers 1 and 2) under the same load (a Python closed loop, and Debian's wrk at 1, 8, 64 and 256
 connections of single images), and the prediction log against the original one-MLflow-run-per-request
-bookkeeping.
+bookkeeping. Then the server Azure runs: `azmlinfsrv` serving the same score.py and champion (--worker_count 1
+and 2) against our server's /score door under wrk at 1, 8 and 64 connections of the same single-image body;
+and the cold start of both, from process start to /ready and to the first answer (each started
+`--cold-starts` times), with our server's stages (bench.cold_start, in fresh processes).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +44,8 @@ RESULTS = Path(__file__).parent / "results"
 DEFAULT_OUT = str(RESULTS / "serving.json")
 VENV_BIN = Path(sys.executable).parent
 WRK_CONNECTIONS = (1, 8, 64, 256)
+AZURE_CONNECTIONS = (1, 8, 64)
+AZMLINFSRV_WORKERS = (1, 2)  # --worker_count: one process, and one per core
 STARTUP_TIMEOUT_S = 180  # how long a server under test may take to answer its readiness check
 SERVER_MODEL_THREADS = os.cpu_count() or 1  # `python -m serving --model-threads`' default: the machine's cores
 WORKERS = 2  # our server is measured in each round as one process and as `--workers 2`
@@ -151,12 +158,118 @@ def measure_mlflow_serve(model_uri: str, workers: int, images: np.ndarray, durat
         }
 
 
+def score_body(images: np.ndarray) -> bytes:
+    """The body of Azure ML's /score contract with the first image: what score.py's run() reads."""
+    return json.dumps({"data": images[:1].reshape(1, 784).tolist()}).encode()
+
+
+@contextmanager
+def started(command: list[str], ready_url: str, score_url: str, body: bytes, env: dict, log_path: Path) -> Iterator[dict]:
+    """A server started from nothing, with its cold start: seconds from process start to `ready_url` answering 200
+    (polled every 50 ms) and to the answer of a first /score request."""
+    import httpx
+
+    began = time.monotonic()
+    with running(command, ready_url, env, log_path, timeout=STARTUP_TIMEOUT_S, poll_s=0.05):
+        ready = time.monotonic() - began
+        answer = httpx.post(score_url, content=body, headers={"content-type": "application/json"}, timeout=60)
+        if answer.status_code != 200:
+            raise RuntimeError(f"{score_url}: the first answer was {answer.status_code}: {answer.text[:300]}")
+        yield {"to_ready_seconds": round(ready, 2), "to_first_answer_seconds": round(time.monotonic() - began, 2)}
+
+
+def azmlinfsrv_command(port: int, health_port: int, worker_count: int) -> list[str]:
+    return [
+        str(VENV_BIN / "azmlinfsrv"),
+        "--entry_script",
+        "serving/score.py",
+        "--port",
+        str(port),
+        "--health_port",
+        str(health_port),
+        "--worker_count",
+        str(worker_count),
+    ]
+
+
+def measure_score_doors(model_uri: str, images: np.ndarray, duration: float, env: dict, folder: Path) -> dict:
+    """Our server's /score and azmlinfsrv's (score.py, each --worker_count) under wrk at AZURE_CONNECTIONS, with
+    the same single-image body, the same champion and each its own SQLite prediction log."""
+    body = score_body(images)
+    figures: dict = {}
+    port = free_port()
+    command = our_server_command(model_uri, port, folder / "score-door-log.db", "--model-threads", str(SERVER_MODEL_THREADS))
+    url = f"http://127.0.0.1:{port}"
+    with started(command, f"{url}/ready", f"{url}/score", body, env, folder / "ours.log"):
+        figures["our_server"] = wrk_levels(f"{url}/score", body, duration, "ours-score", AZURE_CONNECTIONS)
+    for workers in AZMLINFSRV_WORKERS:
+        port, health_port = free_port(), free_port()
+        served = {**env, "DIGITDRIFT_MODEL_URI": model_uri, "DIGITDRIFT_PREDICTION_LOG": str(folder / f"azure-{workers}.db")}
+        url = f"http://127.0.0.1:{port}"
+        log.info("azmlinfsrv --worker_count %d", workers)
+        with started(azmlinfsrv_command(port, health_port, workers), f"{url}/", f"{url}/score", body, served, folder / "az.log"):
+            figures[f"azmlinfsrv_workers{workers}"] = wrk_levels(
+                f"{url}/score", body, duration, f"az-w{workers}", AZURE_CONNECTIONS
+            )
+    best = {
+        f"c{connections}": max(
+            AZMLINFSRV_WORKERS, key=lambda w, c=connections: figures[f"azmlinfsrv_workers{w}"][f"c{c}"]["requests_per_s"]
+        )
+        for connections in AZURE_CONNECTIONS
+    }
+    figures["azmlinfsrv_best_worker_count"] = best
+    figures["ratios_ours_over_best_azmlinfsrv"] = {
+        level: round(
+            figures["our_server"][level]["requests_per_s"] / figures[f"azmlinfsrv_workers{workers}"][level]["requests_per_s"], 2
+        )
+        for level, workers in best.items()
+    }
+    return figures
+
+
+def measure_cold_starts(model_uri: str, images: np.ndarray, env: dict, folder: Path, starts: int) -> dict:
+    """Each server started `starts` times from nothing: seconds to /ready and to the first answer (the medians and
+    every start), and our server's stages in as many fresh processes (bench.cold_start; the median of each)."""
+    body = score_body(images)
+    runs: dict[str, list[dict]] = {"our_server": [], "azmlinfsrv": []}
+    stage_runs = []
+    for number in range(starts):
+        log.info("cold start %d of %d", number + 1, starts)
+        port = free_port()
+        command = our_server_command(model_uri, port, folder / f"cold-{number}.db", "--model-threads", str(SERVER_MODEL_THREADS))
+        url = f"http://127.0.0.1:{port}"
+        with started(command, f"{url}/ready", f"{url}/score", body, env, folder / "ours-cold.log") as figures:
+            runs["our_server"].append(figures)
+        port, health_port = free_port(), free_port()
+        served = {**env, "DIGITDRIFT_MODEL_URI": model_uri, "DIGITDRIFT_PREDICTION_LOG": str(folder / f"cold-az-{number}.db")}
+        url = f"http://127.0.0.1:{port}"
+        with started(
+            azmlinfsrv_command(port, health_port, 1), f"{url}/", f"{url}/score", body, served, folder / "az-cold.log"
+        ) as figures:
+            runs["azmlinfsrv"].append(figures)
+        command = [sys.executable, "-m", "bench.cold_start", "--model", model_uri]
+        output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+        stage_runs.append(json.loads(output.strip().splitlines()[-1])["stages"])
+    result: dict = {}
+    for server, measured in runs.items():
+        result[server] = {key: round(float(np.median([figures[key] for figures in measured])), 2) for key in measured[0]} | {
+            "starts": measured
+        }
+    result["our_server_stages_seconds"] = {
+        stage: round(float(np.median([stages[stage] for stages in stage_runs])), 3) for stage in stage_runs[0]
+    }
+    result["our_server_stages_total_seconds"] = round(sum(result["our_server_stages_seconds"].values()), 2)
+    return result
+
+
 def mean_figures(before: dict, after: dict) -> dict:
     """The mean of two bare-model measurements, key by key."""
     return {key: round((before[key] + after[key]) / 2, 3) for key in before}
 
 
-def run_benchmark(model_uri: str, duration: float, settings, server_args: list[str], rounds: int = 3) -> dict:
+def run_benchmark(
+    model_uri: str, duration: float, settings, server_args: list[str], rounds: int = 3, cold_starts: int = 3
+) -> dict:
     mlflow.set_tracking_uri(settings.tracking_uri)
     images = load_source("mnist", settings.data_dir).images[:4096]
     env = {
@@ -195,6 +308,9 @@ def run_benchmark(model_uri: str, duration: float, settings, server_args: list[s
             for batch, count in ((1, 2000), (8, 1000), (256, 100))
         }
         figures["original_bookkeeping_predictions_per_s"] = round(original_bookkeeping_rate(folder, images, 40), 2)
+        log.info("the /score door: our server against azmlinfsrv")
+        figures["score_door_wrk_single_images"] = measure_score_doors(model_uri, images, duration, env, folder)
+        figures["cold_start"] = measure_cold_starts(model_uri, images, env, folder, cold_starts)
     figures["ratios"], figures["ratio_ranges"] = median_ratios([entry["ratios"] for entry in figures["rounds"]])
     figures[f"ratios_{WORKERS_KEY}"], figures[f"ratio_ranges_{WORKERS_KEY}"] = median_ratios(
         [entry[WORKERS_KEY]["ratios"] for entry in figures["rounds"]]
@@ -210,10 +326,10 @@ def median_ratios(per_round: list[dict]) -> tuple[dict, dict]:
     return medians, ranges
 
 
-def wrk_levels(url: str, body: bytes, duration: float, prefix: str) -> dict:
-    """Single-image requests from wrk at 1, 8, 64 and 256 connections."""
+def wrk_levels(url: str, body: bytes, duration: float, prefix: str, connection_counts: tuple[int, ...] = WRK_CONNECTIONS) -> dict:
+    """Single-image requests from wrk at each of `connection_counts` (1, 8, 64 and 256 connections)."""
     levels = {}
-    for connections in WRK_CONNECTIONS:
+    for connections in connection_counts:
         log.info("wrk, %d connections: %s", connections, url)
         levels[f"c{connections}"] = wrk_load(url, body, connections, duration, f"{prefix}-c{connections}")
     return levels
@@ -268,19 +384,23 @@ def main() -> None:
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--max-wait-ms 0'")
     parser.add_argument("--rounds", type=int, default=3, help="our server between two bare-model measurements, N times")
+    parser.add_argument("--cold-starts", type=int, default=3, help="how many times each server is started from nothing")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    figures = run_benchmark(args.model, args.duration, load_settings(), shlex.split(args.server_args), args.rounds)
+    figures = run_benchmark(
+        args.model, args.duration, load_settings(), shlex.split(args.server_args), args.rounds, args.cold_starts
+    )
     command = ["python", "-m", "bench.serving", "--model", args.model]
-    command += ["--duration", str(args.duration), "--rounds", str(args.rounds)]
+    command += ["--duration", str(args.duration), "--rounds", str(args.rounds), "--cold-starts", str(args.cold_starts)]
     if args.server_args:
         command += ["--server-args", args.server_args]
     if args.out != DEFAULT_OUT:
         command += ["--out", args.out]
     result = {
-        "benchmark": "serving: bare model, our server, mlflow models serve, prediction log vs per-request MLflow runs",
+        "benchmark": "serving: bare model, our server, mlflow models serve, azmlinfsrv, cold starts, prediction log vs "
+        "per-request MLflow runs",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "model": args.model,

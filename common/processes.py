@@ -36,8 +36,8 @@ def alive(pid: int | None) -> bool:
         return True
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    """Poll `url` until it answers 200, failing early if `process` dies."""
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0, poll_s: float = 0.3) -> None:
+    """Poll `url` every `poll_s` seconds until it answers 200, failing early if `process` dies."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -49,7 +49,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) ->
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        time.sleep(poll_s)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
@@ -65,7 +65,12 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def running(
-    command: list[str], health_url: str, env: dict | None = None, log_path: Path | None = None, timeout: float = 120.0
+    command: list[str],
+    health_url: str,
+    env: dict | None = None,
+    log_path: Path | None = None,
+    timeout: float = 120.0,
+    poll_s: float = 0.3,
 ) -> Iterator[subprocess.Popen]:
     """Start `command` in the project's folder, wait until `health_url` answers 200, and stop it afterwards;
     its output goes to `log_path` (whose tail a failed start quotes), else nowhere."""
@@ -75,7 +80,7 @@ def running(
     )
     try:
         try:
-            wait_for_http(health_url, process, timeout)
+            wait_for_http(health_url, process, timeout, poll_s)
         except (RuntimeError, TimeoutError) as err:
             tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
             raise RuntimeError(f"{err}\n{tail}") from None

@@ -43,7 +43,9 @@ def literal(text: str) -> str:
 def _connect():
     import duckdb
 
-    connection = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": tempfile.gettempdir()})
+    # a folder of this process's own for what spills past the limit (DuckDB's default is .tmp in the working folder)
+    spill = Path(tempfile.gettempdir()) / f"digitdrift-duckdb-{os.getpid()}"
+    connection = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
     connection.execute("SET TimeZone = 'UTC'")  # a timestamp without an offset is UTC, as common.windows reads it
     connection.execute("SET preserve_insertion_order = false")  # lets aggregations stream; every query orders itself
     return connection

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -181,6 +182,7 @@ def load_core(
     version: str | None = None,
     reference_path: str | None = None,
     model_threads: int = 1,
+    stages: dict[str, float] | None = None,
 ) -> ScoringCore:
     """Load a model from an MLflow model URI (models:/name@alias, runs:/...) or a local MLflow model folder.
 
@@ -188,41 +190,72 @@ def load_core(
     call), each op on one thread when `model_threads` > 1; any other flavor goes through pyfunc. Either way each
     batch is cut into up to `model_threads` chunks scored at once. The monitoring
     reference comes from `reference_path`, else from the model version's run (reference/reference.npz), else
-    beside a model folder.
+    beside a model folder. `stages`, when given, receives the seconds each step of the load took (what a cold
+    start spends before the first answer).
     """
+    lap = Stopwatch(stages if stages is not None else {})
     import mlflow  # heavy: imported when a model is loaded, not when the module is
     from threadpoolctl import threadpool_limits
 
+    lap("import_mlflow")
     # numpy's BLAS threads, spinning after the foreign score's small products, slowed the next
     # TensorFlow call from 34 to 64 ms (256 images, 2 cores): one BLAS thread for this process.
     threadpool_limits(1, user_api="blas")
     identity = identify_model(source, name, version)
+    lap("registry_lookup")
     # Model.load reads only the MLmodel file: get_model_info would also look the model up in the
     # tracking store, which fails for a downloaded folder served elsewhere (e.g. AZUREML_MODEL_DIR).
     model_info = mlflow.models.Model.load(source)
     signature = model_info.signature.to_dict() if model_info.signature else None
     if "keras" in model_info.flavors:
         with native_stderr_filtered():
+            import keras  # noqa: F401 (TensorFlow's import, timed apart from reading the model)
+
+            lap("import_tensorflow")
             keras_model = mlflow.keras.load_model(source)
+            lap("model_load")
         predict = frozen_call(keras_model, op_threads=1 if model_threads > 1 else 0)
         flavor = "keras"
     else:
         with native_stderr_filtered():
             pyfunc_model = mlflow.pyfunc.load_model(source)
+        lap("model_load")
         predict = pyfunc_call(pyfunc_model, model_info.signature)
         flavor = next(iter(set(model_info.flavors) - {"python_function"}), "python_function")
+    lap("graph_build")
     check_output(predict, source)
+    lap("first_call")
     reference = _find_reference(source, identity.run_id, reference_path)
+    lap("reference")
     identity = replace(identity, flavor=flavor, signature=signature, has_reference=reference is not None)
     log.info(
-        "loaded %s version %s (%s flavor) from %s; reference: %s",
+        "loaded %s version %s (%s flavor) from %s in %.1f s (%s); reference: %s",
         identity.name,
         identity.version,
         flavor,
         source,
+        lap.total,
+        ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in lap.stages.items()),
         "yes" if reference else "none (no foreign scores)",
     )
     return ScoringCore(predict, identity, threshold, reference, model_threads)
+
+
+class Stopwatch:
+    """Seconds per named step: each call records the time since the previous one under its name."""
+
+    def __init__(self, stages: dict[str, float]) -> None:
+        self.stages = stages
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(now - self.last, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.started
 
 
 def freeze_heap() -> None:

@@ -134,13 +134,28 @@ def monitor_cli(location: Path, out: Path, *extra: str) -> dict:
         raise RuntimeError(run.stderr[-3000:])
     read = re.search(r"read (\d+) of (\d+) parts \((\d+) bytes\)", run.stdout)
     windows = len((out / "window_metrics.csv").read_text().splitlines()) - 1
+    # the run's own account of its steps after reading (monitoring.job.monitor logs them)
+    logged = re.search(r"monitoring run in [\d.]+ s: (.*)", run.stderr)
+    stages = {name: float(value) for name, value in re.findall(r"(\w+) ([\d.]+) s", logged[1])} if logged else {}
     return {
         "seconds": round(seconds, 2),
         "parts_read": int(read[1]),
         "parts": int(read[2]),
         "bytes_read": int(read[3]),
         "windows_judged": windows,
+        "run_stages_seconds": stages,
+        "before_the_run_seconds": round(seconds - sum(stages.values()), 2),
     }
+
+
+def import_seconds(repeats: int = 3) -> float:
+    """What `python -m monitoring` spends before it does anything: the interpreter and its imports (the median)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import monitoring.__main__"], cwd=PROJECT_ROOT, check=True)
+        times.append(time.perf_counter() - started)
+    return round(sorted(times)[len(times) // 2], 2)
 
 
 def monitoring(records: list, folder: Path, days: int, per_day: int) -> dict:
@@ -155,6 +170,7 @@ def monitoring(records: list, folder: Path, days: int, per_day: int) -> dict:
     daily = monitor_cli(location, folder / "daily-run", "--watermark", str(watermark))
     log.info("a full scan of the same dataset")
     full = monitor_cli(location, folder / "full", "--full")
+    daily["interpreter_and_imports_seconds"] = import_seconds()
     return {
         "days": days,
         "records_per_day": per_day,

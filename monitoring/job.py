@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pandas as pd
 from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
+from common.stopwatch import Stopwatch
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
 from monitoring.clusters import EXAMPLES, cluster_members, window_clusters
@@ -58,6 +59,7 @@ class MonitorResult:
     checks: pd.DataFrame | None = None  # Pass / Warn / Fail / skip per window and rule
     incidents: tuple[IncidentEvent, ...] = ()
     deliveries: tuple[Delivery, ...] = ()  # incident notices sent to the policy's routes, and what became of them
+    stages: dict[str, float] = field(default_factory=dict)  # seconds each step of the run took
 
 
 def judge(
@@ -137,9 +139,11 @@ def monitor(
     """
     if out_dir.exists():
         raise MonitoringError(f"{out_dir}: already exists; monitoring never overwrites a run's outputs")
+    lap = Stopwatch()
     history = increment[0].history_frame() if increment else None
     policy = policy or load_policy(None, model.reference)
     metrics, alerts, rules = judge(log, model, config, truth, policy, history)
+    lap("window_metrics_and_alerts")
     checks, incidents = judged_checks(metrics, policy, history, log.clock)
     out_dir.mkdir(parents=True)
     metrics.to_csv(out_dir / "window_metrics.csv", index=False)
@@ -165,6 +169,7 @@ def monitor(
     if history_sink:
         rows = history_rows(metrics, checks, alerts, incidents, model.version, str(out_dir.resolve()), datetime.now(UTC))
         append_history(history_sink.location, rows)
+    lap("checks_incidents_and_history")
     flagged = firing_windows(metrics, rules)
     clusters, examples = drifted_clusters(log, flagged[-CLUSTER_WINDOWS:], metrics, model.reference, truth)
     if not clusters.empty:
@@ -182,6 +187,7 @@ def monitor(
     )
     if pictured:
         outputs.append(pictured)
+    lap("clusters")
     notes = cluster_notes(clusters)
     causes = dict(zip(checks["window"], checks["cause"]))
     explained = [
@@ -189,6 +195,7 @@ def monitor(
         for alert in alerts
     ]
     outputs.append(_dashboard(metrics, alerts, title, axis, history_sink, out_dir / "dashboard.html", notes, explained))
+    lap("dashboard")
     report_windows = drifted_windows(metrics, flagged)
     # Evidently's cost grows with rows; a sample shows the same drift
     current = log.rows_of_windows(report_windows, REPORT_SAMPLE)
@@ -199,6 +206,7 @@ def monitor(
         report_title(label, report_windows, bool(flagged), len(alerts), log.clock),
     )
     outputs.append(out_dir / "evidently_report.html")
+    lap("evidently_report")
     most_foreign = metrics[metrics["window"].isin(flagged)].nlargest(GALLERY_WINDOWS, "low_confidence_rate")["window"]
     gallery = gallery_png(
         log.least_confident(sorted(most_foreign), gallery_per_window),
@@ -209,6 +217,7 @@ def monitor(
     )
     if gallery:
         outputs.append(gallery)
+    lap("gallery")
     if increment:
         watermark = advance(*increment, metrics, [rule.metric for rule in rules])
         outputs.append(out_dir / WATERMARK_FILE)
@@ -223,6 +232,7 @@ def monitor(
         with (out_dir / "deliveries.jsonl").open("w") as stream:
             stream.writelines(json.dumps(asdict(delivery)) + "\n" for delivery in deliveries)
         outputs.append(out_dir / "deliveries.jsonl")
+    lap("notices")
     for line in log.left_out.messages():
         logger.warning("%s", line)
     run_id = (
@@ -244,8 +254,21 @@ def monitor(
         if track
         else None
     )
+    lap("mlflow")
+    logger.info("monitoring run in %.1f s: %s", lap.total, lap.describe())
     return MonitorResult(
-        out_dir, metrics, alerts, report, run_id, rules, log.clock, log.left_out, checks, tuple(incidents), tuple(deliveries)
+        out_dir,
+        metrics,
+        alerts,
+        report,
+        run_id,
+        rules,
+        log.clock,
+        log.left_out,
+        checks,
+        tuple(incidents),
+        tuple(deliveries),
+        lap.stages,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from common.settings import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
 )
+from common.stopwatch import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def load_core(
     beside a model folder. `stages`, when given, receives the seconds each step of the load took (what a cold
     start spends before the first answer).
     """
-    lap = Stopwatch(stages if stages is not None else {})
+    lap = Stopwatch(stages)
     import mlflow  # heavy: imported when a model is loaded, not when the module is
     from threadpoolctl import threadpool_limits
 
@@ -235,27 +235,10 @@ def load_core(
         flavor,
         source,
         lap.total,
-        ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in lap.stages.items()),
+        lap.describe(),
         "yes" if reference else "none (no foreign scores)",
     )
     return ScoringCore(predict, identity, threshold, reference, model_threads)
-
-
-class Stopwatch:
-    """Seconds per named step: each call records the time since the previous one under its name."""
-
-    def __init__(self, stages: dict[str, float]) -> None:
-        self.stages = stages
-        self.started = self.last = time.perf_counter()
-
-    def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = round(now - self.last, 3)
-        self.last = now
-
-    @property
-    def total(self) -> float:
-        return self.last - self.started
 
 
 def freeze_heap() -> None:

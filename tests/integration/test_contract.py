@@ -202,8 +202,12 @@ def test_a_downloaded_model_folder_loads_without_its_tracking_store(champion, tm
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    core = load_core(str(champion.folder))
+    stages: dict[str, float] = {}
+    core = load_core(str(champion.folder), stages=stages)
     assert core.identity.flavor == "keras" and core.identity.version == "local:download"
+    # what a cold start spends, step by step, in the order the load takes them
+    steps = ["import_mlflow", "registry_lookup", "import_tensorflow", "model_load", "graph_build", "first_call", "reference"]
+    assert list(stages) == steps and all(seconds >= 0 for seconds in stages.values())
 
 
 def test_a_model_answering_classes_only_is_refused_at_load_naming_what_it_answered(tmp_path):

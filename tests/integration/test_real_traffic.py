@@ -233,6 +233,7 @@ def test_an_incremental_run_judges_a_time_window_after_its_lateness_and_counts_l
         source, model, tmp_path / "first", "ds", tmp_path / "cache", engine=engine, now=datetime(2026, 11, 2, 11, 3, tzinfo=UTC)
     )
     assert len(first.metrics) == 4 and increment.through == hourly.window_of(datetime(2026, 11, 2, 9, 30, tzinfo=UTC))
+    assert list(first.stages)[0] == "window_metrics_and_alerts" and "evidently_report" in first.stages
     publish(late, "b")  # arrives after its hour was judged
     publish(rest, "c")
     later = DatasetSource(str(location), tmp_path / "watermark.json", track=False, clock="auto", close_windows=True)

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -115,7 +114,7 @@ def build_daily_dataset(records: list, location: Path, days: int, per_day: int, 
         stamp = (start + timedelta(days=day)).isoformat(timespec="microseconds")
         chosen = records[(day * per_day) % len(records) :][:per_day]
         sink.write(
-            [replace(record, request_id=f"d{day}-{number}", window=day, timestamp=stamp) for number, record in enumerate(chosen)]
+            [record._replace(request_id=f"d{day}-{number}", window=day, timestamp=stamp) for number, record in enumerate(chosen)]
         )
         sink.publish()
     sink.close()

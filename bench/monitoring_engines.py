@@ -140,6 +140,20 @@ def crossover(sizes: dict, key: str, embedded: str = "pandas") -> int | None:
     return None
 
 
+def reproducing_arguments(argv: list[str]) -> list[str]:
+    """The command line without --scratch: where the temporary logs went on the machine that ran it changes
+    nothing measured."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--scratch":
+            skip = True
+        elif not argument.startswith("--scratch="):
+            kept.append(argument)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
@@ -210,7 +224,7 @@ def main() -> None:
         "crossover_records_warm": crossover(sizes, "warm_seconds"),
         "crossover_vs_duckdb_records_cold": crossover(sizes, "cold_seconds", "duckdb"),
         "crossover_vs_duckdb_records_warm": crossover(sizes, "warm_seconds", "duckdb"),
-        "command": shlex.join(["python", "-m", "bench.monitoring_engines", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "bench.monitoring_engines", *reproducing_arguments(sys.argv[1:])]),
     }
     (RESULTS / "monitoring_engines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

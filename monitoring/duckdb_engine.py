@@ -20,12 +20,12 @@ from monitoring.metrics import (
     CONFIDENCE_QUANTILES,
     ENTROPY_FLOOR,
     OUT_OF_REFERENCE_FLAGS,
+    REQUIRED_COLUMNS,
     SAMPLE_COLUMNS,
     SAMPLE_KEY_HEX_DIGITS,
     key_cut,
 )
 
-REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
 # DuckDB's own limit is 80% of the machine's memory; the engine's promise is a bounded footprint, spilling past it
 MEMORY_LIMIT = os.environ.get("DIGITDRIFT_DUCKDB_MEMORY", "2GB")
 _views = itertools.count()
@@ -100,7 +100,8 @@ class DuckLog:
         connection = _connect()
         raw = f"raw_{next(_views)}"
         try:
-            source = f"read_parquet([{', '.join(literal(file) for file in files)}], union_by_name = true"
+            listed = f"[{', '.join(literal(file) for file in files)}]"
+            source = f"read_parquet({listed}, union_by_name = true"
             if windows is None:
                 connection.execute(f"CREATE TEMP VIEW {raw} AS SELECT * FROM {source})")
             else:  # the first copy of a record in part order, as common.prediction_dataset.read_parts keeps
@@ -108,7 +109,7 @@ class DuckLog:
                     f"CREATE TEMP VIEW {raw} AS SELECT * EXCLUDE (filename, file_row_number) FROM "
                     f"{source}, filename = true, file_row_number = true) QUALIFY row_number() OVER "
                     "(PARTITION BY request_id, image_index ORDER BY "
-                    f"list_position([{', '.join(literal(file) for file in files)}], filename), file_row_number) = 1"
+                    f"list_position({listed}, filename), file_row_number) = 1"
                 )
             present = [row[0] for row in connection.execute(f"DESCRIBE {raw}").fetchall()]
             missing = [column for column in REQUIRED_COLUMNS if column not in present]

@@ -68,6 +68,8 @@ DATA_QUALITY_CAUSES = (*QUALITY_CAUSES, DUPLICATE_CAUSE)  # each gives a window 
 OUT_OF_REFERENCE_FLAGS = (FOREIGN_FLAG, *QUALITY_CAUSES)
 MAX_ESTIMABLE_WIDTH = 0.10  # a label-free interval wider than this: the window's accuracy is not estimable without labels
 SAMPLE_COLUMNS = ("window", "confidence", *PROJECTION_COLUMNS)
+# What a Parquet log must hold for the DuckDB and Spark engines to read it
+REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
 
 
 def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int, rng: np.random.Generator) -> tuple[float, float]:

@@ -25,12 +25,11 @@ from monitoring.metrics import (
     CONFIDENCE_QUANTILES,
     ENTROPY_FLOOR,
     OUT_OF_REFERENCE_FLAGS,
+    REQUIRED_COLUMNS,
     SAMPLE_COLUMNS,
     SAMPLE_KEY_HEX_DIGITS,
     key_cut,
 )
-
-REQUIRED_COLUMNS = ("request_id", "image_index", "model_name", "model_version", "window", "predicted", "confidence", "flags")
 
 
 class SparkLogError(ValueError):

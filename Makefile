@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_EPOCHS ?= 4
 PYTEST_ARGS ?=
+# `make test` runs the modules on this many pytest-xdist workers, each module whole on one (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
@@ -64,8 +66,8 @@ evaluate: data ## the monitor's scorecard at 200 requests per window, into bench
 loop: data ## the closed loop on the closed-loop scenario: alert, labels, retrain, safe promotion, the server follows (needs a champion: make demo)
 	$(PY) scripts/closed_loop.py
 
-test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration), the slowest 25 named
-	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration) on parallel workers, the slowest 25 named
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 test-unit: venv ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -136,8 +136,11 @@ def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_referenc
     import mlflow
     import pandas as pd
 
+    from common.records import read_prediction_log
     from common.reference import load_reference
     from common.tracking import download_reference
+    from monitoring.metrics import window_metrics
+    from monitoring.policy import load_policy
 
     _, out, figures = loop
     promoted = _first_promotion(figures)
@@ -156,12 +159,23 @@ def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_referenc
         records = pd.read_sql("SELECT window, model_version, flags FROM predictions WHERE window >= 4", connection)
     foreign = records.assign(foreign=records["flags"].str.contains("foreign")).groupby("model_version")["foreign"].mean()
     assert foreign["1"] > 0.3 and foreign[promoted["version"]] < foreign["1"] / 3
-    # so the foreign-digit rule that opened the incident stays quiet on the new version (this small model, one epoch
-    # on few labels, stays poor on Devanagari digits: its accuracy rule may rightly keep the incident open)
+    # so the foreign-digit test that opened the incident, firing on every drifted window of version 1's, no longer
+    # fires on most windows after the promotion, each judged against the reference of the version serving it (this
+    # small model, one epoch on few labels, stays poor on Devanagari digits: its accuracy rule may rightly keep the
+    # incident open). A small run's reference calibrates its 1% threshold on about 200 held-out images, so on new
+    # images of the same kind it flags a few percent, and a window of 100 can cross the test's bound by chance.
     opened = [event for event in figures["incidents"] if event["event"] == "opened"]
     assert opened[0]["window"] == figures["first_alert_window"] and "foreign_digits" in opened[0]["rules"]
-    later = [e for e in _events(figures, "alert") if e["window"] > promoted["window"]]
-    assert "foreign_digits" not in {e["rule"] for e in later}
+    bound = next(rule.threshold for rule in load_policy(None, reference).rules if rule.name == "foreign_digits")
+    log = pd.DataFrame(read_prediction_log(out / "predictions.db"))
+    firing = []
+    for version, mine in log[log["window"] >= 4].groupby("model_version"):
+        served = download_reference(client.get_model_version("digits-cnn", version).run_id)
+        judged = window_metrics(mine, load_reference(served))
+        firing += [(version, window, p < bound) for window, p in zip(judged["window"], judged["foreign_p"])]
+    before = [fired for version, window, fired in firing if window <= promoted["window"]]
+    after = [fired for version, window, fired in firing if window > promoted["window"]]
+    assert before and all(before) and len(after) >= 3 and sum(after) < len(after) / 2, firing
     assert figures["incidents_after_first_promotion"]["windows"] == SMALL_SCENARIO["windows"] - promoted["window"] - 1
 
 

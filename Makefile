@@ -67,7 +67,7 @@ loop: data ## the closed loop on the closed-loop scenario: alert, labels, retrai
 	$(PY) scripts/closed_loop.py
 
 test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration) on parallel workers, the slowest 25 named
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 test-unit: venv ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -11,9 +11,10 @@ import pytest
 from common.processes import free_port, stop, wait_for_http
 from tests.helpers import SHARED_DATA, VENV_BIN
 
-# The modules that take longest (minutes each on 2 cores), longest first: `make test` (pytest-xdist, --dist loadgroup,
-# --no-loadscope-reorder) hands modules to its workers in collection order, so these start first and the workers
-# finish together; the rest follow in their usual order.
+# The modules that take longest (minutes each on 2 cores), longest first: `make test` (pytest-xdist, --dist loadfile,
+# --no-loadscope-reorder) hands whole modules to its workers in collection order, so these start first and the
+# workers finish together; the rest follow in their usual order. (pytest-xdist 3.8's --dist loadgroup cannot group
+# under pytest 9: it renames items through an attribute pytest 9 no longer reads.)
 LONGEST_MODULES = (
     "tests.integration.test_stack",
     "tests.integration.test_real_traffic",
@@ -23,28 +24,13 @@ LONGEST_MODULES = (
     "tests.integration.test_closed_loop",
     "tests.integration.test_cloud",
 )
-# a module that runs in another's group: both use the trained Spark model, a session fixture built once per worker
-SAME_WORKER_AS = {"tests.integration.test_spark_training": "tests.integration.test_contract"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module is one group that runs whole on one worker (its module fixtures are built once); a module named in
-    SAME_WORKER_AS joins another's group. Longest groups first, each group's tests together."""
+    """The longest modules first, each module's tests together and in their order."""
     modules = list(dict.fromkeys(item.module.__name__ for item in items))
-    group = {module: SAME_WORKER_AS.get(module, module) for module in modules}
-    groups = list(dict.fromkeys(group.values()))
-    longest = {name: LONGEST_MODULES.index(name) for name in LONGEST_MODULES}
-    rank = {name: min(longest.get(m, len(longest)) for m in modules if group[m] == name) for name in groups}
-    items.sort(
-        key=lambda item: (
-            rank[group[item.module.__name__]],
-            groups.index(group[item.module.__name__]),
-            modules.index(item.module.__name__),
-        )
-    )
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.module.__name__]))
+    rank = {module: LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES) for module in modules}
+    items.sort(key=lambda item: (rank[item.module.__name__], modules.index(item.module.__name__)))
 
 
 @pytest.fixture(scope="session")

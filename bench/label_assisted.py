@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.logs import configure_logging
 from common.machine import describe_machine, shown_path
 from common.records import read_ground_truth, read_prediction_log
 from common.reference import expected_accuracy, load_reference
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20], help="labels per window to try")
     parser.add_argument("--delay", type=int, default=1, help="windows before labels come back")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     registered, runs = served_runs(args.log, args.model, args.runs)
     results = {}
     for run, records, truth, p_correct in runs:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.label_assisted import served_runs
+from common.logs import configure_logging
 from common.machine import describe_machine, shown_path
 from labeling.annotator import simulated_labels
 from labeling.queue import ALLOCATIONS, select_for_labeling
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="seeded label draws per run and allocation")
     parser.add_argument("--delay", type=int, default=1, help="windows before labels come back")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     registered, runs = served_runs(args.log, args.model, args.runs)
     results = {}
     for run, records, _, p_correct in runs:

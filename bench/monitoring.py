@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import resource
 import tempfile
 import time
@@ -21,6 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.records import PredictionRecord
 from monitoring.engine import for_version, open_log
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--windows", type=int, default=365)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     from common.settings import load_settings
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)

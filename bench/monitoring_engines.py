@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.logs import configure_logging
 from common.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None, help="where the big logs go (default: a temporary folder)")
     parser.add_argument("--skip", nargs="*", default=[], metavar="ENGINE@SIZE", help="measurements to leave out")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     if args.command == "measure":
         print(json.dumps(measure(args.engine, args.log, args.model)))
         return

@@ -30,6 +30,7 @@ import numpy as np
 
 from bench.monitoring import _record
 from common.azurite import azurite_command, connection_string
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.prediction_dataset import filesystem
 from common.settings import PROJECT_ROOT
@@ -188,7 +189,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365, help="daily parts in the monitoring dataset (default: %(default)s)")
     parser.add_argument("--per-day", type=int, default=2000, help="records per day (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     records = real_records(args.source_log, max(args.records, args.per_day * 10))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

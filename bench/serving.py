@@ -33,6 +33,7 @@ import numpy as np
 from bench.load import closed_loop
 from bench.wrk import wrk_load
 from common.datasets import load_source
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.processes import free_port, running
 from common.settings import load_settings
@@ -388,7 +389,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     figures = run_benchmark(
         args.model, args.duration, load_settings(), shlex.split(args.server_args), args.rounds, args.cold_starts
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import tempfile
 import time
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.serving import STARTUP_TIMEOUT_S, VENV_BIN, our_server_command
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.processes import free_port, running
 from common.settings import load_settings
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=365)
     parser.add_argument("--requests-per-window", type=int, default=200)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     settings = load_settings()
     env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     figures: dict = {}

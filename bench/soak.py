@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.serving import STARTUP_TIMEOUT_S, our_server_command
 from common.datasets import load_source
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.processes import free_port, running
 from common.settings import PROJECT_ROOT, load_settings
@@ -177,7 +178,7 @@ def main() -> None:
     parser.add_argument("--warmup-requests", type=int, default=20_000, help="requests before the first memory figure")
     parser.add_argument("--out", default=str(RESULTS / "soak.json"), help="result file (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     subprocess.run([str(PROJECT_ROOT / "scripts" / "debian-packages.sh"), "wrk=wrk"], check=True)
     settings = load_settings()
     figures = run_soak(

@@ -20,6 +20,7 @@ import keras
 
 from common.datasets import Digits, load_mnist
 from common.images import to_model_input
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.settings import load_settings
 from training.keras_job import KerasJobConfig, run_keras_job
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--skip-before", action="store_true", help="measure the job as it is only")
     parser.add_argument("--out", type=Path, default=RESULTS / "keras_training.json", help="result file (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     test = load_mnist(Path(args.data_dir) / "mnist", "test")
     runs = {}
     for name, variant in VARIANTS.items():

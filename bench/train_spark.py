@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from common.datasets import load_mnist
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.settings import PROJECT_ROOT, load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER)
     parser.add_argument("--skip-before", action="store_true", help="measure the job only, not the driver-shipped fit")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     config = SparkJobConfig(
         data_dir=args.data_dir,
         classifier=args.classifier,

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from common.datasets import DatasetError, load_mnist
+from common.logs import configure_logging
 from common.machine import describe_machine, shown_path
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
@@ -176,7 +177,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     try:
         wall = _wall_clock(args) if args.command == "run" else None

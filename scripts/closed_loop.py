@@ -34,6 +34,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.labels import read_labels, write_labels  # noqa: E402
+from common.logs import configure_logging  # noqa: E402
 from common.machine import describe_machine, shown_path  # noqa: E402
 from common.processes import free_port  # noqa: E402
 from common.records import read_ground_truth, read_prediction_log  # noqa: E402
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reanalyse", type=Path, metavar="FOLDER", help="judge a finished loop's folder again (no traffic, no training)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     for chatty in ("httpx", "common.datasets"):  # a line per request and per pool load; the loop logs each window
         logging.getLogger(chatty).setLevel(logging.WARNING)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -32,6 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from common.azurite import azurite_command, connection_string  # noqa: E402
+from common.logs import configure_logging  # noqa: E402
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem  # noqa: E402
 from common.processes import alive, free_port  # noqa: E402
 from common.settings import load_settings  # noqa: E402
@@ -491,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "serve", "env", "down", "status"], help="what to do")
     parser.add_argument("--model", default="models:/digits-cnn@champion", help="with serve: the model the replicas serve")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per health check
     if args.command == "up":
         state = up()

@@ -13,15 +13,14 @@ import json
 import resource
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
+from bench.result_file import write_result
 from common.logs import configure_logging
-from common.machine import describe_machine
 from common.records import PredictionRecord
 from monitoring.engine import for_version, open_log
 from monitoring.job import judge, monitor
@@ -117,16 +116,13 @@ def main() -> None:
     mlflow.set_tracking_uri(load_settings().tracking_uri)
     model = resolve_model(args.model, None, None, "digits-cnn")
     figures = run(args.source_log, model, args.records, args.windows)
-    result = {
-        "benchmark": "monitoring a big prediction log (real records resampled), each stage timed",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pandas", "numpy", "scipy", "duckdb", "mlflow", "evidently", "plotly")),
-        "model": args.model,
-        **figures,
-        "command": f"python -m bench.monitoring --source-log {args.source_log} --model {args.model} --records {args.records} "
-        f"--windows {args.windows}",
-    }
-    (RESULTS / "monitoring_1m.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(
+        RESULTS / "monitoring_1m.json",
+        "monitoring a big prediction log (real records resampled), each stage timed",
+        {"model": args.model, **figures},
+        "bench.monitoring",
+        ("pandas", "numpy", "scipy", "duckdb", "mlflow", "evidently", "plotly"),
+    )
     print(json.dumps(result, indent=2))
 
 

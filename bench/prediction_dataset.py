@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.monitoring import _record
+from bench.result_file import write_result
 from common.azurite import azurite_command, connection_string
 from common.logs import configure_logging
-from common.machine import describe_machine
 from common.prediction_dataset import filesystem
 from common.settings import PROJECT_ROOT
 from monitoring.pandas_engine import read_log
@@ -197,17 +197,13 @@ def main() -> None:
             "publishing": publishing(records[: args.records], folder),
             "monitoring": monitoring(records, folder, args.days, args.per_day),
         }
-    result = {
-        "benchmark": "prediction dataset: publishing against the SQLite log; incremental monitoring against a full scan",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pyarrow", "fsspec", "adlfs", "pandas", "mlflow")),
-        **figures,
-        "command": (
-            f"python -m bench.prediction_dataset --source-log LOG --records {args.records} "
-            f"--days {args.days} --per-day {args.per_day}"
-        ),
-    }
-    (RESULTS / "prediction_dataset.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(
+        RESULTS / "prediction_dataset.json",
+        "prediction dataset: publishing against the SQLite log; incremental monitoring against a full scan",
+        figures,
+        "bench.prediction_dataset",
+        ("pyarrow", "fsspec", "adlfs", "pandas", "mlflow"),
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -23,8 +23,8 @@ import pandas as pd
 import yaml
 
 from bench.result_file import write_result
-from common.processes import free_port, running
 from common.settings import MODEL_NAME, PROJECT_ROOT
+from devtools.processes import free_port, running
 
 RESULTS = Path(__file__).parent / "results"
 

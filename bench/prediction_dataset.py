@@ -30,10 +30,10 @@ import numpy as np
 
 from bench.monitoring import _record
 from bench.result_file import write_result
-from common.azurite import azurite_command, connection_string
 from common.logs import configure_logging
 from common.prediction_dataset import filesystem
 from common.settings import PROJECT_ROOT
+from devtools.azurite import azurite_command, connection_string
 from monitoring.pandas_engine import read_log
 from serving.dataset_sink import DatasetSink
 from serving.prediction_log import PredictionLog

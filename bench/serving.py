@@ -34,8 +34,8 @@ from bench.result_file import write_result
 from bench.wrk import wrk_load
 from common.datasets import load_source
 from common.logs import configure_logging
-from common.processes import free_port, running
 from common.settings import load_settings
+from devtools.processes import free_port, running
 from serving.core import DEFAULT_MODEL_URI, ModelIdentity, flag_predictions, to_records
 from serving.prediction_log import PredictionLog
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from bench.result_file import write_result
 from bench.serving import STARTUP_TIMEOUT_S, VENV_BIN, our_server_command
 from common.logs import configure_logging
-from common.processes import free_port, running
 from common.settings import load_settings
+from devtools.processes import free_port, running
 from serving.core import DEFAULT_MODEL_URI
 from simulation.client import HttpTransport
 from simulation.run import run_simulation

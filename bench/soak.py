@@ -24,8 +24,8 @@ from bench.result_file import write_result
 from bench.serving import STARTUP_TIMEOUT_S, our_server_command
 from common.datasets import load_source
 from common.logs import configure_logging
-from common.processes import free_port, running
 from common.settings import PROJECT_ROOT, load_settings
+from devtools.processes import free_port, running
 from serving.core import DEFAULT_MODEL_URI
 
 log = logging.getLogger("bench.soak")

@@ -36,11 +36,12 @@ import pandas as pd  # noqa: E402
 from common.labels import read_labels, write_labels  # noqa: E402
 from common.logs import configure_logging  # noqa: E402
 from common.machine import describe_machine, shown_path  # noqa: E402
-from common.processes import free_port  # noqa: E402
 from common.records import read_ground_truth, read_prediction_log  # noqa: E402
 from common.reference import Reference, expected_accuracy, load_reference  # noqa: E402
 from common.settings import MODEL_NAME, Settings, load_settings  # noqa: E402
 from common.tracking import describe_run, download_reference, resolve_registered, use_tracking  # noqa: E402
+from devtools.processes import free_port  # noqa: E402
+from devtools.stack import http_ok  # noqa: E402
 from labeling.annotator import simulated_labels  # noqa: E402
 from labeling.queue import select_for_labeling  # noqa: E402
 from monitoring.alerts import evaluate_rules  # noqa: E402
@@ -49,7 +50,6 @@ from monitoring.incidents import incident_events, window_checks  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
 from monitoring.policy import load_policy  # noqa: E402
-from scripts.stack import http_ok  # noqa: E402
 from simulation.client import HttpTransport  # noqa: E402
 from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
 from simulation.scenario import load_scenario  # noqa: E402

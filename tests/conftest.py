@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.processes import free_port, stop, wait_for_http
+from devtools.processes import free_port, stop, wait_for_http
 from tests.helpers import SHARED_DATA, VENV_BIN
 
 # The modules that take longest (minutes each on 2 cores), longest first: `make test` (pytest-xdist, --dist loadgroup,
@@ -153,7 +153,7 @@ def spark_model(spark, shared_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory):
     """The Azure Storage emulator (blob service) on a free loopback port; its connection string."""
-    from common.azurite import azurite_command, connection_string
+    from devtools.azurite import azurite_command, connection_string
     from tests.helpers import wait_for_port
 
     home = tmp_path_factory.mktemp("azurite")

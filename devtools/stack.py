@@ -1,11 +1,11 @@
 """The team stack on one machine, on loopback: PostgreSQL, Azurite, `mlflow server`, a Spark standalone
 cluster, and two serving replicas behind HAProxy.
 
-    python scripts/stack.py up       # start what is not running yet (the replicas and the proxy once the stack's
+    python -m devtools.stack up       # start what is not running yet (the replicas and the proxy once the stack's
                                      # MLflow has models:/digits-cnn@champion); print every URL; idempotent
-    python scripts/stack.py serve    # (re)start the two replicas and the proxy
-    python scripts/stack.py env      # the environment variables that point the commands at the stack
-    python scripts/stack.py down     # stop exactly what `up` and `serve` started (by process id)
+    python -m devtools.stack serve    # (re)start the two replicas and the proxy
+    python -m devtools.stack env      # the environment variables that point the commands at the stack
+    python -m devtools.stack down     # stop exactly what `up` and `serve` started (by process id)
 
 Everything lives under `.digitdrift/stack/` (or $DIGITDRIFT_STACK_DIR): data, logs, and `stack.json`, which
 records each process id and URL. Each part is the real engine, from the registries: PostgreSQL 15 from
@@ -28,14 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from common.azurite import azurite_command, connection_string  # noqa: E402
-from common.logs import configure_logging  # noqa: E402
-from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem  # noqa: E402
-from common.processes import alive, free_port  # noqa: E402
-from common.settings import load_settings  # noqa: E402
+from common.logs import configure_logging
+from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
+from common.settings import PROJECT_ROOT, load_settings
+from devtools.azurite import azurite_command, connection_string
+from devtools.processes import alive, free_port
 
 log = logging.getLogger("stack")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -483,7 +480,7 @@ def describe(state: dict) -> str:
         lines.append(f"replica {index}       {replica['url']}")
     if "proxy" in state:
         lines.append(f"HAProxy         {state['proxy']['url']}  (the one URL clients use)")
-    lines.append('point the commands at it:  eval "$(.venv/bin/python scripts/stack.py env)"')
+    lines.append('point the commands at it:  eval "$(.venv/bin/python -m devtools.stack env)"')
     return "\n".join(lines)
 
 

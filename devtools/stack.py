@@ -32,7 +32,7 @@ from common.logs import configure_logging
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
 from common.settings import PROJECT_ROOT, load_settings
 from devtools.azurite import azurite_command, connection_string
-from devtools.processes import alive, free_port
+from devtools.processes import alive, free_port, mlflow_server_command
 
 log = logging.getLogger("stack")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -209,19 +209,8 @@ def start_mlflow(state: dict) -> None:
     pid = spawn(
         "mlflow",
         [
-            str(PROJECT_ROOT / ".venv" / "bin" / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            state["postgres"]["url"],
-            "--artifacts-destination",
-            destination,
+            *mlflow_server_command(port, state["postgres"]["url"], destination, workers=2),
             "--serve-artifacts",
-            "--workers",
-            "2",
             "--allowed-hosts",
             f"127.0.0.1:{port},localhost:{port}",
         ],

@@ -31,7 +31,8 @@ from common.windows import (
     parse_duration,
 )
 from monitoring.alerts import firing_windows
-from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
+from monitoring.engine import ENGINES, for_version, open_log, read_truth
+from monitoring.errors import MonitoringError
 from monitoring.evaluate import JudgedRun, cluster_figures, evaluation_figures, quality_figures
 from monitoring.history import deployment_key
 from monitoring.job import DatasetSource, HistorySink, monitor, monitor_dataset

@@ -85,10 +85,10 @@ bench-train: data ## benchmark: full-MNIST training to accuracy, written to benc
 	$(PY) -m bench.train_keras
 
 stack: system-packages venv $(AZURITE) ## the team stack on loopback: PostgreSQL, Azurite, mlflow server, Spark cluster, and replicas behind HAProxy once a champion exists
-	$(PY) scripts/stack.py up
+	$(PY) -m devtools.stack up
 
 stack-down: ## stop exactly what make stack started
-	$(PY) scripts/stack.py down
+	$(PY) -m devtools.stack down
 
 clean: ## remove the local state (.digitdrift: tracking store, artifacts, caches, logs)
 	rm -rf .digitdrift

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.machine import describe_machine
+from bench.result_file import write_result
 from common.records import read_prediction_log, records_of_frame
 from common.settings import MODEL_NAME, load_settings
 from common.tracking import use_tracking
@@ -119,14 +118,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "day_night_false_alarms.json")
     args = parser.parse_args()
     use_tracking(load_settings())
-    figures = {
-        "benchmark": "false alarms of stable traffic with a day/night volume, one-hour windows of wall-clock time",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **run(args.source_log, args.model, args.days, args.low, args.high, args.seeds),
-        "machine": describe_machine(),
-        "command": " ".join(["python -m bench.day_night", *sys.argv[1:]]),
-    }
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    figures = write_result(
+        args.out,
+        "false alarms of stable traffic with a day/night volume, one-hour windows of wall-clock time",
+        run(args.source_log, args.model, args.days, args.low, args.high, args.seeds),
+        "bench.day_night",
+    )
     print(json.dumps({key: figures[key] for key in ("windows_judged", "false_alarms_per_100_windows", "by_volume")}, indent=2))
     print(f"written to {args.out}")
 

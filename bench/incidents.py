@@ -17,14 +17,13 @@ import json
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from common.machine import describe_machine
+from bench.result_file import write_result
 from common.records import read_prediction_log, records_of_frame
 from common.settings import MODEL_NAME, PROJECT_ROOT, load_settings
 from common.tracking import use_tracking
@@ -100,15 +99,12 @@ def main() -> None:
     args = parser.parse_args()
     use_tracking(load_settings())
     with tempfile.TemporaryDirectory() as scratch:
-        figures = {
-            "benchmark": "incidents against alerts under the packaged policy (monitoring/monitor.yaml)",
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        measured = {
             "devanagari_burst_windows_50_to_69": burst(args.model, Path(scratch)),
             "stable": stable(args.stable_log, args.model, args.stable_windows, args.per_window, Path(scratch)),
-            "machine": describe_machine(),
-            "command": " ".join(["python -m bench.incidents", *sys.argv[1:]]),
         }
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    benchmark = "incidents against alerts under the packaged policy (monitoring/monitor.yaml)"
+    figures = write_result(args.out, benchmark, measured, "bench.incidents")
     summary = {
         name: {k: v for k, v in part.items() if k != "events"}
         for name, part in figures.items()

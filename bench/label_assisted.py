@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.machine import describe_machine, shown_path
+from bench.result_file import write_result
+from common.logs import configure_logging
 from common.records import read_ground_truth, read_prediction_log
 from common.reference import expected_accuracy, load_reference
 from common.settings import load_settings
@@ -94,26 +94,27 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20], help="labels per window to try")
     parser.add_argument("--delay", type=int, default=1, help="windows before labels come back")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     registered, runs = served_runs(args.log, args.model, args.runs)
     results = {}
     for run, records, truth, p_correct in runs:
         records = records.drop(columns=["label"])
         results[run.name] = {str(budget): run_figures(records, truth, p_correct, budget, args.delay) for budget in args.budgets}
         log.info("%s: done", run.name)
-    figures = {
-        "benchmark": "label-assisted accuracy estimate on simulated traffic: error against realised accuracy, per label budget",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("numpy", "pandas", "mlflow")),
+    measured = {
         "model": f"{registered.name} v{registered.version}",
         "label_delay_windows": args.delay,
         "random_share": 0.3,
         "clean_means_true_foreign_share_under": CLEAN_SHARE,
         "runs": results,
-        "command": f"python -m bench.label_assisted --log {shown_path(args.log)} --model {args.model} --runs "
-        + " ".join(map(shown_path, args.runs)),
     }
-    (RESULTS / "label_assisted_accuracy.json").write_text(json.dumps(figures, indent=2) + "\n")
+    figures = write_result(
+        RESULTS / "label_assisted_accuracy.json",
+        "label-assisted accuracy estimate on simulated traffic: error against realised accuracy, per label budget",
+        measured,
+        "bench.label_assisted",
+        ("numpy", "pandas", "mlflow"),
+    )
     print(json.dumps(figures, indent=2))
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench.label_assisted import served_runs
-from common.machine import describe_machine, shown_path
+from bench.result_file import write_result
+from common.logs import configure_logging
 from labeling.annotator import simulated_labels
 from labeling.queue import ALLOCATIONS, select_for_labeling
 from monitoring.label_assisted import label_assisted_accuracy
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="seeded label draws per run and allocation")
     parser.add_argument("--delay", type=int, default=1, help="windows before labels come back")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     registered, runs = served_runs(args.log, args.model, args.runs)
     results = {}
     for run, records, _, p_correct in runs:
@@ -85,21 +85,19 @@ def main() -> None:
             log.info("%s %s: %s", run.name, allocation, by_allocation[allocation])
         fixed, neyman = by_allocation["fixed"]["mean_width_points"], by_allocation["neyman"]["mean_width_points"]
         results[run.name] = {**by_allocation, "neyman_width_over_fixed": neyman / fixed if fixed else None}
-    figures = {
-        "benchmark": (
-            "label-assisted interval checked every window over seeded label draws; "
-            "Neyman allocation against the fixed 70/30 split"
-        ),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("numpy", "pandas", "scipy")),
+    measured = {
         "model": f"{registered.name} v{registered.version}",
         "labels_per_window": args.budget,
         "label_delay_windows": args.delay,
         "runs": results,
-        "command": f"python -m bench.label_intervals --log {shown_path(args.log)} --model {args.model} --runs "
-        + " ".join(map(shown_path, args.runs)),
     }
-    (RESULTS / "label_intervals.json").write_text(json.dumps(figures, indent=2) + "\n")
+    figures = write_result(
+        RESULTS / "label_intervals.json",
+        "label-assisted interval checked every window over seeded label draws; Neyman allocation against the fixed 70/30 split",
+        measured,
+        "bench.label_intervals",
+        ("numpy", "pandas", "scipy"),
+    )
     print(json.dumps(figures, indent=2))
 
 

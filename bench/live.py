@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from common.machine import describe_machine
-from common.processes import free_port, running
+from bench.result_file import write_result
 from common.settings import MODEL_NAME, PROJECT_ROOT
+from devtools.processes import free_port, running
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -106,13 +106,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10, help="images per request (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS / "live_detection.json")
     args = parser.parse_args()
-    figures = {
-        "benchmark": "detection delay on live traffic with no window, judged in windows of wall-clock time",
-        **run(args.windows, args.window_seconds, args.change_at, args.share, args.requests, args.images),
-        "machine": describe_machine(),
-        "command": " ".join(["python -m bench.live", *sys.argv[1:]]),
-    }
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    figures = write_result(
+        args.out,
+        "detection delay on live traffic with no window, judged in windows of wall-clock time",
+        run(args.windows, args.window_seconds, args.change_at, args.share, args.requests, args.images),
+        "bench.live",
+    )
     print(json.dumps(figures, indent=2))
 
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import resource
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from common.machine import describe_machine
+from bench.result_file import write_result
+from common.logs import configure_logging
 from common.records import PredictionRecord
 from monitoring.engine import for_version, open_log
 from monitoring.job import judge, monitor
@@ -111,22 +110,19 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--windows", type=int, default=365)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     from common.settings import load_settings
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)
     model = resolve_model(args.model, None, None, "digits-cnn")
     figures = run(args.source_log, model, args.records, args.windows)
-    result = {
-        "benchmark": "monitoring a big prediction log (real records resampled), each stage timed",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pandas", "numpy", "scipy", "duckdb", "mlflow", "evidently", "plotly")),
-        "model": args.model,
-        **figures,
-        "command": f"python -m bench.monitoring --source-log {args.source_log} --model {args.model} --records {args.records} "
-        f"--windows {args.windows}",
-    }
-    (RESULTS / "monitoring_1m.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(
+        RESULTS / "monitoring_1m.json",
+        "monitoring a big prediction log (real records resampled), each stage timed",
+        {"model": args.model, **figures},
+        "bench.monitoring",
+        ("pandas", "numpy", "scipy", "duckdb", "mlflow", "evidently", "plotly"),
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from common.machine import describe_machine
+from bench.result_file import write_result
+from common.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results"
 ENGINES = ("pandas", "duckdb", "spark")
@@ -140,20 +139,6 @@ def crossover(sizes: dict, key: str, embedded: str = "pandas") -> int | None:
     return None
 
 
-def reproducing_arguments(argv: list[str]) -> list[str]:
-    """The command line without --scratch: where the temporary logs went on the machine that ran it changes
-    nothing measured."""
-    kept, skip = [], False
-    for argument in argv:
-        if skip:
-            skip = False
-        elif argument == "--scratch":
-            skip = True
-        elif not argument.startswith("--scratch="):
-            kept.append(argument)
-    return kept
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
@@ -169,7 +154,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None, help="where the big logs go (default: a temporary folder)")
     parser.add_argument("--skip", nargs="*", default=[], metavar="ENGINE@SIZE", help="measurements to leave out")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     if args.command == "measure":
         print(json.dumps(measure(args.engine, args.log, args.model)))
         return
@@ -211,10 +196,7 @@ def main() -> None:
                 row[f"spark_{name}_vs_pandas_time_ratio"] = round(row["spark"][key] / pandas_seconds, 2)
             if duckdb_seconds and row["spark"].get(key):
                 row[f"spark_{name}_vs_duckdb_time_ratio"] = round(row["spark"][key] / duckdb_seconds, 2)
-    result = {
-        "benchmark": "monitoring engines: pandas, DuckDB and Spark (local[*]) on Parquet prediction logs of real records",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pandas", "numpy", "scipy", "pyarrow", "duckdb", "pyspark", "mlflow")),
+    measured = {
         "model": args.model,
         "windows": args.windows,
         "measured": "read the Parquet log, select the model version, window metrics and alerts (default config); "
@@ -224,9 +206,15 @@ def main() -> None:
         "crossover_records_warm": crossover(sizes, "warm_seconds"),
         "crossover_vs_duckdb_records_cold": crossover(sizes, "cold_seconds", "duckdb"),
         "crossover_vs_duckdb_records_warm": crossover(sizes, "warm_seconds", "duckdb"),
-        "command": shlex.join(["python", "-m", "bench.monitoring_engines", *reproducing_arguments(sys.argv[1:])]),
     }
-    (RESULTS / "monitoring_engines.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(
+        RESULTS / "monitoring_engines.json",
+        "monitoring engines: pandas, DuckDB and Spark (local[*]) on Parquet prediction logs of real records",
+        measured,
+        "bench.monitoring_engines",
+        ("pandas", "numpy", "scipy", "pyarrow", "duckdb", "pyspark", "mlflow"),
+        drop=("--scratch",),  # where the temporary logs went on the machine that ran it changes nothing measured
+    )
     print(json.dumps(result, indent=2))
 
 

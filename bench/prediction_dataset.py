@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.monitoring import _record
-from common.azurite import azurite_command, connection_string
-from common.machine import describe_machine
+from bench.result_file import write_result
+from common.logs import configure_logging
 from common.prediction_dataset import filesystem
 from common.settings import PROJECT_ROOT
+from devtools.azurite import azurite_command, connection_string
 from monitoring.pandas_engine import read_log
 from serving.dataset_sink import DatasetSink
 from serving.prediction_log import PredictionLog
@@ -188,7 +189,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365, help="daily parts in the monitoring dataset (default: %(default)s)")
     parser.add_argument("--per-day", type=int, default=2000, help="records per day (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     records = real_records(args.source_log, max(args.records, args.per_day * 10))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -196,17 +197,13 @@ def main() -> None:
             "publishing": publishing(records[: args.records], folder),
             "monitoring": monitoring(records, folder, args.days, args.per_day),
         }
-    result = {
-        "benchmark": "prediction dataset: publishing against the SQLite log; incremental monitoring against a full scan",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pyarrow", "fsspec", "adlfs", "pandas", "mlflow")),
-        **figures,
-        "command": (
-            f"python -m bench.prediction_dataset --source-log LOG --records {args.records} "
-            f"--days {args.days} --per-day {args.per_day}"
-        ),
-    }
-    (RESULTS / "prediction_dataset.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(
+        RESULTS / "prediction_dataset.json",
+        "prediction dataset: publishing against the SQLite log; incremental monitoring against a full scan",
+        figures,
+        "bench.prediction_dataset",
+        ("pyarrow", "fsspec", "adlfs", "pandas", "mlflow"),
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -24,18 +24,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
 from bench.load import closed_loop
+from bench.result_file import write_result
 from bench.wrk import wrk_load
 from common.datasets import load_source
-from common.machine import describe_machine
-from common.processes import free_port, running
+from common.logs import configure_logging
 from common.settings import load_settings
+from devtools.processes import free_port, running
 from serving.core import DEFAULT_MODEL_URI, ModelIdentity, flag_predictions, to_records
 from serving.prediction_log import PredictionLog
 
@@ -388,28 +388,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     figures = run_benchmark(
         args.model, args.duration, load_settings(), shlex.split(args.server_args), args.rounds, args.cold_starts
     )
-    command = ["python", "-m", "bench.serving", "--model", args.model]
-    command += ["--duration", str(args.duration), "--rounds", str(args.rounds), "--cold-starts", str(args.cold_starts)]
-    if args.server_args:
-        command += ["--server-args", args.server_args]
-    if args.out != DEFAULT_OUT:
-        command += ["--out", args.out]
-    result = {
-        "benchmark": "serving: bare model, our server, mlflow models serve, azmlinfsrv, cold starts, prediction log vs "
-        "per-request MLflow runs",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "model": args.model,
-        "seconds_per_load_level": args.duration,
-        "server_args": args.server_args,
-        "command": shlex.join(command),
-        **figures,
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    measured = {"model": args.model, "seconds_per_load_level": args.duration, "server_args": args.server_args, **figures}
+    benchmark = (
+        "serving: bare model, our server, mlflow models serve, azmlinfsrv, cold starts, prediction log vs per-request MLflow runs"
+    )
+    result = write_result(args.out, benchmark, measured, "bench.serving")
     print(json.dumps(result, indent=2))
 
 

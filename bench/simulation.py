@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.result_file import write_result
 from bench.serving import STARTUP_TIMEOUT_S, VENV_BIN, our_server_command
-from common.machine import describe_machine
-from common.processes import free_port, running
+from common.logs import configure_logging
 from common.settings import load_settings
+from devtools.processes import free_port, running
 from serving.core import DEFAULT_MODEL_URI
 from simulation.client import HttpTransport
 from simulation.run import run_simulation
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=365)
     parser.add_argument("--requests-per-window", type=int, default=200)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     settings = load_settings()
     env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     figures: dict = {}
@@ -66,19 +65,20 @@ def main() -> None:
                 figures[f"requests_per_s_c{concurrency}"] = run["requests_per_s"]
             long_scenario = load_scenario("seasonal-japanese", windows=args.windows, requests_per_window=args.requests_per_window)
             long_run = timed_run(long_scenario, url, folder / "long", settings, 8)
-    result = {
-        "benchmark": "traffic client against our real server over loopback (single-image requests, /score)",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(),
+    measured = {
         "model": args.model,
         **figures,
         f"wall_seconds_{args.windows}_windows_x_{args.requests_per_window}_requests_c8": long_run["wall_seconds"],
         "long_run_requests": long_run["requests"],
         "long_run_requests_per_s": long_run["requests_per_s"],
         "note": "client and server share the machine's 2 cores",
-        "command": "python -m bench.simulation",
     }
-    (RESULTS / "simulation.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(
+        RESULTS / "simulation.json",
+        "traffic client against our real server over loopback (single-image requests, /score)",
+        measured,
+        "bench.simulation",
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -18,14 +18,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.result_file import write_result
 from bench.serving import STARTUP_TIMEOUT_S, our_server_command
 from common.datasets import load_source
-from common.machine import describe_machine
-from common.processes import free_port, running
+from common.logs import configure_logging
 from common.settings import PROJECT_ROOT, load_settings
+from devtools.processes import free_port, running
 from serving.core import DEFAULT_MODEL_URI
 
 log = logging.getLogger("bench.soak")
@@ -177,24 +177,21 @@ def main() -> None:
     parser.add_argument("--warmup-requests", type=int, default=20_000, help="requests before the first memory figure")
     parser.add_argument("--out", default=str(RESULTS / "soak.json"), help="result file (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     subprocess.run([str(PROJECT_ROOT / "scripts" / "debian-packages.sh"), "wrk=wrk"], check=True)
     settings = load_settings()
     figures = run_soak(
         args.model, args.requests, args.connections, args.warmup_requests, settings.tracking_uri, settings.data_dir
     )
-    result = {
-        "benchmark": "soak: single-image requests to /invocations under wrk, memory and the prediction log",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(),
+    measured = {
         "model": args.model,
         "requests": args.requests,
         "connections": args.connections,
-        "command": f"python -m bench.soak --requests {args.requests} --connections {args.connections}",
         "load_generator": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
         **figures,
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    benchmark = "soak: single-image requests to /invocations under wrk, memory and the prediction log"
+    result = write_result(args.out, benchmark, measured, "bench.soak")
     print(json.dumps(result, indent=2))
 
 

@@ -13,14 +13,14 @@ import argparse
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
 
+from bench.result_file import write_result
 from common.datasets import Digits, load_mnist
 from common.images import to_model_input
-from common.machine import describe_machine
+from common.logs import configure_logging
 from common.settings import load_settings
 from training.keras_job import KerasJobConfig, run_keras_job
 from training.model import FLOAT32, resolve_precision, servable_copy
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--skip-before", action="store_true", help="measure the job as it is only")
     parser.add_argument("--out", type=Path, default=RESULTS / "keras_training.json", help="result file (default: %(default)s)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     test = load_mnist(Path(args.data_dir) / "mnist", "test")
     runs = {}
     for name, variant in VARIANTS.items():
@@ -117,24 +117,15 @@ def main() -> None:
             continue
         config = KerasJobConfig(data_dir=args.data_dir, epochs=args.epochs, run_name=f"bench-keras-{name}", **variant)
         runs[name] = measure(config, settings, test)
-    figures = {
-        "benchmark": (
-            "keras training, full MNIST train (55,000 train / 5,000 validation): training seconds until MNIST test "
-            f"accuracy first reaches {TARGET_ACCURACY:.1%} (measured every 1/{MEASURES_PER_EPOCH} epoch), and the final accuracy"
-        ),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "target_accuracy": TARGET_ACCURACY,
-        **runs,
-        "command": "python -m bench.train_keras"
-        + (f" --epochs {args.epochs}" if args.epochs != 4 else "")
-        + (" --skip-before" if args.skip_before else "")
-        + (f" --out {args.out}" if args.out != RESULTS / "keras_training.json" else ""),
-    }
+    measured = {"target_accuracy": TARGET_ACCURACY, **runs}
     if "before" in runs and runs["before"]["seconds_to_target"] and runs["after"]["seconds_to_target"]:
-        figures["time_to_target_ratio"] = round(runs["after"]["seconds_to_target"] / runs["before"]["seconds_to_target"], 2)
+        measured["time_to_target_ratio"] = round(runs["after"]["seconds_to_target"] / runs["before"]["seconds_to_target"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    benchmark = (
+        "keras training, full MNIST train (55,000 train / 5,000 validation): training seconds until MNIST test "
+        f"accuracy first reaches {TARGET_ACCURACY:.1%} (measured every 1/{MEASURES_PER_EPOCH} epoch), and the final accuracy"
+    )
+    figures = write_result(args.out, benchmark, measured, "bench.train_keras")
     print(json.dumps({key: value for key, value in figures.items() if key not in ("before", "after")}, indent=2))
     for name, run in runs.items():
         print(name, {key: value for key, value in run.items() if key != "curve"})

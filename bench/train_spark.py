@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.result_file import write_result
 from common.datasets import load_mnist
-from common.machine import describe_machine
+from common.logs import configure_logging
 from common.settings import PROJECT_ROOT, load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
 from training.data import split_train_validation
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--spark-master", default=DEFAULT_SPARK_MASTER)
     parser.add_argument("--skip-before", action="store_true", help="measure the job only, not the driver-shipped fit")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     config = SparkJobConfig(
         data_dir=args.data_dir,
         classifier=args.classifier,
@@ -73,10 +72,7 @@ def main() -> None:
     before = None if args.skip_before else driver_shipped_fit(config)
     result = run_spark_job(config, settings)
     run_id, evaluations, seconds = result.run_id, result.evaluations, result.train_seconds
-    figures = {
-        "benchmark": "Spark ML training on full MNIST train (55,000 train), Spark local[*], evaluated on MNIST test",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(("pyspark", "mlflow", "numpy")),
+    measured = {
         "classifier": config.classifier,
         "pca_k": config.pca_k,
         "hidden": config.hidden,
@@ -87,17 +83,19 @@ def main() -> None:
         "fit_seconds": round(seconds, 1),
         "before_driver_shipped": before,
         "speedup": round(before["fit_seconds"] / seconds, 2) if before else None,
-        # issue 13's figure for the driver-shipped fit (an Intel Xeon machine, Java's vector BLAS)
+        # the driver-shipped fit's figure when this benchmark was first set (an Intel Xeon machine, Java's vector BLAS)
         "issue_baseline_seconds": ISSUE_BASELINE_SECONDS,
         "speedup_vs_issue_baseline": round(ISSUE_BASELINE_SECONDS / seconds, 2),
         "evaluation": {name: vars(evaluation) for name, evaluation in evaluations.items()},
         "run_id": run_id,
-        "command": (
-            f"python -m bench.train_spark --classifier {config.classifier} --max-iter {config.max_iter} "
-            f"--spark-master {config.spark_master}"
-        ),
     }
-    (RESULTS / f"spark_training_{config.classifier}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    figures = write_result(
+        RESULTS / f"spark_training_{config.classifier}.json",
+        "Spark ML training on full MNIST train (55,000 train), Spark local[*], evaluated on MNIST test",
+        measured,
+        "bench.train_spark",
+        ("pyspark", "mlflow", "numpy"),
+    )
     print(json.dumps(figures, indent=2))
 
 

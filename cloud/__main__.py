@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, resolved_yaml, rest_body, submit
+from common.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     try:
         specs = load_specs(args.action)
         for name, entity in specs.items():  # where the SDK refuses what it loaded (a schedule of a command job)

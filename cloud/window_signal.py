@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.logs import configure_logging
+
 log = logging.getLogger(__name__)
 
 SIGNAL_COLUMNS = ["group", "metric_name", "metric_value", "threshold_value"]
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     try:
         thresholds = parse_thresholds(args.threshold)
         if args.window_metrics:

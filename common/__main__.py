@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from common.datasets import DatasetError
 from common.fetch import fetch_all
+from common.logs import configure_logging
 from common.settings import Settings, load_settings
 
 
@@ -28,7 +28,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(message_only=True)
     try:
         cache = fetch_all(args.cache, args.mirror)
     except DatasetError as err:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.labels import write_labels
+from common.logs import configure_logging
 from common.records import decompress_image, read_ground_truth, read_prediction_log
 from common.settings import Settings, load_settings
 from common.windows import (
@@ -178,7 +179,7 @@ def _cluster(spec: str | None) -> pd.DataFrame | None:
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     if args.command == "queue":
         if not Path(args.prediction_log).is_file():
             print(f"error: {args.prediction_log}: no prediction log here", file=sys.stderr)

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from common.datasets import DatasetError, load_mnist
+from common.logs import configure_logging
 from common.machine import describe_machine, shown_path
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
@@ -30,7 +31,8 @@ from common.windows import (
     parse_duration,
 )
 from monitoring.alerts import firing_windows
-from monitoring.engine import ENGINES, MonitoringError, for_version, open_log, read_truth
+from monitoring.engine import ENGINES, for_version, open_log, read_truth
+from monitoring.errors import MonitoringError
 from monitoring.evaluate import JudgedRun, cluster_figures, evaluation_figures, quality_figures
 from monitoring.history import deployment_key
 from monitoring.job import DatasetSource, HistorySink, monitor, monitor_dataset
@@ -176,7 +178,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     try:
         wall = _wall_clock(args) if args.command == "run" else None

@@ -18,6 +18,7 @@ from common.records import read_ground_truth
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
 from common.windows import DAILY_CLOCK, LeftOut, WindowClock, WindowError, with_windows
+from monitoring.errors import MonitoringError
 from monitoring.incremental import Increment, in_increment
 
 if TYPE_CHECKING:
@@ -25,10 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 ENGINES = ("auto", "pandas", "duckdb", "spark")
-
-
-class MonitoringError(RuntimeError):
-    """A log or reference that cannot be monitored; the message says what and how to fix it."""
 
 
 class LogEngine(Protocol):

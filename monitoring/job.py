@@ -18,7 +18,8 @@ from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClo
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
 from monitoring.clusters import EXAMPLES, cluster_members, window_clusters
 from monitoring.dashboard import dashboard_figure, write_dashboard
-from monitoring.engine import LogEngine, MonitoringError, for_version, open_dataset
+from monitoring.engine import LogEngine, for_version, open_dataset
+from monitoring.errors import MonitoringError
 from monitoring.gallery import gallery_png
 from monitoring.history import (
     append_history,

@@ -9,7 +9,7 @@ from mlflow.exceptions import MlflowException
 
 from common.reference import Reference, load_reference
 from common.tracking import download_reference, resolve_registered
-from monitoring.engine import MonitoringError
+from monitoring.errors import MonitoringError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from common.windows import (
     with_windows,
 )
 from monitoring.clusters import flagged_mask
-from monitoring.engine import MonitoringError
+from monitoring.errors import MonitoringError
 from monitoring.gallery import least_confident
 from monitoring.metrics import sample_keys, truth_metrics, window_aggregates, window_samples
 

@@ -34,12 +34,14 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.labels import read_labels, write_labels  # noqa: E402
+from common.logs import configure_logging  # noqa: E402
 from common.machine import describe_machine, shown_path  # noqa: E402
-from common.processes import free_port  # noqa: E402
 from common.records import read_ground_truth, read_prediction_log  # noqa: E402
 from common.reference import Reference, expected_accuracy, load_reference  # noqa: E402
 from common.settings import MODEL_NAME, Settings, load_settings  # noqa: E402
 from common.tracking import describe_run, download_reference, resolve_registered, use_tracking  # noqa: E402
+from devtools.processes import free_port  # noqa: E402
+from devtools.stack import http_ok  # noqa: E402
 from labeling.annotator import simulated_labels  # noqa: E402
 from labeling.queue import select_for_labeling  # noqa: E402
 from monitoring.alerts import evaluate_rules  # noqa: E402
@@ -48,7 +50,6 @@ from monitoring.incidents import incident_events, window_checks  # noqa: E402
 from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
 from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
 from monitoring.policy import load_policy  # noqa: E402
-from scripts.stack import http_ok  # noqa: E402
 from simulation.client import HttpTransport  # noqa: E402
 from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
 from simulation.scenario import load_scenario  # noqa: E402
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reanalyse", type=Path, metavar="FOLDER", help="judge a finished loop's folder again (no traffic, no training)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     for chatty in ("httpx", "common.datasets"):  # a line per request and per pool load; the loop logs each window
         logging.getLogger(chatty).setLevel(logging.WARNING)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from common.logs import configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
 from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core
@@ -123,10 +124,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
     return parser
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from common.datasets import FOREIGN_LAYOUTS, DatasetError, load_mnist, load_png_digits
 from common.images import NUM_CLASSES, PIXELS, fingerprint
+from common.logs import configure_logging
 from common.records import LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.settings import LOW_CONFIDENCE_THRESHOLD, load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     if Path(args.output).exists():
         print(f"error: {args.output} already exists; batch scoring never overwrites", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from common.datasets import DatasetError
+from common.logs import configure_logging
 from common.settings import PROJECT_ROOT, Settings, load_settings
 from simulation.client import EntryScriptTransport, HttpTransport, ServerRefused
 from simulation.run import run_simulation
@@ -71,7 +72,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     if args.command == "list":
         for name in builtin_names():

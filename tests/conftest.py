@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.processes import free_port, stop, wait_for_http
-from tests.helpers import SHARED_DATA, VENV_BIN
+from devtools.processes import free_port, mlflow_server_command, stop, wait_for_http
+from tests.helpers import SHARED_DATA
 
 # The modules that take longest (minutes each on 2 cores), longest first: `make test` (pytest-xdist, --dist loadfile,
 # --no-loadscope-reorder) hands whole modules to its workers in collection order, so these start first and the
@@ -48,20 +48,7 @@ def mlflow_server(tmp_path_factory) -> str:
     port = free_port()
     with open(home / "server.log", "wb") as output:  # the child keeps its own handle
         process = subprocess.Popen(
-            [
-                str(VENV_BIN / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                f"sqlite:///{home / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(home / "artifacts"),
-                "--workers",
-                "1",
-            ],
+            mlflow_server_command(port, f"sqlite:///{home / 'mlflow.db'}", str(home / "artifacts"), workers=1),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -139,7 +126,7 @@ def spark_model(spark, shared_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory):
     """The Azure Storage emulator (blob service) on a free loopback port; its connection string."""
-    from common.azurite import azurite_command, connection_string
+    from devtools.azurite import azurite_command, connection_string
     from tests.helpers import wait_for_port
 
     home = tmp_path_factory.mktemp("azurite")

@@ -4,10 +4,10 @@ champion on labeled traffic, promote the champion, (re)compute a model version's
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from common.datasets import DatasetError
+from common.logs import configure_logging
 from common.quiet import native_stderr_filtered
 from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
@@ -152,7 +152,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     if args.command == "keras":
         return _train_keras(args, settings)
     if args.command == "spark":

@@ -14,7 +14,8 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
 
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import to_model_input
@@ -132,36 +133,19 @@ def run_keras_job(
         train_seconds = fit_cnn(model, train.images, train.labels, validation, config.epochs, config.batch_size, run, callbacks)
         model = servable_copy(model)  # evaluated, referenced and logged as it will be served
 
-        evaluations, test_probabilities = {}, None
-        for name, digits in evaluation_sets.items():
-            probabilities = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)
-            evaluations[name] = evaluate_probabilities(name, probabilities, digits.labels, config.low_confidence_threshold)
-            mlflow.log_metrics(evaluations[name].metrics(name))
-            log.info(
-                "%s: accuracy %.4f, low-confidence share %.4f, mean confidence %.4f",
-                name,
-                evaluations[name].accuracy,
-                evaluations[name].low_confidence_share,
-                evaluations[name].mean_confidence,
-            )
-            if name == "mnist_test":
-                test_probabilities = probabilities
-        _log_review_artifacts(evaluation_sets["mnist_test"], test_probabilities)
+        evaluations, probabilities = evaluate_and_log(model, evaluation_sets, config.low_confidence_threshold)
+        _log_review_artifacts(evaluation_sets["mnist_test"], probabilities["mnist_test"])
         reference = fit_model_reference(model, validation, config.seed)
         log_reference(reference, run.info.run_id)
 
         example = to_model_input(evaluation_sets["mnist_test"].images[:2])
-        signature = infer_signature(example, model.predict(example, verbose=0))
-        requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
-        info = log_keras_model(model, signature, example, config.model_name, requirements) if registers else None
+        info = register_challenger(model, example, config.model_name) if registers else None
         if config.model_output:  # e.g. an Azure ML job's mlflow_model output, registered from there
+            signature, requirements = serving_signature(model, example)
             save_keras_model(Path(config.model_output), model, signature, example, requirements)
             save_reference(reference, Path(config.model_output) / REFERENCE_FILE)
             mlflow.set_tag("model_output", str(config.model_output))
         model_version = str(info.registered_model_version) if info and info.registered_model_version else None
-        if model_version:
-            set_role(mlflow.MlflowClient(), config.model_name, CHALLENGER_ALIAS, model_version)
-            mlflow.set_tag("registered_version", model_version)
         return KerasJobResult(
             run_id=run.info.run_id,
             run_name=run.info.run_name,
@@ -172,6 +156,45 @@ def run_keras_job(
             evaluations=evaluations,
             model=model,
         )
+
+
+def evaluate_and_log(
+    model: keras.Model, evaluation_sets: dict[str, Digits], low_confidence_threshold: float
+) -> tuple[dict[str, SetEvaluation], dict[str, np.ndarray]]:
+    """Each set scored by `model`, evaluated and logged to the active run (its metrics and a line); the evaluations
+    and the probabilities, by set name."""
+    evaluations, probabilities = {}, {}
+    for name, digits in evaluation_sets.items():
+        probabilities[name] = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)
+        evaluations[name] = evaluate_probabilities(name, probabilities[name], digits.labels, low_confidence_threshold)
+        mlflow.log_metrics(evaluations[name].metrics(name))
+        evaluation = evaluations[name]
+        log.info(
+            "%s: accuracy %.4f on %d images, low-confidence share %.4f, mean confidence %.4f",
+            name,
+            evaluation.accuracy,
+            evaluation.count,
+            evaluation.low_confidence_share,
+            evaluation.mean_confidence,
+        )
+    return evaluations, probabilities
+
+
+def serving_signature(model: keras.Model, example: np.ndarray) -> tuple[ModelSignature, list[str]]:
+    """The model's MLflow signature on `example`, and the pinned packages it is served with."""
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    return signature, [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
+
+
+def register_challenger(model: keras.Model, example: np.ndarray, model_name: str) -> ModelInfo:
+    """Log `model` to the active run, register it as a new version of `model_name` and alias it @challenger (the
+    run is tagged with the version)."""
+    signature, requirements = serving_signature(model, example)
+    info = log_keras_model(model, signature, example, model_name, requirements)
+    if info.registered_model_version:
+        set_role(mlflow.MlflowClient(), model_name, CHALLENGER_ALIAS, str(info.registered_model_version))
+        mlflow.set_tag("registered_version", str(info.registered_model_version))
+    return info
 
 
 def fit_cnn(

@@ -6,21 +6,19 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import fingerprint, to_model_input
 from common.labels import read_labels
 from common.records import read_prediction_log
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
-from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, set_role, use_tracking
+from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
 from training.data import (
     MIN_INCIDENT_IMAGES,
     IncidentTraffic,
@@ -32,11 +30,17 @@ from training.data import (
     replay_mask,
     split_train_validation,
 )
-from training.evaluate import SetEvaluation, evaluate_probabilities
-from training.keras_job import SERVING_REQUIREMENTS, fit_cnn, fit_model_reference, log_reference, log_served_images
+from training.evaluate import SetEvaluation
+from training.keras_job import (
+    evaluate_and_log,
+    fit_cnn,
+    fit_model_reference,
+    log_reference,
+    log_served_images,
+    register_challenger,
+)
 from training.model import compile_cnn
 from training.registry import PARENT_VERSION_TAG, REPLAY_METRIC, REPLAY_PARENT_METRIC
-from training.tracking import log_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +174,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             trained_fingerprints |= pseudo
             evaluation_sets = {name: unseen(digits, pseudo) for name, digits in evaluation_sets.items()}
         mlflow.log_params({f"{name}_images": len(digits) for name, digits in evaluation_sets.items()})
-        evaluations = {}
-        for name, digits in evaluation_sets.items():
-            probabilities = model.predict(to_model_input(digits.images), batch_size=512, verbose=0)
-            evaluations[name] = evaluate_probabilities(name, probabilities, digits.labels, config.low_confidence_threshold)
-            mlflow.log_metrics(evaluations[name].metrics(name))
-            log.info("%s: accuracy %.4f on %d images", name, evaluations[name].accuracy, len(digits))
+        evaluations, _ = evaluate_and_log(model, evaluation_sets, config.low_confidence_threshold)
         replay_accuracy = replay_parent_accuracy = None
         if parent_replay is not None:
             replay_accuracy = float((model.predict(to_model_input(replay.images), verbose=0).argmax(1) == replay.labels).mean())
@@ -189,17 +188,10 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             )
         _log_reference_with_traffic(model, validation, seed, traffic, run.info.run_id)
         mlflow.log_text("\n".join(sorted(trained_fingerprints)) + "\n", TRAINED_FINGERPRINTS)
-        example = to_model_input(validation.images[:2])
-        requirements = [f"{package}=={version(package)}" for package in SERVING_REQUIREMENTS]
-        info = log_keras_model(
-            model, infer_signature(example, model.predict(example, verbose=0)), example, parent.name, requirements
-        )
+        info = register_challenger(model, to_model_input(validation.images[:2]), parent.name)
         model_version = str(info.registered_model_version) if info.registered_model_version else None
         if model_version:
-            client = mlflow.MlflowClient()
-            set_role(client, parent.name, CHALLENGER_ALIAS, model_version)
-            client.set_model_version_tag(parent.name, model_version, PARENT_VERSION_TAG, parent.version)
-            mlflow.set_tag("registered_version", model_version)
+            mlflow.MlflowClient().set_model_version_tag(parent.name, model_version, PARENT_VERSION_TAG, parent.version)
         return RetrainResult(
             run.info.run_id,
             model_version,

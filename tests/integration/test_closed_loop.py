@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
+from devtools.processes import free_port, running
 from tests.helpers import SHARED_DATA, serving_command, settings_for
 
 SMALL_SCENARIO = {

@@ -20,8 +20,8 @@ import yaml
 from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, rest_body
 from common.datasets import load_source
 from common.prediction_dataset import filesystem, list_parts, read_parts
-from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
+from devtools.processes import free_port, running
 from tests.helpers import VENV_BIN, azure_like_tracking, collector_sidecar
 
 pytestmark = pytest.mark.slow

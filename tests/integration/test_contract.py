@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from common.datasets import Digits, load_source
-from common.processes import free_port, running
+from devtools.processes import free_port, running
 from tests.helpers import VENV_BIN, serving_command
 
 pytestmark = pytest.mark.slow

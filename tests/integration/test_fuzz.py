@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from common.processes import free_port, running
 from common.records import read_prediction_log
+from devtools.processes import free_port, running
 from tests.helpers import serving_command
 
 pytestmark = pytest.mark.slow

@@ -70,7 +70,7 @@ def test_it_gives_up_after_the_last_try_with_the_last_problem(scripted_server):
 
 
 def test_a_dead_replica_costs_no_request_when_another_answers(scripted_server):
-    from common.processes import free_port
+    from devtools.processes import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     transport = HttpTransport(f"{dead},{scripted_server}", retries=2, backoff_s=0.01)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from common.processes import free_port, running
 from common.settings import PROJECT_ROOT
+from devtools.processes import free_port, running
 from serving.prediction_log import PredictionLog
 from tests.helpers import VENV_BIN, assert_same_frames, chromium_dom, cli
 
@@ -416,7 +416,7 @@ def test_incident_notices_reach_a_signed_webhook_slack_and_email_and_a_dead_rout
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Sink
 
-    from common.processes import free_port
+    from devtools.processes import free_port
     from monitoring.job import monitor
     from monitoring.model import resolve_model
     from monitoring.pandas_engine import PandasLog

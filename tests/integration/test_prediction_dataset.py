@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
-from common.processes import free_port, stop, wait_for_http
 from common.records import PredictionRecord, read_prediction_log, records_of_frame
 from common.settings import PROJECT_ROOT
+from devtools.processes import free_port, stop, wait_for_http
 from serving.dataset_sink import DatasetSink
 from tests.helpers import acknowledged, assert_same_frames, cli, serving_command
 

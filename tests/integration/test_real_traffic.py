@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from common.prediction_dataset import part_name, records_table
-from common.processes import free_port, running
 from common.records import read_prediction_log, records_of_frame
 from common.windows import WindowClock
+from devtools.processes import free_port, running
 from serving.prediction_log import PredictionLog
 from tests.helpers import assert_same_frames, cli, serving_command
 

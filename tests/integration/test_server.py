@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from common.datasets import load_source
-from common.processes import alive, free_port, running
 from common.records import read_prediction_log
 from common.settings import PROJECT_ROOT
+from devtools.processes import alive, free_port, running
 from tests.helpers import serving_command
 from tests.stand_in_models import save_stand_in
 

@@ -10,9 +10,9 @@ import time
 import mlflow
 import pytest
 
-from common.processes import free_port, running
 from common.records import read_prediction_log
 from common.settings import PROJECT_ROOT
+from devtools.processes import free_port, running
 from simulation.scenario import load_scenario, plan_traffic
 from tests.helpers import serving_command
 

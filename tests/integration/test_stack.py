@@ -22,7 +22,7 @@ from tests.helpers import acknowledged
 
 pytestmark = pytest.mark.slow
 
-STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack.py")]
+STACK = [sys.executable, "-m", "devtools.stack"]
 
 
 def run(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:

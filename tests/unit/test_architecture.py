@@ -81,3 +81,13 @@ def test_every_command_line_option_has_a_help_text(module_name):
     parser = build(load_settings()) if build.__code__.co_argcount else build()
     missing = [f"{prog} {'/'.join(action.option_strings) or action.dest}" for prog, action in _options(parser) if not action.help]
     assert missing == []
+
+
+def test_every_entry_point_sets_up_logging_through_common_logs():
+    sources = [
+        path
+        for folder in ("common", "training", "serving", "simulation", "monitoring", "labeling", "cloud", "bench", "scripts")
+        for path in (PROJECT_ROOT / folder).rglob("*.py")
+    ]
+    elsewhere = [str(path.relative_to(PROJECT_ROOT)) for path in sources if "logging.basicConfig" in path.read_text()]
+    assert elsewhere == ["common/logs.py"]

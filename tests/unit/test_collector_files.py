@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from common.prediction_dataset import collector_frame, collector_records, filesystem, list_parts, read_parts
-from common.processes import free_port
 from common.records import PredictionRecord
+from devtools.processes import free_port
 from serving.collector_sink import INPUT_FEATURES, inputs_frame, outputs_frame, pixel_statistics
 
 

@@ -8,7 +8,8 @@ from common.prediction_dataset import Part, filesystem, read_parts
 from common.records import PROBABILITY_COLUMNS, PROJECTION_COLUMNS
 from common.windows import WindowClock, with_windows
 from monitoring.duckdb_engine import DuckLog, DuckLogError
-from monitoring.engine import MonitoringError, open_log
+from monitoring.engine import open_log
+from monitoring.errors import MonitoringError
 from monitoring.metrics import AGGREGATE_COLUMNS, MonitorConfig, judge_windows
 from monitoring.pandas_engine import PandasLog
 from tests.helpers import assert_same_frames

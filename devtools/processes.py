@@ -20,6 +20,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def mlflow_server_command(port: int, backend_store_uri: str, artifacts_destination: str, workers: int) -> list[str]:
+    """The project's `mlflow server` on 127.0.0.1:`port`, proxying artifacts to `artifacts_destination`."""
+    return [
+        str(PROJECT_ROOT / ".venv" / "bin" / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--workers",
+        str(workers),
+    ]
+
+
 def alive(pid: int | None) -> bool:
     """Whether process `pid` runs (a zombie does not)."""
     if not pid:

@@ -1,11 +1,11 @@
 """The team stack on one machine, on loopback: PostgreSQL, Azurite, `mlflow server`, a Spark standalone
 cluster, and two serving replicas behind HAProxy.
 
-    python scripts/stack.py up       # start what is not running yet (the replicas and the proxy once the stack's
+    python -m devtools.stack up       # start what is not running yet (the replicas and the proxy once the stack's
                                      # MLflow has models:/digits-cnn@champion); print every URL; idempotent
-    python scripts/stack.py serve    # (re)start the two replicas and the proxy
-    python scripts/stack.py env      # the environment variables that point the commands at the stack
-    python scripts/stack.py down     # stop exactly what `up` and `serve` started (by process id)
+    python -m devtools.stack serve    # (re)start the two replicas and the proxy
+    python -m devtools.stack env      # the environment variables that point the commands at the stack
+    python -m devtools.stack down     # stop exactly what `up` and `serve` started (by process id)
 
 Everything lives under `.digitdrift/stack/` (or $DIGITDRIFT_STACK_DIR): data, logs, and `stack.json`, which
 records each process id and URL. Each part is the real engine, from the registries: PostgreSQL 15 from
@@ -28,13 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from common.azurite import azurite_command, connection_string  # noqa: E402
-from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem  # noqa: E402
-from common.processes import alive, free_port  # noqa: E402
-from common.settings import load_settings  # noqa: E402
+from common.logs import configure_logging
+from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
+from common.settings import PROJECT_ROOT, load_settings
+from devtools.azurite import azurite_command, connection_string
+from devtools.processes import alive, free_port, mlflow_server_command
 
 log = logging.getLogger("stack")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -211,19 +209,8 @@ def start_mlflow(state: dict) -> None:
     pid = spawn(
         "mlflow",
         [
-            str(PROJECT_ROOT / ".venv" / "bin" / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            state["postgres"]["url"],
-            "--artifacts-destination",
-            destination,
+            *mlflow_server_command(port, state["postgres"]["url"], destination, workers=2),
             "--serve-artifacts",
-            "--workers",
-            "2",
             "--allowed-hosts",
             f"127.0.0.1:{port},localhost:{port}",
         ],
@@ -482,7 +469,7 @@ def describe(state: dict) -> str:
         lines.append(f"replica {index}       {replica['url']}")
     if "proxy" in state:
         lines.append(f"HAProxy         {state['proxy']['url']}  (the one URL clients use)")
-    lines.append('point the commands at it:  eval "$(.venv/bin/python scripts/stack.py env)"')
+    lines.append('point the commands at it:  eval "$(.venv/bin/python -m devtools.stack env)"')
     return "\n".join(lines)
 
 
@@ -491,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "serve", "env", "down", "status"], help="what to do")
     parser.add_argument("--model", default="models:/digits-cnn@champion", help="with serve: the model the replicas serve")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per health check
     if args.command == "up":
         state = up()

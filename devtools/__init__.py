@@ -1,0 +1,1 @@
+"""Developer tooling, not part of the product: the team stack on one machine, helper processes, Azurite."""

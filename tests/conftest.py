@@ -3,7 +3,9 @@ order in which `make test` hands modules to its parallel workers."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,14 @@ LONGEST_MODULES = (
     "tests.integration.test_closed_loop",
     "tests.integration.test_cloud",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker the main module (execnet's) has neither __spec__ nor __file__, which pyspark's
+    Spark Connect import (reached by mlflow.spark.log_model) takes for a doctest run: it exits the worker. Name it."""
+    main = sys.modules["__main__"]
+    if os.environ.get("PYTEST_XDIST_WORKER") and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+        main.__file__ = "<pytest-xdist worker>"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

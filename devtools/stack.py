@@ -477,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "serve", "env", "down", "status"], help="what to do")
     parser.add_argument("--model", default="models:/digits-cnn@champion", help="with serve: the model the replicas serve")
+    parser.add_argument("--verbose", action="store_true", help="also log the SDKs' and HTTP clients' lines per request")
     args = parser.parse_args(argv)
-    configure_logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per health check
+    configure_logging(verbose=args.verbose)
     if args.command == "up":
         state = up()
         if champion_exists(state, args.model):

@@ -179,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
     configure_logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     try:
         wall = _wall_clock(args) if args.command == "run" else None
         use_tracking(settings)

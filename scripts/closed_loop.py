@@ -525,8 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging()
-    for chatty in ("httpx", "common.datasets"):  # a line per request and per pool load; the loop logs each window
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("common.datasets").setLevel(logging.WARNING)  # a line per pool load; the loop logs each window
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     config = LoopConfig(
         out=args.out or settings.state_dir / "loops" / f"{Path(args.scenario).stem}-{stamp}",

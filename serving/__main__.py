@@ -123,6 +123,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "prediction log (default: %(default)s)",
     )
     parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also log the SDKs' and HTTP clients' lines per request (blob storage, MLflow)"
+    )
     return parser
 
 
@@ -168,10 +171,11 @@ def worker_app() -> ASGIApp:
     would have the parent start it again, and fail again, without end."""
     from uvicorn.config import STARTUP_FAILURE
 
-    configure_logging()
     settings = load_settings()
+    args = build_parser(settings).parse_args(json.loads(os.environ[WORKER_ARGV_ENV]))
+    configure_logging(verbose=args.verbose)
     try:
-        return build_app(build_parser(settings).parse_args(json.loads(os.environ[WORKER_ARGV_ENV])), settings)
+        return build_app(args, settings)
     except SetupError as err:
         log.error("worker process %d could not start: %s", os.getpid(), err)
     except Exception:
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(settings).parse_args(argv)
-    configure_logging()
+    configure_logging(verbose=args.verbose)
 
     if args.export_parquet:
         rows = export_parquet(args.prediction_log, args.export_parquet)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -73,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
     configure_logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request: the progress bar tells
     if args.command == "list":
         for name in builtin_names():
             scenario = load_scenario(name)

@@ -41,7 +41,7 @@ def stack(shared_data):
         first = run([*STACK, "up"], env, 600)
         again = run([*STACK, "up"], env, 120)  # idempotent: nothing new starts
         state = json.loads((home / "stack" / "stack.json").read_text())
-        yield home, env, state, first.stdout, again.stdout
+        yield home, env, state, first.stdout, again.stdout, first.stderr
     finally:
         subprocess.run([*STACK, "down"], cwd=PROJECT_ROOT, env={**os.environ, **env}, timeout=300)
         shutil.rmtree(home, ignore_errors=True)
@@ -83,8 +83,9 @@ def psql(state: dict, query: str) -> list[str]:
 
 
 def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
-    home, env, state, first, again = stack
+    home, env, state, first, again, logged = stack
     assert "MLflow server" in first and "Spark master" in first
+    assert "azure.core" not in logged and len(logged.splitlines()) < 40  # what started and where, not the SDK's requests
     assert json.loads((home / "stack" / "stack.json").read_text())["mlflow"]["pid"] == state["mlflow"]["pid"]
     env = stack_env(env, state)
     master = state["spark_master"]["url"]

@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_EPOCHS ?= 4
 PYTEST_ARGS ?=
-# `make test` runs the modules on this many pytest-xdist workers, each module whole on one (tests/conftest.py)
-TEST_WORKERS ?= 2
+# `make test` runs the modules on this many pytest-xdist workers, each module whole on one (tests/conftest.py); on
+# 2 cores 3 beat 2 (15 against at least 18 minutes): much of a test is waiting on a server or a subprocess
+TEST_WORKERS ?= 3
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1

@@ -18,13 +18,16 @@ from tests.helpers import SHARED_DATA
 # workers finish together; the rest follow in their usual order. (pytest-xdist 3.8's --dist loadgroup cannot group
 # under pytest 9: it renames items through an attribute pytest 9 no longer reads.)
 LONGEST_MODULES = (
-    "tests.integration.test_stack",
     "tests.integration.test_real_traffic",
+    "tests.integration.test_stack",
     "tests.integration.test_prediction_dataset",
     "tests.integration.test_contract",
     "tests.integration.test_monitoring",
     "tests.integration.test_closed_loop",
     "tests.integration.test_cloud",
+    "tests.integration.test_server",
+    "tests.integration.test_fuzz",
+    "tests.integration.test_keras_training",
 )
 
 

@@ -18,6 +18,5 @@ def test_third_party_request_logging_stays_at_warnings_unless_verbose(restored_l
     request_logger = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
     configure_logging()
     assert not request_logger.isEnabledFor(logging.INFO) and request_logger.isEnabledFor(logging.WARNING)
-    assert logging.getLogger("monitoring.job").isEnabledFor(logging.INFO)  # ours still speak
     configure_logging(verbose=True)
     assert request_logger.isEnabledFor(logging.INFO)

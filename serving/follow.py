@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from common.settings import parse_registry_uri
 from serving.core import ScoringCore, load_core
@@ -27,6 +28,19 @@ class AliasFollower:
             raise ValueError(f"{source}: only a models:/<name>@<alias> URI can be followed")
         self.source, self.name, self.threshold, self.version = source, reference.name, threshold, version
         self.model_threads = model_threads
+        self.failure: str | None = None  # why the last check failed; None after a check that worked
+        self.failing_since: str | None = None  # when checks started failing (UTC, ISO 8601)
+
+    def failed(self, error: Exception) -> None:
+        """Note a check that failed (the registry unreachable, the new version broken): serving goes on, degraded."""
+        self.failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+        self.failing_since = self.failing_since or datetime.now(UTC).isoformat(timespec="seconds")
+
+    def status(self) -> dict:
+        """What /ready reports of the following: ok, or degraded since when and why."""
+        if self.failure is None:
+            return {"source": self.source, "status": "ok"}
+        return {"source": self.source, "status": "degraded", "since": self.failing_since, "error": self.failure}
 
     def check(self) -> ScoringCore | None:
         """The new core when the alias moved since the last check, else None. Blocking: run it off the event loop."""
@@ -34,9 +48,11 @@ class AliasFollower:
 
         version = resolve_registered(self.source).version
         if version == self.version:
+            self.failure = self.failing_since = None
             return None
         log.info("%s moved from version %s to %s: loading it", self.source, self.version, version)
         core = load_core(f"models:/{self.name}/{version}", self.threshold, model_threads=self.model_threads)
         core.identity = replace(core.identity, alias=parse_registry_uri(self.source).alias, source=self.source)
         self.version = version
+        self.failure = self.failing_since = None
         return core

@@ -155,11 +155,17 @@ def create_app(
     async def follow() -> None:
         while True:
             await asyncio.sleep(config.follow_seconds)
+            failing_since = follower.failing_since
             try:
                 moved = await asyncio.to_thread(follower.check)
-            except Exception:  # the registry unreachable or the new version broken: keep serving the current one
-                log.exception("could not follow %s; still serving version %s", follower.source, slot.core.identity.version)
+            except Exception as err:  # the registry unreachable or the new version broken: keep serving the current one
+                follower.failed(err)
+                if failing_since is None:  # once per outage; /ready says it meanwhile
+                    version = slot.core.identity.version
+                    log.warning("could not follow %s (%s); still serving version %s", follower.source, follower.failure, version)
                 continue
+            if failing_since is not None:
+                log.info("following %s again (checks had failed since %s)", follower.source, failing_since)
             if moved is not None:
                 previous, slot.core = slot.core.identity.version, moved
                 freeze_heap()  # the new version's objects, as the first version's were at start
@@ -236,10 +242,10 @@ def create_app(
     @app.get("/ready")
     async def ready() -> JSONResponse:
         loaded = batcher.running
-        return JSONResponse(
-            {"ready": loaded, "model": slot.core.identity.name, "version": slot.core.identity.version},
-            status_code=200 if loaded else 503,
-        )
+        answer = {"ready": loaded, "model": slot.core.identity.name, "version": slot.core.identity.version}
+        if follower is not None:  # degraded following still serves: ready stays true
+            answer["following"] = follower.status()
+        return JSONResponse(answer, status_code=200 if loaded else 503)
 
     @app.get("/metadata")
     async def metadata() -> dict:

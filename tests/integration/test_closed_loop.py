@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from common.settings import PROJECT_ROOT
-from devtools.processes import free_port, running
+from devtools.processes import free_port, mlflow_server_command, running, stop, wait_for_http
 from tests.helpers import SHARED_DATA, serving_command, settings_for
 
 SMALL_SCENARIO = {
@@ -258,6 +258,50 @@ def test_a_following_server_switches_models_under_load_without_failing_a_request
     assert (champion, "1") in switches and ("1", "2") in switches
     log = (tmp_path / "server.log").read_text()
     assert f"now serving digits-cnn version 1 (was {champion})" in log and "Traceback" not in log
+
+
+def test_a_following_server_keeps_serving_degraded_while_the_registry_is_down_and_recovers_by_itself(loop, tmp_path):
+    settings, _, _ = loop
+    registry_port, port = free_port(), free_port()
+    registry, url = f"http://127.0.0.1:{registry_port}", f"http://127.0.0.1:{port}"
+    registry_command = mlflow_server_command(registry_port, settings.tracking_uri, str(tmp_path / "proxied"), workers=1)
+    # one try per check, so that a check fails in seconds rather than after MLflow's minutes of retries
+    env = {"MLFLOW_TRACKING_URI": registry, "DIGITDRIFT_HOME": str(settings.state_dir), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    command = serving_command(
+        "models:/digits-cnn@champion", port, "--prediction-log", str(tmp_path / "p.db"), "--follow-seconds", "0.5"
+    )
+
+    def start_registry(name: str) -> subprocess.Popen:
+        with open(tmp_path / f"{name}.log", "wb") as output:
+            process = subprocess.Popen(registry_command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
+        wait_for_http(f"{registry}/health", process)
+        return process
+
+    def following_becomes(status: str) -> dict:
+        deadline = time.monotonic() + 90
+        while (ready := httpx.get(f"{url}/ready", timeout=10).json())["following"]["status"] != status:
+            assert time.monotonic() < deadline, f"/ready still says {ready} after 90 s"
+            time.sleep(0.5)
+        return ready
+
+    image = np.zeros((28, 28), dtype=int).tolist()
+    registry_process = start_registry("registry")
+    try:
+        with running(command, f"{url}/ready", env=env, log_path=tmp_path / "server.log"):
+            served = following_becomes("ok")["version"]
+            stop(registry_process)
+            degraded = following_becomes("degraded")
+            assert degraded["ready"] and degraded["version"] == served and degraded["following"]["since"]
+            answer = httpx.post(f"{url}/score", json={"data": [image]}, timeout=30)
+            assert answer.status_code == 200 and answer.json()["model"]["version"] == served  # it keeps serving
+            registry_process = start_registry("registry-again")
+            recovered = following_becomes("ok")
+            assert recovered["ready"] and recovered["version"] == served and "error" not in recovered["following"]
+    finally:
+        stop(registry_process)
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("could not follow models:/digits-cnn@champion") == 1 and f"still serving version {served}" in log
+    assert "following models:/digits-cnn@champion again" in log and "Traceback" not in log
 
 
 def test_the_labeling_commands_queue_a_log_and_answer_the_queue_from_the_sidecar(loop, tmp_path):

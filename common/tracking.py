@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 import mlflow.data
@@ -35,6 +36,21 @@ def is_azure_workspace(tracking_uri: str) -> bool:
     """Whether MLflow tracks to an Azure ML workspace (its `azureml://` URI), whose registry has no aliases and whose
     tracking service has answered MLflow 3's logged-models calls with 404."""
     return tracking_uri.startswith(AZURE_TRACKING_SCHEME)
+
+
+def unreachable_tracking(err: Exception) -> str | None:
+    """One line naming the tracking server MLflow could not reach, when that is what `err` is; else None."""
+    message = str(err)
+    # MLflow's REST client words every request that never got an answer (refused, timed out, DNS) this way
+    if not isinstance(err, MlflowException) or " failed with exception " not in message:
+        return None
+    request, cause = message.split(" failed with exception ", 1)
+    url = urlsplit(request.removeprefix("API request to ").strip())
+    cause = cause.split("(Caused by ", 1)[-1].rstrip(")")
+    return (
+        f"the MLflow tracking server at {url.scheme}://{url.netloc} did not answer ({cause[:200]}): start it, or point "
+        "MLFLOW_TRACKING_URI at one that runs"
+    )
 
 
 def use_tracking(settings: Settings) -> str:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from mlflow.exceptions import MlflowException
 
 from common.datasets import DatasetError, load_mnist
 from common.logs import configure_logging
@@ -18,7 +19,7 @@ from common.machine import describe_machine, shown_path
 from common.prediction_dataset import is_dataset_url
 from common.settings import MODEL_NAME, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
-from common.tracking import use_tracking
+from common.tracking import unreachable_tracking, use_tracking
 from common.windows import (
     CLOCKS,
     DAILY_CLOCK,
@@ -206,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(args, frame, model, config, settings, stamp, policy)
     except (MonitoringError, WindowError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except MlflowException as err:
+        unreachable = unreachable_tracking(err)
+        if unreachable is None:
+            raise
+        print(f"error: {unreachable}", file=sys.stderr)
         return 2
 
 

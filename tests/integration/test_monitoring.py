@@ -249,6 +249,15 @@ def test_an_empty_log_is_named(traffic, champion, tmp_path):
     assert run.returncode == 2 and "the prediction log is empty" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_the_monitor_says_in_one_line_that_the_tracking_server_does_not_answer(traffic, champion):
+    home, env = traffic
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**env, "MLFLOW_TRACKING_URI": down, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    run = cli("monitoring", ["run", "--log", str(home / "log.db"), "--model", champion.uri, "--no-mlflow"], env)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert f"error: the MLflow tracking server at {down} did not answer" in run.stderr and "Connection refused" in run.stderr
+
+
 def test_a_log_from_another_model_version_is_named(traffic, champion, tmp_path):
     home, env = traffic
     run = cli(

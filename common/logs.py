@@ -8,6 +8,7 @@ FORMAT = "%(asctime)s %(name)s: %(message)s"
 # Third-party loggers that speak at INFO about every request they make (the Azure SDK logs each request's headers,
 # httpx a line per request): kept at warnings unless a command runs verbose.
 CHATTY_LOGGERS = ("azure", "httpx", "httpcore", "urllib3", "py4j")
+VERBOSE_HELP = "also log the SDKs' and HTTP clients' lines per request (blob storage, MLflow)"
 
 
 def configure_logging(message_only: bool = False, verbose: bool = False) -> None:

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.logs import configure_logging
+from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
 from common.settings import PROJECT_ROOT, load_settings
 from devtools.azurite import azurite_command, connection_string
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "serve", "env", "down", "status"], help="what to do")
     parser.add_argument("--model", default="models:/digits-cnn@champion", help="with serve: the model the replicas serve")
-    parser.add_argument("--verbose", action="store_true", help="also log the SDKs' and HTTP clients' lines per request")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose)
     if args.command == "up":

@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
-from common.logs import configure_logging
+from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
 from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core
@@ -123,9 +123,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "prediction log (default: %(default)s)",
     )
     parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
-    parser.add_argument(
-        "--verbose", action="store_true", help="also log the SDKs' and HTTP clients' lines per request (blob storage, MLflow)"
-    )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
 

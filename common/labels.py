@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,15 @@ from common.quality import QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG
 
 # Columns of a label file; `window` (when the image was served) and `arrived_window` (when its label came
-# back) are optional: the simulated annotator writes them, a person's file may not.
+# back) are optional: the simulated annotator writes them, a person's file may not. The labeling page writes
+# who labeled and when (`labeled_by`, `labeled_at`, ISO-8601 UTC).
 LABEL_COLUMNS = ("request_id", "image_index", "label")
 OPTIONAL_LABEL_COLUMNS = ("window", "arrived_window")
+PROVENANCE_COLUMNS = ("labeled_by", "labeled_at")
+# A label file may answer "not a digit" for a queued image: the label field holds this word. Such an image has
+# no class to train or score against, so `read_labels` leaves it out unless asked (as NOT_A_DIGIT_LABEL).
+NOT_A_DIGIT = "not_a_digit"
+NOT_A_DIGIT_LABEL = -1
 LABEL_SUFFIXES = (".csv", ".jsonl")
 # Strata of served images by their flags: the labeling queue draws within them, the label-assisted estimate
 # corrects each with its own labels.
@@ -73,11 +80,19 @@ def _integer(value: object, path: Path, number: int, field: str, low: int, high:
     return number_value
 
 
-def read_labels(path: str | Path) -> pd.DataFrame:
-    """A label file as a frame (request_id, image_index, label, and window / arrived_window when present).
+def _label(value: object, path: Path, number: int) -> int:
+    if str(value).strip() == NOT_A_DIGIT:
+        return NOT_A_DIGIT_LABEL
+    return _integer(value, path, number, "label", 0, NUM_CLASSES - 1)
+
+
+def read_labels(path: str | Path, not_a_digit: bool = False) -> pd.DataFrame:
+    """A label file as a frame (request_id, image_index, label, and window / arrived_window / labeled_by /
+    labeled_at when present).
 
     Every row is checked before any is returned: a bad file is refused whole, naming its first bad line.
-    A (request id, image index) labeled twice keeps its last label, as a correction would.
+    A (request id, image index) labeled twice keeps its last label, as a correction would. Images answered "not
+    a digit" are left out, or with `not_a_digit` kept with the label NOT_A_DIGIT_LABEL.
     """
     path = Path(path)
     if path.suffix not in LABEL_SUFFIXES:
@@ -92,25 +107,40 @@ def read_labels(path: str | Path) -> pd.DataFrame:
         entry = {
             "request_id": request_id,
             "image_index": _integer(row.get("image_index"), path, number, "image_index", 0, None),
-            "label": _integer(row.get("label"), path, number, "label", 0, NUM_CLASSES - 1),
+            "label": _label(row.get("label"), path, number),
         }
         for column in OPTIONAL_LABEL_COLUMNS:
             if row.get(column) not in (None, ""):
                 entry[column] = _integer(row[column], path, number, column, 0, None)
+        for column in PROVENANCE_COLUMNS:
+            if row.get(column) not in (None, ""):
+                entry[column] = str(row[column])
         parsed.append(entry)
-    frame = pd.DataFrame(parsed, columns=[*LABEL_COLUMNS, *OPTIONAL_LABEL_COLUMNS])
-    return frame.drop_duplicates(["request_id", "image_index"], keep="last").reset_index(drop=True)
+    frame = pd.DataFrame(parsed, columns=[*LABEL_COLUMNS, *OPTIONAL_LABEL_COLUMNS, *PROVENANCE_COLUMNS])
+    frame = frame.drop_duplicates(["request_id", "image_index"], keep="last")
+    if not not_a_digit:
+        frame = frame[frame["label"] != NOT_A_DIGIT_LABEL]
+    return frame.reset_index(drop=True)
 
 
 def write_labels(labels: pd.DataFrame, path: str | Path) -> Path:
-    """Write labels as CSV or JSONL (by suffix), the contract's columns first."""
+    """Write labels as CSV or JSONL (by suffix), the contract's columns first; NOT_A_DIGIT_LABEL as NOT_A_DIGIT."""
     path = Path(path)
     if path.suffix not in LABEL_SUFFIXES:
         raise LabelFileError(f"{path}: a label file is .csv or .jsonl")
-    columns = [*LABEL_COLUMNS, *(column for column in OPTIONAL_LABEL_COLUMNS if column in labels)]
+    optional = (*OPTIONAL_LABEL_COLUMNS, *PROVENANCE_COLUMNS)
+    columns = [*LABEL_COLUMNS, *(column for column in optional if column in labels and labels[column].notna().any())]
+    if (labels["label"] == NOT_A_DIGIT_LABEL).any():
+        labels = labels.assign(label=labels["label"].astype(object).where(labels["label"] != NOT_A_DIGIT_LABEL, NOT_A_DIGIT))
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        labels[columns].to_csv(path, index=False)
-    else:
-        labels[columns].to_json(path, orient="records", lines=True)
+    # Written beside and renamed over: a reader (the loop, a retrain) sees the old file or the new one, never half.
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", newline="") as handle:
+        if path.suffix == ".csv":
+            labels[columns].to_csv(handle, index=False)
+        else:
+            labels[columns].to_json(handle, orient="records", lines=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
     return path

@@ -1,17 +1,19 @@
-"""python -m labeling queue|annotate: export the images worth a label from a prediction log; answer a queue from a
-simulation's ground truth (the annotator stand-in)."""
+"""python -m labeling queue|serve|annotate: export the images worth a label from a prediction log; serve the page on
+which a person labels them; answer a queue from a simulation's ground truth (the annotator stand-in)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from common.labels import write_labels
+from common.access import API_KEY_ENV
+from common.labels import LabelFileError, write_labels
 from common.logs import configure_logging
 from common.records import decompress_image, read_ground_truth, read_prediction_log
 from common.settings import Settings, load_settings
@@ -83,6 +85,24 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--images-dir",
         type=Path,
         help="also write each queued image the log kept (flagged ones) as <request_id>-<image_index>.png here",
+    )
+    serve = commands.add_parser(
+        "serve", help="serve the labeling page: a person labels a queue's images by keyboard into a label file"
+    )
+    serve.add_argument("--queue", type=Path, required=True, help="a queue written by `queue`")
+    serve.add_argument(
+        "--prediction-log",
+        default=str(settings.state_dir / "predictions.db"),
+        help="the SQLite prediction log the queue was drawn from; it holds the images (default: %(default)s)",
+    )
+    serve.add_argument("--labels", type=Path, required=True, help="the label file to write, .jsonl or .csv (kept if it exists)")
+    serve.add_argument("--clusters", type=Path, help="a monitoring run's cluster_members.csv, to show each image's cluster")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8200, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--api-key-env",
+        default=API_KEY_ENV,
+        help="environment variable holding the API key the page asks for (required; default: %(default)s)",
     )
     annotate = commands.add_parser(
         "annotate", help="answer a queue from a simulation's ground_truth.db, some windows later (the annotator stand-in)"
@@ -176,10 +196,56 @@ def _cluster(spec: str | None) -> pd.DataFrame | None:
     return chosen
 
 
+def serve_page(queue_path: Path, log_path: str, labels: Path, clusters: Path | None, host: str, port: int, api_key: str) -> None:
+    """Serve the labeling page over a queue until interrupted."""
+    import uvicorn
+
+    from labeling.page import create_app, queued_images
+    from labeling.store import LabelStore
+
+    queue = pd.read_csv(queue_path, dtype={"request_id": str})
+    columns = ["request_id", "image_index", "predicted", "confidence", "foreign_score", "image"]
+    records = pd.DataFrame(read_prediction_log(log_path, columns=columns)).astype({"request_id": str, "image_index": int})
+    members = pd.read_csv(clusters, dtype={"request_id": str}) if clusters is not None else None
+    images, pixels, left_out = queued_images(queue, records, members)
+    if left_out:
+        log.warning(
+            "%s: %d queued images have no image in %s (the log keeps flagged images only)", queue_path, left_out, log_path
+        )
+    store = LabelStore(labels)
+    log.info(
+        "labeling page: http://%s:%d/ (%d images, %d answered; labels to %s)",
+        host,
+        port,
+        len(images),
+        len(store.answers()),
+        labels,
+    )
+    uvicorn.run(create_app(images, pixels, store, api_key), host=host, port=port, log_level="warning")
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
     configure_logging()
+    if args.command == "serve":
+        api_key = os.environ.get(args.api_key_env, "")
+        problems = [
+            *([f"{args.api_key_env} is empty: the page needs an API key, as the scoring server does"] if not api_key else []),
+            *([f"{args.queue}: no queue here (write one with `python -m labeling queue`)"] if not args.queue.is_file() else []),
+            *([f"{args.prediction_log}: no prediction log here"] if not Path(args.prediction_log).is_file() else []),
+            *([f"{args.clusters}: no cluster_members.csv here"] if args.clusters and not args.clusters.is_file() else []),
+        ]
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+        try:
+            serve_page(args.queue, args.prediction_log, args.labels, args.clusters, args.host, args.port, api_key)
+        except (LabelFileError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "queue":
         if not Path(args.prediction_log).is_file():
             print(f"error: {args.prediction_log}: no prediction log here", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from common.access import API_KEY_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
@@ -87,7 +88,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--api-key-env",
-        default="DIGITDRIFT_API_KEY",
+        default=API_KEY_ENV,
         help="environment variable holding the API key; unset: no key needed (default: %(default)s)",
     )
     parser.add_argument(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import uuid
@@ -12,12 +11,12 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.access import RequireApiKey, send_json
 from serving.batcher import Job, MicroBatcher, Overloaded
 from serving.core import Scored, ScoringCore, freeze_heap
 from serving.follow import AliasFollower, ModelSlot
@@ -44,15 +43,6 @@ OPEN_PATHS = frozenset({"/health", "/ready"})  # what a load balancer probes; ev
 Door = Callable[[Mapping[bytes, bytes], Receive], Awaitable[tuple[dict, str]]]
 
 
-async def send_json(send: Send, status: int, content: object, headers: Mapping[str, str] | None = None) -> None:
-    """An ASGI response of `content` encoded by orjson, with `headers`."""
-    body = orjson.dumps(content)
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def read_json(headers: Mapping[bytes, bytes], receive: Receive, max_body_bytes: int) -> object:
     """The request's JSON body; refused with 415 or 413 as soon as its type or size shows it is wrong."""
     content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
@@ -71,24 +61,6 @@ async def read_json(headers: Mapping[bytes, bytes], receive: Receive, max_body_b
             raise BadRequest(f"the body exceeds the limit of {max_body_bytes} bytes", 413)
         if not message.get("more_body", False):
             return decode_json(bytes(body))
-
-
-class RequireApiKey:
-    """ASGI middleware: every path but /health and /ready needs `Authorization: Bearer <key>`, checked before
-    anything else about the request is looked at."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            supplied = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-            if not hmac.compare_digest(supplied, self.expected):
-                refusal = {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"}
-                await send_json(send, 401, refusal, {"www-authenticate": "Bearer"})
-                return
-        await self.app(scope, receive, send)
 
 
 class ScoringDoors:
@@ -263,4 +235,4 @@ def create_app(
         }
 
     doors = ScoringDoors(app, {"/score": score, "/invocations": invocations})
-    return doors if config.api_key is None else RequireApiKey(doors, config.api_key)
+    return doors if config.api_key is None else RequireApiKey(doors, config.api_key, OPEN_PATHS)

@@ -265,6 +265,86 @@ def chromium_dom(url: str, profile: Path, budget_ms: int = 10000) -> str:
     return result.stdout
 
 
+class ChromiumPage:
+    """Real headless Chromium driven over the DevTools protocol: open a page, run scripts, press keys as a person."""
+
+    KEY_CODES = {"Enter": 13, "Backspace": 8, " ": 32}
+
+    def __init__(self, profile: Path) -> None:
+        import shutil
+
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        assert chromium, "Chromium is needed for this test (`make test` installs Debian's chromium)"
+        profile.mkdir(parents=True, exist_ok=True)
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+        command += ["--disable-background-networking", "--remote-debugging-port=0", f"--user-data-dir={profile}"]
+        self.process = subprocess.Popen([*command, "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
+            assert self.process.poll() is None and time.monotonic() < deadline, "Chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        import httpx
+        from websockets.sync.client import connect
+
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+        page = next(target for target in targets if target["type"] == "page")
+        self.connection = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self.socket = self.connection.__enter__()  # websockets 17 wants its connections entered
+        self.calls = 0
+
+    def call(self, method: str, **params) -> dict:
+        """One DevTools command and its result (events in between are passed over)."""
+        import json
+
+        self.calls += 1
+        self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == self.calls:
+                assert "error" not in message, message["error"]
+                return message["result"]
+
+    def evaluate(self, expression: str):
+        """The value of a script in the page (awaited when it is a promise)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30.0):
+        """Poll a script until it is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while not (value := self.evaluate(expression)):
+            assert time.monotonic() < deadline, f"the page never made {expression!r} true"
+            time.sleep(0.05)
+        return value
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+        self.wait_for("document.readyState === 'complete' && document.body !== null")
+
+    def type_text(self, text: str) -> None:
+        self.call("Input.insertText", text=text)
+
+    def press(self, key: str) -> None:
+        """A key pressed and released, as a keyboard sends it."""
+        code = self.KEY_CODES.get(key, ord(key.upper()) if len(key) == 1 else 0)
+        text = {"Enter": "\r", " ": " "}.get(key, key if len(key) == 1 else "")
+        down = {"type": "keyDown", "key": key, "windowsVirtualKeyCode": code, **({"text": text} if text else {})}
+        self.call("Input.dispatchKeyEvent", **down)
+        self.call("Input.dispatchKeyEvent", type="keyUp", key=key, windowsVirtualKeyCode=code)
+
+    def close(self) -> None:
+        self.connection.__exit__(None, None, None)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def synthetic_digits(count, seed, thickness=1):
     """Bars of ink at random places: a stand-in population of 'digits' with a stroke thickness."""
     rng = np.random.default_rng(seed)

@@ -212,3 +212,53 @@ def test_the_interval_checked_every_window_is_wider_by_the_repeated_looks():
     assert unclipped.sum() >= 10
     # 20 looks: z of 0.05 / 40 (3.02) against 1.96
     assert np.allclose(every[unclipped] / width[unclipped], 3.0233 / 1.96, rtol=1e-3)
+
+
+def test_not_a_digit_answers_round_trip_and_stay_out_of_what_training_reads(tmp_path):
+    from common.labels import NOT_A_DIGIT, NOT_A_DIGIT_LABEL
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        '{"request_id": "a", "image_index": 0, "label": 4, "labeled_by": "Ada", "labeled_at": "2026-12-06T10:00:00+00:00"}\n'
+        f'{{"request_id": "b", "image_index": 1, "label": "{NOT_A_DIGIT}", "labeled_by": "Ada"}}\n'
+    )
+    assert read_labels(path)["request_id"].tolist() == ["a"]
+    every = read_labels(path, not_a_digit=True)
+    assert every["label"].tolist() == [4, NOT_A_DIGIT_LABEL] and every["labeled_by"].tolist() == ["Ada", "Ada"]
+    back = write_labels(every, tmp_path / "again.csv")
+    assert f"b,1,{NOT_A_DIGIT}" in back.read_text()
+    assert read_labels(back, not_a_digit=True)["label"].tolist() == [4, NOT_A_DIGIT_LABEL]
+    assert not list(tmp_path.glob(".*partial")), "the atomic write leaves no partial file behind"
+
+
+def test_a_page_answer_is_parsed_or_refused_by_field():
+    from labeling.store import AnswerError, parse_answer
+
+    assert parse_answer({"label": 7, "labeled_by": " Ada "}) == (7, "Ada")
+    assert parse_answer({"label": "not_a_digit", "labeled_by": "Ada"}) == (-1, "Ada")
+    for body, field in (
+        ([7], "JSON object"),
+        ({"label": True, "labeled_by": "A"}, "label True"),
+        ({"label": 10, "labeled_by": "A"}, "label 10"),
+        ({"label": "7", "labeled_by": "A"}, "label '7'"),
+        ({"label": 1, "labeled_by": ""}, "labeled_by ''"),
+        ({"label": 1}, "labeled_by None"),
+    ):
+        with pytest.raises(AnswerError, match=field):
+            parse_answer(body)
+
+
+def test_the_label_store_replaces_an_answer_takes_one_back_and_keeps_them_across_restarts(tmp_path):
+    from labeling.store import LabelStore
+
+    path = tmp_path / "labels.jsonl"
+    store = LabelStore(path)
+    assert store.put("a", 0, 3, 1, "Ada") is None
+    assert store.put("b", 2, 3, -1, "Ada") is None
+    previous = store.put("a", 0, 3, 8, "Grace")
+    assert previous["label"] == 1 and previous["labeled_by"] == "Ada"
+    assert store.remove("b", 2)["label"] == -1
+    assert store.remove("b", 2) is None
+    again = LabelStore(path).answers()
+    assert list(again) == [("a", 0)] and again[("a", 0)]["label"] == 8 and again[("a", 0)]["labeled_by"] == "Grace"
+    assert read_labels(path)[["request_id", "label", "window"]].values.tolist() == [["a", 8, 3]]

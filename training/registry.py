@@ -1,13 +1,16 @@
-"""Promotion: move the champion role (alias and digitdrift_role tag) to the challenger only when it clears the
-accuracy bar (and, for a retrained challenger, beats its parent on the replay set of labeled traffic it never
-trained on)."""
+"""Promotion: move the champion role (alias and digitdrift_role tag) to the challenger only when MLflow's model
+validation passes it: the accuracy bar on MNIST test and, for a retrained challenger, a replay accuracy above its
+parent's on the labeled traffic it never trained on. The decision is logged on the challenger's run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.models import MetricThreshold
+from mlflow.models.evaluation import EvaluationResult
+from mlflow.models.evaluation.validation import ModelValidationFailedException
 
 from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from common.tracking import set_role, version_by_role
@@ -17,6 +20,9 @@ REPLAY_METRIC = "replay_accuracy"  # a retrained challenger's accuracy on held-o
 REPLAY_PARENT_METRIC = "replay_parent_accuracy"  # its parent's on the same images
 PARENT_VERSION_TAG = "digitdrift.parent_version"
 PROMOTION_TAG = "digitdrift.promotion"  # on the challenger's run: promoted or refused, with the reason beside it
+GATE_ARTIFACT = "promotion/gate.json"  # on the challenger's run: the thresholds, both sides' metrics, the decision
+# Replay accuracy must rise, not tie: MLflow's "at least baseline + change" with a change under any 1/n step
+REPLAY_MIN_GAIN = 1e-9
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class PromotionDecision:
     promoted: bool
     version: str | None
     reason: str
+    gate: dict = field(default_factory=dict)  # what MLflow's validation was given, when it ran
 
 
 @dataclass(frozen=True)
@@ -35,41 +42,69 @@ class ReplayFigures:
     parent_version: str
 
 
+def gate_thresholds(threshold: float, replayed: bool) -> dict[str, MetricThreshold]:
+    """The promotion gate as MLflow metric thresholds."""
+    thresholds = {ACCURACY_METRIC: MetricThreshold(threshold=threshold, greater_is_better=True)}
+    if replayed:
+        thresholds[REPLAY_METRIC] = MetricThreshold(min_absolute_change=REPLAY_MIN_GAIN, greater_is_better=True)
+    return thresholds
+
+
+def threshold_fields(rule: MetricThreshold) -> dict:
+    """A metric threshold as the plain fields MLflow documents."""
+    fields = ("threshold", "min_absolute_change", "min_relative_change", "greater_is_better")
+    return {name: getattr(rule, name) for name in fields}
+
+
 def decide_promotion(
-    version: str, accuracy: float | None, threshold: float, champion: str | None, replay: ReplayFigures | None = None
+    version: str,
+    accuracy: float | None,
+    threshold: float,
+    champion: str | None,
+    replay: ReplayFigures | None = None,
+    champion_accuracy: float | None = None,
 ) -> PromotionDecision:
-    """Whether challenger `version` with MNIST test `accuracy` (and, retrained, its replay figures) may become the champion."""
+    """Whether challenger `version` with MNIST test `accuracy` (and, retrained, its replay figures) may become the
+    champion, as `mlflow.validate_evaluation_results` judges it against the champion."""
     if accuracy is None:
         return PromotionDecision(False, version, f"version {version}'s run has no {ACCURACY_METRIC} metric")
-    if accuracy < threshold:
-        return PromotionDecision(
-            False, version, f"version {version} has MNIST test accuracy {accuracy:.4f}, under the threshold {threshold:.4f}"
-        )
     if champion == version:
         return PromotionDecision(True, version, f"version {version} is already the champion")
-    replayed = ""
-    if replay is not None:
-        if replay.parent_version != champion:
-            return PromotionDecision(
-                False,
-                version,
-                f"version {version} was retrained from version {replay.parent_version}, but the champion is now "
-                f"{champion or 'none'}: its replay comparison is against the wrong model; retrain from the champion",
-            )
-        if replay.challenger <= replay.parent:
-            return PromotionDecision(
-                False,
-                version,
-                f"version {version} scores {replay.challenger:.4f} on the replay set of labeled traffic, not above the "
-                f"champion's {replay.parent:.4f}",
-            )
-        replayed = f" and {replay.challenger:.4f} on the replay set against the champion's {replay.parent:.4f}"
-    return PromotionDecision(
-        True,
-        version,
-        f"version {version} has MNIST test accuracy {accuracy:.4f} >= {threshold:.4f}{replayed}; "
-        f"champion moves from {champion or 'none'} to {version}",
+    if replay is not None and replay.parent_version != champion:
+        return PromotionDecision(
+            False,
+            version,
+            f"version {version} was retrained from version {replay.parent_version}, but the champion is now "
+            f"{champion or 'none'}: its replay comparison is against the wrong model; retrain from the champion",
+        )
+    thresholds = gate_thresholds(threshold, replay is not None)
+    candidate = {ACCURACY_METRIC: accuracy}
+    baseline = None
+    if replay is not None:  # MLflow reads every thresholded metric of a baseline it is given
+        candidate[REPLAY_METRIC] = replay.challenger
+        baseline = {ACCURACY_METRIC: champion_accuracy if champion_accuracy is not None else float("nan")}
+        baseline[REPLAY_METRIC] = replay.parent
+    gate = {
+        "thresholds": {name: threshold_fields(rule) for name, rule in thresholds.items()},
+        "candidate": {"version": version, **candidate},
+        "baseline": None if baseline is None else {"version": champion, **baseline},
+    }
+    try:
+        mlflow.validate_evaluation_results(
+            thresholds,
+            EvaluationResult(candidate, {}),
+            None if baseline is None else EvaluationResult(baseline, {}),
+        )
+    except ModelValidationFailedException as failed:
+        return PromotionDecision(False, version, f"version {version} fails MLflow's model validation: {failed.message}", gate)
+    replayed = (
+        "" if replay is None else f", and {replay.challenger:.4f} on the replay set against the champion's {replay.parent:.4f}"
     )
+    reason = (
+        f"version {version} passes MLflow's model validation: MNIST test accuracy {accuracy:.4f} >= {threshold:.4f}{replayed}; "
+        f"champion moves from {champion or 'none'} to {version}"
+    )
+    return PromotionDecision(True, version, reason, gate)
 
 
 def champion_version(model_name: str) -> str | None:
@@ -93,9 +128,19 @@ def promote(model_name: str, threshold: float) -> PromotionDecision:
     replay = None
     if REPLAY_METRIC in metrics:
         replay = ReplayFigures(metrics[REPLAY_METRIC], metrics[REPLAY_PARENT_METRIC], run.data.tags.get(PARENT_VERSION_TAG, ""))
-    decision = decide_promotion(str(challenger.version), metrics.get(ACCURACY_METRIC), threshold, champion, replay)
+    champion_accuracy = None
+    if champion is not None:
+        champion_run = client.get_model_version(model_name, champion).run_id
+        champion_accuracy = client.get_run(champion_run).data.metrics.get(ACCURACY_METRIC) if champion_run else None
+    decision = decide_promotion(
+        str(challenger.version), metrics.get(ACCURACY_METRIC), threshold, champion, replay, champion_accuracy
+    )
     client.set_tag(challenger.run_id, PROMOTION_TAG, "promoted" if decision.promoted else "refused")
-    client.set_tag(challenger.run_id, f"{PROMOTION_TAG}_reason", decision.reason)
+    client.set_tag(challenger.run_id, f"{PROMOTION_TAG}_reason", decision.reason[:5000])
+    if decision.gate:
+        client.log_dict(
+            challenger.run_id, {**decision.gate, "promoted": decision.promoted, "reason": decision.reason}, GATE_ARTIFACT
+        )
     if decision.promoted:
         set_role(client, model_name, CHAMPION_ALIAS, str(challenger.version))
     return decision

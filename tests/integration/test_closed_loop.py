@@ -194,7 +194,10 @@ def test_the_retrains_record_their_lineage_and_the_promotion_its_decision_in_mlf
     assert champion == _events(figures, "promoted")[-1]["version"]
     for run in (first_run, second_run):
         decision = run.data.tags["digitdrift.promotion"]
-        assert decision in ("promoted", "refused") and "replay set" in run.data.tags["digitdrift.promotion_reason"]
+        assert decision in ("promoted", "refused") and "model validation" in run.data.tags["digitdrift.promotion_reason"]
+        gate = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/promotion/gate.json")
+        assert gate["promoted"] == (decision == "promoted") and gate["candidate"]["version"] in ("2", "3")
+        assert gate["baseline"]["replay_accuracy"] == run.data.metrics["replay_parent_accuracy"]
         if decision == "promoted":
             assert run.data.metrics["replay_accuracy"] > run.data.metrics["replay_parent_accuracy"]
         inputs = {(entry.dataset.name, entry.tags[0].value) for entry in run.inputs.dataset_inputs}

@@ -229,7 +229,8 @@ def test_cli_trains_on_the_sqlite_default_and_promote_guards_the_champion(shared
         text=True,
         timeout=120,
     )
-    assert refused.returncode == 1 and "not promoted: version 1 has MNIST test accuracy" in refused.stdout
+    assert refused.returncode == 1 and "not promoted: version 1 fails MLflow's model validation" in refused.stdout
+    assert "mnist_test_accuracy threshold = 1.01" in refused.stdout
     promoted = subprocess.run(
         [sys.executable, "-m", "training", "promote", "--min-accuracy", "0"],
         cwd=PROJECT_ROOT,
@@ -240,7 +241,10 @@ def test_cli_trains_on_the_sqlite_default_and_promote_guards_the_champion(shared
     )
     assert promoted.returncode == 0 and "champion moves from none to 1" in promoted.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    assert str(mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion").version) == "1"
+    champion = mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion")
+    assert str(champion.version) == "1"
+    gate = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/promotion/gate.json")
+    assert gate["promoted"] and gate["thresholds"]["mnist_test_accuracy"]["threshold"] == 0
 
 
 def test_auto_precision_is_bfloat16_only_on_a_cpu_only_machine_with_bfloat16_instructions():

@@ -44,8 +44,8 @@ def test_worst_misclassified_puts_the_most_confident_error_first():
 
 def test_promotion_refuses_under_the_threshold_and_says_why():
     decision = decide_promotion("3", 0.981, 0.99, champion="2")
-    assert not decision.promoted
-    assert "0.9810, under the threshold 0.9900" in decision.reason
+    assert not decision.promoted and "fails MLflow's model validation" in decision.reason
+    assert "mnist_test_accuracy = 0.981, mnist_test_accuracy threshold = 0.99" in decision.reason
 
 
 def test_promotion_moves_the_champion_when_the_bar_is_cleared():
@@ -62,10 +62,18 @@ def test_a_retrained_challenger_must_beat_its_parent_on_the_replay_set():
 
     better = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
     assert better.promoted and "0.9400 on the replay set against the champion's 0.3100" in better.reason
-    worse = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2"))
-    assert not worse.promoted and "not above the champion's 0.3100" in worse.reason
+    assert better.gate["baseline"] == {
+        "version": "2",
+        "mnist_test_accuracy": better.gate["baseline"]["mnist_test_accuracy"],
+        "replay_accuracy": 0.31,
+    }
+    assert better.gate["thresholds"]["replay_accuracy"]["greater_is_better"] is True
+    worse = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2"), champion_accuracy=0.99)
+    assert not worse.promoted and "baseline model replay_accuracy = 0.31" in worse.reason
+    tie = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.0, 0.0, "2"), champion_accuracy=0.99)
+    assert not tie.promoted, "no better than the champion on the replay set is no reason to switch"
     floor = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
-    assert not floor.promoted and "under the threshold 0.9930" in floor.reason
+    assert not floor.promoted and "mnist_test_accuracy threshold = 0.993" in floor.reason
 
 
 def test_a_challenger_retrained_from_a_former_champion_is_not_promoted():

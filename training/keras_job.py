@@ -33,7 +33,7 @@ from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
 from training.model import AUTO, build_cnn, compile_cnn, resolve_precision, servable_copy
 from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
-from training.tracking import log_files, log_keras_model, save_keras_model
+from training.tracking import log_files, log_keras_model, save_keras_model, start_training_run
 
 log = logging.getLogger(__name__)
 SERVED_IMAGES_FILE = "served_images.npz"  # beside reference.npz: the served images a retrained version's reference took in
@@ -119,7 +119,7 @@ def run_keras_job(
     )
     steps_per_epoch = -(-len(train) // config.batch_size)
     compile_cnn(model, config.learning_rate, steps_per_epoch * config.epochs)
-    with mlflow.start_run(run_name=config.run_name) as run:
+    with start_training_run(config.run_name) as run:
         mlflow.set_tags({"digitdrift.job": "train-keras", "model_name": config.model_name})
         mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
         mlflow.log_params({"train_size": len(train), "model_parameters": model.count_params()})

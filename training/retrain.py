@@ -41,6 +41,7 @@ from training.keras_job import (
 )
 from training.model import compile_cnn
 from training.registry import PARENT_VERSION_TAG, REPLAY_METRIC, REPLAY_PARENT_METRIC
+from training.tracking import start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
     model = mlflow.keras.load_model(config.parent)
     parent_replay = model.predict(to_model_input(replay.images), verbose=0) if len(replay) else None
     compile_cnn(model, config.learning_rate, -(-len(images) // config.batch_size) * config.epochs)
-    with mlflow.start_run(run_name=config.run_name) as run:
+    with start_training_run(config.run_name) as run:
         mlflow.set_tags(
             {
                 "digitdrift.job": "retrain",

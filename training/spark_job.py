@@ -21,6 +21,7 @@ from common.spark import DEFAULT_SPARK_MASTER, spark_session
 from common.tracking import describe_run, log_digit_sets, set_role, use_tracking
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
+from training.tracking import start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def run_spark_job(config: SparkJobConfig, settings: Settings) -> SparkJobResult:
     for source in FOREIGN_LAYOUTS:
         evaluation_frames[source] = read_png_folders(spark, data_dir / source, source, config.foreign_limit_per_class)
     use_tracking(settings)
-    with mlflow.start_run(run_name=config.run_name) as run:
+    with start_training_run(config.run_name) as run:
         mlflow.set_tags({"digitdrift.job": "train-spark", "model_name": config.model_name})
         mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
         mlflow.log_param("train_size", len(train))

@@ -12,6 +12,16 @@ from mlflow.models import Model
 
 log = logging.getLogger(__name__)
 
+# MLflow samples CPU, memory, disk and network of a training run every this many seconds (system/* metrics)
+SYSTEM_METRICS_SECONDS = 5.0
+
+
+def start_training_run(run_name: str | None) -> mlflow.ActiveRun:
+    """An MLflow run for a training job, with MLflow's system metrics logged beside the job's own."""
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    mlflow.set_system_metrics_samples_before_logging(1)
+    return mlflow.start_run(run_name=run_name, log_system_metrics=True)
+
 
 def _save_keras_with_example(path: str, **kwargs) -> None:
     # mlflow.keras.save_model writes the input example before it creates `path`

@@ -83,6 +83,9 @@ def test_run_logs_parameters_and_per_epoch_and_evaluation_metrics(trained_on_ser
         "japanese": "evaluation",
     }
     assert "Keras CNN trained on 2000 MNIST images" in run.data.tags["mlflow.note.content"]
+    # MLflow's system metrics, sampled while the job ran
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
 
 
 def test_run_has_the_review_artifacts(trained_on_server):

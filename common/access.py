@@ -9,6 +9,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 API_KEY_ENV = "DIGITDRIFT_API_KEY"  # where the commands read the key by default: never a flag, so never in `ps`
+WEBHOOK_SECRET_ENV = "DIGITDRIFT_WEBHOOK_SECRET"  # the secret MLflow signs a following server's webhook deliveries with
 
 
 async def send_json(send: Send, status: int, content: object, headers: Mapping[str, str] | None = None) -> None:

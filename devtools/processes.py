@@ -38,6 +38,26 @@ def mlflow_server_command(port: int, backend_store_uri: str, artifacts_destinati
     ]
 
 
+def loopback_webhook_env(encryption_key: str) -> dict[str, str]:
+    """What an `mlflow server` needs to deliver registry webhooks to servers on this machine: plain HTTP and
+    loopback addresses allowed (MLflow refuses both by default), one key to encrypt webhook secrets (without it
+    each server process makes its own, and one worker cannot read what another stored), the webhook list re-read
+    every second (not every minute: a server that registers just after an alias event would miss the next)."""
+    return {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": encryption_key,
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    }
+
+
+def new_fernet_key() -> str:
+    """A key for MLflow's webhook-secret encryption (Fernet: 32 random bytes, URL-safe base64)."""
+    import base64
+
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
 def alive(pid: int | None) -> bool:
     """Whether process `pid` runs (a zombie does not)."""
     if not pid:

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,11 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+from common.access import WEBHOOK_SECRET_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
 from common.settings import PROJECT_ROOT, load_settings
 from devtools.azurite import azurite_command, connection_string
-from devtools.processes import alive, free_port, mlflow_server_command
+from devtools.processes import alive, free_port, loopback_webhook_env, mlflow_server_command, new_fernet_key
 
 log = logging.getLogger("stack")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -40,6 +42,7 @@ ARTIFACT_CONTAINER = "mlflow"
 PREDICTIONS_CONTAINER = "predictions"
 WORKERS = 2
 REPLICAS = 2
+FOLLOW_SECONDS = 30  # a replica's poll of its alias, when no webhook came
 
 
 def stack_dir() -> Path:
@@ -93,7 +96,12 @@ def load_state() -> dict:
 
 
 def save_state(state: dict) -> None:
-    (stack_dir() / "stack.json").write_text(json.dumps(state, indent=2))
+    """The stack's state, secrets included (the webhook key and secret): readable by its owner only."""
+    path = stack_dir() / "stack.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(state, indent=2))
+    path.chmod(0o600)  # a file written before this rule keeps its old mode otherwise
 
 
 def as_postgres(command: list[str]) -> list[str]:
@@ -206,6 +214,8 @@ def start_mlflow(state: dict) -> None:
     url = f"http://127.0.0.1:{port}"
     # MLflow accepts only *.blob.core.windows.net artifact URIs; the connection string sends the bytes to Azurite
     destination = f"wasbs://{ARTIFACT_CONTAINER}@devstoreaccount1.blob.core.windows.net/artifacts"
+    # kept across restarts: the webhook secrets stored in PostgreSQL are encrypted with it
+    webhook_key = entry.get("webhook_key") or new_fernet_key()
     pid = spawn(
         "mlflow",
         [
@@ -214,10 +224,10 @@ def start_mlflow(state: dict) -> None:
             "--allowed-hosts",
             f"127.0.0.1:{port},localhost:{port}",
         ],
-        env={"AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"]},
+        env={"AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"], **loopback_webhook_env(webhook_key)},
     )
     wait_for(lambda: http_ok(f"{url}/health"), "mlflow server", 180)
-    state["mlflow"] = {"pid": pid, "port": port, "url": url, "artifacts": destination}
+    state["mlflow"] = {"pid": pid, "port": port, "url": url, "artifacts": destination, "webhook_key": webhook_key}
 
 
 def spark_env() -> dict:
@@ -302,7 +312,14 @@ def stack_environment(state: dict) -> dict[str, str]:
 
 
 def start_replicas(state: dict, model: str) -> None:
+    """Two replicas of `model`; of an alias, each follows it: told by an MLflow webhook, polling every
+    FOLLOW_SECONDS as the fallback."""
+    from common.settings import parse_registry_uri
+
+    state.setdefault("webhook_secret", secrets.token_urlsafe(32))
     env = {**stack_environment(state), "DIGITDRIFT_HOME": str(stack_dir() / "serving-home")}
+    env[WEBHOOK_SECRET_ENV] = state["webhook_secret"]
+    follows = parse_registry_uri(model).alias is not None
     replicas = state.get("replicas", [{} for _ in range(REPLICAS)])
     for index, replica in enumerate(replicas):
         if alive(replica.get("pid")) and http_ok(f"{replica['url']}/ready"):
@@ -324,6 +341,11 @@ def start_replicas(state: dict, model: str) -> None:
                 str(stack_dir() / f"staging-{index}"),
                 "--flush-seconds",
                 "2",
+                *(
+                    ["--follow-seconds", str(FOLLOW_SECONDS), "--webhook-url", f"http://127.0.0.1:{port}/webhooks/mlflow"]
+                    if follows
+                    else []
+                ),
             ],
             env=env,
         )

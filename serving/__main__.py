@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
-from common.access import API_KEY_ENV
+from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
@@ -117,6 +117,18 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "version (with its reference) without a restart; 0: never (default: %(default)s)",
     )
     parser.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="with --model models:/<name>@<alias>: where the tracking server reaches this server's /webhooks/mlflow; "
+        "registers an MLflow registry webhook so that an alias set is followed at once (a SQL-backed tracking server; "
+        "--follow-seconds stays the fallback); the secret that signs deliveries is read from --webhook-secret-env",
+    )
+    parser.add_argument(
+        "--webhook-secret-env",
+        default=WEBHOOK_SECRET_ENV,
+        help="environment variable holding the webhook's signing secret (default: %(default)s)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -151,13 +163,15 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
         max_queued_images=args.max_queued_images or None,
         api_key=os.environ.get(args.api_key_env) or None,
         follow_seconds=args.follow_seconds,
+        webhook_url=args.webhook_url,
+        webhook_secret=os.environ.get(args.webhook_secret_env) if args.webhook_url else None,
     )
     follower = None
-    if args.follow_seconds > 0:
+    if args.follow_seconds > 0 or args.webhook_url:
         try:
             follower = AliasFollower(args.model, args.low_confidence, core.identity.version, args.model_threads)
         except ValueError as err:
-            raise SetupError(f"--follow-seconds: {err}") from None
+            raise SetupError(f"--follow-seconds / --webhook-url: {err}") from None
     app = create_app(core, prediction_log, config, follower)
     freeze_heap()
     return app
@@ -214,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
+    if args.webhook_url and not os.environ.get(args.webhook_secret_env):
+        print(f"error: --webhook-url needs the signing secret in {args.webhook_secret_env}", file=sys.stderr)
+        return 2
     if args.workers > 1:
+        if args.webhook_url:  # a delivery reaches one worker of the shared port, and only that one would switch
+            print("error: --webhook-url with --workers: start one server per port instead", file=sys.stderr)
+            return 2
         if args.prediction_dataset:
             # each replica stages in a folder of its own, kept across its restarts: run replicas, not workers
             print("error: --workers with --prediction-dataset: start one server per --staging-dir instead", file=sys.stderr)

@@ -26,7 +26,13 @@ class AliasFollower:
         reference = parse_registry_uri(source)
         if reference.alias is None:
             raise ValueError(f"{source}: only a models:/<name>@<alias> URI can be followed")
-        self.source, self.name, self.threshold, self.version = source, reference.name, threshold, version
+        self.source, self.name, self.alias, self.threshold, self.version = (
+            source,
+            reference.name,
+            reference.alias,
+            threshold,
+            version,
+        )
         self.model_threads = model_threads
         self.failure: str | None = None  # why the last check failed; None after a check that worked
         self.failing_since: str | None = None  # when checks started failing (UTC, ISO 8601)

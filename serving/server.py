@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,6 +35,7 @@ from serving.protocol import (
     score_openapi,
 )
 from serving.scoring import RecordSink, log_scored, score_requests
+from serving.webhooks import WEBHOOK_PATH, DeliveryRefused, moves_alias, subscribe, unsubscribe, verify_delivery
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,10 @@ class ServerConfig:
     retry_after_s: int = 1
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     follow_seconds: float = 0.0  # with a follower: how often to check where the served alias points; 0: never
+    # with a follower: the URL of this server's /webhooks/mlflow, registered with the tracking server while it runs;
+    # MLflow's deliveries there, signed with the secret, make the follower check at once
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
 
 def create_app(
@@ -124,9 +130,15 @@ def create_app(
 
     batcher = MicroBatcher(score, commit, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images)
 
+    alias_set = asyncio.Event()  # a webhook said the alias was set: check now
+
     async def follow() -> None:
         while True:
-            await asyncio.sleep(config.follow_seconds)
+            try:
+                await asyncio.wait_for(alias_set.wait(), timeout=config.follow_seconds or None)
+            except TimeoutError:
+                pass
+            alias_set.clear()
             failing_since = follower.failing_since
             try:
                 moved = await asyncio.to_thread(follower.check)
@@ -146,8 +158,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
-        following = asyncio.create_task(follow()) if follower is not None and config.follow_seconds > 0 else None
+        follows = follower is not None and (config.follow_seconds > 0 or config.webhook_secret is not None)
+        following = asyncio.create_task(follow()) if follows else None
+        webhook_id = None
+        if follows and config.webhook_url and config.webhook_secret:
+            webhook_id = await asyncio.to_thread(subscribe, config.webhook_url, config.webhook_secret, config.follow_seconds)
         yield
+        if webhook_id is not None:
+            await asyncio.to_thread(unsubscribe, webhook_id)
         if following is not None:
             following.cancel()
         await batcher.stop()
@@ -219,12 +237,27 @@ def create_app(
             answer["following"] = follower.status()
         return JSONResponse(answer, status_code=200 if loaded else 503)
 
+    if follower is not None and config.webhook_secret is not None:
+
+        @app.post(WEBHOOK_PATH, include_in_schema=False)
+        async def alias_webhook(request: Request) -> JSONResponse:
+            """MLflow's registry webhook: a verified model_version_alias.created for the followed alias wakes the follower."""
+            try:
+                payload = verify_delivery(config.webhook_secret, request.headers, await request.body(), time.time())
+            except DeliveryRefused as refused:
+                log.warning("refused a webhook delivery from %s: %s", request.client.host if request.client else "?", refused)
+                return JSONResponse({"error": str(refused)}, status_code=refused.status)
+            follows = moves_alias(payload, follower.name, follower.alias)
+            if follows:
+                alias_set.set()
+            return JSONResponse({"accepted": True, "checking": follows})
+
     @app.get("/metadata")
     async def metadata() -> dict:
         return {
             "model": asdict(slot.core.identity),
             "low_confidence_threshold": slot.core.threshold,
-            "limits": {key: value for key, value in asdict(config).items() if key != "api_key"},
+            "limits": {key: value for key, value in asdict(config).items() if key not in ("api_key", "webhook_secret")},
             "prediction_log": str(prediction_log) if prediction_log else None,
             "stats": {  # this process's: with --workers N, each worker answers with its own
                 "process_id": os.getpid(),
@@ -235,4 +268,8 @@ def create_app(
         }
 
     doors = ScoringDoors(app, {"/score": score, "/invocations": invocations})
-    return doors if config.api_key is None else RequireApiKey(doors, config.api_key, OPEN_PATHS)
+    if config.api_key is None:
+        return doors
+    # MLflow cannot send the API key; its deliveries carry their own proof (the HMAC signature)
+    open_paths = OPEN_PATHS | ({WEBHOOK_PATH} if config.webhook_secret is not None else set())
+    return RequireApiKey(doors, config.api_key, open_paths)

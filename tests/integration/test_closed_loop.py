@@ -17,7 +17,15 @@ import pytest
 import yaml
 
 from common.settings import PROJECT_ROOT
-from devtools.processes import free_port, mlflow_server_command, running, stop, wait_for_http
+from devtools.processes import (
+    free_port,
+    loopback_webhook_env,
+    mlflow_server_command,
+    new_fernet_key,
+    running,
+    stop,
+    wait_for_http,
+)
 from tests.helpers import SHARED_DATA, serving_command, settings_for
 
 SMALL_SCENARIO = {
@@ -305,6 +313,66 @@ def test_a_following_server_keeps_serving_degraded_while_the_registry_is_down_an
     log = (tmp_path / "server.log").read_text()
     assert log.count("could not follow models:/digits-cnn@champion") == 1 and f"still serving version {served}" in log
     assert "following models:/digits-cnn@champion again" in log and "Traceback" not in log
+
+
+def test_a_registry_webhook_switches_a_following_server_at_once_and_a_forged_delivery_is_refused(loop, tmp_path):
+    import mlflow
+
+    from serving.webhooks import signature
+
+    settings, _, _ = loop
+    registry_port, port = free_port(), free_port()
+    registry, url = f"http://127.0.0.1:{registry_port}", f"http://127.0.0.1:{port}"
+    hook_url = f"{url}/webhooks/mlflow"
+    with open(tmp_path / "registry.log", "wb") as output:
+        registry_process = subprocess.Popen(
+            mlflow_server_command(registry_port, settings.tracking_uri, str(tmp_path / "proxied"), workers=1),
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **loopback_webhook_env(new_fernet_key())},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    client = mlflow.MlflowClient(tracking_uri=registry)
+    original = str(mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion").version)
+    env = {"MLFLOW_TRACKING_URI": registry, "DIGITDRIFT_HOME": str(settings.state_dir), "DIGITDRIFT_WEBHOOK_SECRET": "hush"}
+    # polling once in ten minutes: only the webhook can make the switch within the test's time
+    command = serving_command(
+        "models:/digits-cnn@champion", port, "--prediction-log", str(tmp_path / "p.db"), "--follow-seconds", "600",
+        "--webhook-url", hook_url,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"{registry}/health", registry_process)
+        with running(command, f"{url}/ready", env=env, log_path=tmp_path / "server.log"):
+            assert [hook.url for hook in client.list_webhooks()] == [hook_url]
+            served = httpx.get(f"{url}/ready", timeout=10).json()["version"]
+            target = "1" if served != "1" else "2"
+            body = json.dumps({"entity": "model_version_alias", "action": "created",
+                               "data": {"name": "digits-cnn", "alias": "champion", "version": target}}).encode()  # fmt: skip
+            stamp = str(int(time.time()))
+            forged = {"x-mlflow-delivery-id": "d1", "x-mlflow-timestamp": stamp, "content-type": "application/json"}
+            wrong = httpx.post(
+                hook_url, content=body, headers={**forged, "x-mlflow-signature": signature("guess", "d1", stamp, body)}
+            )
+            assert wrong.status_code == 401 and "does not verify" in wrong.json()["error"]
+            old = str(int(time.time()) - 3600)
+            replayed = {**forged, "x-mlflow-timestamp": old, "x-mlflow-signature": signature("hush", "d1", old, body)}
+            stale = httpx.post(hook_url, content=body, headers=replayed)
+            assert stale.status_code == 401 and "not within 300 s" in stale.json()["error"]
+            time.sleep(1)
+            assert httpx.get(f"{url}/ready", timeout=10).json()["version"] == served, "a refused delivery switched the server"
+
+            started = time.monotonic()
+            client.set_registered_model_alias("digits-cnn", "champion", target)
+            while httpx.get(f"{url}/ready", timeout=10).json()["version"] != target:
+                assert time.monotonic() - started < 60, "the webhook did not make the server switch"
+                time.sleep(0.05)
+            print(f"alias set -> serving version {target}: {time.monotonic() - started:.2f} s")
+        assert client.list_webhooks() == [], "a server that stops takes its webhook back"
+    finally:
+        client.set_registered_model_alias("digits-cnn", "champion", original)
+        stop(registry_process)
+    log = (tmp_path / "server.log").read_text()
+    assert "refused a webhook delivery" in log and f"now serving digits-cnn version {target}" in log and "Traceback" not in log
 
 
 def test_the_labeling_commands_queue_a_log_and_answer_the_queue_from_the_sidecar(loop, tmp_path):

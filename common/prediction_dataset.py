@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.records import PREDICTION_COLUMNS
+from common.records import PREDICTION_COLUMNS, read_prediction_log
 from common.windows import parse_moments, utc_text
 
 logger = logging.getLogger(__name__)
@@ -202,6 +202,28 @@ def read_parts(fs, parts: list[Part], columns: list[str] | None = None) -> pd.Da
         return ARROW_SCHEMA.empty_table().to_pandas()[wanted]
     frame = pd.concat(frames, ignore_index=True)
     return frame.drop_duplicates(subset=["request_id", "image_index"], keep="first").reset_index(drop=True)
+
+
+def read_records(location: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every record wherever a deployment wrote it, in scoring order: a SQLite prediction log, a Parquet file
+    exported from one, or a prediction dataset (a folder of parts, az://container/prefix, Azure ML's collector
+    folder). Only `columns` when given; DatasetError names a location holding none."""
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "timestamp", "request_id", "image_index"]))
+    if is_dataset_url(location):
+        fs, root = filesystem(location)
+        parts = list_parts(fs, root)
+        if not parts:
+            raise DatasetError(f"{location}: no prediction dataset here (no {PART_SUFFIX} or {COLLECTOR_SUFFIX} parts)")
+        frame = read_parts(fs, parts, wanted)
+    elif not os.path.isfile(location):
+        raise DatasetError(f"{location}: no prediction log, Parquet export or prediction dataset here")
+    elif location.endswith(PART_SUFFIX):
+        present = set(pq.read_schema(location).names)  # an older export may lack a newer column
+        frame = pd.read_parquet(location, columns=None if wanted is None else [name for name in wanted if name in present])
+    else:
+        return pd.DataFrame(read_prediction_log(location, columns))  # in scoring order already
+    frame = frame.sort_values(["timestamp", "request_id", "image_index"], kind="stable").reset_index(drop=True)
+    return frame if columns is None else frame.reindex(columns=columns)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import pandas as pd
 from common.access import API_KEY_ENV
 from common.labels import LabelFileError, write_labels
 from common.logs import configure_logging
-from common.records import decompress_image, read_ground_truth, read_prediction_log
+from common.prediction_dataset import DatasetError, read_records
+from common.records import decompress_image, read_ground_truth
 from common.settings import Settings, load_settings
 from common.windows import (
     CLOCKS,
@@ -42,7 +43,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     queue.add_argument(
         "--prediction-log",
         default=str(settings.state_dir / "predictions.db"),
-        help="the SQLite prediction log (default: %(default)s)",
+        help="where the records are: the SQLite prediction log, a Parquet export, or a prediction dataset (a folder, "
+        "az://container/prefix, Azure ML's collector folder) (default: %(default)s)",
     )
     queue.add_argument("--per-window", type=int, default=10, help="labels to spend per window (default: %(default)s)")
     queue.add_argument(
@@ -93,7 +95,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     serve.add_argument(
         "--prediction-log",
         default=str(settings.state_dir / "predictions.db"),
-        help="the SQLite prediction log the queue was drawn from; it holds the images (default: %(default)s)",
+        help="where the queue was drawn from (a log, an export or a dataset, as for `queue`); it holds the flagged "
+        "images (default: %(default)s)",
     )
     serve.add_argument("--labels", type=Path, required=True, help="the label file to write, .jsonl or .csv (kept if it exists)")
     serve.add_argument("--clusters", type=Path, help="a monitoring run's cluster_members.csv, to show each image's cluster")
@@ -133,7 +136,7 @@ def export_queue(
     """The queue of a prediction log as CSV (and the kept images as PNG files), a budget per window as the monitor
     numbers them (`clock`: auto, simulated or wall; `wall`: the time windows); a time window's queue rows carry its
     start and end. `cluster` (request_id, image_index): only those records."""
-    records = pd.DataFrame(read_prediction_log(log_path))
+    records = read_records(log_path)
     chosen = choose_clock(clock, int(records["window"].notna().sum()), int(records["window"].isna().sum()), wall, log_path)
     records, left_out = with_windows(records, chosen, log_path)
     for line in left_out.messages():
@@ -205,7 +208,7 @@ def serve_page(queue_path: Path, log_path: str, labels: Path, clusters: Path | N
 
     queue = pd.read_csv(queue_path, dtype={"request_id": str})
     columns = ["request_id", "image_index", "predicted", "confidence", "foreign_score", "image"]
-    records = pd.DataFrame(read_prediction_log(log_path, columns=columns)).astype({"request_id": str, "image_index": int})
+    records = read_records(log_path, columns).astype({"request_id": str, "image_index": int})
     members = pd.read_csv(clusters, dtype={"request_id": str}) if clusters is not None else None
     images, pixels, left_out = queued_images(queue, records, members)
     if left_out:
@@ -233,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         problems = [
             *([f"{args.api_key_env} is empty: the page needs an API key, as the scoring server does"] if not api_key else []),
             *([f"{args.queue}: no queue here (write one with `python -m labeling queue`)"] if not args.queue.is_file() else []),
-            *([f"{args.prediction_log}: no prediction log here"] if not Path(args.prediction_log).is_file() else []),
             *([f"{args.clusters}: no cluster_members.csv here"] if args.clusters and not args.clusters.is_file() else []),
         ]
         for problem in problems:
@@ -242,14 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             serve_page(args.queue, args.prediction_log, args.labels, args.clusters, args.host, args.port, api_key)
-        except (LabelFileError, KeyError) as err:
+        except (LabelFileError, DatasetError, KeyError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
     if args.command == "queue":
-        if not Path(args.prediction_log).is_file():
-            print(f"error: {args.prediction_log}: no prediction log here", file=sys.stderr)
-            return 2
         try:
             wall = WindowClock.wall(args.window, args.timezone)
             since = _since(args.since)
@@ -267,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.allocation,
                 _cluster(args.cluster),
             )
-        except WindowError as err:
+        except (WindowError, DatasetError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"queued {len(queue)} images of {queue['window'].nunique()} windows: {args.out}")

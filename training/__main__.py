@@ -101,7 +101,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     retrain_cmd.add_argument(
         "--prediction-log",
         default=str(settings.state_dir / "predictions.db"),
-        help="the SQLite prediction log holding the labeled (flagged) images (default: %(default)s)",
+        help="where the labeled (flagged) images are: the SQLite prediction log, a Parquet export, or a prediction "
+        "dataset (a folder, az://container/prefix, Azure ML's collector folder) (default: %(default)s)",
     )
     retrain_cmd.add_argument(
         "--parent", default=f"models:/{MODEL_NAME}@champion", help="the version to start from (default: %(default)s)"
@@ -262,6 +263,7 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
 
 def _retrain(args: argparse.Namespace, settings) -> int:
     from common.labels import LabelFileError
+    from common.prediction_dataset import DatasetError as PredictionDataError
 
     with native_stderr_filtered():
         from training.retrain import RetrainConfig, RetrainError, run_retrain
@@ -281,7 +283,7 @@ def _retrain(args: argparse.Namespace, settings) -> int:
     )
     try:
         result = run_retrain(config, settings)
-    except (LabelFileError, RetrainError, DatasetError, FileNotFoundError) as err:
+    except (LabelFileError, RetrainError, DatasetError, PredictionDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"run {result.run_id}: retrained version {result.parent_version} on {result.trained_on} labeled digits")

@@ -16,7 +16,7 @@ import pandas as pd
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import fingerprint, to_model_input
 from common.labels import read_labels
-from common.records import read_prediction_log
+from common.prediction_dataset import read_records
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
 from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
 from training.data import (
@@ -60,7 +60,7 @@ class RetrainConfig:
     """Everything that decides a retraining run; logged as the run's parameters."""
 
     labels: str  # a label file (CSV or JSONL: request_id, image_index, label)
-    prediction_log: str  # the SQLite prediction log holding the labeled images (flagged images are kept)
+    prediction_log: str  # where the labeled images are (a log, an export, a dataset; flagged images are kept)
     parent: str = f"models:/{MODEL_NAME}@champion"
     epochs: int = 2
     batch_size: int = 128
@@ -96,7 +96,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
     """Fine-tune the parent on MNIST train plus the labeled images, evaluate, log the lineage, register @challenger."""
     use_tracking(settings)
     labels = read_labels(config.labels)
-    log_columns = read_prediction_log(config.prediction_log)
+    log_columns = {name: values.to_numpy() for name, values in read_records(config.prediction_log).items()}
     found, without_image = labeled_images(log_columns, labels)
     if without_image:
         log.info(

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
@@ -172,3 +173,22 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     applications = httpx.get(f"{state['spark_master']['ui']}/json/", timeout=5).json()
     names = [app["name"] for app in applications["completedapps"] + applications["activeapps"]]
     assert {"digitdrift-training", "digitdrift-batch", "digitdrift-monitoring"} <= set(names)
+    # the labeling queue reads the same dataset on Azurite
+    queued = run(
+        python("labeling", "queue", "--prediction-log", dataset, "--per-window", "5", "--out", str(tmp_path / "q.csv")), env
+    )
+    assert "queued 30 images of 6 windows" in queued.stdout
+
+    # both replicas follow @champion: MLflow's webhook tells each at once (their 30 s poll is the fallback)
+    client = mlflow.MlflowClient(state["mlflow"]["url"])
+    hooks = {hook.url for hook in client.list_webhooks()}
+    assert hooks == {f"{replica['url']}/webhooks/mlflow" for replica in state["replicas"]}  # the restarted one replaced its own
+    first_version = client.get_model_version("digits-cnn", "1")
+    second = client.create_model_version("digits-cnn", first_version.source, run_id=first_version.run_id).version
+    started = time.monotonic()
+    client.set_registered_model_alias("digits-cnn", "champion", second)
+    while {httpx.get(f"{replica['url']}/ready", timeout=5).json()["version"] for replica in state["replicas"]} != {second}:
+        assert time.monotonic() - started < 20, "the replicas did not follow the alias within 20 s (their poll is 30 s)"
+        time.sleep(0.05)
+    print(f"alias set -> both replicas serve version {second}: {time.monotonic() - started:.2f} s")
+    assert oct((home / "stack" / "stack.json").stat().st_mode & 0o777) == "0o600"  # it holds the webhook secret

@@ -157,3 +157,33 @@ def test_an_increment_reads_new_parts_and_judges_windows_once_the_next_one_has_b
     assert [part.path for part in second.parts] == ["p1", "p2", "p3"] and (second.after, second.through) == (1, 2)
     nothing = plan_increment(parts, spans, advance(mark, second, metrics, ["foreign_p"]))
     assert nothing.through is None and isinstance(nothing, Increment)
+
+
+def test_records_read_alike_from_a_log_its_parquet_export_a_dataset_and_the_collector(tmp_path):
+    from common.prediction_dataset import read_records
+    from serving.prediction_log import PredictionLog, export_parquet
+
+    records = [record(n, n // 3, hour=10 + n % 2, flagged=n % 2 == 0) for n in range(6)]
+    log = PredictionLog(tmp_path / "log.db")
+    log.write(records)
+    log.close()
+    export_parquet(tmp_path / "log.db", tmp_path / "log.parquet")
+    sink = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    sink.write(records)
+    sink.close()
+    collector = tmp_path / "collector" / "2026" / "11" / "22" / "10"
+    collector.mkdir(parents=True)
+    (collector / "a.jsonl").write_text(collector_line(records, 10) + "\n")
+    columns = ["request_id", "image_index", "window", "image"]
+    expected = read_records(str(tmp_path / "log.db"), columns)
+    assert expected["request_id"].tolist() == [f"req-{n}" for n in (0, 2, 4, 1, 3, 5)]  # scoring order
+    for location in ("log.parquet", "dataset", "collector"):
+        frame = read_records(str(tmp_path / location), columns)
+        assert list(frame.columns) == columns, location
+        assert frame["request_id"].tolist() == expected["request_id"].tolist(), location
+        assert frame["image"].tolist() == expected["image"].tolist(), location
+    assert set(read_records(str(tmp_path / "dataset")).columns) >= {"fingerprint", "foreign_score", "image"}
+    (tmp_path / "empty").mkdir()
+    for missing in ("empty", "nothing.db"):
+        with pytest.raises(DatasetError, match=missing):
+            read_records(str(tmp_path / missing))

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -77,7 +78,9 @@ class DatasetSink:
         self.published_records = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.publish()  # what a killed predecessor staged or began to publish
+        self.failure: str | None = None  # why the last publication failed; None once one works
+        self.failing_since: str | None = None  # when publications started failing (UTC, ISO 8601)
+        self._publish_noting_failure()  # what a killed predecessor staged or began to publish; storage may be down
         self._thread = threading.Thread(target=self._run, name="dataset-publisher", daemon=True)
         self._thread.start()
 
@@ -118,6 +121,21 @@ class DatasetSink:
     def staged(self) -> int:
         with self._lock:
             return self._connection.execute("SELECT COUNT(*) FROM staged").fetchone()[0]
+
+    def status(self) -> dict:
+        """What /ready reports of publishing: ok, or behind (since when, why); and what waits in staging, from when.
+
+        Behind means the last publication failed, or the oldest staged record has waited longer than three
+        rounds (a storage outage can take the storage SDK's retries, a minute or more, to surface as a failure).
+        """
+        with self._lock:
+            count, oldest = self._connection.execute("SELECT COUNT(*), MIN(timestamp) FROM staged").fetchone()
+        waited = (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
+        late = waited > 3 * self.flush_seconds + 10
+        answer = {"status": "behind" if self.failure or late else "ok", "staged_records": count, "oldest_staged": oldest}
+        if self.failure:
+            answer |= {"since": self.failing_since, "error": self.failure}
+        return answer
 
     def publish(self) -> int:
         """Publish every staged record as parts (finishing a publication a crash interrupted first); return the count."""
@@ -168,19 +186,34 @@ class DatasetSink:
         else:
             self.fs.pipe_file(final, buffer.getvalue())  # one committed blob: whole or none
 
+    def _publish_noting_failure(self) -> None:
+        """One round: publish, or note why not (once per outage in the log; /ready says it meanwhile)."""
+        try:
+            self.publish()
+        except Exception as err:  # the records stay staged; the next round tries again
+            first = self.failure is None
+            self.failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            self.failing_since = self.failing_since or datetime.now(UTC).isoformat(timespec="seconds")
+            if first:
+                log.warning("publishing to %s failed (%s); records stay staged in %s", self.location, self.failure, self.path)
+            return
+        if self.failure is not None:
+            log.info("publishing to %s again (it had failed since %s)", self.location, self.failing_since)
+            self.failure = self.failing_since = None
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
-            try:
-                self.publish()
-            except Exception:  # the records stay staged; the next round tries again
-                log.exception("publishing to %s failed; the records stay staged in %s", self.location, self.path)
+            self._publish_noting_failure()
 
     def close(self) -> None:
+        """Publish what is staged and stop; with storage down, what is staged waits for the next start."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=60)
-        self.publish()
+        self._publish_noting_failure()
+        if self.failure is not None:
+            log.warning("%d records stay staged in %s for this writer's next start", self.staged(), self.path)
         with self._lock:
             self._connection.close()

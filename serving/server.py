@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from common.access import RequireApiKey, send_json
 from serving.batcher import Job, MicroBatcher, Overloaded
 from serving.core import Scored, ScoringCore, freeze_heap
+from serving.dataset_sink import DatasetSink
 from serving.follow import AliasFollower, ModelSlot
 from serving.protocol import (
     BadRequest,
@@ -235,6 +236,8 @@ def create_app(
         answer = {"ready": loaded, "model": slot.core.identity.name, "version": slot.core.identity.version}
         if follower is not None:  # degraded following still serves: ready stays true
             answer["following"] = follower.status()
+        if isinstance(prediction_log, DatasetSink):  # publishing behind still serves: staging is the durability point
+            answer["publishing"] = prediction_log.status()
         return JSONResponse(answer, status_code=200 if loaded else 503)
 
     if follower is not None and config.webhook_secret is not None:

@@ -99,9 +99,9 @@ def save_state(state: dict) -> None:
     """The stack's state, secrets included (the webhook key and secret): readable by its owner only."""
     path = stack_dir() / "stack.json"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # before a byte is written: a file from before this rule keeps its old mode otherwise
     with os.fdopen(descriptor, "w") as handle:
         handle.write(json.dumps(state, indent=2))
-    path.chmod(0o600)  # a file written before this rule keeps its old mode otherwise
 
 
 def as_postgres(command: list[str]) -> list[str]:
@@ -362,8 +362,11 @@ defaults
     mode http
     timeout connect 2s
     timeout client 60s
-    timeout server 60s
-    # a request a dead replica did not answer goes to the other one (the log ignores a repeated request id)
+    # a replica that hangs (stopped, not dead) holds a request this long before it is sent to the other one;
+    # a scoring request takes milliseconds, and the server answers 504 itself after its own 30 s at most
+    timeout server 10s
+    timeout check 1s
+    # a request a dead or hung replica did not answer goes to the other one (the log ignores a repeated request id)
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout 502 503 504
@@ -376,6 +379,10 @@ backend replicas
     option httpchk GET /ready
     default-server inter 1s fall 2 rise 2
 {servers}
+frontend stats
+    bind 127.0.0.1:{stats_port}
+    stats enable
+    stats uri /stats
 """
 
 
@@ -391,11 +398,19 @@ def start_proxy(state: dict) -> None:
         f"    server replica{index} 127.0.0.1:{replica['port']} check" for index, replica in enumerate(state["replicas"])
     )
     config = stack_dir() / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+    stats_port = entry.get("stats_port") or free_port()
+    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers, stats_port=stats_port))
     pid = spawn("haproxy", [haproxy, "-W", "-db", "-f", str(config)])
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: http_ok(f"{url}/health"), "HAProxy", 60)
-    state["proxy"] = {"pid": pid, "port": port, "url": url}
+    # the replicas' state as HAProxy sees it: /stats (a page), /stats;csv (the status column: UP, DOWN)
+    state["proxy"] = {
+        "pid": pid,
+        "port": port,
+        "url": url,
+        "stats_port": stats_port,
+        "stats": f"http://127.0.0.1:{stats_port}/stats",
+    }
 
 
 def up() -> dict:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
 OPEN_PATHS = frozenset({"/", "/health"})  # the page itself asks for the key; everything it fetches needs it
+# request ids may hold "/" (any printable ASCII): the routes take the id as a path, and the image index after it
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,13 @@ def create_app(images: list[QueuedImage], pixels: dict[tuple[str, int], np.ndarr
             listed.append({**asdict(image), "label": None if answer is None else shown(answer)["label"]})
         return {"images": listed, "labels_file": str(store.path)}
 
-    @app.get("/api/images/{request_id}/{image_index}")
+    @app.get("/api/images/{request_id:path}/{image_index}")
     def image(request_id: str, image_index: int) -> Response:
         if (request_id, image_index) not in pixels:
             return error(404, f"image {image_index} of request {request_id!r} is not in this queue")
         return Response(png_bytes(pixels[(request_id, image_index)]), media_type="image/png")
 
-    @app.put("/api/labels/{request_id}/{image_index}")
+    @app.put("/api/labels/{request_id:path}/{image_index}")
     async def answer(request_id: str, image_index: int, request: Request) -> JSONResponse:
         queued = by_key.get((request_id, image_index))
         if queued is None:
@@ -136,7 +137,7 @@ def create_app(images: list[QueuedImage], pixels: dict[tuple[str, int], np.ndarr
         previous = store.put(request_id, image_index, queued.window, label, who)
         return JSONResponse({"previous": shown(previous)})
 
-    @app.delete("/api/labels/{request_id}/{image_index}")
+    @app.delete("/api/labels/{request_id:path}/{image_index}")
     def take_back(request_id: str, image_index: int) -> JSONResponse:
         if (request_id, image_index) not in by_key:
             return error(404, f"image {image_index} of request {request_id!r} is not in this queue")

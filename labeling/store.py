@@ -3,6 +3,7 @@ rewritten whole and atomically (common.labels), so the loop and a retrain always
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,16 @@ from pathlib import Path
 import pandas as pd
 
 from common.images import NUM_CLASSES
-from common.labels import LABEL_COLUMNS, NOT_A_DIGIT, NOT_A_DIGIT_LABEL, PROVENANCE_COLUMNS, read_labels, write_labels
+from common.labels import (
+    LABEL_COLUMNS,
+    LABEL_SUFFIXES,
+    NOT_A_DIGIT,
+    NOT_A_DIGIT_LABEL,
+    PROVENANCE_COLUMNS,
+    LabelFileError,
+    read_labels,
+    write_labels,
+)
 
 ANSWER_COLUMNS = (*LABEL_COLUMNS, "window", *PROVENANCE_COLUMNS)
 MAX_NAME_LENGTH = 64
@@ -54,11 +64,13 @@ class LabelStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
-        if path.is_file():
-            labels = read_labels(path, not_a_digit=True)
-        else:
-            labels = pd.DataFrame(columns=list(ANSWER_COLUMNS))
-        self.labels = labels.reindex(columns=list(ANSWER_COLUMNS))
+        if path.suffix not in LABEL_SUFFIXES:
+            raise LabelFileError(f"{path}: a label file is .csv or .jsonl")
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            raise LabelFileError(f"{path}: its folder does not exist or cannot be written")
+        labels = read_labels(path, not_a_digit=True) if path.is_file() else pd.DataFrame(columns=list(ANSWER_COLUMNS))
+        # the page's columns, and any the file had already (arrived_window of a simulated annotator's file)
+        self.labels = labels.reindex(columns=list(dict.fromkeys([*ANSWER_COLUMNS, *labels.columns])))
 
     def answers(self) -> dict[tuple[str, int], dict]:
         """Every answer by (request_id, image_index)."""
@@ -93,5 +105,6 @@ class LabelStore:
         return None if same.empty else same.astype(object).where(same.notna(), None).iloc[-1].to_dict()
 
     def _write(self, labels: pd.DataFrame) -> None:
-        write_labels(labels.astype({"window": "Int64", "image_index": int, "label": int}), self.path)
+        whole = {column: "Int64" for column in ("window", "arrived_window") if column in labels}
+        write_labels(labels.astype({**whole, "image_index": int, "label": int}), self.path)
         self.labels = labels

@@ -36,7 +36,16 @@ from serving.protocol import (
     score_openapi,
 )
 from serving.scoring import RecordSink, log_scored, score_requests
-from serving.webhooks import WEBHOOK_PATH, DeliveryRefused, moves_alias, subscribe, unsubscribe, verify_delivery
+from serving.webhooks import (
+    MAX_DELIVERY_BYTES,
+    WEBHOOK_PATH,
+    DeliveryRefused,
+    moves_alias,
+    read_capped,
+    subscribe,
+    unsubscribe,
+    verify_delivery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +174,13 @@ def create_app(
         if follows and config.webhook_url and config.webhook_secret:
             webhook_id = await asyncio.to_thread(subscribe, config.webhook_url, config.webhook_secret, config.follow_seconds)
         yield
-        if webhook_id is not None:
-            await asyncio.to_thread(unsubscribe, webhook_id)
         if following is not None:
             following.cancel()
         await batcher.stop()
         if prediction_log is not None:
             prediction_log.close()  # the dataset sink publishes what is staged
+        if webhook_id is not None:  # last: the records come first if the registry is slow to answer
+            await asyncio.to_thread(unsubscribe, webhook_id)
 
     app = FastAPI(title="digitdrift scoring server", lifespan=lifespan)
 
@@ -241,14 +250,21 @@ def create_app(
         return JSONResponse(answer, status_code=200 if loaded else 503)
 
     if follower is not None and config.webhook_secret is not None:
+        last_refusal_logged = [0.0]
 
         @app.post(WEBHOOK_PATH, include_in_schema=False)
         async def alias_webhook(request: Request) -> JSONResponse:
             """MLflow's registry webhook: a verified model_version_alias.created for the followed alias wakes the follower."""
-            try:
-                payload = verify_delivery(config.webhook_secret, request.headers, await request.body(), time.time())
+            try:  # the path is open (MLflow sends no API key): read no more than a delivery can be before verifying
+                body = await read_capped(request, MAX_DELIVERY_BYTES)
+                payload = verify_delivery(config.webhook_secret, request.headers, body, time.time())
             except DeliveryRefused as refused:
-                log.warning("refused a webhook delivery from %s: %s", request.client.host if request.client else "?", refused)
+                if time.monotonic() - last_refusal_logged[0] > 60:  # a flood of forgeries must not flood the log
+                    last_refusal_logged[0] = time.monotonic()
+                    client = request.client.host if request.client else "?"
+                    log.warning(
+                        "refused a webhook delivery from %s: %s (further refusals this minute not logged)", client, refused
+                    )
                 return JSONResponse({"error": str(refused)}, status_code=refused.status)
             follows = moves_alias(payload, follower.name, follower.alias)
             if follows:

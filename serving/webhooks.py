@@ -19,6 +19,7 @@ WEBHOOK_PATH = "/webhooks/mlflow"
 ALIAS_EVENT = "model_version_alias.created"  # MLflow sends it whenever an alias is set, moved or not
 SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_HEADER = "x-mlflow-signature", "x-mlflow-timestamp", "x-mlflow-delivery-id"
 TOLERANCE_S = 300  # MLflow's own guidance for replay protection: refuse deliveries older than five minutes
+MAX_DELIVERY_BYTES = 64 * 1024  # an alias event is a few hundred bytes
 
 
 class DeliveryRefused(ValueError):
@@ -33,6 +34,19 @@ def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str
     """The X-MLflow-Signature a delivery of `body` carries: "v1," and the base64 of HMAC-SHA256."""
     signed = f"{delivery_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+
+
+async def read_capped(request, limit: int) -> bytes:
+    """A request's body, refused (413) as soon as it is declared or found to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise DeliveryRefused(f"a delivery of {declared} bytes exceeds the limit of {limit}", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise DeliveryRefused(f"the delivery exceeds the limit of {limit} bytes", 413)
+    return bytes(body)
 
 
 def verify_delivery(secret: str, headers: Mapping[str, str], body: bytes, now: float) -> dict:
@@ -68,9 +82,14 @@ def subscribe(url: str, secret: str, follow_seconds: float) -> str | None:
 
     try:
         webhook_id = register_webhook(url, secret)
-    except (MlflowException, OSError) as err:
+    except (MlflowException, OSError, NotImplementedError) as err:  # a file store has no webhooks at all
         fallback = f"polling every {follow_seconds} s" if follow_seconds > 0 else "nothing: the alias is not followed"
-        log.warning("the tracking server took no webhook for %s (%s); following by %s", url, str(err).splitlines()[0], fallback)
+        log.warning(
+            "the tracking server took no webhook for %s (%s); following by %s",
+            url,
+            (str(err).splitlines() or [type(err).__name__])[0],
+            fallback,
+        )
         return None
     log.info("MLflow webhook %s tells %s of every alias set", webhook_id, url)
     return webhook_id
@@ -83,8 +102,8 @@ def unsubscribe(webhook_id: str) -> None:
 
     try:
         mlflow.MlflowClient().delete_webhook(webhook_id)
-    except (MlflowException, OSError) as err:
-        log.warning("could not delete MLflow webhook %s (%s)", webhook_id, str(err).splitlines()[0])
+    except (MlflowException, OSError, NotImplementedError) as err:
+        log.warning("could not delete MLflow webhook %s (%s)", webhook_id, (str(err).splitlines() or [type(err).__name__])[0])
 
 
 def register_webhook(url: str, secret: str) -> str:

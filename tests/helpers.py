@@ -104,6 +104,27 @@ def acknowledged(run_dir: Path) -> set[tuple[str, int]]:
             return set()
 
 
+def simulate_in_background(url: str, run_dir: Path, env: dict, *options: str) -> subprocess.Popen:
+    """`python -m simulation run` against `url` (no MLflow run, 4 connections) with `options`, started and left
+    running; its output piped."""
+    command = [sys.executable, "-m", "simulation", "run", *options, "--url", url, "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [*command, "--no-mlflow", "--concurrency", "4"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def until_acknowledged(run_dir: Path, count: int, timeout: float = 180.0) -> None:
+    """Wait until a running simulation has `count` requests acknowledged (or `timeout` passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(acknowledged(run_dir)) < count:
+        time.sleep(0.2)
+
+
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -68,8 +68,9 @@ def decide_promotion(
     champion, as `mlflow.validate_evaluation_results` judges it against the champion."""
     if accuracy is None:
         return PromotionDecision(False, version, f"version {version}'s run has no {ACCURACY_METRIC} metric")
-    if champion == version:
-        return PromotionDecision(True, version, f"version {version} is already the champion")
+    already = champion == version
+    if already:  # the floor still holds; the replay comparison was settled when it was promoted
+        replay = None
     if replay is not None and replay.parent_version != champion:
         return PromotionDecision(
             False,
@@ -84,10 +85,10 @@ def decide_promotion(
         candidate[REPLAY_METRIC] = replay.challenger
         baseline = {ACCURACY_METRIC: champion_accuracy if champion_accuracy is not None else float("nan")}
         baseline[REPLAY_METRIC] = replay.parent
-    gate = {
+    gate = {  # as JSON: an unknown champion accuracy is null, not NaN
         "thresholds": {name: threshold_fields(rule) for name, rule in thresholds.items()},
         "candidate": {"version": version, **candidate},
-        "baseline": None if baseline is None else {"version": champion, **baseline},
+        "baseline": None if baseline is None else {"version": champion, **baseline, ACCURACY_METRIC: champion_accuracy},
     }
     try:
         mlflow.validate_evaluation_results(
@@ -97,6 +98,10 @@ def decide_promotion(
         )
     except ModelValidationFailedException as failed:
         return PromotionDecision(False, version, f"version {version} fails MLflow's model validation: {failed.message}", gate)
+    if already:
+        return PromotionDecision(
+            True, version, f"version {version} is already the champion and still clears {threshold:.4f}", gate
+        )
     replayed = (
         "" if replay is None else f", and {replay.challenger:.4f} on the replay set against the champion's {replay.parent:.4f}"
     )
@@ -135,12 +140,12 @@ def promote(model_name: str, threshold: float) -> PromotionDecision:
     decision = decide_promotion(
         str(challenger.version), metrics.get(ACCURACY_METRIC), threshold, champion, replay, champion_accuracy
     )
+    if decision.promoted:  # the role first: a run is never tagged promoted while the alias stayed put
+        set_role(client, model_name, CHAMPION_ALIAS, str(challenger.version))
     client.set_tag(challenger.run_id, PROMOTION_TAG, "promoted" if decision.promoted else "refused")
     client.set_tag(challenger.run_id, f"{PROMOTION_TAG}_reason", decision.reason[:5000])
     if decision.gate:
         client.log_dict(
             challenger.run_id, {**decision.gate, "promoted": decision.promoted, "reason": decision.reason}, GATE_ARTIFACT
         )
-    if decision.promoted:
-        set_role(client, model_name, CHAMPION_ALIAS, str(challenger.version))
     return decision

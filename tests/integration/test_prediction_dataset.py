@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from common.records import PredictionRecord, read_prediction_log, records_of_fra
 from common.settings import PROJECT_ROOT
 from devtools.processes import free_port, stop, wait_for_http
 from serving.dataset_sink import DatasetSink
-from tests.helpers import acknowledged, assert_same_frames, cli, serving_command
+from tests.helpers import acknowledged, assert_same_frames, cli, serving_command, simulate_in_background, until_acknowledged
 
 pytestmark = pytest.mark.slow
 
@@ -145,36 +144,10 @@ def test_two_replicas_on_azurite_lose_no_acknowledged_prediction_when_one_is_kil
         return process
 
     replicas = [replica(0, flush_seconds=600), replica(1)]  # replica 0 publishes nothing before it is killed
-    simulation = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulation",
-            "run",
-            "--scenario",
-            "gradual-devanagari",
-            "--windows",
-            "6",
-            "--requests-per-window",
-            "60",
-            "--url",
-            ",".join(urls),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--no-mlflow",
-            "--concurrency",
-            "4",
-        ],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    traffic = "--scenario gradual-devanagari --windows 6 --requests-per-window 60".split()
+    simulation = simulate_in_background(",".join(urls), tmp_path / "run", env, *traffic)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(acknowledged(tmp_path / "run")) < 100:
-            time.sleep(0.2)
+        until_acknowledged(tmp_path / "run", 100, timeout=120)
         os.kill(replicas[0].pid, signal.SIGKILL)  # mid-run, with records staged and not yet published
         replicas[0].wait()
         with sqlite3.connect(tmp_path / "staging-0" / "staging.db") as staging:

@@ -19,7 +19,7 @@ import pytest
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.settings import PROJECT_ROOT
-from tests.helpers import acknowledged
+from tests.helpers import acknowledged, simulate_in_background, until_acknowledged
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,17 @@ def stack_env(env: dict, state: dict) -> dict:
 
 def python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def replica_status(state: dict, name: str) -> str:
+    """A replica's status as HAProxy's health checks see it (UP, DOWN, ...), from its stats CSV."""
+    rows = httpx.get(f"{state['proxy']['stats']};csv", timeout=5).text.lstrip("# ").splitlines()
+    header = rows[0].split(",")
+    for row in rows[1:]:
+        fields = dict(zip(header, row.split(",")))
+        if fields.get("pxname") == "replicas" and fields.get("svname") == name:
+            return fields["status"]
+    raise AssertionError(f"HAProxy's stats list no {name}")
 
 
 def psql(state: dict, query: str) -> list[str]:
@@ -119,20 +130,11 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     assert "HAProxy" in served.stdout
     proxy = state["proxy"]["url"]
     run_dir = tmp_path / "run"
-    traffic = "--scenario gradual-devanagari --windows 6 --requests-per-window 60 --no-mlflow --concurrency 4".split()
-    simulation = subprocess.Popen(
-        python("simulation", "run", *traffic, "--url", proxy, "--run-dir", str(run_dir)),
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    traffic = "--scenario gradual-devanagari --windows 6 --requests-per-window 60".split()
+    simulation = simulate_in_background(proxy, run_dir, env, *traffic)
     victim = state["replicas"][0]
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(acknowledged(run_dir)) < 120:
-            time.sleep(0.2)
+        until_acknowledged(run_dir, 120)
         os.kill(victim["pid"], signal.SIGKILL)  # HAProxy stops routing to it; retries go to the other replica
         _, errors = simulation.communicate(timeout=600)
         assert simulation.returncode == 0, errors[-3000:]
@@ -192,3 +194,36 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
         time.sleep(0.05)
     print(f"alias set -> both replicas serve version {second}: {time.monotonic() - started:.2f} s")
     assert oct((home / "stack" / "stack.json").stat().st_mode & 0o777) == "0o600"  # it holds the webhook secret
+
+    # a replica that hangs (SIGSTOP), not dies: HAProxy's check takes it out, what it held is answered by the other one
+    victim, hang_dir = state["replicas"][1], tmp_path / "run-hang"
+    hang = "--scenario gradual-devanagari --seed 11 --windows 4 --requests-per-window 60".split()
+    simulation = simulate_in_background(proxy, hang_dir, env, *hang)
+    try:
+        until_acknowledged(hang_dir, 60)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        stopped = time.monotonic()
+        while "DOWN" not in replica_status(state, "replica1"):
+            assert time.monotonic() - stopped < 30, "HAProxy did not take the hung replica out within 30 s"
+            time.sleep(0.1)
+        taken_out = time.monotonic() - stopped
+        _, errors = simulation.communicate(timeout=600)
+        assert simulation.returncode == 0, errors[-3000:]
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+        if simulation.poll() is None:
+            simulation.kill()
+    hung_ids = acknowledged(hang_dir)
+    assert len(hung_ids) == 4 * 60  # every request answered, those the hung replica held by the other one
+    print(f"hung replica taken out by HAProxy's check after {taken_out:.1f} s (inter 1s, fall 2, timeout check 1s)")
+    assert taken_out < 5
+    deadline = time.monotonic() + 90
+    while True:
+        parts = list_parts(fs, dataset.removeprefix("az://"))
+        records = read_parts(fs, parts, ["window"])  # read: one record per (request id, image index)
+        if hung_ids <= set(zip(records["request_id"], records["image_index"])):
+            break
+        assert time.monotonic() < deadline, "the requests of the hang never reached the dataset"
+        time.sleep(1)
+    written = sum(len(read_parts(fs, [part], ["window"])) for part in parts)  # a request both replicas finished: twice
+    print(f"records written by both replicas, in the whole dataset: {written - len(records)} of {len(records)}")

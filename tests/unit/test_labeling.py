@@ -262,3 +262,18 @@ def test_the_label_store_replaces_an_answer_takes_one_back_and_keeps_them_across
     again = LabelStore(path).answers()
     assert list(again) == [("a", 0)] and again[("a", 0)]["label"] == 8 and again[("a", 0)]["labeled_by"] == "Grace"
     assert read_labels(path)[["request_id", "label", "window"]].values.tolist() == [["a", 8, 3]]
+
+
+def test_the_label_store_keeps_the_columns_a_file_had_and_refuses_a_path_it_cannot_write(tmp_path):
+    from common.labels import LabelFileError
+    from labeling.store import LabelStore
+
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,image_index,label,window,arrived_window\na,0,4,2,5\n")
+    store = LabelStore(path)
+    store.put("b", 1, 3, 7, "Ada")
+    back = read_labels(path).set_index("request_id")
+    assert back.loc["a", "arrived_window"] == 5 and back.loc["b", "labeled_by"] == "Ada"
+    for bad, message in ((tmp_path / "labels.txt", ".csv or .jsonl"), (tmp_path / "missing" / "l.jsonl", "cannot be written")):
+        with pytest.raises(LabelFileError, match=message):
+            LabelStore(bad)

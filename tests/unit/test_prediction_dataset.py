@@ -187,3 +187,29 @@ def test_records_read_alike_from_a_log_its_parquet_export_a_dataset_and_the_coll
     for missing in ("empty", "nothing.db"):
         with pytest.raises(DatasetError, match=missing):
             read_records(str(tmp_path / missing))
+
+
+def test_a_sink_whose_storage_fails_says_behind_once_keeps_the_records_and_publishes_them_when_it_works(tmp_path, caplog):
+    sink = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    working = sink._upload
+
+    def refuse(*args):
+        raise OSError("Cannot connect to host 127.0.0.1:10000")
+
+    sink._upload = refuse
+    sink.write([record(n, 0) for n in range(4)])
+    with caplog.at_level("INFO", logger="serving.dataset_sink"):
+        sink._publish_noting_failure()
+        sink._publish_noting_failure()
+        state = sink.status()
+        assert state["status"] == "behind" and state["staged_records"] == 4 and "Cannot connect" in state["error"]
+        assert state["since"] and state["oldest_staged"] == record(0, 0).timestamp
+        sink._upload = working
+        sink._publish_noting_failure()
+    assert sink.status() == {"status": "ok", "staged_records": 0, "oldest_staged": None}
+    messages = [entry.getMessage() for entry in caplog.records]
+    assert sum(" failed (" in message for message in messages) == 1, messages  # once per outage
+    assert any("again (it had failed since" in message for message in messages)
+    sink.close()
+    fs, root = filesystem(str(tmp_path / "dataset"))
+    assert sorted(read_parts(fs, list_parts(fs, root))["request_id"]) == [f"req-{n}" for n in range(4)]

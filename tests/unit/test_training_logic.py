@@ -62,11 +62,7 @@ def test_a_retrained_challenger_must_beat_its_parent_on_the_replay_set():
 
     better = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
     assert better.promoted and "0.9400 on the replay set against the champion's 0.3100" in better.reason
-    assert better.gate["baseline"] == {
-        "version": "2",
-        "mnist_test_accuracy": better.gate["baseline"]["mnist_test_accuracy"],
-        "replay_accuracy": 0.31,
-    }
+    assert better.gate["baseline"] == {"version": "2", "mnist_test_accuracy": None, "replay_accuracy": 0.31}  # unknown: null
     assert better.gate["thresholds"]["replay_accuracy"]["greater_is_better"] is True
     worse = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2"), champion_accuracy=0.99)
     assert not worse.promoted and "baseline model replay_accuracy = 0.31" in worse.reason
@@ -74,6 +70,15 @@ def test_a_retrained_challenger_must_beat_its_parent_on_the_replay_set():
     assert not tie.promoted, "no better than the champion on the replay set is no reason to switch"
     floor = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
     assert not floor.promoted and "mnist_test_accuracy threshold = 0.993" in floor.reason
+
+
+def test_the_champion_as_challenger_still_has_to_clear_the_floor():
+    from training.registry import ReplayFigures
+
+    kept = decide_promotion("3", 0.995, 0.993, champion="3", replay=ReplayFigures(0.94, 0.31, "2"))
+    assert kept.promoted and "already the champion" in kept.reason
+    under = decide_promotion("3", 0.990, 0.999, champion="3")
+    assert not under.promoted and "mnist_test_accuracy threshold = 0.999" in under.reason
 
 
 def test_a_challenger_retrained_from_a_former_champion_is_not_promoted():

@@ -65,7 +65,7 @@ evaluate: data ## the monitor's scorecard at 200 requests per window, into bench
 	SCORECARD_COMMAND="make evaluate" scripts/demo.sh $(DEMO_EPOCHS) 200 bench/results/monitoring_evaluation.json
 
 loop: data ## the closed loop on the closed-loop scenario: alert, labels, retrain, safe promotion, the server follows (needs a champion: make demo)
-	$(PY) scripts/closed_loop.py
+	$(PY) -m loop simulate
 
 test: system-packages venv $(AZURITE) ## run the whole test suite (unit and integration) on parallel workers, the slowest 25 named
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)

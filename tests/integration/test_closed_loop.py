@@ -47,7 +47,7 @@ SMALL_SCENARIO = {
 
 @pytest.fixture(scope="module")
 def loop(shared_data, tmp_path_factory):
-    """A small champion of its own store, then scripts/closed_loop.py run on it; (store settings, loop folder, figures)."""
+    """A small champion of its own store, then `python -m loop simulate` run on it; (store settings, loop folder, figures)."""
     import mlflow
 
     from training.keras_job import KerasJobConfig, run_keras_job
@@ -65,7 +65,7 @@ def loop(shared_data, tmp_path_factory):
     out = home / "loop"
     env = {"DIGITDRIFT_HOME": str(home), "DIGITDRIFT_DATA": str(shared_data), "MLFLOW_TRACKING_URI": settings.tracking_uri}
     command = [
-        sys.executable, "scripts/closed_loop.py", "--scenario", str(scenario), "--labels-per-window", "20",
+        sys.executable, "-m", "loop", "simulate", "--scenario", str(scenario), "--labels-per-window", "20",
         "--retrain-after", "25", "--max-retrains", "2", "--epochs", "1", "--train-limit", "4000",
         "--min-accuracy", "0.8", "--out", str(out),
     ]  # fmt: skip

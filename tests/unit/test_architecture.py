@@ -14,6 +14,7 @@ from tests.helpers import VENV_BIN
 
 CLI_MODULES = [
     "common.__main__",
+    "loop.__main__",
     "training.__main__",
     "serving.__main__",
     "serving.batch",
@@ -86,7 +87,18 @@ def test_every_command_line_option_has_a_help_text(module_name):
 def test_every_entry_point_sets_up_logging_through_common_logs():
     sources = [
         path
-        for folder in ("common", "training", "serving", "simulation", "monitoring", "labeling", "cloud", "bench", "scripts")
+        for folder in (
+            "common",
+            "training",
+            "serving",
+            "simulation",
+            "monitoring",
+            "labeling",
+            "cloud",
+            "loop",
+            "bench",
+            "scripts",
+        )
         for path in (PROJECT_ROOT / folder).rglob("*.py")
     ]
     elsewhere = [str(path.relative_to(PROJECT_ROOT)) for path in sources if "logging.basicConfig" in path.read_text()]

@@ -1,6 +1,6 @@
 """The closed loop on simulated traffic: alert -> labels -> retrained challenger -> safe promotion -> the server follows.
 
-    python scripts/closed_loop.py [--scenario closed-loop] [--labels-per-window 10] [--retrain-after 100] ...
+    python -m loop simulate [--scenario closed-loop] [--labels-per-window 10] [--retrain-after 100] ...
 
 Starts our server on models:/digits-cnn@champion (following the alias), sends the scenario window by window,
 and after each window judges the served version's records against that version's reference. From the first
@@ -10,15 +10,15 @@ labels.csv. Once enough labeled images are in, `python -m training retrain` fine
 plus them and `python -m training promote` promotes it only if it beats the champion on the held-out replay
 set and keeps its MNIST test floor; the running server then switches to it between two batches. At the end
 the loop writes its per-window table, the label-assisted estimate's errors, a dashboard and closed_loop.json,
-and logs them as one MLflow run. Every step is a command of its own part; this script only orders them.
+and logs them as one MLflow run. Every step is a command of its own part; the loop orders them, and takes its
+decisions (when labeling starts, which labels are in hand, when to retrain) from loop.decisions.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,35 +26,30 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import httpx
+import mlflow
+import pandas as pd
 
-import httpx  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
+from common.labels import read_labels, write_labels
+from common.machine import describe_machine, shown_path
+from common.records import read_ground_truth, read_prediction_log
+from common.reference import Reference, expected_accuracy, load_reference
+from common.settings import MODEL_NAME, PROJECT_ROOT, Settings
+from common.tracking import describe_run, download_reference, resolve_registered, use_tracking
+from labeling.annotator import simulated_labels
+from labeling.queue import select_for_labeling
+from loop.decisions import incidents_after, labeling_since, labels_in_hand, retrain_due, serving_version
+from monitoring.alerts import evaluate_rules
+from monitoring.dashboard import closed_loop_figure, write_dashboard
+from monitoring.incidents import incident_events, window_checks
+from monitoring.label_assisted import label_assisted_accuracy
+from monitoring.metrics import truth_metrics, window_metrics
+from monitoring.policy import load_policy
+from simulation.client import HttpTransport
+from simulation.run import SIDECAR_FILE, run_simulation
+from simulation.scenario import load_scenario
 
-from common.labels import read_labels, write_labels  # noqa: E402
-from common.logs import configure_logging  # noqa: E402
-from common.machine import describe_machine, shown_path  # noqa: E402
-from common.records import read_ground_truth, read_prediction_log  # noqa: E402
-from common.reference import Reference, expected_accuracy, load_reference  # noqa: E402
-from common.settings import MODEL_NAME, Settings, load_settings  # noqa: E402
-from common.tracking import describe_run, download_reference, resolve_registered, use_tracking  # noqa: E402
-from devtools.processes import free_port  # noqa: E402
-from devtools.stack import http_ok  # noqa: E402
-from labeling.annotator import simulated_labels  # noqa: E402
-from labeling.queue import select_for_labeling  # noqa: E402
-from monitoring.alerts import evaluate_rules  # noqa: E402
-from monitoring.dashboard import closed_loop_figure, write_dashboard  # noqa: E402
-from monitoring.incidents import incident_events, window_checks  # noqa: E402
-from monitoring.label_assisted import label_assisted_accuracy  # noqa: E402
-from monitoring.metrics import truth_metrics, window_metrics  # noqa: E402
-from monitoring.policy import load_policy  # noqa: E402
-from simulation.client import HttpTransport  # noqa: E402
-from simulation.run import SIDECAR_FILE, run_simulation  # noqa: E402
-from simulation.scenario import load_scenario  # noqa: E402
-
-log = logging.getLogger("closed_loop")
+log = logging.getLogger(__name__)
 DRIFTED_SHARE = 0.4  # windows at least this foreign judge the recovery (50/50 traffic sits near 0.5)
 CLEAN_SHARE = 0.05  # windows under this judge the estimate on clean traffic (as monitoring's scorecard does)
 
@@ -107,7 +102,7 @@ def start_server(config: LoopConfig, port: int) -> subprocess.Popen:
     with open(config.out / "server.log", "wb") as output:  # the child keeps its own handle
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
-    while not http_ok(f"http://127.0.0.1:{port}/ready"):
+    while not ready(port):
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}: see {config.out / 'server.log'}")
         if time.monotonic() > deadline:
@@ -115,6 +110,20 @@ def start_server(config: LoopConfig, port: int) -> subprocess.Popen:
             raise RuntimeError(f"the server did not get ready in 180 s: see {config.out / 'server.log'}")
         time.sleep(0.5)
     return process
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for the loop's own server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def served_version(port: int) -> str:
@@ -161,46 +170,26 @@ def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
     return [event.as_dict() for event in incident_events(every, policy.rules, policy.resolve_after_quiet_windows)]
 
 
-def incidents_after(incidents: list[dict], window: int | None, windows: int) -> dict:
-    """Incidents opened after `window` (the first promotion), per 100 of the windows after it."""
-    if window is None:
-        return {}
-    opened = [event["window"] for event in incidents if event["event"] == "opened" and event["window"] > window]
-    after = windows - window - 1
-    return {
-        "windows": after,
-        "opened": len(opened),
-        "opened_at": opened,
-        "per_100_windows": round(100 * len(opened) / after, 2) if after else None,
-    }
-
-
 def step_window(
     window: int, records: pd.DataFrame, truth: pd.DataFrame, config: LoopConfig, state: LoopState, references: References
 ) -> None:
     """Judge the served version after `window`, start labeling at the first alert, queue this window's labels."""
     served = records[records["window"] == window]
-    version = str(served["model_version"].mode().iloc[0])
+    version = serving_version(served)
     mine = records[records["model_version"] == version]
     alerts = [alert for alert in version_alerts(mine, version, references(version)) if alert.window == window]
     for alert in alerts:
         state.events.append({"window": window, "event": "alert", "version": version, "rule": alert.rule})
         log.info("window %d: alert %s on version %s", window, alert.rule, version)
-    if alerts and state.labeling_since is None:
-        state.labeling_since = window
+    since = labeling_since(state.labeling_since, window, bool(alerts))
+    if since is not None and state.labeling_since is None:
         state.events.append({"window": window, "event": "labeling_started", "version": version})
-    if state.labeling_since is None:
+    state.labeling_since = since
+    if since is None:
         return
     queue = select_for_labeling(served, config.labels_per_window, config.random_share, config.seed, already=state.queued)
     state.queued = pd.concat([state.queued, queue[["request_id", "image_index"]]], ignore_index=True)
     state.answered.append(simulated_labels(queue, truth, config.label_delay))
-
-
-def labels_in_hand(state: LoopState, window: int) -> pd.DataFrame:
-    if not state.answered:
-        return pd.DataFrame(columns=["request_id", "image_index", "label", "window", "arrived_window"])
-    answered = pd.concat(state.answered, ignore_index=True)
-    return answered[answered["arrived_window"] <= window].reset_index(drop=True)
 
 
 def retrain_and_promote(window: int, config: LoopConfig, state: LoopState, port: int) -> None:
@@ -260,11 +249,11 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
                 raise RuntimeError(f"window {window}: the traffic stopped: {result.stats.stopped_by}")
             records, truth = records_frame(config.out / "predictions.db"), read_ground_truth(sim_dir / SIDECAR_FILE)
             step_window(window, records, truth, config, state, references)
-            in_hand = labels_in_hand(state, window)
+            in_hand = labels_in_hand(state.answered, window)
             if len(in_hand):
                 write_labels(in_hand, config.out / "labels.csv")
             with_image = in_hand.merge(records[records["image"].notna()], on=["request_id", "image_index"]).shape[0]
-            if state.retrains < config.max_retrains and with_image - state.images_at_last_retrain >= config.retrain_after:
+            if retrain_due(with_image, state.images_at_last_retrain, state.retrains, config.retrain_after, config.max_retrains):
                 state.images_at_last_retrain = with_image
                 retrain_and_promote(window, config, state, port)
             log.info("window %d/%d done: %d labels in hand", window + 1, scenario.windows, len(in_hand))
@@ -273,7 +262,7 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
         transport.close()
         server.terminate()
         server.wait(timeout=30)
-    answered = pd.concat(state.answered, ignore_index=True) if state.answered else labels_in_hand(state, -1)
+    answered = pd.concat(state.answered, ignore_index=True) if state.answered else labels_in_hand([], -1)
     answered.to_csv(config.out / "labels_answered.csv", index=False)  # with those still to arrive: for --reanalyse
     figures = judge_loop(config, state, answered, first_version, time.perf_counter() - started)
     write_outputs(figures["windows"], figures["figures"], state, config, scenario.name)
@@ -393,7 +382,7 @@ def estimate_errors(windows: pd.DataFrame, column: str) -> dict:
 def reproducing_command(argv: list[str]) -> str:
     """The command as a reader runs it again: without `--out` (a folder of this machine; the default makes a new one)."""
     kept = [arg for index, arg in enumerate(argv) if arg != "--out" and (index == 0 or argv[index - 1] != "--out")]
-    return " ".join(["python scripts/closed_loop.py", *(arg for arg in kept if not arg.startswith("--out="))])
+    return " ".join(["python -m loop", *(arg for arg in kept if not arg.startswith("--out="))])
 
 
 def loop_figures(
@@ -482,95 +471,3 @@ def write_outputs(windows: pd.DataFrame, figures: dict, state: LoopState, config
             )
         for path in (page, config.out / "closed_loop.json", config.out / "windows.csv"):
             mlflow.log_artifact(str(path))
-
-
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
-    defaults = LoopConfig(out=Path("."))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default=defaults.scenario, help="a built-in scenario or a YAML file (default: %(default)s)")
-    parser.add_argument("--windows", type=int, help="override the scenario's windows")
-    parser.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
-    parser.add_argument(
-        "--labels-per-window", type=int, default=defaults.labels_per_window, help="label budget per window (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--random-share",
-        type=float,
-        default=defaults.random_share,
-        help="share of the budget drawn from unflagged images (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--label-delay", type=int, default=defaults.label_delay, help="windows before labels come back (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--retrain-after",
-        type=int,
-        default=defaults.retrain_after,
-        help="labeled images in hand since the last retrain that start one (default: %(default)s)",
-    )
-    parser.add_argument("--max-retrains", type=int, default=defaults.max_retrains, help="retrains at most (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="retraining epochs (default: %(default)s)")
-    parser.add_argument("--train-limit", type=int, help="retrain on the first N shuffled MNIST images only (quick runs)")
-    parser.add_argument(
-        "--foreign-limit-per-class", type=int, help="evaluate retrained models on at most N foreign digits per class"
-    )
-    parser.add_argument(
-        "--min-accuracy", type=float, default=defaults.min_accuracy, help="MNIST test floor of promotion (default: %(default)s)"
-    )
-    parser.add_argument("--out", type=Path, help="a new folder for the loop (default: .digitdrift/loops/<scenario>-<time>)")
-    parser.add_argument("--result", type=Path, help="also copy closed_loop.json here (e.g. bench/results/closed_loop.json)")
-    parser.add_argument(
-        "--reanalyse", type=Path, metavar="FOLDER", help="judge a finished loop's folder again (no traffic, no training)"
-    )
-    args = parser.parse_args(argv)
-    configure_logging()
-    logging.getLogger("common.datasets").setLevel(logging.WARNING)  # a line per pool load; the loop logs each window
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    config = LoopConfig(
-        out=args.out or settings.state_dir / "loops" / f"{Path(args.scenario).stem}-{stamp}",
-        scenario=args.scenario,
-        windows=args.windows,
-        requests_per_window=args.requests_per_window,
-        labels_per_window=args.labels_per_window,
-        random_share=args.random_share,
-        label_delay=args.label_delay,
-        retrain_after=args.retrain_after,
-        max_retrains=args.max_retrains,
-        epochs=args.epochs,
-        train_limit=args.train_limit,
-        foreign_limit_per_class=args.foreign_limit_per_class,
-        min_accuracy=args.min_accuracy,
-    )
-    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)  # the parts' commands use the same store
-    if args.reanalyse:
-        use_tracking(settings)
-        figures = reanalyse(args.reanalyse)
-    else:
-        figures = run_loop(config, settings)
-    if args.result:
-        args.result.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    print(
-        json.dumps(
-            {
-                key: figures[key]
-                for key in (
-                    "drifted_traffic_realised_accuracy",
-                    "labels",
-                    "windows_from_first_alert_to_promotion",
-                    "incidents_after_first_promotion",
-                    "estimate_error_points",
-                )
-            },
-            indent=2,
-        )
-    )
-    if args.reanalyse:
-        print(f"loop folder: {args.reanalyse} (closed_loop.json and windows.csv rewritten)")
-    else:
-        print(f"loop folder: {config.out} (closed_loop.html, closed_loop.json, windows.csv, labels.csv)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -58,3 +58,42 @@ def test_a_signed_body_that_is_not_a_webhook_payload_is_a_bad_request():
         with pytest.raises(DeliveryRefused) as refused:
             verify_delivery("hush", signed, body, NOW)
         assert refused.value.status == 400
+
+
+def test_a_delivery_over_the_cap_is_refused_before_it_is_read_whole():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from serving.webhooks import read_capped
+
+    def request(body: bytes, declared: bool) -> Request:
+        chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)] or [b""]
+        messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)]
+
+        async def receive():
+            return messages.pop(0)
+
+        headers = [(b"content-length", str(len(body)).encode())] if declared else []
+        return Request({"type": "http", "method": "POST", "path": "/webhooks/mlflow", "headers": headers}, receive)
+
+    assert asyncio.run(read_capped(request(b"x" * 500, declared=True), 1024)) == b"x" * 500
+    for declared in (True, False):  # refused by its declared length, or while it streams in
+        with pytest.raises(DeliveryRefused, match="exceeds the limit of 1024") as refused:
+            asyncio.run(read_capped(request(b"x" * 5000, declared), 1024))
+        assert refused.value.status == 413
+
+
+def test_a_tracking_store_without_webhooks_leaves_the_server_polling(tmp_path, caplog):
+    import mlflow
+
+    from serving.webhooks import subscribe
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tmp_path.as_uri())  # a file store: MLflow has no webhooks there
+    try:
+        with caplog.at_level("WARNING", logger="serving.webhooks"):
+            assert subscribe("http://127.0.0.1:9/webhooks/mlflow", "hush", 5.0) is None
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "following by polling every 5.0 s" in caplog.text

@@ -13,6 +13,8 @@ import json
 import logging
 from collections.abc import Mapping
 
+from starlette.requests import Request
+
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/mlflow"
@@ -36,7 +38,7 @@ def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str
     return "v1," + base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
 
 
-async def read_capped(request, limit: int) -> bytes:
+async def read_capped(request: Request, limit: int) -> bytes:
     """A request's body, refused (413) as soon as it is declared or found to exceed `limit` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

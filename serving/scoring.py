@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,17 +57,24 @@ def score_requests(core: ScoringCore, requests: Sequence[ImageRequest]) -> list[
     return split_scored(core.score(images), [len(request.images) for request in requests])
 
 
+class LogUnavailable(RuntimeError):
+    """The records could not be made durable (the disk full, the file locked or failing): nothing is acknowledged,
+    and the client may retry later."""
+
+
 def log_scored(prediction_log: RecordSink | None, requests: Sequence[ImageRequest], pieces: Sequence[Scored]) -> None:
     """Commit the records of scored requests to the log (when one is kept); returns once they are durable."""
     if prediction_log is None:
         return
-    prediction_log.write(
-        [
-            record
-            for request, piece in zip(requests, pieces)
-            for record in to_records(piece, request.images, piece.identity, request.request_id, request.window)
-        ]
-    )
+    records = [
+        record
+        for request, piece in zip(requests, pieces)
+        for record in to_records(piece, request.images, piece.identity, request.request_id, request.window)
+    ]
+    try:
+        prediction_log.write(records)
+    except (sqlite3.OperationalError, OSError) as err:  # SQLite's "database or disk is full" among them
+        raise LogUnavailable(f"the prediction log cannot be written ({err}); nothing was recorded, retry later") from err
 
 
 def score_and_log(core: ScoringCore, prediction_log: RecordSink | None, requests: Sequence[ImageRequest]) -> list[Scored]:

@@ -35,7 +35,7 @@ from serving.protocol import (
     score_answer,
     score_openapi,
 )
-from serving.scoring import RecordSink, log_scored, score_requests
+from serving.scoring import LogUnavailable, RecordSink, log_scored, score_requests
 from serving.webhooks import (
     MAX_DELIVERY_BYTES,
     WEBHOOK_PATH,
@@ -209,6 +209,8 @@ def create_app(
             raise HttpError(f"the server is at capacity ({err}); retry later", 503, headers) from None
         except TimeoutError:
             raise HttpError(f"scoring took longer than {config.timeout_s} s", 504) from None
+        except LogUnavailable as err:  # acknowledging would promise a record the disk does not hold
+            raise HttpError(str(err), 503, {"retry-after": str(config.retry_after_s)}) from None
         except Exception:  # logged by the batcher; the client learns only that it was our fault
             raise HttpError("the model failed to score this request", 500) from None
 

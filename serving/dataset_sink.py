@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import uuid
 from collections import defaultdict
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,9 +129,10 @@ class DatasetSink:
         Behind means the last publication failed, or the oldest staged record has waited longer than three
         rounds (a storage outage can take the storage SDK's retries, a minute or more, to surface as a failure).
         """
-        with self._lock:  # the oldest by insertion (rowid), not a scan of every timestamp
-            count = self._connection.execute("SELECT COUNT(*) FROM staged").fetchone()[0]
-            first = self._connection.execute("SELECT timestamp FROM staged ORDER BY rowid LIMIT 1").fetchone()
+        # a reader of its own (WAL): /ready, probed every second, never waits on or holds up a staging commit
+        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as reader:
+            count = reader.execute("SELECT COUNT(*) FROM staged").fetchone()[0]
+            first = reader.execute("SELECT timestamp FROM staged ORDER BY rowid LIMIT 1").fetchone()  # oldest by insertion
         oldest = first[0] if first else None
         waited = (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
         late = waited > 3 * self.flush_seconds + 10

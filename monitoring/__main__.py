@@ -34,7 +34,6 @@ from common.windows import (
 from monitoring.alerts import firing_windows
 from monitoring.engine import ENGINES, for_version, open_log, read_truth
 from monitoring.errors import MonitoringError
-from monitoring.evaluate import JudgedRun, cluster_figures, evaluation_figures, quality_figures
 from monitoring.history import deployment_key
 from monitoring.job import DatasetSource, HistorySink, monitor, monitor_dataset
 from monitoring.metrics import MonitorConfig
@@ -316,6 +315,8 @@ def _report(result) -> None:
 
 def _quality_on_mnist(model, settings) -> dict | None:
     """The data-quality causes' precision and recall on MNIST's test images (the simulator's pool), corrupted."""
+    from monitoring.evaluate import quality_figures  # scikit-learn's import: only the evaluation pays for it
+
     bounds = model.reference.quality_bounds
     if not len(bounds):
         return None
@@ -328,6 +329,8 @@ def _quality_on_mnist(model, settings) -> dict | None:
 
 
 def _evaluate(args, frame, model, config, settings, stamp, policy) -> int:
+    from monitoring.evaluate import JudgedRun, cluster_figures, evaluation_figures  # scikit-learn: only here
+
     judged = []
     for run_dir in args.runs:
         scenario = (

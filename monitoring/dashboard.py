@@ -105,19 +105,29 @@ def dashboard_figure(
     _truth_line(figure, metrics, "true_foreign_share", "true foreign share (sidecar)", row=6)
     at = dict(zip(metrics["window"], metrics["x"]))
     _mark_alerts(figure, alerts, at, notes or {})
-    for first, _, version in (versions or [])[1:]:
-        figure.add_vline(x=at.get(first, first), line={"color": "green", "width": 2})
-        figure.add_annotation(
-            x=at.get(first, first),
-            y=1,
-            yref="paper",
-            text=f"v{version} serves",
-            showarrow=False,
-            xanchor="left",
-            font_color="green",
-        )
-    for opened, last in incidents or []:
-        figure.add_vrect(x0=at.get(opened, opened), x1=at.get(last, last), fillcolor="rgba(214,39,40,0.08)", line_width=0)
+    changes = [(at.get(first, first), version) for first, _, version in (versions or [])[1:]]
+    spans = [(at.get(opened, opened), at.get(last, last)) for opened, last in incidents or []]
+    # one shape per mark across all panels, set at once: plotly's add_vline adds one per panel and re-validates
+    # every shape on each call, which cost seconds over a year of windows
+    figure.update_layout(
+        shapes=[*figure.layout.shapes, *_full_height_marks(changes, spans, [at.get(a.window, a.window) for a in alerts])],
+        annotations=[
+            *figure.layout.annotations,
+            *(
+                {
+                    "x": x,
+                    "y": 1,
+                    "xref": "x",
+                    "yref": "paper",
+                    "text": f"v{version} serves",
+                    "showarrow": False,
+                    "xanchor": "left",
+                    "font": {"color": "green"},
+                }
+                for x, version in changes
+            ),
+        ],
+    )
     figure.update_xaxes(title_text=window_unit, row=len(PANELS), col=1)
     figure.update_layout(title=title, height=300 * len(PANELS), template="plotly_white", hovermode="x unified")
     return figure
@@ -144,10 +154,8 @@ def _truth_line(figure: go.Figure, metrics: pd.DataFrame, column: str, name: str
 
 
 def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict, notes: dict[int, str]) -> None:
-    """A red dotted line on every panel at each alert's window (`at`: window -> x), with the rule on hover in the
-    first panel."""
-    for alert in alerts:
-        figure.add_vline(x=at.get(alert.window, alert.window), line={"color": "red", "dash": "dot", "width": 1})
+    """A marker at each alert's window (`at`: window -> x) in the first panel, the rule on hover; the red dotted
+    line across the panels is one of `_full_height_marks`."""
     if alerts:
         figure.add_scatter(
             x=[at.get(a.window, a.window) for a in alerts],
@@ -165,6 +173,20 @@ def _mark_alerts(figure: go.Figure, alerts: list[Alert], at: dict, notes: dict[i
             row=1,
             col=1,
         )
+
+
+def _full_height_marks(changes: list, spans: list[tuple], alert_xs: list) -> list[dict]:
+    """Shapes from the top panel to the bottom one: a green line where the serving version changed, a red shade
+    over each incident, a red dotted line at each alert."""
+    whole = {"xref": "x", "yref": "paper", "y0": 0, "y1": 1}
+    return [
+        *(
+            {"type": "rect", "x0": x0, "x1": x1, "fillcolor": "rgba(214,39,40,0.08)", "line": {"width": 0}, **whole}
+            for x0, x1 in spans
+        ),
+        *({"type": "line", "x0": x, "x1": x, "line": {"color": "green", "width": 2}, **whole} for x, _ in changes),
+        *({"type": "line", "x0": x, "x1": x, "line": {"color": "red", "dash": "dot", "width": 1}, **whole} for x in alert_xs),
+    ]
 
 
 def write_dashboard(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from common.images import NUM_CLASSES
 from common.quality import DUPLICATE_CAUSE, DUPLICATE_MIN_COUNT, QUALITY_CAUSES
@@ -36,6 +39,7 @@ class MonitorConfig:
 
 
 DEFAULT_CONFIG = MonitorConfig()
+JUDGE_THREADS = min(8, os.cpu_count() or 1)
 ENTROPY_FLOOR = 1e-12
 CONFIDENCE_QUANTILES = {"confidence_p10": 0.10, "confidence_p50": 0.50}
 SAMPLE_KEY_HEX_DIGITS = 15  # 60 bits: a signed 64-bit integer in both engines
@@ -224,12 +228,14 @@ def judge_windows(
         ]
     by_window = {int(window): group for window, group in samples.groupby("window", sort=True)}
     empty = samples.iloc[:0]
-    return pd.DataFrame(
-        [
-            _one_window(row, by_window.get(int(row["window"]), empty), reference, reference_projection, config)
-            for row in aggregates.sort_values("window").to_dict("records")
-        ]
-    )
+
+    def one(sums: dict) -> dict:
+        return _one_window(sums, by_window.get(int(sums["window"]), empty), reference, reference_projection, config)
+
+    # each window's tests are seeded by the window alone, so windows can be judged side by side: a thread per
+    # core, each with one BLAS thread (NumPy lets go of the GIL in the permutation test's matrix work)
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(JUDGE_THREADS) as pool:
+        return pd.DataFrame(list(pool.map(one, aggregates.sort_values("window").to_dict("records"))))
 
 
 def _one_window(

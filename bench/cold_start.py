@@ -6,6 +6,10 @@ the registry look-up, TensorFlow's import, reading the model, the graph build, t
 the server's setup (prediction log, app, heap freeze), and the first /score answer through the app in-process.
 Prints one JSON object; bench.serving runs it beside the end-to-end figures (process start to /ready and to the
 first answer over HTTP).
+
+With `--starts N`, the end-to-end figures alone, for each `--runtimes` of our server and for azmlinfsrv running
+score.py, each started N times, written to bench/results/cold_start.json:
+python -m bench.cold_start --model models:/digits-cnn@champion --starts 3 --runtimes tensorflow litert
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def measure(model_uri: str) -> dict:
+def measure(model_uri: str, runtime: str = "auto") -> dict:
     """The seconds of each stage of a cold start in this process, and their total."""
     import psutil
 
@@ -39,7 +43,7 @@ def measure(model_uri: str) -> dict:
     mlflow.set_tracking_uri(load_settings().tracking_uri)  # as build_app does
     stages["import_mlflow"] = round(time.perf_counter() - started, 3)
     loading: dict[str, float] = {}
-    core = load_core(model_uri, stages=loading)
+    core = load_core(model_uri, stages=loading, runtime=runtime)
     loading.pop("import_mlflow")  # imported above already
     stages.update({f"load_{name}": seconds for name, seconds in loading.items()})
     started = time.perf_counter()
@@ -55,10 +59,50 @@ def measure(model_uri: str) -> dict:
     return {"stages": stages, "total_seconds": round(sum(stages.values()), 2)}
 
 
+def end_to_end(model_uri: str, starts: int, runtimes: tuple[str, ...]) -> dict:
+    """bench.serving's cold starts alone: each runtime of our server and azmlinfsrv, `starts` times each."""
+    import os
+
+    import numpy as np
+
+    from bench.serving import VENV_BIN, measure_cold_starts
+    from common.settings import load_settings
+
+    env = {
+        "MLFLOW_TRACKING_URI": load_settings().tracking_uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = measure_cold_starts(model_uri, np.zeros((1, 28, 28), dtype=np.uint8), env, Path(scratch), starts, runtimes)
+    return {"model": model_uri, "starts": starts, **figures}
+
+
 def main() -> None:
+    from serving.core import RUNTIMES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    print(json.dumps(measure(parser.parse_args().model)))
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="the stages of one start with this runtime")
+    parser.add_argument("--starts", type=int, help="end to end instead: start each server this many times")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=["tensorflow", "litert"], help="with --starts")
+    args = parser.parse_args()
+    if args.starts is None:
+        print(json.dumps(measure(args.model, args.runtime)))
+        return
+    from bench.result_file import write_result
+    from common.logs import configure_logging
+    from common.settings import PROJECT_ROOT
+
+    configure_logging()
+    result = write_result(
+        PROJECT_ROOT / "bench" / "results" / "cold_start.json",
+        "cold start, process start to /ready and to the first answer: our server per runtime, and azmlinfsrv",
+        end_to_end(args.model, args.starts, tuple(args.runtimes)),
+        "bench.cold_start",
+        ("tensorflow-cpu", "keras", "ai-edge-litert", "mlflow", "azureml-inference-server-http"),
+    )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

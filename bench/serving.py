@@ -227,19 +227,26 @@ def measure_score_doors(model_uri: str, images: np.ndarray, duration: float, env
     return figures
 
 
-def measure_cold_starts(model_uri: str, images: np.ndarray, env: dict, folder: Path, starts: int) -> dict:
+def measure_cold_starts(
+    model_uri: str, images: np.ndarray, env: dict, folder: Path, starts: int, runtimes: tuple[str, ...] = ("tensorflow",)
+) -> dict:
     """Each server started `starts` times from nothing: seconds to /ready and to the first answer (the medians and
-    every start), and our server's stages in as many fresh processes (bench.cold_start; the median of each)."""
+    every start), and our server's stages in as many fresh processes (bench.cold_start; the median of each). Our
+    server runs each of `runtimes` (`our_server` is TensorFlow's, `our_server_<runtime>` any other)."""
     body = score_body(images)
-    runs: dict[str, list[dict]] = {"our_server": [], "azmlinfsrv": []}
-    stage_runs = []
+    servers = {runtime: "our_server" if runtime == "tensorflow" else f"our_server_{runtime}" for runtime in runtimes}
+    runs: dict[str, list[dict]] = {**{server: [] for server in servers.values()}, "azmlinfsrv": []}
+    stage_runs: dict[str, list[dict]] = {server: [] for server in servers.values()}
     for number in range(starts):
         log.info("cold start %d of %d", number + 1, starts)
-        port = free_port()
-        command = our_server_command(model_uri, port, folder / f"cold-{number}.db", "--model-threads", str(SERVER_MODEL_THREADS))
-        url = f"http://127.0.0.1:{port}"
-        with started(command, f"{url}/ready", f"{url}/score", body, env, folder / "ours-cold.log") as figures:
-            runs["our_server"].append(figures)
+        for runtime, server in servers.items():
+            port = free_port()
+            command = our_server_command(
+                model_uri, port, folder / f"cold-{number}.db", "--model-threads", str(SERVER_MODEL_THREADS), "--runtime", runtime
+            )
+            url = f"http://127.0.0.1:{port}"
+            with started(command, f"{url}/ready", f"{url}/score", body, env, folder / f"{server}-cold.log") as figures:
+                runs[server].append(figures)
         port, health_port = free_port(), free_port()
         served = {**env, "DIGITDRIFT_MODEL_URI": model_uri, "DIGITDRIFT_PREDICTION_LOG": str(folder / f"cold-az-{number}.db")}
         url = f"http://127.0.0.1:{port}"
@@ -247,18 +254,20 @@ def measure_cold_starts(model_uri: str, images: np.ndarray, env: dict, folder: P
             azmlinfsrv_command(port, health_port, 1), f"{url}/", f"{url}/score", body, served, folder / "az-cold.log"
         ) as figures:
             runs["azmlinfsrv"].append(figures)
-        command = [sys.executable, "-m", "bench.cold_start", "--model", model_uri]
-        output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
-        stage_runs.append(json.loads(output.strip().splitlines()[-1])["stages"])
+        for runtime, server in servers.items():
+            command = [sys.executable, "-m", "bench.cold_start", "--model", model_uri, "--runtime", runtime]
+            output = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+            stage_runs[server].append(json.loads(output.strip().splitlines()[-1])["stages"])
     result: dict = {}
     for server, measured in runs.items():
         result[server] = {key: round(float(np.median([figures[key] for figures in measured])), 2) for key in measured[0]} | {
             "starts": measured
         }
-    result["our_server_stages_seconds"] = {
-        stage: round(float(np.median([stages[stage] for stages in stage_runs])), 3) for stage in stage_runs[0]
-    }
-    result["our_server_stages_total_seconds"] = round(sum(result["our_server_stages_seconds"].values()), 2)
+    for server, measured in stage_runs.items():
+        result[f"{server}_stages_seconds"] = {
+            stage: round(float(np.median([stages[stage] for stages in measured])), 3) for stage in measured[0]
+        }
+        result[f"{server}_stages_total_seconds"] = round(sum(result[f"{server}_stages_seconds"].values()), 2)
     return result
 
 

@@ -16,6 +16,9 @@ LOW_CONFIDENCE_THRESHOLD = 0.9
 # The monitoring reference is an artifact of the model version's training run: reference/reference.npz.
 REFERENCE_ARTIFACT_DIR = "reference"
 REFERENCE_FILE = "reference.npz"
+# The model as LiteRT runs it (Keras' own export, probabilities and embeddings), on the training run
+SERVED_GRAPH_DIR = "serving"
+SERVED_GRAPH_FILE = "model.tflite"
 # MNIST test accuracy a challenger must reach before `promote` makes it the champion.
 PROMOTION_MIN_ACCURACY = 0.99
 

@@ -16,7 +16,7 @@ from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
-from serving.core import DEFAULT_MODEL_URI, ModelOutputError, freeze_heap, load_core
+from serving.core import DEFAULT_MODEL_URI, RUNTIMES, LoadError, freeze_heap, load_core
 from serving.follow import AliasFollower
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
@@ -57,6 +57,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         type=float,
         default=defaults.max_wait_ms,
         help="how long a batch waits for company; 0 batches what queued meanwhile (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what runs a Keras model: LiteRT's interpreter on the graph the version's training run exported "
+        "(serving/model.tflite; it starts without importing TensorFlow), or TensorFlow's frozen graph; auto: LiteRT "
+        "when the version has the graph (default: %(default)s)",
     )
     parser.add_argument(
         "--model-threads",
@@ -146,8 +154,8 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     try:
-        core = load_core(args.model, args.low_confidence, model_threads=args.model_threads)
-    except ModelOutputError as err:
+        core = load_core(args.model, args.low_confidence, model_threads=args.model_threads, runtime=args.runtime)
+    except LoadError as err:
         raise SetupError(str(err)) from None
     staging = args.staging_dir or settings.state_dir / "staging" / f"serving-{args.port}"
     try:
@@ -169,7 +177,7 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
     follower = None
     if args.follow_seconds > 0 or args.webhook_url:
         try:
-            follower = AliasFollower(args.model, args.low_confidence, core.identity.version, args.model_threads)
+            follower = AliasFollower(args.model, args.low_confidence, core.identity.version, args.model_threads, args.runtime)
         except ValueError as err:
             raise SetupError(f"--follow-seconds / --webhook-url: {err}") from None
     app = create_app(core, prediction_log, config, follower)

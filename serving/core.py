@@ -22,12 +22,18 @@ from common.settings import (
     MODEL_NAME,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
+    SERVED_GRAPH_DIR,
+    SERVED_GRAPH_FILE,
 )
 from common.stopwatch import Stopwatch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+# What runs a Keras model: LiteRT's interpreter on the graph Keras exported at training time (serving/model.tflite
+# on the run), which answers without TensorFlow's import, or TensorFlow's frozen graph; auto: LiteRT when the
+# version has the exported graph
+RUNTIMES = ("auto", "litert", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class ModelIdentity:
     signature: dict | None = None
     run_id: str | None = None
     has_reference: bool = False
+    runtime: str = ""  # what runs the model: tensorflow, litert or pyfunc
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,7 @@ def load_core(
     reference_path: str | None = None,
     model_threads: int = 1,
     stages: dict[str, float] | None = None,
+    runtime: str = "auto",
 ) -> ScoringCore:
     """Load a model from an MLflow model URI (models:/name@alias, runs:/...) or a local MLflow model folder.
 
@@ -191,7 +199,9 @@ def load_core(
     batch is cut into up to `model_threads` chunks scored at once. The monitoring
     reference comes from `reference_path`, else from the model version's run (reference/reference.npz), else
     beside a model folder. `stages`, when given, receives the seconds each step of the load took (what a cold
-    start spends before the first answer).
+    start spends before the first answer). A Keras model is run by LiteRT from the graph its training run exported
+    (`litert_call`; TensorFlow is never imported) with `runtime` "litert", or "auto" when the graph exists; else
+    by TensorFlow.
     """
     lap = Stopwatch(stages)
     import mlflow  # heavy: imported when a model is loaded, not when the module is
@@ -207,7 +217,21 @@ def load_core(
     # tracking store, which fails for a downloaded folder served elsewhere (e.g. AZUREML_MODEL_DIR).
     model_info = mlflow.models.Model.load(source)
     signature = model_info.signature.to_dict() if model_info.signature else None
-    if "keras" in model_info.flavors:
+    if runtime == "litert" and "keras" not in model_info.flavors:
+        raise LoadError(f"{source}: --runtime litert runs Keras models; this one's flavors are {sorted(model_info.flavors)}")
+    graph = None
+    if "keras" in model_info.flavors and runtime != "tensorflow":
+        try:
+            graph = served_graph(source, identity.run_id)
+        except LoadError:
+            if runtime == "litert":
+                raise
+            log.info("%s: no exported graph for LiteRT; TensorFlow runs it", source)
+    if graph:
+        predict = litert_call(graph, op_threads=1 if model_threads > 1 else 0)
+        lap("model_load")
+        flavor, runtime = "keras", "litert"
+    elif "keras" in model_info.flavors:
         with native_stderr_filtered():
             import keras  # noqa: F401 (TensorFlow's import, timed apart from reading the model)
 
@@ -215,24 +239,26 @@ def load_core(
             keras_model = mlflow.keras.load_model(source)
             lap("model_load")
         predict = frozen_call(keras_model, op_threads=1 if model_threads > 1 else 0)
-        flavor = "keras"
+        flavor, runtime = "keras", "tensorflow"
     else:
         with native_stderr_filtered():
             pyfunc_model = mlflow.pyfunc.load_model(source)
         lap("model_load")
         predict = pyfunc_call(pyfunc_model, model_info.signature)
         flavor = next(iter(set(model_info.flavors) - {"python_function"}), "python_function")
+        runtime = "pyfunc"
     lap("graph_build")
     check_output(predict, source)
     lap("first_call")
     reference = _find_reference(source, identity.run_id, reference_path)
     lap("reference")
-    identity = replace(identity, flavor=flavor, signature=signature, has_reference=reference is not None)
+    identity = replace(identity, flavor=flavor, signature=signature, has_reference=reference is not None, runtime=runtime)
     log.info(
-        "loaded %s version %s (%s flavor) from %s in %.1f s (%s); reference: %s",
+        "loaded %s version %s (%s flavor, %s) from %s in %.1f s (%s); reference: %s",
         identity.name,
         identity.version,
         flavor,
+        runtime,
         source,
         lap.total,
         lap.describe(),
@@ -268,6 +294,54 @@ def _find_reference(source: str, run_id: str | None, reference_path: str | None)
         if candidate.is_file():
             return load_reference(candidate)
     return None
+
+
+def served_graph(source: str, run_id: str | None) -> str:
+    """The local path of the graph LiteRT runs (serving/model.tflite): from the version's training run, else beside
+    a model folder; LoadError when there is none."""
+    if run_id:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{SERVED_GRAPH_DIR}/{SERVED_GRAPH_FILE}")
+        except (MlflowException, OSError):
+            pass
+    else:
+        candidate = Path(source).parent / SERVED_GRAPH_DIR / SERVED_GRAPH_FILE
+        if candidate.is_file():
+            return str(candidate)
+    where = f"on its training run {run_id}" if run_id else "beside it"
+    raise LoadError(
+        f"{source}: no {SERVED_GRAPH_DIR}/{SERVED_GRAPH_FILE} {where} (versions trained before the LiteRT export "
+        "have none): train it again, or serve it with --runtime tensorflow"
+    )
+
+
+def litert_call(path: str, op_threads: int = 0) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """The Keras model as its training run exported it for LiteRT (`format="litert"`: probabilities, then the
+    embeddings), run by LiteRT's interpreter: one interpreter per calling thread, as one is not safe to share, each
+    op on `op_threads` threads (0: LiteRT's choice)."""
+    import threading
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    local = threading.local()
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if not hasattr(local, "runner"):
+            interpreter = Interpreter(model_path=path, num_threads=op_threads or None)
+            signature = interpreter.get_signature_list()["serving_default"]
+            local.runner, local.input, local.outputs = (
+                interpreter.get_signature_runner(),
+                signature["inputs"][0],
+                signature["outputs"],
+            )
+        answer = local.runner(**{local.input: np.ascontiguousarray(batch, dtype=np.float32)})
+        probabilities = answer[local.outputs[0]]
+        return probabilities, answer[local.outputs[1]] if len(local.outputs) > 1 else None
+
+    return run
 
 
 def _traced_function(model):
@@ -375,7 +449,11 @@ def pyfunc_call(pyfunc, signature) -> Callable[[np.ndarray], tuple[np.ndarray, N
     return run
 
 
-class ModelOutputError(ValueError):
+class LoadError(ValueError):
+    """A model that cannot be served as asked; the message names it and what to do."""
+
+
+class ModelOutputError(LoadError):
     """A model whose answer is not ten probabilities per image: digitdrift cannot flag or monitor it."""
 
 

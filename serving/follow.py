@@ -22,7 +22,7 @@ class ModelSlot:
 class AliasFollower:
     """Checks where `models:/name@alias` points and loads that version (with its reference) when it moved."""
 
-    def __init__(self, source: str, threshold: float, version: str, model_threads: int = 1) -> None:
+    def __init__(self, source: str, threshold: float, version: str, model_threads: int = 1, runtime: str = "auto") -> None:
         reference = parse_registry_uri(source)
         if reference.alias is None:
             raise ValueError(f"{source}: only a models:/<name>@<alias> URI can be followed")
@@ -33,7 +33,7 @@ class AliasFollower:
             threshold,
             version,
         )
-        self.model_threads = model_threads
+        self.model_threads, self.runtime = model_threads, runtime
         self.failure: str | None = None  # why the last check failed; None after a check that worked
         self.failing_since: str | None = None  # when checks started failing (UTC, ISO 8601)
 
@@ -57,7 +57,7 @@ class AliasFollower:
             self.failure = self.failing_since = None
             return None
         log.info("%s moved from version %s to %s: loading it", self.source, self.version, version)
-        core = load_core(f"models:/{self.name}/{version}", self.threshold, model_threads=self.model_threads)
+        core = load_core(f"models:/{self.name}/{version}", self.threshold, model_threads=self.model_threads, runtime=self.runtime)
         core.identity = replace(core.identity, alias=parse_registry_uri(self.source).alias, source=self.source)
         self.version = version
         self.failure = self.failing_since = None

@@ -26,6 +26,8 @@ from common.settings import (
     MODEL_NAME,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
+    SERVED_GRAPH_DIR,
+    SERVED_GRAPH_FILE,
     Settings,
 )
 from common.tracking import describe_run, is_azure_workspace, log_digit_sets, resolve_registered, set_role, use_tracking
@@ -137,6 +139,7 @@ def run_keras_job(
         _log_review_artifacts(evaluation_sets["mnist_test"], probabilities["mnist_test"])
         reference = fit_model_reference(model, validation, config.seed)
         log_reference(reference, run.info.run_id)
+        log_served_graph(model, run.info.run_id)
 
         example = to_model_input(evaluation_sets["mnist_test"].images[:2])
         info = register_challenger(model, example, config.model_name) if registers else None
@@ -262,13 +265,27 @@ def fit_model_reference(
 ) -> Reference:
     """The monitoring reference of `model`, fitted on held-out digits it never trained on, and with `served` images
     (never trained on either) standing for `served_share` of the traffic it serves when given."""
-    with_embedding = keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING_LAYER).output])
+    with_embedding = embedding_model(model)
     probabilities, embeddings = with_embedding.predict(to_model_input(held_out.images), batch_size=512, verbose=0)
     served_images = None
     if served is not None and len(served):
         served_probabilities, served_embeddings = with_embedding.predict(to_model_input(served), batch_size=512, verbose=0)
         served_images = ServedImages(served, served_probabilities, served_embeddings, served_share)
     return fit_reference(held_out.images, held_out.labels, probabilities, embeddings, seed, served=served_images)
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """`model` answering its probabilities and its embedding layer's output."""
+    return keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING_LAYER).output])
+
+
+def log_served_graph(model: keras.Model, run_id: str) -> None:
+    """Store the model as LiteRT runs it beside the reference: serving/model.tflite on its training run, exported by
+    Keras (`format="litert"`), so that a server started with `--runtime litert` answers without TensorFlow."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / SERVED_GRAPH_FILE
+        embedding_model(model).export(str(path), format="litert", verbose=False)
+        mlflow.MlflowClient().log_artifact(run_id, str(path), SERVED_GRAPH_DIR)
 
 
 def log_reference(reference: Reference, run_id: str) -> None:

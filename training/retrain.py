@@ -36,6 +36,7 @@ from training.keras_job import (
     fit_cnn,
     fit_model_reference,
     log_reference,
+    log_served_graph,
     log_served_images,
     register_challenger,
 )
@@ -188,6 +189,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 replay_parent_accuracy,
             )
         _log_reference_with_traffic(model, validation, seed, traffic, run.info.run_id)
+        log_served_graph(model, run.info.run_id)
         mlflow.log_text("\n".join(sorted(trained_fingerprints)) + "\n", TRAINED_FINGERPRINTS)
         info = register_challenger(model, to_model_input(validation.images[:2]), parent.name)
         model_version = str(info.registered_model_version) if info.registered_model_version else None

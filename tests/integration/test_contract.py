@@ -128,7 +128,8 @@ def test_score_run_answers_bad_input_with_400(in_process):
 def test_our_server_gives_the_same_answer_at_both_doors(served, images, in_process, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = serving_command(served.uri, port, "--prediction-log", "none")
+    # TensorFlow, as score.py runs a downloaded model folder: the doors compared on one runtime
+    command = serving_command(served.uri, port, "--prediction-log", "none", "--runtime", "tensorflow")
     with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": served.tracking_uri}, tmp_path / "server.log"):
         score = httpx.post(f"{url}/score", json={"data": images.tolist()}, timeout=60)
         assert_same(in_process, probabilities_from(score.json()))
@@ -205,6 +206,7 @@ def test_a_downloaded_model_folder_loads_without_its_tracking_store(champion, tm
     stages: dict[str, float] = {}
     core = load_core(str(champion.folder), stages=stages)
     assert core.identity.flavor == "keras" and core.identity.version == "local:download"
+    assert core.identity.runtime == "tensorflow"  # no exported graph beside the folder: auto falls back
     # what a cold start spends, step by step, in the order the load takes them
     steps = ["import_mlflow", "registry_lookup", "import_tensorflow", "model_load", "graph_build", "first_call", "reference"]
     assert list(stages) == steps and all(seconds >= 0 for seconds in stages.values())
@@ -217,3 +219,29 @@ def test_a_model_answering_classes_only_is_refused_at_load_naming_what_it_answer
     save_stand_in(tmp_path / "classes-only", "classes-only")
     with pytest.raises(ModelOutputError, match=r"answers shape \(1,\) for one image; digitdrift serves models that answer 10"):
         load_core(str(tmp_path / "classes-only"))
+
+
+def test_a_version_with_its_exported_graph_is_run_by_litert_answering_as_tensorflow_does(champion, images, tmp_path):
+    from serving.core import load_core
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = serving_command(champion.uri, port, "--prediction-log", "none")  # the default runtime: auto
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, tmp_path / "server.log") as server:
+        answer = httpx.post(f"{url}/score", json={"data": images.tolist()}, timeout=60).json()
+        runtime = httpx.get(f"{url}/metadata", timeout=10).json()["model"]["runtime"]
+        mapped = Path(f"/proc/{server.pid}/maps").read_text()
+    assert runtime == "litert"
+    assert "_pywrap_litert_interpreter_wrapper" in mapped and "libtensorflow" not in mapped
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    tensorflow = load_core(champion.uri, runtime="tensorflow").score(images)
+    assert (probabilities_from(answer).argmax(axis=1) == tensorflow.probabilities.argmax(axis=1)).all()
+    assert np.abs(probabilities_from(answer) - tensorflow.probabilities).max() <= 1e-5
+    assert [item["flags"] for item in answer["predictions"]] == [list(flags) for flags in tensorflow.flags]
+
+
+def test_the_litert_runtime_refuses_a_model_without_its_exported_graph_naming_what_to_do(champion):
+    from serving.core import LoadError, load_core
+
+    with pytest.raises(LoadError, match=r"download: no serving/model.tflite beside it .*serve it with --runtime tensorflow"):
+        load_core(str(champion.folder), runtime="litert")

@@ -42,7 +42,7 @@ azurite: $(AZURITE) ## install Azurite (the Azure Storage emulator the tests run
 # OpenBLAS: Spark ML's native BLAS (netlib loads libblas.so.3; without it Spark falls back to Java's vector code)
 SPARK_BLAS := /usr/lib/x86_64-linux-gnu/libopenblas.so.0=libopenblas0-pthread
 SYSTEM_TEST := java=openjdk-17-jre-headless chromium=chromium curl=curl npm=npm \
-	/usr/lib/postgresql/15/bin/initdb=postgresql-15 haproxy=haproxy $(SPARK_BLAS)
+	/usr/lib/postgresql/15/bin/initdb=postgresql-15 haproxy=haproxy openssl=openssl $(SPARK_BLAS)
 SYSTEM_DEMO := curl=curl
 system-packages:
 	@scripts/debian-packages.sh $(SYSTEM_TEST)

@@ -9,7 +9,9 @@
    last part is published.
 2. Monitoring: a dataset of `--days` daily parts of `--per-day` records each. A full scan judges every
    day; a daily incremental run, after a run that judged the first days, reads the new day (and the
-   part of the day still open) only. Both through the command line, each in a fresh process, timed.
+   part of the day still open) only. Both through the command line, each in a fresh process, timed. Then two
+   more days judged by two runs in this one process, as `python -m monitoring run --every` runs them: the
+   second timed, what a period of a monitor that stays up costs.
 """
 
 from __future__ import annotations
@@ -158,6 +160,25 @@ def import_seconds(repeats: int = 3) -> float:
     return round(sorted(times)[len(times) // 2], 2)
 
 
+def daily_runs_in_one_process(records: list, location: Path, watermark: Path, folder: Path, days: int, per_day: int) -> dict:
+    """Two more days, each judged by a run of `python -m monitoring run` in this one process, as `--every` runs them:
+    the first pays the imports, the second (timed, from the command line's parsing to its report) what a period of
+    a monitor that stays up costs."""
+    from monitoring.__main__ import main as monitoring_main
+
+    arguments = ["run", "--log", str(location), "--no-mlflow", "--watermark", str(watermark)]
+    build_daily_dataset(records, location, 1, per_day, first_day=days)
+    if monitoring_main([*arguments, "--out", str(folder / "stays-up-1")]) != 0:
+        raise RuntimeError("the first run in this process failed")
+    build_daily_dataset(records, location, 1, per_day, first_day=days + 1)
+    started = time.perf_counter()
+    if monitoring_main([*arguments, "--out", str(folder / "stays-up-2")]) != 0:
+        raise RuntimeError("the second run in this process failed")
+    seconds = time.perf_counter() - started
+    windows = len((folder / "stays-up-2" / "window_metrics.csv").read_text().splitlines()) - 1
+    return {"seconds": round(seconds, 2), "windows_judged": windows}
+
+
 def monitoring(records: list, folder: Path, days: int, per_day: int) -> dict:
     location = folder / "daily"
     log.info("dataset of %d days x %d records", days - 1, per_day)
@@ -171,12 +192,15 @@ def monitoring(records: list, folder: Path, days: int, per_day: int) -> dict:
     log.info("a full scan of the same dataset")
     full = monitor_cli(location, folder / "full", "--full")
     daily["interpreter_and_imports_seconds"] = import_seconds()
+    log.info("daily runs in a monitor that stays up (python -m monitoring run --every 1d)")
+    warm = daily_runs_in_one_process(records, location, watermark, folder, days, per_day)
     return {
         "days": days,
         "records_per_day": per_day,
         "first_run_up_to_day_before": first,
         "daily_incremental_run": daily,
         "full_scan": full,
+        "daily_run_in_a_monitor_that_stays_up": warm,
         "incremental_time_ratio_to_full": round(daily["seconds"] / full["seconds"], 3),
         "incremental_bytes_ratio_to_full": round(daily["bytes_read"] / full["bytes_read"], 4),
     }

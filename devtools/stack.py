@@ -11,7 +11,8 @@ Everything lives under `.digitdrift/stack/` (or $DIGITDRIFT_STACK_DIR): data, lo
 records each process id and URL. Each part is the real engine, from the registries: PostgreSQL 15 from
 Debian (a throwaway cluster started with initdb and pg_ctl; as root they run as the `postgres` user,
 since PostgreSQL refuses to run as root), Azurite from npm, MLflow from PyPI with its artifact store
-in an Azurite container, Spark's own master and worker classes from pyspark, HAProxy from Debian.
+in an Azurite container, Spark's own master and worker classes from pyspark, HAProxy from Debian, serving
+TLS with a certificate made once by openssl (clients trust it through `SSL_CERT_FILE`, which `env` sets).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,11 +68,15 @@ def port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, trusted: Path | None = None) -> bool:
+    """Whether `url` answers 200; over TLS, trusting the certificate in `trusted` (verified, never skipped)."""
+    import ssl
+
     import httpx
 
+    verify = ssl.create_default_context(cafile=str(trusted)) if trusted else True
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -308,6 +314,7 @@ def stack_environment(state: dict) -> dict[str, str]:
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
     if "proxy" in state:
         env["DIGITDRIFT_SERVING_URL"] = state["proxy"]["url"]
+        env["SSL_CERT_FILE"] = state["proxy"]["certificate"]  # the clients (httpx, Python's ssl) trust the stack's TLS
     return env
 
 
@@ -372,7 +379,7 @@ defaults
     retry-on conn-failure empty-response response-timeout 502 503 504
     option http-buffer-request
 frontend digits
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port} ssl crt {certificate}
     default_backend replicas
 backend replicas
     balance roundrobin
@@ -384,6 +391,26 @@ frontend stats
     stats enable
     stats uri /stats
 """
+
+
+def proxy_certificate(folder: Path) -> tuple[Path, Path]:
+    """The stack's TLS certificate for 127.0.0.1, self-signed by openssl the first time and kept: the PEM HAProxy
+    serves (certificate and key, readable by its owner only) and the certificate clients trust."""
+    served, trusted = folder / "proxy.pem", folder / "proxy-certificate.pem"
+    if served.is_file() and trusted.is_file():
+        return served, trusted
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise SystemExit("openssl is missing: apt-get install openssl (make stack installs it as root)")
+    subject = ["-subj", "/CN=digitdrift stack", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825", *subject]
+    with tempfile.TemporaryDirectory() as scratch:  # the key alone, in a folder only its owner reads
+        key = Path(scratch) / "key.pem"
+        subprocess.run([*command, "-keyout", str(key), "-out", str(trusted)], check=True, capture_output=True)
+        descriptor = os.open(served, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(trusted.read_text() + key.read_text())
+    return served, trusted
 
 
 def start_proxy(state: dict) -> None:
@@ -399,10 +426,11 @@ def start_proxy(state: dict) -> None:
     )
     config = stack_dir() / "haproxy.cfg"
     stats_port = entry.get("stats_port") or free_port()
-    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers, stats_port=stats_port))
+    served, trusted = proxy_certificate(stack_dir())
+    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers, stats_port=stats_port, certificate=served))
     pid = spawn("haproxy", [haproxy, "-W", "-db", "-f", str(config)])
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_ok(f"{url}/health"), "HAProxy", 60)
+    url = f"https://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{url}/health", trusted), "HAProxy", 60)
     # the replicas' state as HAProxy sees it: /stats (a page), /stats;csv (the status column: UP, DOWN)
     state["proxy"] = {
         "pid": pid,
@@ -410,6 +438,7 @@ def start_proxy(state: dict) -> None:
         "url": url,
         "stats_port": stats_port,
         "stats": f"http://127.0.0.1:{stats_port}/stats",
+        "certificate": str(trusted),
     }
 
 
@@ -505,7 +534,8 @@ def describe(state: dict) -> str:
     for index, replica in enumerate(state.get("replicas", [])):
         lines.append(f"replica {index}       {replica['url']}")
     if "proxy" in state:
-        lines.append(f"HAProxy         {state['proxy']['url']}  (the one URL clients use)")
+        proxy = state["proxy"]
+        lines.append(f"HAProxy         {proxy['url']}  (the one URL clients use; TLS, certificate {proxy['certificate']})")
     lines.append('point the commands at it:  eval "$(.venv/bin/python -m devtools.stack env)"')
     return "\n".join(lines)
 

@@ -143,6 +143,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="with a history: how many of its last windows the dashboard draws (default: %(default)s)",
     )
     run.add_argument(
+        "--every",
+        help=f"with a dataset: keep running, one incremental run each period ({DURATION_FORMS}) in this process, the "
+        "model looked up anew each time; with --out, each run writes a folder of its own in it",
+    )
+    run.add_argument("--max-runs", type=int, help="with --every: stop after this many runs (default: run until stopped)")
+    run.add_argument(
         "--dataset-id",
         help="with a dataset: a stable name that keys the watermark in MLflow instead of the location (a scheduled "
         "job whose input is mounted at a new path each run)",
@@ -179,6 +185,42 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
     configure_logging()
+    if args.command == "run" and args.every:
+        return _keep_monitoring(args, settings)
+    return _command(args, settings)
+
+
+def _keep_monitoring(args, settings: Settings) -> int:
+    """--every: an incremental run of the dataset each period in this one process (its imports and connections
+    kept), the model looked up anew each time (a promotion is followed), until stopped or --max-runs. A run that
+    fails says why and the next one tries again."""
+    try:
+        every = parse_duration(args.every, "--every")
+    except WindowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not is_dataset_url(args.log):
+        print(
+            f"error: --every {args.every}: keeps monitoring a dataset (a folder or az://...); {args.log} is judged "
+            "whole each run",
+            file=sys.stderr,
+        )
+        return 2
+    runs = 0
+    while True:
+        started = time.monotonic()
+        try:
+            code = _command(args, settings)
+        except Exception:  # a monitor that stays up goes on: the next period tries again
+            logging.getLogger(__name__).exception("the monitoring run failed; the next one starts in %s", args.every)
+            code = 1
+        runs += 1
+        if args.max_runs and runs >= args.max_runs:
+            return code
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+def _command(args, settings: Settings) -> int:
     try:
         wall = _wall_clock(args) if args.command == "run" else None
         use_tracking(settings)
@@ -192,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             label = args.label or Path(args.log.rstrip("/")).stem
             truth = read_truth(args.truth) if args.truth else None
             out = args.out or settings.state_dir / "monitoring" / f"{label}-{stamp}"
+            if args.every and args.out:  # one folder a run
+                out = args.out / stamp
             if is_dataset_url(args.log):
                 return _run_dataset(args, model, config, truth, label, out, settings, policy)
             records = open_log(args.log, args.engine, args.spark_master, args.clock, wall or DAILY_CLOCK)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import pytest
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.settings import PROJECT_ROOT
+from devtools.stack import PG_BIN, as_postgres
 from tests.helpers import acknowledged, simulate_in_background, until_acknowledged
 
 pytestmark = pytest.mark.slow
@@ -54,6 +56,7 @@ def stack_env(env: dict, state: dict) -> dict:
         "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
         "AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"],
         "SPARK_LOCAL_IP": "127.0.0.1",
+        **({"SSL_CERT_FILE": state["proxy"]["certificate"]} if "proxy" in state else {}),  # the clients verify HAProxy's TLS
     }
 
 
@@ -128,7 +131,14 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     served = run([*STACK, "serve"], env, 600)
     state = json.loads((home / "stack" / "stack.json").read_text())
     assert "HAProxy" in served.stdout
+    env = stack_env(env, state)
     proxy = state["proxy"]["url"]
+    # TLS at HAProxy with the certificate the stack made: verified by who trusts it, refused by who does not
+    trusted = ssl.create_default_context(cafile=state["proxy"]["certificate"])
+    assert proxy.startswith("https://") and httpx.get(f"{proxy}/health", verify=trusted, timeout=5).status_code == 200
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{proxy}/health", timeout=5)
+    assert oct((home / "stack" / "proxy.pem").stat().st_mode & 0o777) == "0o600"  # it holds the key
     run_dir = tmp_path / "run"
     traffic = "--scenario gradual-devanagari --windows 6 --requests-per-window 60".split()
     simulation = simulate_in_background(proxy, run_dir, env, *traffic)
@@ -227,3 +237,37 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
         time.sleep(1)
     written = sum(len(read_parts(fs, [part], ["window"])) for part in parts)  # a request both replicas finished: twice
     print(f"records written by both replicas, in the whole dataset: {written - len(records)} of {len(records)}")
+
+    # PostgreSQL stops under the MLflow server as a monitoring run starts: MLflow's client retries its requests,
+    # `stack up` brings PostgreSQL back (same data, same port), and the run completes, whole, in PostgreSQL
+    stop = [str(PG_BIN / "pg_ctl"), "-D", state["postgres"]["data"], "-m", "fast", "-w", "stop"]
+    subprocess.run(as_postgres(stop), check=True, stdout=subprocess.DEVNULL)
+    out = tmp_path / "monitor-postgres-down"
+    command = python("monitoring", "run", "--log", dataset, "--full", "--label", "postgres-down", "--out", str(out))
+    monitoring = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(5)
+        assert monitoring.poll() is None, "the monitoring run gave up while PostgreSQL was down"
+        back = time.monotonic()
+        run([*STACK, "up"], env, 300)
+        printed, errors = monitoring.communicate(timeout=600)
+    finally:
+        if monitoring.poll() is None:
+            monitoring.kill()
+    assert monitoring.returncode == 0, errors[-3000:]
+    print(f"PostgreSQL down 5 s: the monitoring run completed {time.monotonic() - back:.1f} s after it came back")
+    run_id = printed.split("MLflow run ")[1].split()[0]
+    assert psql(state, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == ["FINISHED"]
+    volume = f"SELECT count(*) FROM metrics WHERE run_uuid = '{run_id}' AND key = 'traffic/volume'"
+    assert psql(state, volume) == [str(len((out / "window_metrics.csv").read_text().splitlines()) - 1)]
+
+    # the secrets the stack made (the webhook signing secret, the key MLflow encrypts it with) are in no log the
+    # stack wrote and in no MLflow param or tag: only in its 0600 state file and the processes' environments
+    made = {"webhook secret": state["webhook_secret"], "webhook encryption key": state["mlflow"]["webhook_key"]}
+    logs = {path.relative_to(home): path.read_text(errors="replace") for path in (home / "stack").rglob("*.log")}
+    assert len(logs) >= 5 and not [(path, name) for path, text in logs.items() for name, secret in made.items() if secret in text]
+    tables = ("params", "tags", "experiment_tags", "registered_model_tags", "model_version_tags")
+    recorded = "\n".join(psql(state, " UNION ALL ".join(f"SELECT value FROM {table}" for table in tables)))
+    assert recorded and not [name for name, secret in made.items() if secret in recorded]

@@ -47,6 +47,7 @@ WRK_CONNECTIONS = (1, 8, 64, 256)
 AZURE_CONNECTIONS = (1, 8, 64)
 AZMLINFSRV_WORKERS = (1, 2)  # --worker_count: one process, and one per core
 STARTUP_TIMEOUT_S = 180  # how long a server under test may take to answer its readiness check
+AZURE_RUNTIME = "tensorflow"  # score.py under azmlinfsrv as an Azure deployment runs it: a model folder, no exported graph
 SERVER_MODEL_THREADS = os.cpu_count() or 1  # `python -m serving --model-threads`' default: the machine's cores
 WORKERS = 2  # our server is measured in each round as one process and as `--workers 2`
 WORKERS_KEY = f"workers_{WORKERS}"
@@ -204,7 +205,12 @@ def measure_score_doors(model_uri: str, images: np.ndarray, duration: float, env
         figures["our_server"] = wrk_levels(f"{url}/score", body, duration, "ours-score", AZURE_CONNECTIONS)
     for workers in AZMLINFSRV_WORKERS:
         port, health_port = free_port(), free_port()
-        served = {**env, "DIGITDRIFT_MODEL_URI": model_uri, "DIGITDRIFT_PREDICTION_LOG": str(folder / f"azure-{workers}.db")}
+        served = {
+            **env,
+            "DIGITDRIFT_MODEL_URI": model_uri,
+            "DIGITDRIFT_PREDICTION_LOG": str(folder / f"azure-{workers}.db"),
+            "DIGITDRIFT_RUNTIME": AZURE_RUNTIME,
+        }
         url = f"http://127.0.0.1:{port}"
         log.info("azmlinfsrv --worker_count %d", workers)
         with started(azmlinfsrv_command(port, health_port, workers), f"{url}/", f"{url}/score", body, served, folder / "az.log"):
@@ -242,13 +248,24 @@ def measure_cold_starts(
         for runtime, server in servers.items():
             port = free_port()
             command = our_server_command(
-                model_uri, port, folder / f"cold-{number}.db", "--model-threads", str(SERVER_MODEL_THREADS), "--runtime", runtime
+                model_uri,
+                port,
+                folder / f"cold-{runtime}-{number}.db",
+                "--model-threads",
+                str(SERVER_MODEL_THREADS),
+                "--runtime",
+                runtime,
             )
             url = f"http://127.0.0.1:{port}"
             with started(command, f"{url}/ready", f"{url}/score", body, env, folder / f"{server}-cold.log") as figures:
                 runs[server].append(figures)
         port, health_port = free_port(), free_port()
-        served = {**env, "DIGITDRIFT_MODEL_URI": model_uri, "DIGITDRIFT_PREDICTION_LOG": str(folder / f"cold-az-{number}.db")}
+        served = {
+            **env,
+            "DIGITDRIFT_MODEL_URI": model_uri,
+            "DIGITDRIFT_PREDICTION_LOG": str(folder / f"cold-az-{number}.db"),
+            "DIGITDRIFT_RUNTIME": AZURE_RUNTIME,
+        }
         url = f"http://127.0.0.1:{port}"
         with started(
             azmlinfsrv_command(port, health_port, 1), f"{url}/", f"{url}/score", body, served, folder / "az-cold.log"

@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -70,8 +71,6 @@ def port_open(port: int) -> bool:
 
 def http_ok(url: str, trusted: Path | None = None) -> bool:
     """Whether `url` answers 200; over TLS, trusting the certificate in `trusted` (verified, never skipped)."""
-    import ssl
-
     import httpx
 
     verify = ssl.create_default_context(cafile=str(trusted)) if trusted else True
@@ -314,7 +313,8 @@ def stack_environment(state: dict) -> dict[str, str]:
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
     if "proxy" in state:
         env["DIGITDRIFT_SERVING_URL"] = state["proxy"]["url"]
-        env["SSL_CERT_FILE"] = state["proxy"]["certificate"]  # the clients (httpx, Python's ssl) trust the stack's TLS
+    if "trust" in state.get("proxy", {}):  # the system's certificate authorities and the stack's certificate
+        env["SSL_CERT_FILE"] = state["proxy"]["trust"]
     return env
 
 
@@ -393,12 +393,13 @@ frontend stats
 """
 
 
-def proxy_certificate(folder: Path) -> tuple[Path, Path]:
+def proxy_certificate(folder: Path) -> tuple[Path, Path, Path]:
     """The stack's TLS certificate for 127.0.0.1, self-signed by openssl the first time and kept: the PEM HAProxy
-    serves (certificate and key, readable by its owner only) and the certificate clients trust."""
-    served, trusted = folder / "proxy.pem", folder / "proxy-certificate.pem"
-    if served.is_file() and trusted.is_file():
-        return served, trusted
+    serves (certificate and key, readable by its owner only), the certificate, and the bundle clients trust
+    (the system's certificate authorities and the stack's certificate: SSL_CERT_FILE replaces the system's)."""
+    served, trusted, bundle = folder / "proxy.pem", folder / "proxy-certificate.pem", folder / "trust.pem"
+    if served.is_file() and trusted.is_file() and bundle.is_file():
+        return served, trusted, bundle
     openssl = shutil.which("openssl")
     if not openssl:
         raise SystemExit("openssl is missing: apt-get install openssl (make stack installs it as root)")
@@ -406,11 +407,16 @@ def proxy_certificate(folder: Path) -> tuple[Path, Path]:
     command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825", *subject]
     with tempfile.TemporaryDirectory() as scratch:  # the key alone, in a folder only its owner reads
         key = Path(scratch) / "key.pem"
-        subprocess.run([*command, "-keyout", str(key), "-out", str(trusted)], check=True, capture_output=True)
+        made = subprocess.run([*command, "-keyout", str(key), "-out", str(trusted)], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise SystemExit(f"openssl could not make the stack's certificate: {made.stderr.strip()[-500:]}")
         descriptor = os.open(served, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(trusted.read_text() + key.read_text())
-    return served, trusted
+    system = ssl.get_default_verify_paths()
+    authorities = next((Path(path) for path in (system.cafile, system.openssl_cafile) if path and Path(path).is_file()), None)
+    bundle.write_text((authorities.read_text() if authorities else "") + trusted.read_text())
+    return served, trusted, bundle
 
 
 def start_proxy(state: dict) -> None:
@@ -426,7 +432,7 @@ def start_proxy(state: dict) -> None:
     )
     config = stack_dir() / "haproxy.cfg"
     stats_port = entry.get("stats_port") or free_port()
-    served, trusted = proxy_certificate(stack_dir())
+    served, trusted, bundle = proxy_certificate(stack_dir())
     config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers, stats_port=stats_port, certificate=served))
     pid = spawn("haproxy", [haproxy, "-W", "-db", "-f", str(config)])
     url = f"https://127.0.0.1:{port}"
@@ -439,6 +445,7 @@ def start_proxy(state: dict) -> None:
         "stats_port": stats_port,
         "stats": f"http://127.0.0.1:{stats_port}/stats",
         "certificate": str(trusted),
+        "trust": str(bundle),
     }
 
 
@@ -535,7 +542,8 @@ def describe(state: dict) -> str:
         lines.append(f"replica {index}       {replica['url']}")
     if "proxy" in state:
         proxy = state["proxy"]
-        lines.append(f"HAProxy         {proxy['url']}  (the one URL clients use; TLS, certificate {proxy['certificate']})")
+        tls = f"; TLS, certificate {proxy['certificate']}" if "certificate" in proxy else ""
+        lines.append(f"HAProxy         {proxy['url']}  (the one URL clients use{tls})")
     lines.append('point the commands at it:  eval "$(.venv/bin/python -m devtools.stack env)"')
     return "\n".join(lines)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,32 +194,38 @@ def main(argv: list[str] | None = None) -> int:
 
 def _keep_monitoring(args, settings: Settings) -> int:
     """--every: an incremental run of the dataset each period in this one process (its imports and connections
-    kept), the model looked up anew each time (a promotion is followed), until stopped or --max-runs. A run that
-    fails says why and the next one tries again."""
+    kept), the model looked up anew each time (a promotion is followed), until SIGTERM (the run under way ends
+    first), Ctrl-C or --max-runs. A first run that fails stops it (what it was told is wrong); a later failure says why
+    and the next period tries again. Returns the worst exit status of its runs."""
     try:
         every = parse_duration(args.every, "--every")
     except WindowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    refusal = None
     if not is_dataset_url(args.log):
-        print(
-            f"error: --every {args.every}: keeps monitoring a dataset (a folder or az://...); {args.log} is judged "
-            "whole each run",
-            file=sys.stderr,
-        )
+        refusal = f"keeps monitoring a dataset (a folder or az://...); {args.log} is judged whole each run"
+    elif args.full:
+        refusal = "with --full every period would judge every window again"
+    elif args.max_runs is not None and args.max_runs < 1:
+        refusal = f"--max-runs {args.max_runs}: expected 1 or more"
+    if refusal:
+        print(f"error: --every {args.every}: {refusal}", file=sys.stderr)
         return 2
-    runs = 0
-    while True:
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    codes: list[int] = []
+    while not stopping.is_set():
         started = time.monotonic()
         try:
-            code = _command(args, settings)
+            codes.append(_command(args, settings))
         except Exception:  # a monitor that stays up goes on: the next period tries again
             logging.getLogger(__name__).exception("the monitoring run failed; the next one starts in %s", args.every)
-            code = 1
-        runs += 1
-        if args.max_runs and runs >= args.max_runs:
-            return code
-        time.sleep(max(0.0, every - (time.monotonic() - started)))
+            codes.append(1)
+        if codes == [2] or (args.max_runs and len(codes) >= args.max_runs):
+            break
+        stopping.wait(max(0.0, every - (time.monotonic() - started)))
+    return max(codes, default=0)
 
 
 def _command(args, settings: Settings) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -440,7 +441,10 @@ def monitor_dataset(
         history_sink=history_sink,
     )
     if source.watermark_file:
-        source.watermark_file.write_text((out_dir / WATERMARK_FILE).read_text())
+        # beside it, then renamed over it: a reader (or a stop mid-write) never sees half a watermark
+        partial = source.watermark_file.with_name(source.watermark_file.name + ".partial")
+        partial.write_text((out_dir / WATERMARK_FILE).read_text())
+        os.replace(partial, source.watermark_file)
     return result, increment, len(parts)
 
 

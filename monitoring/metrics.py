@@ -39,7 +39,7 @@ class MonitorConfig:
 
 
 DEFAULT_CONFIG = MonitorConfig()
-JUDGE_THREADS = min(8, os.cpu_count() or 1)
+JUDGE_THREADS = min(8, len(os.sched_getaffinity(0)))  # the cores this process may run on
 ENTROPY_FLOOR = 1e-12
 CONFIDENCE_QUANTILES = {"confidence_p10": 0.10, "confidence_p50": 0.50}
 SAMPLE_KEY_HEX_DIGITS = 15  # 60 bits: a signed 64-bit integer in both engines

@@ -301,12 +301,11 @@ def served_graph(source: str, run_id: str | None) -> str:
     a model folder; LoadError when there is none."""
     if run_id:
         import mlflow
-        from mlflow.exceptions import MlflowException
 
-        try:
-            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{SERVED_GRAPH_DIR}/{SERVED_GRAPH_FILE}")
-        except (MlflowException, OSError):
-            pass
+        artifact = f"{SERVED_GRAPH_DIR}/{SERVED_GRAPH_FILE}"
+        # absent: listed as such; present but not downloadable (the store unreachable) is an error, not a fallback
+        if artifact in {entry.path for entry in mlflow.MlflowClient().list_artifacts(run_id, SERVED_GRAPH_DIR)}:
+            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
     else:
         candidate = Path(source).parent / SERVED_GRAPH_DIR / SERVED_GRAPH_FILE
         if candidate.is_file():

@@ -5,7 +5,9 @@ and in a managed online deployment. The model comes from AZUREML_MODEL_DIR when 
 DIGITDRIFT_MODEL_URI (default models:/digits-cnn@champion); its monitoring reference from
 DIGITDRIFT_REFERENCE, its run, or reference.npz beside the model. DIGITDRIFT_MODEL_NAME and
 DIGITDRIFT_MODEL_VERSION name a model folder in the records; unset, a registered model's AZUREML_MODEL_DIR
-(`.../azureml-models/<name>/<version>`) names it, else digits-cnn and local:<folder>.
+(`.../azureml-models/<name>/<version>`) names it, else digits-cnn and local:<folder>. DIGITDRIFT_RUNTIME (auto,
+litert, tensorflow; default auto) is the server's --runtime: a registered version with its exported graph runs on
+LiteRT, a model folder on TensorFlow.
 Every scored image's record goes to one sink: on an Azure ML deployment with data collection enabled, Azure's
 data collector (model_inputs, model_outputs); else the partitioned dataset at DIGITDRIFT_PREDICTION_DATASET
 (a folder or az://container/prefix), staged in DIGITDRIFT_STAGING_DIR; else the SQLite log at
@@ -73,6 +75,7 @@ def init() -> None:
         name=os.environ.get("DIGITDRIFT_MODEL_NAME") or (registered[0] if registered else None),
         version=os.environ.get("DIGITDRIFT_MODEL_VERSION") or (registered[1] if registered else None),
         reference_path=os.environ.get("DIGITDRIFT_REFERENCE"),
+        runtime=os.environ.get("DIGITDRIFT_RUNTIME", "auto"),
     )
     if collection_enabled():
         prediction_log = CollectorSink()

@@ -245,3 +245,13 @@ def test_the_litert_runtime_refuses_a_model_without_its_exported_graph_naming_wh
 
     with pytest.raises(LoadError, match=r"download: no serving/model.tflite beside it .*serve it with --runtime tensorflow"):
         load_core(str(champion.folder), runtime="litert")
+
+
+def test_a_training_run_without_the_exported_graph_is_named_when_litert_is_asked(champion):
+    from serving.core import LoadError, served_graph
+
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    with mlflow.start_run(run_name="no-graph") as run:  # a run that logged no serving/model.tflite
+        pass
+    with pytest.raises(LoadError, match=f"no serving/model.tflite on its training run {run.info.run_id}"):
+        served_graph("models:/digits-cnn/1", run.info.run_id)

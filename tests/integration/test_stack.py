@@ -56,7 +56,7 @@ def stack_env(env: dict, state: dict) -> dict:
         "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
         "AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"],
         "SPARK_LOCAL_IP": "127.0.0.1",
-        **({"SSL_CERT_FILE": state["proxy"]["certificate"]} if "proxy" in state else {}),  # the clients verify HAProxy's TLS
+        **({"SSL_CERT_FILE": state["proxy"]["trust"]} if "proxy" in state else {}),  # the clients verify HAProxy's TLS
     }
 
 
@@ -250,14 +250,14 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     try:
         time.sleep(5)
         assert monitoring.poll() is None, "the monitoring run gave up while PostgreSQL was down"
-        back = time.monotonic()
         run([*STACK, "up"], env, 300)
+        back = time.monotonic()
         printed, errors = monitoring.communicate(timeout=600)
     finally:
         if monitoring.poll() is None:
             monitoring.kill()
     assert monitoring.returncode == 0, errors[-3000:]
-    print(f"PostgreSQL down 5 s: the monitoring run completed {time.monotonic() - back:.1f} s after it came back")
+    print(f"PostgreSQL down 5 s: the monitoring run completed {time.monotonic() - back:.1f} s after `stack up` returned")
     run_id = printed.split("MLflow run ")[1].split()[0]
     assert psql(state, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == ["FINISHED"]
     volume = f"SELECT count(*) FROM metrics WHERE run_uuid = '{run_id}' AND key = 'traffic/volume'"

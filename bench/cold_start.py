@@ -61,18 +61,12 @@ def measure(model_uri: str, runtime: str = "auto") -> dict:
 
 def end_to_end(model_uri: str, starts: int, runtimes: tuple[str, ...]) -> dict:
     """bench.serving's cold starts alone: each runtime of our server and azmlinfsrv, `starts` times each."""
-    import os
-
     import numpy as np
 
-    from bench.serving import VENV_BIN, measure_cold_starts
+    from bench.serving import measure_cold_starts, server_env
     from common.settings import load_settings
 
-    env = {
-        "MLFLOW_TRACKING_URI": load_settings().tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = server_env(load_settings())
     with tempfile.TemporaryDirectory() as scratch:
         figures = measure_cold_starts(model_uri, np.zeros((1, 28, 28), dtype=np.uint8), env, Path(scratch), starts, runtimes)
     return {"model": model_uri, "starts": starts, **figures}

@@ -78,11 +78,10 @@ def timed(stage: dict, name: str, action):
     return result
 
 
-def run(source_log: Path, model: ModelRef, records: int, windows: int) -> dict:
+def run(source: pd.DataFrame, model: ModelRef, records: int, windows: int) -> dict:
     figures: dict = {"records": records, "windows": windows}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        source = read_log(source_log, columns=None)  # every column, images too: the big logs are real ones
         timed(figures, "build_log_seconds", lambda: build_big_log(source, records, windows, folder / "big.db"))
         timed(figures, "export_parquet_seconds", lambda: export_parquet(folder / "big.db", folder / "big.parquet"))
         measured = (("sqlite", "pandas", folder / "big.db"), ("parquet", "pandas", folder / "big.parquet"))
@@ -112,13 +111,12 @@ def scratch_store(path: Path) -> None:
     mlflow.search_experiments()
 
 
-def fixed_costs(source_log: Path, model: ModelRef, records: int, windows: list[int]) -> dict:
+def fixed_costs(source: pd.DataFrame, model: ModelRef, records: int, windows: list[int]) -> dict:
     """The DuckDB engine's full run over the same number of records spread over each of `windows`: what the
     outputs cost as the windows grow (the report, dashboard and gallery are meant to stay flat)."""
     figures = {}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        source = read_log(source_log, columns=None)
         for count in windows:
             build_big_log(source, records, count, folder / f"big-{count}.db")
             export_parquet(folder / f"big-{count}.db", folder / f"big-{count}.parquet")
@@ -154,9 +152,10 @@ def main() -> None:
 
     mlflow.set_tracking_uri(load_settings().tracking_uri)
     model = resolve_model(args.model, None, None, "digits-cnn")
-    figures = run(args.source_log, model, args.records, args.windows)
+    source = read_log(args.source_log, columns=None)  # every column, images too: the big logs are real ones
+    figures = run(source, model, args.records, args.windows)
     if args.fixed_cost_windows:
-        figures["duckdb_full_run_by_windows"] = fixed_costs(args.source_log, model, args.records, args.fixed_cost_windows)
+        figures["duckdb_full_run_by_windows"] = fixed_costs(source, model, args.records, args.fixed_cost_windows)
     result = write_result(
         RESULTS / "monitoring_1m.json",
         "monitoring a big prediction log (real records resampled), each stage timed",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,9 +23,10 @@ from bench.serving import (
     RESULTS,
     SERVER_MODEL_THREADS,
     STARTUP_TIMEOUT_S,
-    VENV_BIN,
     median_ratios,
     our_server_command,
+    request_bodies,
+    server_env,
     single_image_body,
     wrk_levels,
 )
@@ -49,8 +49,7 @@ def measure(model_uri: str, runtime: str, images: np.ndarray, duration: float, e
     command = our_server_command(model_uri, port, log_path, "--model-threads", str(SERVER_MODEL_THREADS), "--runtime", runtime)
     with running(command, f"{url}/ready", env, timeout=STARTUP_TIMEOUT_S):
         single = wrk_levels(f"{url}/invocations", single_image_body(images), duration, runtime, CONNECTIONS)
-        flat = images.reshape(len(images), 784)
-        bodies = [json.dumps({"data": flat[start : start + 256].tolist()}).encode() for start in range(0, len(flat), 256)]
+        bodies = request_bodies(images, "data", 256)
         batches = closed_loop(f"{url}/score", bodies, 1, duration, 256, warmup_requests=3).summary()
     return {
         **{f"single_c{level}_requests_per_s": single[f"c{level}"]["requests_per_s"] for level in CONNECTIONS},
@@ -63,11 +62,7 @@ def measure(model_uri: str, runtime: str, images: np.ndarray, duration: float, e
 def run(model_uri: str, rounds: int, duration: float) -> dict:
     settings = load_settings()
     images = load_source("mnist", settings.data_dir).images[:4096]
-    env = {
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = server_env(settings)
     measured = []
     with tempfile.TemporaryDirectory() as scratch:
         for number in range(1, rounds + 1):

@@ -70,15 +70,28 @@ def our_server_command(model_uri: str, port: int, log_path: Path, *extra: str) -
     return [sys.executable, "-m", "serving", "--model", model_uri, "--port", str(port), "--prediction-log", str(log_path), *extra]
 
 
+def server_env(settings) -> dict[str, str]:
+    """The environment every server under test runs with: the tracking store, the venv's tools, TensorFlow quiet."""
+    return {
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def request_bodies(images: np.ndarray, body_key: str, size: int) -> list[bytes]:
+    """Up to 64 JSON bodies of `size` images each under `body_key`, in order."""
+    flat = images.reshape(len(images), 784)
+    return [
+        json.dumps({body_key: flat[start : start + size].tolist()}).encode() for start in range(0, len(images) - size + 1, size)
+    ][:64]
+
+
 def load_figures(url: str, images: np.ndarray, body_key: str, duration: float, big_batches: bool = True) -> dict:
     """Single-image requests at concurrency 1 and 8, and 256-image requests at concurrency 1."""
-    flat = images.reshape(len(images), 784)
 
     def bodies(size: int) -> list[bytes]:
-        return [
-            json.dumps({body_key: flat[start : start + size].tolist()}).encode()
-            for start in range(0, len(images) - size + 1, size)
-        ][:64]
+        return request_bodies(images, body_key, size)
 
     figures = {
         "single_c1": closed_loop(url, bodies(1), 1, duration, 1).summary(),
@@ -298,11 +311,7 @@ def run_benchmark(
 ) -> dict:
     mlflow.set_tracking_uri(settings.tracking_uri)
     images = load_source("mnist", settings.data_dir).images[:4096]
-    env = {
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = server_env(settings)
     figures: dict = {"rounds": []}
     # This VM's speed drifts by a third within minutes, and by more between runs: each round measures our server
     # between two measurements of the bare model (its peer is their mean, both kept), and the ratios are the

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common.files import write_whole
 from common.images import NUM_CLASSES
 from common.quality import QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG
@@ -133,14 +133,6 @@ def write_labels(labels: pd.DataFrame, path: str | Path) -> Path:
     if (labels["label"] == NOT_A_DIGIT_LABEL).any():
         labels = labels.assign(label=labels["label"].astype(object).where(labels["label"] != NOT_A_DIGIT_LABEL, NOT_A_DIGIT))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside and renamed over: a reader (the loop, a retrain) sees the old file or the new one, never half.
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="") as handle:
-        if path.suffix == ".csv":
-            labels[columns].to_csv(handle, index=False)
-        else:
-            labels[columns].to_json(handle, orient="records", lines=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    return path
+    # replaced whole: a reader (the loop, a retrain) sees the old file or the new one, never half
+    text = labels[columns].to_csv(index=False) if path.suffix == ".csv" else labels[columns].to_json(orient="records", lines=True)
+    return write_whole(path, text)

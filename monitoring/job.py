@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from common.files import write_whole
 from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
@@ -441,10 +441,7 @@ def monitor_dataset(
         history_sink=history_sink,
     )
     if source.watermark_file:
-        # beside it, then renamed over it: a reader (or a stop mid-write) never sees half a watermark
-        partial = source.watermark_file.with_name(source.watermark_file.name + ".partial")
-        partial.write_text((out_dir / WATERMARK_FILE).read_text())
-        os.replace(partial, source.watermark_file)
+        write_whole(source.watermark_file, (out_dir / WATERMARK_FILE).read_text())  # a reader never sees half of it
     return result, increment, len(parts)
 
 

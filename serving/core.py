@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -321,8 +322,6 @@ def litert_call(path: str, op_threads: int = 0) -> Callable[[np.ndarray], tuple[
     """The Keras model as its training run exported it for LiteRT (`format="litert"`: probabilities, then the
     embeddings), run by LiteRT's interpreter: one interpreter per calling thread, as one is not safe to share, each
     op on `op_threads` threads (0: LiteRT's choice)."""
-    import threading
-
     from ai_edge_litert.interpreter import Interpreter
 
     local = threading.local()

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from common.files import write_whole
 from common.prediction_dataset import filesystem, part_name, partition_of, records_table
 from common.records import PREDICTION_COLUMNS, PredictionRecord, create_table_sql, insert_sql
 
@@ -181,12 +182,7 @@ class DatasetSink:
         final = f"{folder}/{name}"
         if isinstance(self.fs, LocalFileSystem):
             os.makedirs(folder, exist_ok=True)
-            temporary = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(temporary, "wb") as stream:
-                stream.write(buffer.getvalue())
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, final)  # readers see the whole part or none
+            write_whole(final, buffer.getvalue())  # readers see the whole part or none
         else:
             self.fs.pipe_file(final, buffer.getvalue())  # one committed blob: whole or none
 

@@ -31,8 +31,10 @@ def azurite_command(port: int, folder: Path) -> list[str]:
     ]
 
 
-def connection_string(port: int) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
-    )
+def accounts_env(account: str, key: str) -> dict[str, str]:
+    """Azurite's environment for one account of our own (its well-known development account is then disabled)."""
+    return {"AZURITE_ACCOUNTS": f"{account}:{key}"}
+
+
+def connection_string(port: int, account: str = ACCOUNT, key: str = ACCOUNT_KEY) -> str:
+    return f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint=http://127.0.0.1:{port}/{account};"

@@ -13,11 +13,17 @@ Debian (a throwaway cluster started with initdb and pg_ctl; as root they run as 
 since PostgreSQL refuses to run as root), Azurite from npm, MLflow from PyPI with its artifact store
 in an Azurite container, Spark's own master and worker classes from pyspark, HAProxy from Debian, serving
 TLS with a certificate made once by openssl (clients trust it through `SSL_CERT_FILE`, which `env` sets).
+
+Nobody gets in unasked: PostgreSQL takes a password (scram-sha-256), Azurite an account key, MLflow a user and
+password (its basic-auth app: `admin` registers and promotes, `reader` only reads), the replicas an API key. Each
+secret is made once and kept in the state folder, readable by its owner only (`stack.json`, libpq's `pgpass`,
+MLflow's `mlflow-auth.ini`); the processes get them through their environment, never their command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -30,19 +36,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from common.access import WEBHOOK_SECRET_ENV
+from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
 from common.settings import PROJECT_ROOT, load_settings
-from devtools.azurite import azurite_command, connection_string
+from devtools.azurite import accounts_env, azurite_command, connection_string
 from devtools.processes import alive, free_port, loopback_webhook_env, mlflow_server_command, new_fernet_key
 
 log = logging.getLogger("stack")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ARTIFACT_CONTAINER = "mlflow"
 PREDICTIONS_CONTAINER = "predictions"
+STORAGE_ACCOUNT = "digitdrift"  # Azurite's own account with a generated key, in place of its well-known one
+POSTGRES_USER = "digitdrift"
+DATABASES = ("mlflow", "mlflow_auth")  # MLflow's tracking and registry tables; its basic-auth app's users
+MLFLOW_ADMIN, MLFLOW_READER = "admin", "reader"
 WORKERS = 2
 REPLICAS = 2
 FOLLOW_SECONDS = 30  # a replica's poll of its alias, when no webhook came
@@ -101,12 +112,30 @@ def load_state() -> dict:
 
 
 def save_state(state: dict) -> None:
-    """The stack's state, secrets included (the webhook key and secret): readable by its owner only."""
-    path = stack_dir() / "stack.json"
+    """The stack's state, its secrets included: readable by its owner only."""
+    write_private(stack_dir() / "stack.json", json.dumps(state, indent=2))
+
+
+def write_private(path: Path, text: str) -> Path:
+    """`text` in a file only its owner reads, its mode set before a byte is written."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)  # before a byte is written: a file from before this rule keeps its old mode otherwise
+    os.fchmod(descriptor, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(json.dumps(state, indent=2))
+        handle.write(text)
+    return path
+
+
+def credentials(state: dict) -> dict[str, str]:
+    """The stack's secrets, made on its first `up` and kept: PostgreSQL's password, Azurite's account key, MLflow's
+    two users' passwords and the key its forms are signed with, the replicas' API key."""
+    made = state.setdefault("credentials", {})
+    made.setdefault("postgres_password", secrets.token_urlsafe(24))
+    made.setdefault("azurite_key", base64.b64encode(secrets.token_bytes(64)).decode())
+    made.setdefault("mlflow_admin_password", secrets.token_urlsafe(24))
+    made.setdefault("mlflow_reader_password", secrets.token_urlsafe(24))
+    made.setdefault("mlflow_flask_secret", secrets.token_urlsafe(32))
+    made.setdefault("api_key", secrets.token_urlsafe(32))
+    return made
 
 
 def as_postgres(command: list[str]) -> list[str]:
@@ -116,6 +145,9 @@ def as_postgres(command: list[str]) -> list[str]:
 
 def start_postgres(state: dict) -> None:
     entry = state.get("postgres", {})
+    password = credentials(state)["postgres_password"]
+    # libpq's password file: psql, createdb, MLflow's SQLAlchemy (psycopg2) read the password from it, not a URL
+    os.environ["PGPASSFILE"] = str(write_private(stack_dir() / "pgpass", f"127.0.0.1:*:*:{POSTGRES_USER}:{password}\n"))
     if alive(entry.get("pid")):
         return
     folder = stack_dir() / "postgres"
@@ -133,11 +165,13 @@ def start_postgres(state: dict) -> None:
                 "or set DIGITDRIFT_STACK_DIR to a folder it can reach"
             )
     if not (data / "PG_VERSION").is_file():
-        subprocess.run(
-            as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "digitdrift", "-E", "UTF8"]),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:  # the password, read once by initdb
+            given = write_private(Path(scratch) / "password", password)
+            if os.geteuid() == 0:
+                shutil.chown(scratch, "postgres", "postgres")
+                shutil.chown(given, "postgres", "postgres")
+            initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "scram-sha-256", f"--pwfile={given}"]
+            subprocess.run(as_postgres([*initdb, "-U", POSTGRES_USER, "-E", "UTF8"]), check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         as_postgres(
             [
@@ -157,48 +191,39 @@ def start_postgres(state: dict) -> None:
     )
     pid = int((data / "postmaster.pid").read_text().split()[0])
     wait_for(lambda: port_open(port), "PostgreSQL")
-    created = subprocess.run(
-        [
-            str(PG_BIN / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "digitdrift",
-            "-d",
-            "postgres",
-            "-tAc",
-            "SELECT 1 FROM pg_database WHERE datname = 'mlflow'",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    if created.stdout.strip() != "1":
-        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "digitdrift", "mlflow"], check=True)
+    connect = ["-h", "127.0.0.1", "-p", str(port), "-U", POSTGRES_USER]
+    query = "SELECT datname FROM pg_database"
+    listed = subprocess.run([str(PG_BIN / "psql"), *connect, "-d", "postgres", "-tAc", query], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise SystemExit(f"PostgreSQL refused the stack's own credentials: {listed.stderr.strip()}")
+    for database in set(DATABASES) - set(listed.stdout.split()):
+        subprocess.run([str(PG_BIN / "createdb"), *connect, database], check=True)
+    base = f"postgresql+psycopg2://{POSTGRES_USER}@127.0.0.1:{port}"  # no password: libpq reads PGPASSFILE
     state["postgres"] = {
         "pid": pid,
         "port": port,
-        "url": f"postgresql+psycopg2://digitdrift@127.0.0.1:{port}/mlflow",
+        "url": f"{base}/mlflow",
+        "auth_url": f"{base}/mlflow_auth",
+        "pgpass": os.environ["PGPASSFILE"],
         "data": str(data),
     }
 
 
 def start_azurite(state: dict) -> None:
     entry = state.get("azurite", {})
+    port = entry.get("port") or free_port()
+    key = credentials(state)["azurite_key"]
+    connection = connection_string(port, STORAGE_ACCOUNT, key)
+    os.environ[CONNECTION_STRING_ENV] = connection  # this command's own blob calls, and the Spark workers it starts
     if alive(entry.get("pid")):
         return
-    port = entry.get("port") or free_port()
     folder = stack_dir() / "azurite"
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        pid = spawn("azurite", azurite_command(port, folder))
+        pid = spawn("azurite", azurite_command(port, folder), env=accounts_env(STORAGE_ACCOUNT, key))
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
     wait_for(lambda: port_open(port), "Azurite")
-    connection = connection_string(port)
-    os.environ[CONNECTION_STRING_ENV] = connection
     fs, _ = filesystem(f"az://{ARTIFACT_CONTAINER}")
     for container in (ARTIFACT_CONTAINER, PREDICTIONS_CONTAINER):
         if not fs.exists(container):
@@ -206,33 +231,94 @@ def start_azurite(state: dict) -> None:
     state["azurite"] = {
         "pid": pid,
         "port": port,
-        "url": f"http://127.0.0.1:{port}/devstoreaccount1",
+        "url": f"http://127.0.0.1:{port}/{STORAGE_ACCOUNT}",
         "connection_string": connection,
     }
 
 
+MLFLOW_AUTH_CONFIG = """[mlflow]
+default_permission = READ
+database_uri = {database_uri}
+admin_username = {admin}
+admin_password = {password}
+# a password check costs a scrypt hash (about 0.07 s of a core here): each worker keeps a passing check this long
+# (a changed password reaches the other worker within it), or every artifact a replica fetches pays one
+auth_cache_ttl_seconds = 60
+"""
+
+
+def mlflow_auth_config(state: dict) -> Path:
+    """MLflow's basic-auth app's settings (its admin and password, its users' table in PostgreSQL), its users' tables
+    made once here: the server's two workers would otherwise race to make them."""
+    from mlflow.environment_variables import MLFLOW_AUTH_CONFIG_PATH
+
+    path = stack_dir() / "mlflow-auth.ini"
+    settings = {"database_uri": state["postgres"]["auth_url"], "admin": MLFLOW_ADMIN}
+    write_private(path, MLFLOW_AUTH_CONFIG.format(**settings, password=credentials(state)["mlflow_admin_password"]))
+    os.environ[MLFLOW_AUTH_CONFIG_PATH.name] = str(path)
+    with warnings.catch_warnings():  # the server's modules warn of their own deprecations on import: not the user's
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore().init_db(state["postgres"]["auth_url"])
+    return path
+
+
+def ensure_reader(url: str, password: str) -> None:
+    """MLflow's read-only user: with the default permission READ it reads every experiment and model, and may
+    change none (no run, no version, no alias, no webhook)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    users = get_app_client("basic-auth", tracking_uri=url)
+    try:
+        users.get_user(MLFLOW_READER)
+    except MlflowException:
+        users.create_user(MLFLOW_READER, password)
+
+
 def start_mlflow(state: dict) -> None:
     entry = state.get("mlflow", {})
+    made = credentials(state)
+    # this command's own MLflow calls, and what `env` hands the other commands: the admin registers and promotes
+    os.environ.update({"MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN, "MLFLOW_TRACKING_PASSWORD": made["mlflow_admin_password"]})
     if alive(entry.get("pid")) and http_ok(f"{entry['url']}/health"):
         return
     port = entry.get("port") or free_port()
     url = f"http://127.0.0.1:{port}"
     # MLflow accepts only *.blob.core.windows.net artifact URIs; the connection string sends the bytes to Azurite
-    destination = f"wasbs://{ARTIFACT_CONTAINER}@devstoreaccount1.blob.core.windows.net/artifacts"
+    destination = f"wasbs://{ARTIFACT_CONTAINER}@{STORAGE_ACCOUNT}.blob.core.windows.net/artifacts"
     # kept across restarts: the webhook secrets stored in PostgreSQL are encrypted with it
     webhook_key = entry.get("webhook_key") or new_fernet_key()
+    auth_config = mlflow_auth_config(state)
     pid = spawn(
         "mlflow",
         [
             *mlflow_server_command(port, state["postgres"]["url"], destination, workers=2),
+            "--app-name",
+            "basic-auth",
             "--serve-artifacts",
             "--allowed-hosts",
             f"127.0.0.1:{port},localhost:{port}",
         ],
-        env={"AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"], **loopback_webhook_env(webhook_key)},
+        env={
+            "AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"],
+            "PGPASSFILE": state["postgres"]["pgpass"],
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": made["mlflow_flask_secret"],
+            **loopback_webhook_env(webhook_key),
+        },
     )
     wait_for(lambda: http_ok(f"{url}/health"), "mlflow server", 180)
-    state["mlflow"] = {"pid": pid, "port": port, "url": url, "artifacts": destination, "webhook_key": webhook_key}
+    ensure_reader(url, made["mlflow_reader_password"])
+    state["mlflow"] = {
+        "pid": pid,
+        "port": port,
+        "url": url,
+        "artifacts": destination,
+        "webhook_key": webhook_key,
+        "users": [MLFLOW_ADMIN, MLFLOW_READER],
+    }
 
 
 def spark_env() -> dict:
@@ -302,10 +388,14 @@ def start_spark(state: dict) -> None:
 
 
 def stack_environment(state: dict) -> dict[str, str]:
-    """What points digitdrift's commands at the stack."""
+    """What points digitdrift's commands at the stack, with the credentials they use there (MLflow's admin)."""
     env = {}
+    if "postgres" in state:
+        env["PGPASSFILE"] = state["postgres"]["pgpass"]
     if "mlflow" in state:
         env["MLFLOW_TRACKING_URI"] = state["mlflow"]["url"]
+        env["MLFLOW_TRACKING_USERNAME"] = MLFLOW_ADMIN
+        env["MLFLOW_TRACKING_PASSWORD"] = state["credentials"]["mlflow_admin_password"]
     if "azurite" in state:
         env["AZURE_STORAGE_CONNECTION_STRING"] = state["azurite"]["connection_string"]
     if "spark_master" in state:
@@ -313,6 +403,7 @@ def stack_environment(state: dict) -> dict[str, str]:
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
     if "proxy" in state:
         env["DIGITDRIFT_SERVING_URL"] = state["proxy"]["url"]
+        env[API_KEY_ENV] = state["credentials"]["api_key"]
     if "trust" in state.get("proxy", {}):  # the system's certificate authorities and the stack's certificate
         env["SSL_CERT_FILE"] = state["proxy"]["trust"]
     return env
@@ -326,6 +417,7 @@ def start_replicas(state: dict, model: str) -> None:
     state.setdefault("webhook_secret", secrets.token_urlsafe(32))
     env = {**stack_environment(state), "DIGITDRIFT_HOME": str(stack_dir() / "serving-home")}
     env[WEBHOOK_SECRET_ENV] = state["webhook_secret"]
+    env[API_KEY_ENV] = credentials(state)["api_key"]  # HAProxy passes the clients' key through; /ready stays open to it
     follows = parse_registry_uri(model).alias is not None
     replicas = state.get("replicas", [{} for _ in range(REPLICAS)])
     for index, replica in enumerate(replicas):
@@ -536,6 +628,7 @@ def describe(state: dict) -> str:
         lines.append(f"Azurite (blob)  {state['azurite']['url']}  containers: {ARTIFACT_CONTAINER}, {PREDICTIONS_CONTAINER}")
     if "mlflow" in state:
         lines.append(f"MLflow server   {state['mlflow']['url']}  (artifacts: {state['mlflow']['artifacts']})")
+        lines.append(f"MLflow users    {MLFLOW_ADMIN} (registers, promotes), {MLFLOW_READER} (reads); passwords in stack.json")
     if "spark_master" in state:
         lines.append(f"Spark master    {state['spark_master']['url']}  (UI {state['spark_master']['ui']}, {WORKERS} workers)")
     for index, replica in enumerate(state.get("replicas", [])):

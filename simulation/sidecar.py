@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from common.records import GROUND_TRUTH_COLUMNS, create_table_sql, insert_sql
@@ -39,3 +40,15 @@ class GroundTruthSidecar:
 
     def close(self) -> None:
         self._connection.close()
+
+
+def acknowledged_images(path: str | Path) -> set[tuple[str, int]]:
+    """The (request id, image index) pairs a run's sidecar at `path` holds: the images the server acknowledged.
+    It may be read while the run writes (WAL); empty before the run made it."""
+    if not Path(path).is_file():
+        return set()
+    with closing(sqlite3.connect(path)) as connection:
+        try:
+            return set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
+        except sqlite3.OperationalError:  # the table is not made yet
+            return set()

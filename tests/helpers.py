@@ -93,15 +93,9 @@ def serving_command(model: str, port: int, *extra: str) -> list[str]:
 
 def acknowledged(run_dir: Path) -> set[tuple[str, int]]:
     """The images a simulation was told were scored (its sidecar is written only after an answer)."""
-    import sqlite3
+    from simulation.sidecar import acknowledged_images
 
-    if not (run_dir / "ground_truth.db").is_file():
-        return set()
-    with sqlite3.connect(run_dir / "ground_truth.db") as connection:
-        try:
-            return set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
-        except sqlite3.OperationalError:  # not created yet
-            return set()
+    return acknowledged_images(run_dir / "ground_truth.db")
 
 
 def simulate_in_background(url: str, run_dir: Path, env: dict, *options: str) -> subprocess.Popen:

@@ -20,7 +20,8 @@ import pytest
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.settings import PROJECT_ROOT
-from devtools.stack import PG_BIN, as_postgres
+from devtools.azurite import connection_string
+from devtools.stack import MLFLOW_READER, PG_BIN, as_postgres, stack_environment
 from tests.helpers import acknowledged, simulate_in_background, until_acknowledged
 
 pytestmark = pytest.mark.slow
@@ -51,13 +52,8 @@ def stack(shared_data):
 
 
 def stack_env(env: dict, state: dict) -> dict:
-    return {
-        **env,
-        "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
-        "AZURE_STORAGE_CONNECTION_STRING": state["azurite"]["connection_string"],
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        **({"SSL_CERT_FILE": state["proxy"]["trust"]} if "proxy" in state else {}),  # the clients verify HAProxy's TLS
-    }
+    """What `stack env` hands a user's shell: URLs, the admin's MLflow credentials, the API key, the trusted certificate."""
+    return {**env, **stack_environment(state)}
 
 
 def python(module: str, *args: str) -> list[str]:
@@ -75,8 +71,8 @@ def replica_status(state: dict, name: str) -> str:
     raise AssertionError(f"HAProxy's stats list no {name}")
 
 
-def psql(state: dict, query: str) -> list[str]:
-    done = subprocess.run(
+def psql(state: dict, query: str, pgpass: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             "/usr/lib/postgresql/15/bin/psql",
             "-h",
@@ -90,10 +86,15 @@ def psql(state: dict, query: str) -> list[str]:
             "-tAc",
             query,
         ],
+        env={**os.environ, "PGPASSFILE": pgpass or state["postgres"]["pgpass"]},
         capture_output=True,
         text=True,
-        check=True,
     )
+
+
+def rows(state: dict, query: str) -> list[str]:
+    done = psql(state, query)
+    assert done.returncode == 0, done.stderr
     return [line for line in done.stdout.splitlines() if line]
 
 
@@ -113,13 +114,14 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     run(python("training", "spark", *spark, *small, "--spark-master", master, "--run-name", "stack-spark"), env)
 
     # runs, params and registered models are rows of PostgreSQL
-    runs = psql(state, "SELECT name FROM runs ORDER BY name")
+    runs = rows(state, "SELECT name FROM runs ORDER BY name")
     assert {"stack-keras", "stack-spark"} <= set(runs)
     params = "SELECT p.value FROM params p JOIN runs r ON p.run_uuid = r.run_uuid WHERE r.name = 'stack-spark'"
-    assert psql(state, f"{params} AND p.key = 'classifier'") == ["logistic"]
-    assert set(psql(state, "SELECT name FROM registered_models")) == {"digits-cnn", "digits-spark"}
+    assert rows(state, f"{params} AND p.key = 'classifier'") == ["logistic"]
+    assert set(rows(state, "SELECT name FROM registered_models")) == {"digits-cnn", "digits-spark"}
     # artifacts are objects in the Azurite container
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", env["AZURE_STORAGE_CONNECTION_STRING"])  # this process reads blobs
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])  # this process reads blobs and calls MLflow as the stack's admin
     fs, _ = filesystem("az://mlflow")
     objects = fs.find("mlflow/artifacts")
     assert any(path.endswith("MLmodel") for path in objects) and any("reference.npz" in path for path in objects)
@@ -153,7 +155,8 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
             simulation.kill()
     ids = acknowledged(run_dir)
     assert len(ids) == 6 * 60  # every request acknowledged, through one URL, while a replica died
-    survivor = httpx.get(f"{state['replicas'][1]['url']}/metadata", timeout=5).json()
+    key = {"authorization": f"Bearer {env['DIGITDRIFT_API_KEY']}"}
+    survivor = httpx.get(f"{state['replicas'][1]['url']}/metadata", headers=key, timeout=5).json()
     assert survivor["stats"]["model_calls"] > 0 and survivor["model"]["version"] == "1"
 
     restarted = run([*STACK, "serve"], env, 600)  # the killed replica comes back and publishes what it had staged
@@ -259,15 +262,55 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     assert monitoring.returncode == 0, errors[-3000:]
     print(f"PostgreSQL down 5 s: the monitoring run completed {time.monotonic() - back:.1f} s after `stack up` returned")
     run_id = printed.split("MLflow run ")[1].split()[0]
-    assert psql(state, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == ["FINISHED"]
+    assert rows(state, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == ["FINISHED"]
     volume = f"SELECT count(*) FROM metrics WHERE run_uuid = '{run_id}' AND key = 'traffic/volume'"
-    assert psql(state, volume) == [str(len((out / "window_metrics.csv").read_text().splitlines()) - 1)]
+    assert rows(state, volume) == [str(len((out / "window_metrics.csv").read_text().splitlines()) - 1)]
 
-    # the secrets the stack made (the webhook signing secret, the key MLflow encrypts it with) are in no log the
-    # stack wrote and in no MLflow param or tag: only in its 0600 state file and the processes' environments
-    made = {"webhook secret": state["webhook_secret"], "webhook encryption key": state["mlflow"]["webhook_key"]}
+    # nobody gets in unasked. MLflow: anonymous requests are refused; the read-only user reads and changes nothing
+    mlflow_url = state["mlflow"]["url"]
+    assert httpx.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=5).status_code == 401
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", MLFLOW_READER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", state["credentials"]["mlflow_reader_password"])
+    assert client.get_model_version_by_alias("digits-cnn", "champion").version == second
+    refused = {
+        "a new version": lambda: client.create_model_version("digits-cnn", first_version.source, run_id=first_version.run_id),
+        "the alias moved": lambda: client.set_registered_model_alias("digits-cnn", "champion", "1"),
+        "the webhooks listed": client.list_webhooks,
+        "a run": lambda: client.create_run("0"),
+    }
+    for what, attempt in refused.items():
+        with pytest.raises(mlflow.exceptions.MlflowException, match="403"):
+            attempt()
+            pytest.fail(f"the read-only user got {what}")
+    # PostgreSQL asks a password (none in its URL), Azurite refuses its well-known development key
+    assert "@" in state["postgres"]["url"] and ":" not in state["postgres"]["url"].split("//")[1].split("@")[0]
+    without = psql(state, "SELECT 1", pgpass=os.devnull)
+    assert without.returncode != 0 and "password" in without.stderr
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobServiceClient
+
+    well_known = BlobServiceClient.from_connection_string(connection_string(state["azurite"]["port"]))
+    with pytest.raises(HttpResponseError):
+        next(iter(well_known.list_containers()))
+    # the replicas' API key travels through HAProxy: without it 401, with it the answer
+    body = {"data": [[[0.0] * 28] * 28]}
+    assert httpx.post(f"{proxy}/score", json=body, verify=trusted, timeout=10).status_code == 401
+    assert httpx.post(f"{proxy}/score", json=body, headers=key, verify=trusted, timeout=10).status_code == 200
+
+    # every secret the stack made is in its 0600 files and its processes' environments only: in no log it wrote,
+    # no command line of a process it started, no MLflow param or tag
+    made = {**state["credentials"], "webhook secret": state["webhook_secret"], "webhook key": state["mlflow"]["webhook_key"]}
+    for private in ("stack.json", "pgpass", "mlflow-auth.ini", "proxy.pem"):
+        assert oct((home / "stack" / private).stat().st_mode & 0o777) == "0o600", private
     logs = {path.relative_to(home): path.read_text(errors="replace") for path in (home / "stack").rglob("*.log")}
     assert len(logs) >= 5 and not [(path, name) for path, text in logs.items() for name, secret in made.items() if secret in text]
+    now = json.loads((home / "stack" / "stack.json").read_text())  # PostgreSQL and a replica were started again
+    pids = [now[name]["pid"] for name in ("postgres", "azurite", "mlflow", "spark_master", "proxy")]
+    pids += [process["pid"] for process in now["replicas"] + now["spark_workers"]]
+    running = [Path(f"/proc/{pid}/cmdline") for pid in pids if Path(f"/proc/{pid}").exists()]
+    commands = [path.read_bytes().decode(errors="replace") for path in running]
+    assert len(commands) == len(pids) == 9
+    assert not [name for name, secret in made.items() if any(secret in line for line in commands)]
     tables = ("params", "tags", "experiment_tags", "registered_model_tags", "model_version_tags")
-    recorded = "\n".join(psql(state, " UNION ALL ".join(f"SELECT value FROM {table}" for table in tables)))
+    recorded = "\n".join(rows(state, " UNION ALL ".join(f"SELECT value FROM {table}" for table in tables)))
     assert recorded and not [name for name, secret in made.items() if secret in recorded]

@@ -1,5 +1,6 @@
-"""python -m loop simulate: the closed loop on simulated traffic (alert, labels, retrain, safe promotion, the server
-following), or a finished loop judged again (--reanalyse)."""
+"""python -m loop run|simulate: the loop against a deployment (its prediction dataset, the label store, the registry),
+or on simulated traffic (alert, labels, retrain, safe promotion, the server following), or a finished simulated loop
+judged again (simulate --reanalyse)."""
 
 from __future__ import annotations
 
@@ -7,31 +8,34 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
+from common.labels import LabelFileError
 from common.logs import configure_logging
-from common.settings import load_settings
+from common.prediction_dataset import DatasetError
+from common.settings import Settings, load_settings
 from common.tracking import use_tracking
-from loop import simulate
+from common.windows import (
+    CLOCKS,
+    DEFAULT_TIMEZONE,
+    DEFAULT_WINDOW,
+    DURATION_FORMS,
+    WALL,
+    WindowClock,
+    WindowError,
+    parse_duration,
+)
+from loop import controller, simulate
+from loop.controller import ControllerConfig
 from loop.simulate import LoopConfig, reanalyse, run_loop
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: every option with its help."""
-    defaults = LoopConfig(out=Path("."))
-    top = argparse.ArgumentParser(prog="python -m loop", description=__doc__)
-    commands = top.add_subparsers(dest="command", required=True)
-    parser = commands.add_parser(
-        "simulate",
-        help="the loop on simulated traffic, window by window, the ground-truth sidecar as annotator",
-        description=simulate.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--scenario", default=defaults.scenario, help="a built-in scenario or a YAML file (default: %(default)s)")
-    parser.add_argument("--windows", type=int, help="override the scenario's windows")
-    parser.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
+def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig | ControllerConfig) -> None:
+    """The options the simulated loop and the controller share: labels, retrains and the gate."""
     parser.add_argument(
         "--labels-per-window", type=int, default=defaults.labels_per_window, help="label budget per window (default: %(default)s)"
     )
@@ -40,9 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.random_share,
         help="share of the budget drawn from unflagged images (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--label-delay", type=int, default=defaults.label_delay, help="windows before labels come back (default: %(default)s)"
     )
     parser.add_argument(
         "--retrain-after",
@@ -59,6 +60,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-accuracy", type=float, default=defaults.min_accuracy, help="MNIST test floor of promotion (default: %(default)s)"
     )
+
+
+LOOP_OPTIONS = (
+    "labels_per_window",
+    "random_share",
+    "retrain_after",
+    "max_retrains",
+    "epochs",
+    "train_limit",
+    "foreign_limit_per_class",
+    "min_accuracy",
+)
+
+
+def loop_options(args: argparse.Namespace) -> dict:
+    """The values of the options `add_loop_options` declares, by their config field."""
+    return {name: getattr(args, name) for name in LOOP_OPTIONS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every option with its help."""
+    top = argparse.ArgumentParser(prog="python -m loop", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+    controlled = ControllerConfig(dataset="", labels=Path("."), out=Path("."))
+    run = commands.add_parser(
+        "run",
+        help="the loop against a deployment: follow its prediction dataset, queue, wait for labels, retrain, promote",
+        description=controller.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--dataset", required=True, help="the deployment's prediction dataset: a folder or az://container/prefix")
+    run.add_argument("--labels", type=Path, required=True, help="the label store people answer into (the labeling page's file)")
+    run.add_argument("--out", type=Path, help="the controller's folder (default: .digitdrift/loops/controller)")
+    run.add_argument("--every", help=f"a cycle each period ({DURATION_FORMS}) until stopped; without it, --max-cycles cycles")
+    run.add_argument("--max-cycles", type=int, help="stop after this many cycles (default: 1 without --every; with it, none)")
+    run.add_argument(
+        "--clock", choices=CLOCKS, default=controlled.clock, help="windows as the monitor numbers them (default: %(default)s)"
+    )
+    run.add_argument("--window", default=DEFAULT_WINDOW, help=f"length of a time window: {DURATION_FORMS} (default: %(default)s)")
+    run.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="IANA timezone of the time windows (default: %(default)s)")
+    run.add_argument("--close-windows", action="store_true", help="judge the newest window too (the traffic is over)")
+    add_loop_options(run, controlled)
+
+    defaults = LoopConfig(out=Path("."))
+    parser = commands.add_parser(
+        "simulate",
+        help="the loop on simulated traffic, window by window, the ground-truth sidecar as annotator",
+        description=simulate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--scenario", default=defaults.scenario, help="a built-in scenario or a YAML file (default: %(default)s)")
+    parser.add_argument("--windows", type=int, help="override the scenario's windows")
+    parser.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
+    parser.add_argument(
+        "--label-delay", type=int, default=defaults.label_delay, help="windows before labels come back (default: %(default)s)"
+    )
+    add_loop_options(parser, defaults)
     parser.add_argument("--out", type=Path, help="a new folder for the loop (default: .digitdrift/loops/<scenario>-<time>)")
     parser.add_argument("--result", type=Path, help="also copy closed_loop.json here (e.g. bench/results/closed_loop.json)")
     parser.add_argument(
@@ -67,26 +125,56 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+def run_controller(args: argparse.Namespace, settings: Settings) -> int:
+    """`run`: the controller's cycles until done or SIGTERM (the cycle under way ends first)."""
+    try:
+        every = parse_duration(args.every, "--every") if args.every else 0
+        wall = WindowClock(WALL, parse_duration(args.window), args.timezone)
+    except WindowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.max_cycles is not None and args.max_cycles < 1:
+        print(f"error: --max-cycles {args.max_cycles}: expected 1 or more", file=sys.stderr)
+        return 2
+    config = ControllerConfig(
+        dataset=args.dataset,
+        labels=args.labels,
+        out=args.out or settings.state_dir / "loops" / "controller",
+        **loop_options(args),
+        clock=args.clock,
+        wall=wall,
+        close_windows=args.close_windows,
+    )
+    use_tracking(settings)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    cycles = args.max_cycles if args.every else (args.max_cycles or 1)
+    try:
+        decisions = controller.control(config, cycles, every, stopping)
+    except (RuntimeError, DatasetError, WindowError, LabelFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for decision in decisions:
+        print(f"cycle {decision.cycle}: {decision.decision}: {decision.reason}")
+    print(f"controller folder: {config.out} (decisions.jsonl, queue.csv, controller.json)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser().parse_args(argv)
     configure_logging()
     logging.getLogger("common.datasets").setLevel(logging.WARNING)  # a line per pool load; the loop logs each window
+    if args.command == "run":
+        return run_controller(args, settings)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     config = LoopConfig(
         out=args.out or settings.state_dir / "loops" / f"{Path(args.scenario).stem}-{stamp}",
         scenario=args.scenario,
         windows=args.windows,
         requests_per_window=args.requests_per_window,
-        labels_per_window=args.labels_per_window,
-        random_share=args.random_share,
         label_delay=args.label_delay,
-        retrain_after=args.retrain_after,
-        max_retrains=args.max_retrains,
-        epochs=args.epochs,
-        train_limit=args.train_limit,
-        foreign_limit_per_class=args.foreign_limit_per_class,
-        min_accuracy=args.min_accuracy,
+        **loop_options(args),
     )
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)  # the parts' commands use the same store
     if args.reanalyse:

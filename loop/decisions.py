@@ -26,6 +26,15 @@ def labels_in_hand(answered: list[pd.DataFrame], window: int) -> pd.DataFrame:
     return every[every["arrived_window"] <= window].reset_index(drop=True)
 
 
+def windows_to_queue(since: int, judged_through: int | None, queued_through: int | None) -> range:
+    """The judged windows whose images are not queued yet, from the one labeling started at: none before a window
+    is judged, each window once."""
+    if judged_through is None:
+        return range(0)
+    first = since if queued_through is None else max(since, queued_through + 1)
+    return range(first, judged_through + 1)
+
+
 def retrain_due(images_in_hand: int, images_at_last_retrain: int, retrains: int, retrain_after: int, max_retrains: int) -> bool:
     """Whether to retrain now: `retrain_after` more labeled images (with their image kept) than at the last retrain,
     and retrains left."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -215,3 +217,52 @@ def test_two_replicas_on_azurite_lose_no_acknowledged_prediction_when_one_is_kil
         extra = ["--engine", engine, "--spark-master", "local[1]"]
         metrics = monitor_dataset(location, env, out, champion, "--full", *extra)
         assert metrics["window"].tolist() == list(range(6)) and int(metrics["volume"].sum()) == len(ids)
+
+
+def test_the_loop_controller_queues_after_the_alert_waits_for_labels_then_retrains_and_gates_with_its_reasons_in_mlflow(
+    scored, champion, tmp_path
+):
+    frame, env = scored
+    truth = Path(env["DIGITDRIFT_HOME"]) / "run" / "ground_truth.db"
+    store = tmp_path / "mlflow.db"  # a copy of the champion's store: the controller registers and may promote
+    shutil.copy(champion.tracking_uri.removeprefix("sqlite:///"), store)
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "DIGITDRIFT_HOME": str(tmp_path / "home")}
+    location, labels, out = str(tmp_path / "dataset"), tmp_path / "labels.jsonl", tmp_path / "controller"
+    sink = DatasetSink(location, tmp_path / "staging", flush_seconds=3600)
+    sink.write(records_of(frame, hour=10))
+    sink.close()
+    arguments = ["run", "--dataset", location, "--labels", str(labels), "--out", str(out), "--close-windows"]
+    arguments += ["--retrain-after", "5", "--epochs", "1", "--train-limit", "2000", "--foreign-limit-per-class", "3"]
+    arguments += ["--min-accuracy", "0"]
+
+    first = cli("loop", arguments, env)  # the traffic is in, nobody has labeled yet
+    assert first.returncode == 0, first.stderr[-3000:]
+    decided = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
+    names = [decision["decision"] for decision in decided]
+    assert names == ["judged", "labeling_started", "queued", "waiting_for_labels"], decided
+    state = json.loads((out / "controller.json").read_text())
+    alerts = [json.loads(line) for line in (out / "cycle-0001" / "monitor" / "alerts.jsonl").read_text().splitlines()]
+    assert state["labeling_since"] == min(alert["window"] for alert in alerts) and state["queued_through"] == 7
+    queue = pd.read_csv(out / "queue.csv")
+    assert set(queue["window"]) == set(range(state["labeling_since"], 8)) and len(queue) <= 10 * len(set(queue["window"]))
+
+    # the annotator stand-in answers the queue; the next cycle judges nothing again and retrains on the answers
+    answered = cli("labeling", ["annotate", "--queue", str(out / "queue.csv"), "--truth", str(truth), "--out", str(labels)], env)
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    second = cli("loop", arguments, env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    decided = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()][len(decided) :]
+    names = [decision["decision"] for decision in decided]
+    assert names[:3] == ["nothing_to_judge", "retrain", "retrained"] and names[3] in ("promoted", "promotion_refused"), decided
+    assert all(decision["cycle"] == 2 and decision["reason"] for decision in decided)
+
+    # the registry agrees with the gate's decision, and MLflow holds every decision with its reason
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    challenger = client.get_model_version_by_alias("digits-cnn", "challenger").version
+    now = client.get_model_version_by_alias("digits-cnn", "champion").version
+    assert challenger != champion.version and (now == challenger) == (names[3] == "promoted")
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = client.search_runs(experiments, "attributes.run_name = 'loop-controller'", order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2 and runs[0].data.tags["digitdrift.loop.last_decision"] == names[3]
+    recorded = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "loop/decisions.json", str(tmp_path))).read_text())
+    assert [(entry["decision"], entry["reason"]) for entry in recorded] == [(d["decision"], d["reason"]) for d in decided]

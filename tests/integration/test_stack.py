@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
+import yaml
 
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.settings import PROJECT_ROOT
@@ -27,6 +28,14 @@ from tests.helpers import acknowledged, simulate_in_background, until_acknowledg
 pytestmark = pytest.mark.slow
 
 STACK = [sys.executable, "-m", "devtools.stack"]
+DRIFT = {  # what the loop's controller is to notice: half the traffic Devanagari digits from window 2
+    "name": "devanagari-from-window-2",
+    "windows": 8,
+    "requests_per_window": 30,
+    "seed": 5,
+    "mode": "mix",
+    "sources": {"mnist": {"weight": {"constant": 1.0}}, "devanagari": {"weight": {"step": {"at": 2, "after": 1.0}}}},
+}
 
 
 def run(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -69,6 +78,11 @@ def replica_status(state: dict, name: str) -> str:
         if fields.get("pxname") == "replicas" and fields.get("svname") == name:
             return fields["status"]
     raise AssertionError(f"HAProxy's stats list no {name}")
+
+
+def served_versions(state: dict) -> set[str]:
+    """The versions the replicas serve, as their /ready says."""
+    return {httpx.get(f"{replica['url']}/ready", timeout=5).json()["version"] for replica in state["replicas"]}
 
 
 def psql(state: dict, query: str, pgpass: str | None = None) -> subprocess.CompletedProcess:
@@ -202,7 +216,7 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     second = client.create_model_version("digits-cnn", first_version.source, run_id=first_version.run_id).version
     started = time.monotonic()
     client.set_registered_model_alias("digits-cnn", "champion", second)
-    while {httpx.get(f"{replica['url']}/ready", timeout=5).json()["version"] for replica in state["replicas"]} != {second}:
+    while served_versions(state) != {second}:
         assert time.monotonic() - started < 20, "the replicas did not follow the alias within 20 s (their poll is 30 s)"
         time.sleep(0.05)
     print(f"alias set -> both replicas serve version {second}: {time.monotonic() - started:.2f} s")
@@ -266,12 +280,49 @@ def test_the_chain_runs_on_the_stack(stack, tmp_path, monkeypatch):
     volume = f"SELECT count(*) FROM metrics WHERE run_uuid = '{run_id}' AND key = 'traffic/volume'"
     assert rows(state, volume) == [str(len((out / "window_metrics.csv").read_text().splitlines()) - 1)]
 
+    # the loop's controller on the stack: Devanagari digits arrive; the controller follows the dataset on Azurite and
+    # queues after the first alert; once the annotator stand-in has answered, it retrains and gates on PostgreSQL's
+    # MLflow while traffic goes on through HAProxy, and not one request fails; if the gate promotes, both replicas follow
+    drift_dir, scenario = tmp_path / "run-drift", tmp_path / "devanagari-from-window-2.yaml"
+    scenario.write_text(yaml.safe_dump(DRIFT))
+    simulation = simulate_in_background(proxy, drift_dir, env, "--scenario", str(scenario))
+    _, errors = simulation.communicate(timeout=600)
+    assert simulation.returncode == 0, errors[-3000:]
+    labels, controller = tmp_path / "labels.jsonl", tmp_path / "controller"
+    loop = python("loop", "run", "--dataset", dataset, "--labels", str(labels), "--out", str(controller), "--close-windows")
+    loop += ["--retrain-after", "5", "--epochs", "1", "--train-limit", "2000", "--foreign-limit-per-class", "3"]
+    first_cycle = run([*loop, "--min-accuracy", "0"], env).stdout
+    assert "labeling_started" in first_cycle and "queued" in first_cycle and "waiting_for_labels" in first_cycle
+    truth = str(drift_dir / "ground_truth.db")
+    run(python("labeling", "annotate", "--queue", str(controller / "queue.csv"), "--truth", truth, "--out", str(labels)), env)
+    during_dir = tmp_path / "run-during-retrain"
+    during = "--scenario gradual-devanagari --seed 12 --windows 30 --requests-per-window 20".split()
+    simulation = simulate_in_background(proxy, during_dir, env, *during)
+    try:
+        until_acknowledged(during_dir, 20)
+        second_cycle = run([*loop, "--min-accuracy", "0"], env).stdout
+        champion_now, gated = client.get_model_version_by_alias("digits-cnn", "champion").version, time.monotonic()
+        while served_versions(state) != {champion_now}:
+            assert time.monotonic() - gated < 30, "the replicas did not follow the promotion within 30 s"
+            time.sleep(0.2)
+        _, errors = simulation.communicate(timeout=600)
+        assert simulation.returncode == 0, errors[-3000:]
+    finally:
+        if simulation.poll() is None:
+            simulation.kill()
+    assert len(acknowledged(during_dir)) == 30 * 20  # every request answered while the controller retrained and gated
+    assert "cycle 2: retrained" in second_cycle and ("cycle 2: promoted" in second_cycle) == (champion_now != second)
+    decisions = [json.loads(line)["decision"] for line in (controller / "decisions.jsonl").read_text().splitlines()]
+    controller_runs = rows(state, "SELECT status FROM runs WHERE name = 'loop-controller'")
+    assert controller_runs == ["FINISHED", "FINISHED"] and decisions[-1] in ("promoted", "promotion_refused")
+    print(f"the controller on the stack: {', '.join(decisions)}")
+
     # nobody gets in unasked. MLflow: anonymous requests are refused; the read-only user reads and changes nothing
     mlflow_url = state["mlflow"]["url"]
     assert httpx.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=5).status_code == 401
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", MLFLOW_READER)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", state["credentials"]["mlflow_reader_password"])
-    assert client.get_model_version_by_alias("digits-cnn", "champion").version == second
+    assert client.get_model_version_by_alias("digits-cnn", "champion").version == champion_now
     refused = {
         "a new version": lambda: client.create_model_version("digits-cnn", first_version.source, run_id=first_version.run_id),
         "the alias moved": lambda: client.set_registered_model_alias("digits-cnn", "champion", "1"),

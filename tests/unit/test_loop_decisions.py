@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from loop.decisions import incidents_after, labeling_since, labels_in_hand, retrain_due, serving_version
+from loop.decisions import incidents_after, labeling_since, labels_in_hand, retrain_due, serving_version, windows_to_queue
 
 
 def test_labeling_starts_at_the_first_alert_and_goes_on_without_alerts():
@@ -49,3 +49,10 @@ def test_incidents_after_the_first_promotion_are_counted_per_100_windows():
     after = incidents_after(incidents, 10, 41)
     assert after == {"windows": 30, "opened": 2, "opened_at": [12, 30], "per_100_windows": 6.67}
     assert incidents_after(incidents, None, 41) == {}
+
+
+def test_each_judged_window_from_the_first_alert_is_queued_once():
+    assert list(windows_to_queue(since=4, judged_through=None, queued_through=None)) == []  # nothing judged yet
+    assert list(windows_to_queue(since=4, judged_through=7, queued_through=None)) == [4, 5, 6, 7]
+    assert list(windows_to_queue(since=4, judged_through=7, queued_through=7)) == []  # no new window
+    assert list(windows_to_queue(since=4, judged_through=9, queued_through=7)) == [8, 9]

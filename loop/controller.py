@@ -1,0 +1,272 @@
+"""The loop's controller against a deployment: it follows the deployment's prediction dataset with the incremental
+monitor, queues images to label from the windows after the first alert, waits for their labels in the label store
+(the labeling page's file), retrains, gates and promotes, and records each decision with its reason in MLflow.
+
+    python -m loop run --dataset LOCATION --labels labels.jsonl [--every 1h] [--out FOLDER]
+
+A cycle is one incremental monitoring run (`python -m monitoring run` with the controller's own watermark, so no
+window is judged twice), then the decisions of `loop.decisions`, then at most one retrain
+(`python -m training retrain`) and promotion (`python -m training promote`, MLflow's validation gate). The servers
+keep serving the champion meanwhile and follow the alias when it moves. What the controller has done is kept in
+its folder (`controller.json`), so a controller started again goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from common.files import write_whole
+from common.labels import LabelFileError, read_labels
+from common.prediction_dataset import DatasetError, read_records
+from common.settings import MODEL_NAME, PROJECT_ROOT
+from common.windows import DAILY_CLOCK, WindowClock, WindowError, choose_clock, with_windows
+from labeling.queue import select_for_labeling
+from loop.decisions import labeling_since, retrain_due, windows_to_queue
+
+log = logging.getLogger(__name__)
+STATE_FILE = "controller.json"
+DECISIONS_FILE = "decisions.jsonl"
+DECISIONS_ARTIFACT = "loop/decisions.json"
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    dataset: str  # the deployment's prediction dataset: a folder, az://container/prefix, Azure ML's collector folder
+    labels: Path  # the label store the labeling page (or a CSV/JSONL route) answers into
+    out: Path  # the controller's folder: its state, watermark, queue, decisions, the logs of what it ran
+    labels_per_window: int = 10
+    random_share: float = 0.3
+    retrain_after: int = 100  # labeled images with their image kept, since the last retrain
+    max_retrains: int = 3
+    epochs: int = 2
+    train_limit: int | None = None
+    foreign_limit_per_class: int | None = None
+    min_accuracy: float = 0.993
+    clock: str = "auto"
+    wall: WindowClock = DAILY_CLOCK
+    close_windows: bool = False  # judge the newest window too (the traffic is over)
+    seed: int = 0
+
+    @property
+    def queue(self) -> Path:
+        return self.out / "queue.csv"
+
+
+@dataclass
+class ControllerState:
+    """What the controller has done so far, kept in controller.json between cycles and runs."""
+
+    cycles: int = 0
+    judged_through: int | None = None
+    labeling_since: int | None = None
+    queued_through: int | None = None
+    images_at_last_retrain: int = 0
+    retrains: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One thing the controller decided, why, and when."""
+
+    cycle: int
+    decision: str
+    reason: str
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def load_state(out: Path) -> ControllerState:
+    path = out / STATE_FILE
+    return ControllerState(**json.loads(path.read_text())) if path.is_file() else ControllerState()
+
+
+def save_state(out: Path, state: ControllerState) -> None:
+    write_whole(out / STATE_FILE, json.dumps(asdict(state), indent=2).encode())
+
+
+def run_command(command: list[str], log_path: Path) -> tuple[int, str]:
+    """A part's command, its output written to `log_path` as it runs (follow it there); (exit code, last line)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as output:
+        code = subprocess.run(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
+    last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
+    log.info("  %s", last)
+    return code, last
+
+
+def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], list[dict], str]:
+    """One incremental monitoring run of the dataset (the controller's watermark: each window judged once): the
+    windows it judged, their alerts, and what it said last."""
+    command = [sys.executable, "-m", "monitoring", "run", "--log", config.dataset, "--out", str(out)]
+    command += ["--watermark", str(config.out / "watermark.json"), "--clock", config.clock]
+    if config.wall.is_wall and config.clock != "simulated":
+        command += ["--window", f"{config.wall.length_s}s", "--timezone", config.wall.timezone]
+    if config.close_windows:
+        command.append("--close-windows")
+    code, last = run_command(command, out.parent / "monitor.log")
+    if code != 0:
+        raise RuntimeError(f"the monitoring run failed ({last}): see {out.parent / 'monitor.log'}")
+    if not (out / "window_metrics.csv").is_file():
+        return [], [], last
+    windows = pd.read_csv(out / "window_metrics.csv")["window"].astype(int).tolist()
+    alerts_path = out / "alerts.jsonl"
+    alerts = [json.loads(line) for line in alerts_path.read_text().splitlines() if line.strip()] if alerts_path.is_file() else []
+    return windows, alerts, last
+
+
+def queue_windows(config: ControllerConfig, records: pd.DataFrame, windows: range, queued: pd.DataFrame) -> pd.DataFrame:
+    """The images to label of `windows` (a budget per window, drawn within flag strata), none queued before."""
+    mine = records[records["window"].isin(list(windows))]
+    return select_for_labeling(mine, config.labels_per_window, config.random_share, config.seed, already=queued)
+
+
+def windowed_records(config: ControllerConfig) -> pd.DataFrame:
+    """The dataset's records with their windows as the monitor numbers them."""
+    records = read_records(config.dataset)
+    stamped, unstamped = int(records["window"].notna().sum()), int(records["window"].isna().sum())
+    chosen = choose_clock(config.clock, stamped, unstamped, config.wall, config.dataset)
+    records, _ = with_windows(records, chosen, config.dataset)
+    return records.astype({"image_index": int})
+
+
+def labeled_with_image(labels_path: Path, records: pd.DataFrame) -> int:
+    """How many labels in the store a retrain can use: their image was kept (the flagged ones)."""
+    try:
+        labels = read_labels(labels_path)
+    except LabelFileError:
+        if labels_path.is_file():
+            raise
+        return 0  # nobody has answered yet
+    kept = records.loc[records["image"].notna(), ["request_id", "image_index"]]
+    return len(labels.merge(kept, on=["request_id", "image_index"]))
+
+
+def retrain_and_promote(config: ControllerConfig, state: ControllerState, folder: Path) -> list[Decision]:
+    """`training retrain` on the labels in hand, then `training promote` (its gate decides)."""
+    command = [sys.executable, "-m", "training", "retrain", "--labels", str(config.labels)]
+    command += ["--prediction-log", config.dataset, "--epochs", str(config.epochs)]
+    command += ["--run-name", f"loop-retrain-{state.retrains}"]
+    if config.train_limit:
+        command += ["--train-limit", str(config.train_limit)]
+    if config.foreign_limit_per_class:
+        command += ["--foreign-limit-per-class", str(config.foreign_limit_per_class)]
+    code, last = run_command(command, folder / "retrain.log")
+    if code != 0:
+        return [Decision(state.cycles, "retrain_failed", f"{last} (see {folder / 'retrain.log'})")]
+    decisions = [Decision(state.cycles, "retrained", last)]
+    promote = [sys.executable, "-m", "training", "promote", "--model-name", MODEL_NAME]
+    promote += ["--min-accuracy", str(config.min_accuracy)]
+    code, reason = run_command(promote, folder / "promote.log")
+    decisions.append(Decision(state.cycles, "promoted" if code == 0 else "promotion_refused", reason))
+    return decisions
+
+
+def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision]:
+    """One cycle: judge the new windows, start labeling at the first alert, queue the new windows' images, and
+    retrain and try to promote once enough labels are in. Updates `state`."""
+    state.cycles += 1
+    folder = config.out / f"cycle-{state.cycles:04d}"
+    windows, alerts, said = judge_new_windows(config, folder / "monitor")
+    cycle = state.cycles
+    if not windows:
+        decisions = [Decision(cycle, "nothing_to_judge", said)]
+    else:
+        rules = sorted({alert["rule"] for alert in alerts})
+        what = f"{len(alerts)} alerts ({', '.join(rules)})" if alerts else "no alert"
+        decisions = [Decision(cycle, "judged", f"windows {windows[0]}-{windows[-1]}: {what}")]
+    first_alert = min((int(alert["window"]) for alert in alerts), default=None)
+    since = state.labeling_since if first_alert is None else labeling_since(state.labeling_since, first_alert, True)
+    if since != state.labeling_since:
+        rule = next(alert["rule"] for alert in alerts if int(alert["window"]) == since)
+        started = f"window {since} raised {rule}: its images and later windows' get labels"
+        decisions.append(Decision(cycle, "labeling_started", started))
+    state.labeling_since = since
+    if windows:
+        state.judged_through = max(windows)
+    save_state(config.out, state)  # the monitor's watermark has moved: what it judged is not judged again
+    if since is None:
+        return decisions
+    records = windowed_records(config)
+    to_queue = windows_to_queue(since, state.judged_through, state.queued_through)
+    if len(to_queue):
+        queued = pd.read_csv(config.queue) if config.queue.is_file() else pd.DataFrame(columns=["request_id", "image_index"])
+        fresh = queue_windows(config, records, to_queue, queued)
+        write_whole(config.queue, pd.concat([queued, fresh], ignore_index=True).to_csv(index=False).encode())
+        state.queued_through = to_queue[-1]
+        decisions.append(
+            Decision(cycle, "queued", f"{len(fresh)} images of windows {to_queue[0]}-{to_queue[-1]} to {config.queue}")
+        )
+    usable = labeled_with_image(config.labels, records)
+    if retrain_due(usable, state.images_at_last_retrain, state.retrains, config.retrain_after, config.max_retrains):
+        decisions.append(
+            Decision(cycle, "retrain", f"{usable - state.images_at_last_retrain} labeled images since the last retrain")
+        )
+        state.images_at_last_retrain = usable
+        state.retrains += 1
+        decisions += retrain_and_promote(config, state, folder)
+    elif state.retrains >= config.max_retrains:
+        decisions.append(Decision(cycle, "no_retrain", f"the {config.max_retrains} retrains allowed are spent"))
+    else:
+        waiting = f"{usable - state.images_at_last_retrain} of {config.retrain_after} labeled images since the last retrain"
+        decisions.append(Decision(cycle, "waiting_for_labels", waiting))
+    return decisions
+
+
+def record(config: ControllerConfig, state: ControllerState, decisions: list[Decision], every: list[Decision]) -> None:
+    """The cycle's decisions: appended to decisions.jsonl, and on the controller's MLflow run (all of them as
+    loop/decisions.json, the counts as metrics by cycle, the last as a tag)."""
+    import mlflow
+
+    lines = "".join(json.dumps(asdict(decision)) + "\n" for decision in decisions)
+    with open(config.out / DECISIONS_FILE, "a") as handle:
+        handle.write(lines)
+    for decision in decisions:
+        log.info("cycle %d: %s: %s", decision.cycle, decision.decision, decision.reason)
+    mlflow.log_dict([asdict(decision) for decision in every], DECISIONS_ARTIFACT)
+    counts = {"loop/retrains": state.retrains, "loop/labels_at_last_retrain": state.images_at_last_retrain}
+    mlflow.log_metrics(counts, step=state.cycles)
+    last = decisions[-1]
+    mlflow.set_tags({"digitdrift.loop.last_decision": last.decision, "digitdrift.loop.reason": last.reason[:5000]})
+
+
+def control(config: ControllerConfig, cycles: int | None, every_s: float, stopping: threading.Event) -> list[Decision]:
+    """Cycles, one each `every_s`, until `cycles` are done (None: until stopped) or `stopping` is set; the decisions,
+    each recorded as it is taken. One MLflow run holds this controller's decisions. A first cycle that fails stops
+    it; a later one is recorded as failed and the next period tries again."""
+    import mlflow
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    state = load_state(config.out)
+    every: list[Decision] = []
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())  # the parts' commands use the same store
+    with mlflow.start_run(run_name="loop-controller", tags={"digitdrift.loop.dataset": config.dataset}):
+        settings = ("retrain_after", "max_retrains", "labels_per_window", "min_accuracy")
+        mlflow.log_params({name: getattr(config, name) for name in settings})
+        done = 0
+        while not stopping.is_set():
+            started = time.monotonic()
+            try:
+                decisions = run_cycle(config, state)
+            except (RuntimeError, DatasetError, WindowError) as err:
+                if not done:
+                    raise  # a first cycle that fails: what the controller was told is wrong
+                log.error("cycle %d failed; the next one starts in %.0f s: %s", state.cycles, every_s, err)
+                decisions = [Decision(state.cycles, "cycle_failed", str(err))]
+            save_state(config.out, state)
+            every += decisions
+            record(config, state, decisions, every)
+            done += 1
+            if cycles is not None and done >= cycles:
+                break
+            stopping.wait(max(0.0, every_s - (time.monotonic() - started)))
+    return every

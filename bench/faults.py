@@ -7,8 +7,8 @@ Starts the stack (`devtools.stack`: PostgreSQL, Azurite, a basic-auth `mlflow se
 workers, two replicas behind HAProxy with TLS and the API key) in a scratch folder, trains and promotes a small
 digits-cnn on it, then breaks one thing at a time. Under simulated traffic through HAProxy: a replica killed, a
 replica hung, blob storage down, the MLflow server down, PostgreSQL down. Without traffic: PostgreSQL restarted
-under a training job and under a promotion, and a Spark worker killed under batch scoring (compared with the
-same job unbroken).
+under a training job and under a promotion, and a Spark worker killed under batch scoring and under a monitoring
+run on the cluster (each compared with the same job unbroken).
 Lost means acknowledged to the client and never in the prediction dataset; duplicated means written twice.
 """
 
@@ -23,9 +23,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 
 from bench.result_file import write_result
 from common.logs import configure_logging
@@ -44,9 +47,17 @@ def command(module: str, *arguments: str) -> list[str]:
 
 
 def run_on_stack(state: dict, arguments: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    """A digitdrift command pointed at the stack as `stack env` points a user's shell."""
+    """A digitdrift command pointed at the stack as `stack env` points a user's shell, run to its end."""
     environment = {**os.environ, **stack.stack_environment(state)}
     return subprocess.run(arguments, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def start_on_stack(state: dict, arguments: list[str]) -> subprocess.Popen:
+    """The same command started and left running, its output piped."""
+    environment = {**os.environ, **stack.stack_environment(state)}
+    return subprocess.Popen(
+        arguments, cwd=PROJECT_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def until(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -90,14 +101,7 @@ def under_traffic(state: dict, scratch: Path, name: str, windows: int, requests:
     run_dir = scratch / f"traffic-{name}"
     scenario = ["--scenario", "gradual-devanagari", "--seed", str(seed), "--windows", str(windows)]
     arguments = [*scenario, "--requests-per-window", str(requests), "--url", state["proxy"]["url"], "--run-dir", str(run_dir)]
-    simulation = subprocess.Popen(
-        command("simulation", "run", *arguments, "--no-mlflow", "--concurrency", "4"),
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **stack.stack_environment(state)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    simulation = start_on_stack(state, command("simulation", "run", *arguments, "--no-mlflow", "--concurrency", "4"))
     sent = windows * requests
     try:
         until(lambda: len(acknowledged_images(run_dir / "ground_truth.db")) >= sent // 10, 300, f"{name}: first answers")
@@ -191,14 +195,7 @@ def postgres_under_training(state: dict, down_seconds: float = 10.0) -> dict:
     import mlflow
 
     arguments = command("training", "keras", "--epochs", "3", *SMALL_TRAINING, "--run-name", "faults-postgres")
-    job = subprocess.Popen(
-        arguments,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **stack.stack_environment(state)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = start_on_stack(state, arguments)
     client = mlflow.MlflowClient(state["mlflow"]["url"])
     versions_before = len(client.search_model_versions("name = 'digits-cnn'"))
     until(lambda: run_named(client, "faults-postgres") is not None, 600, "the training run started")
@@ -236,14 +233,7 @@ def postgres_under_promotion(state: dict, down_seconds: float = 10.0) -> dict:
     challenger = client.get_model_version_by_alias("digits-cnn", "challenger")
     before = client.get_model_version_by_alias("digits-cnn", "champion").version
     stop_postgres(state)
-    job = subprocess.Popen(
-        command("training", "promote", "--min-accuracy", "0"),
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **stack.stack_environment(state)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = start_on_stack(state, command("training", "promote", "--min-accuracy", "0"))
     time.sleep(down_seconds)
     restarted = time.monotonic()
     state.update(stack.up())
@@ -271,62 +261,89 @@ def run_named(client, name: str):
     return found[0] if found else None
 
 
-def spark_worker_killed(state: dict, scratch: Path) -> dict:
-    """Batch scoring of the Japanese writers' digits on the cluster, once whole and once with a worker SIGKILLed
-    while its executor runs: the same records?"""
-    import pandas as pd
+@dataclass(frozen=True)
+class SparkJob:
+    """A job of ours on the stack's cluster: its application's name, its command writing to an output folder, and
+    its result read back in a stable order."""
 
-    japanese = str(load_settings().data_dir / "japanese")
-    master = state["spark_master"]["url"]
+    name: str
+    application: str
+    what: str
+    arguments: Callable[[Path], list[str]]
+    result: Callable[[Path], pd.DataFrame]
 
-    def batch(output: Path) -> subprocess.Popen:
-        arguments = ["--input", japanese, "--layout", "japanese", "--output", str(output), "--spark-master", master]
-        return subprocess.Popen(
-            command("serving.batch", *arguments),
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **stack.stack_environment(state)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+
+def spark_jobs(state: dict) -> list[SparkJob]:
+    """Batch scoring of the Japanese writers' digits, and a full monitoring run of the stack's dataset, on the cluster."""
+    master = ["--spark-master", state["spark_master"]["url"]]
+    japanese = ["--input", str(load_settings().data_dir / "japanese"), "--layout", "japanese"]
+    # the version that served the traffic: the promotion under a PostgreSQL restart moved @champion past it
+    monitoring = ["run", "--log", state["prediction_dataset"], "--model", "models:/digits-cnn/1", "--engine", "spark"]
+    monitoring += ["--full", "--no-mlflow"]
+    return [
+        SparkJob(
+            "batch_scoring",
+            "digitdrift-batch",
+            "batch scoring of 10,800 images",
+            lambda out: command("serving.batch", *japanese, "--output", str(out), *master),
+            lambda out: pd.read_parquet(out).sort_values("request_id")[["request_id", "image_index", "predicted", "confidence"]],
+        ),
+        SparkJob(
+            "monitoring",
+            "digitdrift-monitoring",
+            "a full monitoring run of the stack's dataset",
+            lambda out: command("monitoring", *monitoring, "--out", str(out), *master),
+            lambda out: pd.read_csv(out / "window_metrics.csv"),
+        ),
+    ]
+
+
+def spark_worker_killed(state: dict, scratch: Path, job: SparkJob) -> dict:
+    """`job` on the cluster, once whole and once with a worker SIGKILLed while the application runs: the same
+    result? (Exactly for batch scoring's records; to 1e-9 for the monitor's sums, whose order may change.)"""
+
+    def running() -> bool:
+        applications = httpx.get(f"{state['spark_master']['ui']}/json/", timeout=5).json()["activeapps"]
+        return any(app["name"] == job.application and app["state"] == "RUNNING" for app in applications)
 
     started = time.monotonic()
-    whole = batch(scratch / "batch-whole")
+    whole = start_on_stack(state, job.arguments(scratch / f"{job.name}-whole"))
     _, errors = whole.communicate(timeout=900)
     if whole.returncode != 0:
-        raise RuntimeError(f"batch scoring failed without a fault: {errors[-2000:]}")
+        raise RuntimeError(f"{job.name} failed without a fault: {errors[-2000:]}")
     seconds_whole = time.monotonic() - started
 
-    def running_executors() -> int:
-        applications = httpx.get(f"{state['spark_master']['ui']}/json/", timeout=5).json()["activeapps"]
-        return sum(1 for app in applications if app["name"] == "digitdrift-batch" and app["state"] == "RUNNING")
-
     started = time.monotonic()
-    broken = batch(scratch / "batch-broken")
-    until(lambda: running_executors() > 0, 300, "the batch application running")
-    time.sleep(min(10.0, seconds_whole / 3))  # into the scoring, past the session's start
-    victim = state["spark_workers"][0]["pid"]
+    broken = start_on_stack(state, job.arguments(scratch / f"{job.name}-broken"))
+    until(running, 300, f"{job.name}: the application running")
+    time.sleep(min(10.0, seconds_whole / 3))  # into the work, past the session's start
     killed_at = time.monotonic() - started
-    os.kill(victim, signal.SIGKILL)
+    os.kill(state["spark_workers"][0]["pid"], signal.SIGKILL)
+    while_running = running()
     _, errors = broken.communicate(timeout=900)
     seconds_broken = time.monotonic() - started
-    columns = ["request_id", "image_index", "predicted", "confidence"]
     same = False
     if broken.returncode == 0:
-        left = pd.read_parquet(scratch / "batch-whole").sort_values("request_id")[columns].reset_index(drop=True)
-        right = pd.read_parquet(scratch / "batch-broken").sort_values("request_id")[columns].reset_index(drop=True)
-        same = len(left) == len(right) and left.equals(right)
+        left = job.result(scratch / f"{job.name}-whole").reset_index(drop=True)
+        right = job.result(scratch / f"{job.name}-broken").reset_index(drop=True)
+        numbers = left.select_dtypes("number").columns
+        same = (
+            left.shape == right.shape
+            and left.drop(columns=numbers).equals(right.drop(columns=numbers))
+            and np.allclose(left[numbers], right[numbers], rtol=1e-9, atol=1e-12, equal_nan=True)
+        )
     restarted = time.monotonic()
     state.update(stack.up())  # a new worker in the dead one's place
     return {
-        "fault": "spark_worker_killed",
-        "what": "a Spark worker SIGKILLed while batch scoring ran on the cluster (10,800 images), then replaced by `stack up`",
+        "fault": f"spark_worker_killed_under_{job.name}",
+        "what": f"a Spark worker SIGKILLed while {job.what} ran on the cluster, then replaced by `stack up`",
         "job_exit": broken.returncode,
         "job_error": errors.strip().splitlines()[-1] if broken.returncode else "",
         "killed_after_seconds": round(killed_at, 1),
+        "application_running_after_the_kill": while_running,
         "seconds_whole": round(seconds_whole, 1),
         "seconds_with_the_fault": round(seconds_broken, 1),
-        "same_records_as_whole": same,
+        "same_result_as_whole": same,
         # the driver's own account of the kill (Spark's scheduler logs each executor it loses)
         "driver_saw": sorted({line.split(": ", 1)[-1][:160] for line in errors.splitlines() if "Lost executor" in line}),
         "seconds_to_replace_the_worker": round(time.monotonic() - restarted, 1),
@@ -364,8 +381,9 @@ def run_benchmark(scratch: Path, windows: int, requests: int) -> dict:
         for fault in (postgres_under_training, postgres_under_promotion):
             faults.append(fault(state))
             log.info("%s", faults[-1])
-        faults.append(spark_worker_killed(state, scratch))
-        log.info("%s", faults[-1])
+        for job in spark_jobs(state):
+            faults.append(spark_worker_killed(state, scratch, job))
+            log.info("%s", faults[-1])
     finally:
         stack.down()
     return {"traffic": {"windows": windows, "requests_per_window": requests, "concurrency": 4}, "faults": faults}
@@ -380,6 +398,8 @@ def main() -> None:
     configure_logging()
     with tempfile.TemporaryDirectory(prefix="digitdrift-faults-") as scratch:
         Path(scratch).chmod(0o755)  # PostgreSQL runs as its own user when this runs as root
+        os.environ["DIGITDRIFT_DATA"] = str(load_settings().data_dir)  # read where it was; write nothing outside scratch
+        os.environ["DIGITDRIFT_HOME"] = str(Path(scratch) / "home")
         os.environ["DIGITDRIFT_STACK_DIR"] = str(Path(scratch) / "stack")
         figures = run_benchmark(Path(scratch), args.windows, args.requests_per_window)
     write_result(args.result, "faults", figures, "bench.faults")

@@ -15,9 +15,9 @@ in an Azurite container, Spark's own master and worker classes from pyspark, HAP
 TLS with a certificate made once by openssl (clients trust it through `SSL_CERT_FILE`, which `env` sets).
 
 Nobody gets in unasked: PostgreSQL takes a password (scram-sha-256), Azurite an account key, MLflow a user and
-password (its basic-auth app: `admin` registers and promotes, `reader` only reads), the replicas an API key. Each
-secret is made once and kept in the state folder, readable by its owner only (`stack.json`, libpq's `pgpass`,
-MLflow's `mlflow-auth.ini`); the processes get them through their environment, never their command line.
+password (its basic-auth app: `admin` registers and promotes, `reader` reads), the replicas an API key. Each
+secret is made once and kept in the state folder, readable by its owner only (`credentials.json`, libpq's
+`pgpass`, MLflow's `mlflow-auth.ini`); the processes get them through their environment, never their command line.
 """
 
 from __future__ import annotations
@@ -125,17 +125,27 @@ def write_private(path: Path, text: str) -> Path:
     return path
 
 
-def credentials(state: dict) -> dict[str, str]:
-    """The stack's secrets, made on its first `up` and kept: PostgreSQL's password, Azurite's account key, MLflow's
-    two users' passwords and the key its forms are signed with, the replicas' API key."""
-    made = state.setdefault("credentials", {})
-    made.setdefault("postgres_password", secrets.token_urlsafe(24))
-    made.setdefault("azurite_key", base64.b64encode(secrets.token_bytes(64)).decode())
-    made.setdefault("mlflow_admin_password", secrets.token_urlsafe(24))
-    made.setdefault("mlflow_reader_password", secrets.token_urlsafe(24))
-    made.setdefault("mlflow_flask_secret", secrets.token_urlsafe(32))
-    made.setdefault("api_key", secrets.token_urlsafe(32))
-    return made
+def credentials(folder: Path | None = None) -> dict[str, str]:
+    """The stack's secrets, made on its first `up` and kept in credentials.json (0600) for as long as its data is:
+    `down` leaves them, as it leaves PostgreSQL's cluster and MLflow's users, which were made with them. PostgreSQL's
+    password, Azurite's account key, MLflow's two users' passwords, the key its forms are signed with and the key it
+    encrypts webhook secrets with, the webhook signing secret, the replicas' API key."""
+    path = (folder or stack_dir()) / "credentials.json"
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    made = {
+        "postgres_password": secrets.token_urlsafe(24),
+        "azurite_key": base64.b64encode(secrets.token_bytes(64)).decode(),
+        "mlflow_admin_password": secrets.token_urlsafe(24),
+        "mlflow_reader_password": secrets.token_urlsafe(24),
+        "mlflow_flask_secret": secrets.token_urlsafe(32),
+        "webhook_key": new_fernet_key(),
+        "webhook_secret": secrets.token_urlsafe(32),
+        "api_key": secrets.token_urlsafe(32),
+    }
+    if set(made) - set(kept):
+        kept = {**made, **kept}
+        write_private(path, json.dumps(kept, indent=2))
+    return kept
 
 
 def as_postgres(command: list[str]) -> list[str]:
@@ -145,7 +155,7 @@ def as_postgres(command: list[str]) -> list[str]:
 
 def start_postgres(state: dict) -> None:
     entry = state.get("postgres", {})
-    password = credentials(state)["postgres_password"]
+    password = credentials()["postgres_password"]
     # libpq's password file: psql, createdb, MLflow's SQLAlchemy (psycopg2) read the password from it, not a URL
     os.environ["PGPASSFILE"] = str(write_private(stack_dir() / "pgpass", f"127.0.0.1:*:*:{POSTGRES_USER}:{password}\n"))
     if alive(entry.get("pid")):
@@ -172,6 +182,11 @@ def start_postgres(state: dict) -> None:
                 shutil.chown(given, "postgres", "postgres")
             initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "scram-sha-256", f"--pwfile={given}"]
             subprocess.run(as_postgres([*initdb, "-U", POSTGRES_USER, "-E", "UTF8"]), check=True, stdout=subprocess.DEVNULL)
+    rules = [line.split() for line in (data / "pg_hba.conf").read_text().splitlines() if not line.startswith("#")]
+    if any("trust" in rule for rule in rules):
+        log.warning(
+            "%s trusts every local client (made before the stack took passwords): remove %s for one that asks", data, stack_dir()
+        )
     subprocess.run(
         as_postgres(
             [
@@ -191,7 +206,7 @@ def start_postgres(state: dict) -> None:
     )
     pid = int((data / "postmaster.pid").read_text().split()[0])
     wait_for(lambda: port_open(port), "PostgreSQL")
-    connect = ["-h", "127.0.0.1", "-p", str(port), "-U", POSTGRES_USER]
+    connect = ["-h", "127.0.0.1", "-p", str(port), "-U", POSTGRES_USER, "-w"]  # -w: never ask a terminal
     query = "SELECT datname FROM pg_database"
     listed = subprocess.run([str(PG_BIN / "psql"), *connect, "-d", "postgres", "-tAc", query], capture_output=True, text=True)
     if listed.returncode != 0:
@@ -212,7 +227,7 @@ def start_postgres(state: dict) -> None:
 def start_azurite(state: dict) -> None:
     entry = state.get("azurite", {})
     port = entry.get("port") or free_port()
-    key = credentials(state)["azurite_key"]
+    key = credentials()["azurite_key"]
     connection = connection_string(port, STORAGE_ACCOUNT, key)
     os.environ[CONNECTION_STRING_ENV] = connection  # this command's own blob calls, and the Spark workers it starts
     if alive(entry.get("pid")):
@@ -254,7 +269,7 @@ def mlflow_auth_config(state: dict) -> Path:
 
     path = stack_dir() / "mlflow-auth.ini"
     settings = {"database_uri": state["postgres"]["auth_url"], "admin": MLFLOW_ADMIN}
-    write_private(path, MLFLOW_AUTH_CONFIG.format(**settings, password=credentials(state)["mlflow_admin_password"]))
+    write_private(path, MLFLOW_AUTH_CONFIG.format(**settings, password=credentials()["mlflow_admin_password"]))
     os.environ[MLFLOW_AUTH_CONFIG_PATH.name] = str(path)
     with warnings.catch_warnings():  # the server's modules warn of their own deprecations on import: not the user's
         warnings.simplefilter("ignore")
@@ -265,8 +280,9 @@ def mlflow_auth_config(state: dict) -> Path:
 
 
 def ensure_reader(url: str, password: str) -> None:
-    """MLflow's read-only user: with the default permission READ it reads every experiment and model, and may
-    change none (no run, no version, no alias, no webhook)."""
+    """MLflow's read-only user: with the default permission READ it reads every experiment and model and changes
+    none of them (no run in them, no version, no alias, no webhook). MLflow's basic-auth lets any signed-in user
+    create experiments and registered models of its own."""
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
 
@@ -279,7 +295,7 @@ def ensure_reader(url: str, password: str) -> None:
 
 def start_mlflow(state: dict) -> None:
     entry = state.get("mlflow", {})
-    made = credentials(state)
+    made = credentials()
     # this command's own MLflow calls, and what `env` hands the other commands: the admin registers and promotes
     os.environ.update({"MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN, "MLFLOW_TRACKING_PASSWORD": made["mlflow_admin_password"]})
     if alive(entry.get("pid")) and http_ok(f"{entry['url']}/health"):
@@ -289,7 +305,7 @@ def start_mlflow(state: dict) -> None:
     # MLflow accepts only *.blob.core.windows.net artifact URIs; the connection string sends the bytes to Azurite
     destination = f"wasbs://{ARTIFACT_CONTAINER}@{STORAGE_ACCOUNT}.blob.core.windows.net/artifacts"
     # kept across restarts: the webhook secrets stored in PostgreSQL are encrypted with it
-    webhook_key = entry.get("webhook_key") or new_fernet_key()
+    webhook_key = made["webhook_key"]
     auth_config = mlflow_auth_config(state)
     pid = spawn(
         "mlflow",
@@ -316,7 +332,6 @@ def start_mlflow(state: dict) -> None:
         "port": port,
         "url": url,
         "artifacts": destination,
-        "webhook_key": webhook_key,
         "users": [MLFLOW_ADMIN, MLFLOW_READER],
     }
 
@@ -390,12 +405,13 @@ def start_spark(state: dict) -> None:
 def stack_environment(state: dict) -> dict[str, str]:
     """What points digitdrift's commands at the stack, with the credentials they use there (MLflow's admin)."""
     env = {}
+    made = credentials(Path(state["folder"])) if "folder" in state else {}
     if "postgres" in state:
         env["PGPASSFILE"] = state["postgres"]["pgpass"]
     if "mlflow" in state:
         env["MLFLOW_TRACKING_URI"] = state["mlflow"]["url"]
         env["MLFLOW_TRACKING_USERNAME"] = MLFLOW_ADMIN
-        env["MLFLOW_TRACKING_PASSWORD"] = state["credentials"]["mlflow_admin_password"]
+        env["MLFLOW_TRACKING_PASSWORD"] = made["mlflow_admin_password"]
     if "azurite" in state:
         env["AZURE_STORAGE_CONNECTION_STRING"] = state["azurite"]["connection_string"]
     if "spark_master" in state:
@@ -403,7 +419,7 @@ def stack_environment(state: dict) -> dict[str, str]:
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
     if "proxy" in state:
         env["DIGITDRIFT_SERVING_URL"] = state["proxy"]["url"]
-        env[API_KEY_ENV] = state["credentials"]["api_key"]
+        env[API_KEY_ENV] = made["api_key"]
     if "trust" in state.get("proxy", {}):  # the system's certificate authorities and the stack's certificate
         env["SSL_CERT_FILE"] = state["proxy"]["trust"]
     return env
@@ -414,10 +430,9 @@ def start_replicas(state: dict, model: str) -> None:
     FOLLOW_SECONDS as the fallback."""
     from common.settings import parse_registry_uri
 
-    state.setdefault("webhook_secret", secrets.token_urlsafe(32))
     env = {**stack_environment(state), "DIGITDRIFT_HOME": str(stack_dir() / "serving-home")}
-    env[WEBHOOK_SECRET_ENV] = state["webhook_secret"]
-    env[API_KEY_ENV] = credentials(state)["api_key"]  # HAProxy passes the clients' key through; /ready stays open to it
+    env[WEBHOOK_SECRET_ENV] = credentials()["webhook_secret"]
+    env[API_KEY_ENV] = credentials()["api_key"]  # HAProxy passes the clients' key through; /ready stays open to it
     follows = parse_registry_uri(model).alias is not None
     replicas = state.get("replicas", [{} for _ in range(REPLICAS)])
     for index, replica in enumerate(replicas):
@@ -544,6 +559,7 @@ def start_proxy(state: dict) -> None:
 def up() -> dict:
     stack_dir().mkdir(parents=True, exist_ok=True)
     state = load_state()
+    state["folder"] = str(stack_dir())
     for name, start in (
         ("PostgreSQL", start_postgres),
         ("Azurite", start_azurite),
@@ -628,7 +644,9 @@ def describe(state: dict) -> str:
         lines.append(f"Azurite (blob)  {state['azurite']['url']}  containers: {ARTIFACT_CONTAINER}, {PREDICTIONS_CONTAINER}")
     if "mlflow" in state:
         lines.append(f"MLflow server   {state['mlflow']['url']}  (artifacts: {state['mlflow']['artifacts']})")
-        lines.append(f"MLflow users    {MLFLOW_ADMIN} (registers, promotes), {MLFLOW_READER} (reads); passwords in stack.json")
+        lines.append(
+            f"MLflow users    {MLFLOW_ADMIN} (registers, promotes), {MLFLOW_READER} (reads); passwords in credentials.json"
+        )
     if "spark_master" in state:
         lines.append(f"Spark master    {state['spark_master']['url']}  (UI {state['spark_master']['ui']}, {WORKERS} workers)")
     for index, replica in enumerate(state.get("replicas", [])):

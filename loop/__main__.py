@@ -14,7 +14,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from common.labels import LabelFileError
+from common.labels import LABEL_SUFFIXES, LabelFileError
 from common.logs import configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import Settings, load_settings
@@ -135,6 +135,9 @@ def run_controller(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.max_cycles is not None and args.max_cycles < 1:
         print(f"error: --max-cycles {args.max_cycles}: expected 1 or more", file=sys.stderr)
+        return 2
+    if args.labels.suffix not in LABEL_SUFFIXES:
+        print(f"error: --labels {args.labels}: a label store is {' or '.join(LABEL_SUFFIXES)}", file=sys.stderr)
         return 2
     config = ControllerConfig(
         dataset=args.dataset,

@@ -28,9 +28,9 @@ import pandas as pd
 
 from common.files import write_whole
 from common.labels import LabelFileError, read_labels
-from common.prediction_dataset import DatasetError, read_records
+from common.prediction_dataset import read_records
 from common.settings import MODEL_NAME, PROJECT_ROOT
-from common.windows import DAILY_CLOCK, WindowClock, WindowError, choose_clock, with_windows
+from common.windows import DAILY_CLOCK, WindowClock, choose_clock, with_windows
 from labeling.queue import select_for_labeling
 from loop.decisions import labeling_since, retrain_due, windows_to_queue
 
@@ -152,10 +152,11 @@ def labeled_with_image(labels_path: Path, records: pd.DataFrame) -> int:
 
 
 def retrain_and_promote(config: ControllerConfig, state: ControllerState, folder: Path) -> list[Decision]:
-    """`training retrain` on the labels in hand, then `training promote` (its gate decides)."""
+    """`training retrain` on the labels in hand, then `training promote` (its gate decides). A retrain that fails
+    is not counted: the next cycle tries again."""
     command = [sys.executable, "-m", "training", "retrain", "--labels", str(config.labels)]
     command += ["--prediction-log", config.dataset, "--epochs", str(config.epochs)]
-    command += ["--run-name", f"loop-retrain-{state.retrains}"]
+    command += ["--run-name", f"loop-retrain-{state.retrains + 1}"]
     if config.train_limit:
         command += ["--train-limit", str(config.train_limit)]
     if config.foreign_limit_per_class:
@@ -163,11 +164,13 @@ def retrain_and_promote(config: ControllerConfig, state: ControllerState, folder
     code, last = run_command(command, folder / "retrain.log")
     if code != 0:
         return [Decision(state.cycles, "retrain_failed", f"{last} (see {folder / 'retrain.log'})")]
+    state.retrains += 1
     decisions = [Decision(state.cycles, "retrained", last)]
     promote = [sys.executable, "-m", "training", "promote", "--model-name", MODEL_NAME]
     promote += ["--min-accuracy", str(config.min_accuracy)]
     code, reason = run_command(promote, folder / "promote.log")
-    decisions.append(Decision(state.cycles, "promoted" if code == 0 else "promotion_refused", reason))
+    outcome = "promoted" if code == 0 else "promotion_refused" if reason.startswith("not promoted") else "promotion_failed"
+    decisions.append(Decision(state.cycles, outcome, reason if outcome != "promotion_failed" else f"{reason} (see {folder})"))
     return decisions
 
 
@@ -175,6 +178,7 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
     """One cycle: judge the new windows, start labeling at the first alert, queue the new windows' images, and
     retrain and try to promote once enough labels are in. Updates `state`."""
     state.cycles += 1
+    save_state(config.out, state)  # each attempt its own folder, even one that fails
     folder = config.out / f"cycle-{state.cycles:04d}"
     windows, alerts, said = judge_new_windows(config, folder / "monitor")
     cycle = state.cycles
@@ -203,6 +207,7 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
         fresh = queue_windows(config, records, to_queue, queued)
         write_whole(config.queue, pd.concat([queued, fresh], ignore_index=True).to_csv(index=False).encode())
         state.queued_through = to_queue[-1]
+        save_state(config.out, state)
         decisions.append(
             Decision(cycle, "queued", f"{len(fresh)} images of windows {to_queue[0]}-{to_queue[-1]} to {config.queue}")
         )
@@ -211,9 +216,9 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
         decisions.append(
             Decision(cycle, "retrain", f"{usable - state.images_at_last_retrain} labeled images since the last retrain")
         )
-        state.images_at_last_retrain = usable
-        state.retrains += 1
         decisions += retrain_and_promote(config, state, folder)
+        if decisions[-1].decision != "retrain_failed":
+            state.images_at_last_retrain = usable
     elif state.retrains >= config.max_retrains:
         decisions.append(Decision(cycle, "no_retrain", f"the {config.max_retrains} retrains allowed are spent"))
     else:
@@ -223,8 +228,8 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
 
 
 def record(config: ControllerConfig, state: ControllerState, decisions: list[Decision], every: list[Decision]) -> None:
-    """The cycle's decisions: appended to decisions.jsonl, and on the controller's MLflow run (all of them as
-    loop/decisions.json, the counts as metrics by cycle, the last as a tag)."""
+    """The cycle's decisions: appended to decisions.jsonl (every run's), and on this run's MLflow run (its
+    decisions as loop/decisions.json, the counts as metrics by cycle, the last as a tag)."""
     import mlflow
 
     lines = "".join(json.dumps(asdict(decision)) + "\n" for decision in decisions)
@@ -257,14 +262,19 @@ def control(config: ControllerConfig, cycles: int | None, every_s: float, stoppi
             started = time.monotonic()
             try:
                 decisions = run_cycle(config, state)
-            except (RuntimeError, DatasetError, WindowError) as err:
+            except Exception as err:  # a controller that stays up goes on: the next period tries again
                 if not done:
                     raise  # a first cycle that fails: what the controller was told is wrong
-                log.error("cycle %d failed; the next one starts in %.0f s: %s", state.cycles, every_s, err)
-                decisions = [Decision(state.cycles, "cycle_failed", str(err))]
+                log.exception("cycle %d failed; the next one starts in %.0f s", state.cycles, every_s)
+                decisions = [Decision(state.cycles, "cycle_failed", f"{type(err).__name__}: {err}")]
             save_state(config.out, state)
             every += decisions
-            record(config, state, decisions, every)
+            try:
+                record(config, state, decisions, every)
+            except Exception:  # MLflow unreachable: decisions.jsonl has them; the next cycle logs them all again
+                if not done:
+                    raise
+                log.exception("cycle %d: its decisions are in %s, not yet in MLflow", state.cycles, DECISIONS_FILE)
             done += 1
             if cycles is not None and done >= cycles:
                 break

@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 
 from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
+from common.files import write_whole
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import CONNECTION_STRING_ENV, filesystem
 from common.settings import PROJECT_ROOT, load_settings
@@ -54,6 +55,7 @@ STORAGE_ACCOUNT = "digitdrift"  # Azurite's own account with a generated key, in
 POSTGRES_USER = "digitdrift"
 DATABASES = ("mlflow", "mlflow_auth")  # MLflow's tracking and registry tables; its basic-auth app's users
 MLFLOW_ADMIN, MLFLOW_READER = "admin", "reader"
+PRIVATE = 0o600  # files holding a secret: readable by their owner only
 WORKERS = 2
 REPLICAS = 2
 FOLLOW_SECONDS = 30  # a replica's poll of its alias, when no webhook came
@@ -113,16 +115,7 @@ def load_state() -> dict:
 
 def save_state(state: dict) -> None:
     """The stack's state, its secrets included: readable by its owner only."""
-    write_private(stack_dir() / "stack.json", json.dumps(state, indent=2))
-
-
-def write_private(path: Path, text: str) -> Path:
-    """`text` in a file only its owner reads, its mode set before a byte is written."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    return path
+    write_whole(stack_dir() / "stack.json", json.dumps(state, indent=2), mode=PRIVATE)
 
 
 def credentials(folder: Path | None = None) -> dict[str, str]:
@@ -144,7 +137,7 @@ def credentials(folder: Path | None = None) -> dict[str, str]:
     }
     if set(made) - set(kept):
         kept = {**made, **kept}
-        write_private(path, json.dumps(kept, indent=2))
+        write_whole(path, json.dumps(kept, indent=2), mode=PRIVATE)
     return kept
 
 
@@ -157,7 +150,9 @@ def start_postgres(state: dict) -> None:
     entry = state.get("postgres", {})
     password = credentials()["postgres_password"]
     # libpq's password file: psql, createdb, MLflow's SQLAlchemy (psycopg2) read the password from it, not a URL
-    os.environ["PGPASSFILE"] = str(write_private(stack_dir() / "pgpass", f"127.0.0.1:*:*:{POSTGRES_USER}:{password}\n"))
+    os.environ["PGPASSFILE"] = str(
+        write_whole(stack_dir() / "pgpass", f"127.0.0.1:*:*:{POSTGRES_USER}:{password}\n", mode=PRIVATE)
+    )
     if alive(entry.get("pid")):
         return
     folder = stack_dir() / "postgres"
@@ -176,7 +171,7 @@ def start_postgres(state: dict) -> None:
             )
     if not (data / "PG_VERSION").is_file():
         with tempfile.TemporaryDirectory(dir=folder) as scratch:  # the password, read once by initdb
-            given = write_private(Path(scratch) / "password", password)
+            given = write_whole(Path(scratch) / "password", password, mode=PRIVATE)
             if os.geteuid() == 0:
                 shutil.chown(scratch, "postgres", "postgres")
                 shutil.chown(given, "postgres", "postgres")
@@ -269,7 +264,7 @@ def mlflow_auth_config(state: dict) -> Path:
 
     path = stack_dir() / "mlflow-auth.ini"
     settings = {"database_uri": state["postgres"]["auth_url"], "admin": MLFLOW_ADMIN}
-    write_private(path, MLFLOW_AUTH_CONFIG.format(**settings, password=credentials()["mlflow_admin_password"]))
+    write_whole(path, MLFLOW_AUTH_CONFIG.format(**settings, password=credentials()["mlflow_admin_password"]), mode=PRIVATE)
     os.environ[MLFLOW_AUTH_CONFIG_PATH.name] = str(path)
     with warnings.catch_warnings():  # the server's modules warn of their own deprecations on import: not the user's
         warnings.simplefilter("ignore")
@@ -517,9 +512,7 @@ def proxy_certificate(folder: Path) -> tuple[Path, Path, Path]:
         made = subprocess.run([*command, "-keyout", str(key), "-out", str(trusted)], capture_output=True, text=True)
         if made.returncode != 0:
             raise SystemExit(f"openssl could not make the stack's certificate: {made.stderr.strip()[-500:]}")
-        descriptor = os.open(served, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(trusted.read_text() + key.read_text())
+        write_whole(served, trusted.read_text() + key.read_text(), mode=PRIVATE)
     system = ssl.get_default_verify_paths()
     authorities = next((Path(path) for path in (system.cafile, system.openssl_cafile) if path and Path(path).is_file()), None)
     bundle.write_text((authorities.read_text() if authorities else "") + trusted.read_text())

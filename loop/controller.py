@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.files import write_whole
-from common.labels import LabelFileError, read_labels
+from common.labels import read_labels
 from common.prediction_dataset import read_records
 from common.settings import MODEL_NAME, PROJECT_ROOT
 from common.windows import DAILY_CLOCK, WindowClock, choose_clock, with_windows
@@ -109,7 +109,7 @@ def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], l
     windows it judged, their alerts, and what it said last."""
     command = [sys.executable, "-m", "monitoring", "run", "--log", config.dataset, "--out", str(out)]
     command += ["--watermark", str(config.out / "watermark.json"), "--clock", config.clock]
-    if config.wall.is_wall and config.clock != "simulated":
+    if config.clock != "simulated":
         command += ["--window", f"{config.wall.length_s}s", "--timezone", config.wall.timezone]
     if config.close_windows:
         command.append("--close-windows")
@@ -141,12 +141,9 @@ def windowed_records(config: ControllerConfig) -> pd.DataFrame:
 
 def labeled_with_image(labels_path: Path, records: pd.DataFrame) -> int:
     """How many labels in the store a retrain can use: their image was kept (the flagged ones)."""
-    try:
-        labels = read_labels(labels_path)
-    except LabelFileError:
-        if labels_path.is_file():
-            raise
+    if not labels_path.is_file():
         return 0  # nobody has answered yet
+    labels = read_labels(labels_path)
     kept = records.loc[records["image"].notna(), ["request_id", "image_index"]]
     return len(labels.merge(kept, on=["request_id", "image_index"]))
 

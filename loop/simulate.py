@@ -38,6 +38,7 @@ from common.settings import MODEL_NAME, PROJECT_ROOT, Settings
 from common.tracking import describe_run, download_reference, resolve_registered, use_tracking
 from labeling.annotator import simulated_labels
 from labeling.queue import select_for_labeling
+from loop.controller import run_command
 from loop.decisions import incidents_after, labeling_since, labels_in_hand, retrain_due, serving_version
 from monitoring.alerts import evaluate_rules
 from monitoring.dashboard import closed_loop_figure, write_dashboard
@@ -83,15 +84,6 @@ class LoopState:
     images_at_last_retrain: int = 0
     retrains: int = 0
     events: list[dict] = field(default_factory=list)
-
-
-def run_command(command: list[str], log_path: Path) -> tuple[int, str]:
-    """A part's command, its output written to `log_path` as it runs (follow it there); (exit code, last line)."""
-    with open(log_path, "wb") as output:
-        code = subprocess.run(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
-    last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
-    log.info("  %s", last)
-    return code, last
 
 
 def start_server(config: LoopConfig, port: int) -> subprocess.Popen:

@@ -28,16 +28,18 @@ import pandas as pd
 
 from common.files import write_whole
 from common.labels import read_labels
-from common.prediction_dataset import read_records
+from common.prediction_dataset import Part, filesystem, read_parts
 from common.settings import MODEL_NAME, PROJECT_ROOT
-from common.windows import DAILY_CLOCK, WindowClock, choose_clock, with_windows
+from common.windows import DAILY_CLOCK, WindowClock, with_windows
 from labeling.queue import select_for_labeling
 from loop.decisions import labeling_since, retrain_due, windows_to_queue
+from monitoring.incremental import WATERMARK_FILE, Watermark
 
 log = logging.getLogger(__name__)
 STATE_FILE = "controller.json"
 DECISIONS_FILE = "decisions.jsonl"
 DECISIONS_ARTIFACT = "loop/decisions.json"
+KEPT_FILE = "kept_images.csv"  # request_id, image_index of every record read whose image the dataset kept
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ControllerState:
     queued_through: int | None = None
     images_at_last_retrain: int = 0
     retrains: int = 0
+    parts_read: list[str] = field(default_factory=list)  # consumed parts whose records are queued and counted
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], l
     """One incremental monitoring run of the dataset (the controller's watermark: each window judged once): the
     windows it judged, their alerts, and what it said last."""
     command = [sys.executable, "-m", "monitoring", "run", "--log", config.dataset, "--out", str(out)]
-    command += ["--watermark", str(config.out / "watermark.json"), "--clock", config.clock]
+    command += ["--watermark", str(config.out / WATERMARK_FILE), "--clock", config.clock]
     if config.clock != "simulated":
         command += ["--window", f"{config.wall.length_s}s", "--timezone", config.wall.timezone]
     if config.close_windows:
@@ -130,22 +133,41 @@ def queue_windows(config: ControllerConfig, records: pd.DataFrame, windows: rang
     return select_for_labeling(mine, config.labels_per_window, config.random_share, config.seed, already=queued)
 
 
-def windowed_records(config: ControllerConfig) -> pd.DataFrame:
-    """The dataset's records with their windows as the monitor numbers them."""
-    records = read_records(config.dataset)
-    stamped, unstamped = int(records["window"].notna().sum()), int(records["window"].isna().sum())
-    chosen = choose_clock(config.clock, stamped, unstamped, config.wall, config.dataset)
-    records, _ = with_windows(records, chosen, config.dataset)
-    return records.astype({"image_index": int})
+def new_records(config: ControllerConfig, state: ControllerState) -> tuple[pd.DataFrame, list[str]]:
+    """The records of the parts the monitor has read that the controller has not (a part still holding an open
+    window is read again each cycle), numbered into windows by the monitor's clock; and the consumed parts among
+    them. Only new parts are read, so a cycle costs the same however long the dataset has grown."""
+    watermark = Watermark.from_json((config.out / WATERMARK_FILE).read_text())
+    done = set(state.parts_read)
+    consumed = [path for path in watermark.consumed if path not in done]
+    fs, _ = filesystem(config.dataset)
+    records = read_parts(fs, [Part(path, 0) for path in [*consumed, *watermark.pending]])
+    if watermark.clock is not None:
+        records, _ = with_windows(records, watermark.clock, config.dataset)
+    return records.astype({"image_index": int}), consumed
 
 
-def labeled_with_image(labels_path: Path, records: pd.DataFrame) -> int:
+def kept_images(out: Path, records: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The controller's list of the records read whose image the dataset kept (its KEPT_FILE), with those of
+    `records` added."""
+    path = out / KEPT_FILE
+    keys = ["request_id", "image_index"]
+    known = pd.read_csv(path, dtype={"request_id": str}) if path.is_file() else pd.DataFrame(columns=keys)
+    if records is None:
+        return known
+    fresh = records.loc[records["image"].notna(), keys]
+    kept = pd.concat([known, fresh], ignore_index=True).drop_duplicates(ignore_index=True)
+    if len(kept) > len(known):
+        write_whole(path, kept.to_csv(index=False).encode())
+    return kept
+
+
+def labeled_with_image(labels_path: Path, kept: pd.DataFrame) -> int:
     """How many labels in the store a retrain can use: their image was kept (the flagged ones)."""
     if not labels_path.is_file():
         return 0  # nobody has answered yet
     labels = read_labels(labels_path)
-    kept = records.loc[records["image"].notna(), ["request_id", "image_index"]]
-    return len(labels.merge(kept, on=["request_id", "image_index"]))
+    return len(labels.merge(kept.astype({"image_index": int}), on=["request_id", "image_index"]))
 
 
 def retrain_and_promote(config: ControllerConfig, state: ControllerState, folder: Path) -> list[Decision]:
@@ -195,20 +217,22 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
     if windows:
         state.judged_through = max(windows)
     save_state(config.out, state)  # the monitor's watermark has moved: what it judged is not judged again
-    if since is None:
-        return decisions
-    records = windowed_records(config)
-    to_queue = windows_to_queue(since, state.judged_through, state.queued_through)
-    if len(to_queue):
+    to_queue = windows_to_queue(since, state.judged_through, state.queued_through) if since is not None else range(0)
+    records, consumed = new_records(config, state) if windows or len(to_queue) else (None, [])
+    kept = kept_images(config.out, records)
+    if records is not None and len(to_queue):
         queued = pd.read_csv(config.queue) if config.queue.is_file() else pd.DataFrame(columns=["request_id", "image_index"])
         fresh = queue_windows(config, records, to_queue, queued)
         write_whole(config.queue, pd.concat([queued, fresh], ignore_index=True).to_csv(index=False).encode())
         state.queued_through = to_queue[-1]
-        save_state(config.out, state)
         decisions.append(
             Decision(cycle, "queued", f"{len(fresh)} images of windows {to_queue[0]}-{to_queue[-1]} to {config.queue}")
         )
-    usable = labeled_with_image(config.labels, records)
+    state.parts_read += consumed  # only now: a cycle that stops earlier reads them again
+    save_state(config.out, state)
+    if since is None:
+        return decisions
+    usable = labeled_with_image(config.labels, kept)
     if retrain_due(usable, state.images_at_last_retrain, state.retrains, config.retrain_after, config.max_retrains):
         decisions.append(
             Decision(cycle, "retrain", f"{usable - state.images_at_last_retrain} labeled images since the last retrain")

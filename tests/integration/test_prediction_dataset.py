@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from common.prediction_dataset import filesystem, list_parts, read_parts
+from common.prediction_dataset import filesystem, list_parts, read_parts, read_records
 from common.records import PredictionRecord, read_prediction_log, records_of_frame
 from common.settings import PROJECT_ROOT
 from devtools.processes import free_port, stop, wait_for_http
@@ -243,6 +243,9 @@ def test_the_loop_controller_queues_after_the_alert_waits_for_labels_then_retrai
     state = json.loads((out / "controller.json").read_text())
     alerts = [json.loads(line) for line in (out / "cycle-0001" / "monitor" / "alerts.jsonl").read_text().splitlines()]
     assert state["labeling_since"] == min(alert["window"] for alert in alerts) and state["queued_through"] == 7
+    # what it read is what the monitor consumed, and it knows every kept image without reading the dataset again
+    assert state["parts_read"] == json.loads((out / "watermark.json").read_text())["consumed"]
+    assert len(pd.read_csv(out / "kept_images.csv")) == int(read_records(location)["image"].notna().sum()) > 0
     queue = pd.read_csv(out / "queue.csv")
     assert set(queue["window"]) == set(range(state["labeling_since"], 8)) and len(queue) <= 10 * len(set(queue["window"]))
 

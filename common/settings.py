@@ -21,6 +21,8 @@ SERVED_GRAPH_DIR = "serving"
 SERVED_GRAPH_FILE = "model.tflite"
 # MNIST test accuracy a challenger must reach before `promote` makes it the champion.
 PROMOTION_MIN_ACCURACY = 0.99
+# a retrained challenger needs this many labeled images held out to be compared with its parent at all
+PROMOTION_MIN_REPLAY_IMAGES = 5
 
 
 @dataclass(frozen=True)

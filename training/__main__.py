@@ -9,7 +9,7 @@ import sys
 from common.datasets import DatasetError
 from common.logs import configure_logging
 from common.quiet import native_stderr_filtered
-from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, Settings, load_settings
+from common.settings import MODEL_NAME, PROMOTION_MIN_ACCURACY, PROMOTION_MIN_REPLAY_IMAGES, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
 from common.tracking import use_tracking
 
@@ -140,6 +140,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         type=float,
         default=PROMOTION_MIN_ACCURACY,
         help="MNIST test accuracy the challenger must reach (default: %(default)s)",
+    )
+    promote_cmd.add_argument(
+        "--min-replay-images",
+        type=int,
+        default=PROMOTION_MIN_REPLAY_IMAGES,
+        help="a retrained challenger's labeled images held out for replay, at least (default: %(default)s)",
     )
 
     reference_cmd = commands.add_parser(
@@ -301,7 +307,7 @@ def _promote(args: argparse.Namespace, settings) -> int:
     from training.registry import promote
 
     use_tracking(settings)
-    decision = promote(args.model_name, args.min_accuracy)
+    decision = promote(args.model_name, args.min_accuracy, args.min_replay_images)
     print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
     return 0 if decision.promoted else 1
 

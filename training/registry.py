@@ -12,12 +12,14 @@ from mlflow.models import MetricThreshold
 from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
-from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS, PROMOTION_MIN_REPLAY_IMAGES
 from common.tracking import set_role, version_by_role
 
 ACCURACY_METRIC = "mnist_test_accuracy"
 REPLAY_METRIC = "replay_accuracy"  # a retrained challenger's accuracy on held-out labeled traffic
 REPLAY_PARENT_METRIC = "replay_parent_accuracy"  # its parent's on the same images
+REPLAY_IMAGES_METRIC = "replay_images"  # how many labeled images the replay set holds
+REPLAY_IMAGES_PARAM = "labeled_replay_images"  # the same, as runs logged it before the metric
 PARENT_VERSION_TAG = "digitdrift.parent_version"
 PROMOTION_TAG = "digitdrift.promotion"  # on the challenger's run: promoted or refused, with the reason beside it
 GATE_ARTIFACT = "promotion/gate.json"  # on the challenger's run: the thresholds, both sides' metrics, the decision
@@ -35,18 +37,23 @@ class PromotionDecision:
 
 @dataclass(frozen=True)
 class ReplayFigures:
-    """A retrained challenger's and its parent's accuracy on the replay set, and which version the parent is."""
+    """A retrained challenger's and its parent's accuracy on the replay set (None when it holds no image), how many
+    images it holds, and which version the parent is."""
 
-    challenger: float
-    parent: float
+    challenger: float | None
+    parent: float | None
     parent_version: str
+    images: int
 
 
-def gate_thresholds(threshold: float, replayed: bool) -> dict[str, MetricThreshold]:
-    """The promotion gate as MLflow metric thresholds."""
+def gate_thresholds(threshold: float, replay: ReplayFigures | None, min_replay_images: int) -> dict[str, MetricThreshold]:
+    """The promotion gate as MLflow metric thresholds: the MNIST floor; for a retrained challenger, enough replay
+    images to compare on and, when it has any, a replay accuracy above its parent's."""
     thresholds = {ACCURACY_METRIC: MetricThreshold(threshold=threshold, greater_is_better=True)}
-    if replayed:
-        thresholds[REPLAY_METRIC] = MetricThreshold(min_absolute_change=REPLAY_MIN_GAIN, greater_is_better=True)
+    if replay is not None:
+        thresholds[REPLAY_IMAGES_METRIC] = MetricThreshold(threshold=min_replay_images, greater_is_better=True)
+        if replay.challenger is not None:
+            thresholds[REPLAY_METRIC] = MetricThreshold(min_absolute_change=REPLAY_MIN_GAIN, greater_is_better=True)
     return thresholds
 
 
@@ -63,9 +70,11 @@ def decide_promotion(
     champion: str | None,
     replay: ReplayFigures | None = None,
     champion_accuracy: float | None = None,
+    min_replay_images: int = PROMOTION_MIN_REPLAY_IMAGES,
 ) -> PromotionDecision:
     """Whether challenger `version` with MNIST test `accuracy` (and, retrained, its replay figures) may become the
-    champion, as `mlflow.validate_evaluation_results` judges it against the champion."""
+    champion, as `mlflow.validate_evaluation_results` judges it against the champion. A retrained challenger whose
+    replay set holds fewer than `min_replay_images` fails it: it cannot be compared with its parent."""
     if accuracy is None:
         return PromotionDecision(False, version, f"version {version}'s run has no {ACCURACY_METRIC} metric")
     already = champion == version
@@ -78,13 +87,15 @@ def decide_promotion(
             f"version {version} was retrained from version {replay.parent_version}, but the champion is now "
             f"{champion or 'none'}: its replay comparison is against the wrong model; retrain from the champion",
         )
-    thresholds = gate_thresholds(threshold, replay is not None)
+    thresholds = gate_thresholds(threshold, replay, min_replay_images)
     candidate = {ACCURACY_METRIC: accuracy}
     baseline = None
     if replay is not None:  # MLflow reads every thresholded metric of a baseline it is given
-        candidate[REPLAY_METRIC] = replay.challenger
+        candidate[REPLAY_IMAGES_METRIC] = replay.images
         baseline = {ACCURACY_METRIC: champion_accuracy if champion_accuracy is not None else float("nan")}
-        baseline[REPLAY_METRIC] = replay.parent
+        baseline[REPLAY_IMAGES_METRIC] = replay.images  # the same images, both sides
+        if replay.challenger is not None:
+            candidate[REPLAY_METRIC], baseline[REPLAY_METRIC] = replay.challenger, replay.parent
     gate = {  # as JSON: an unknown champion accuracy is null, not NaN
         "thresholds": {name: threshold_fields(rule) for name, rule in thresholds.items()},
         "candidate": {"version": version, **candidate},
@@ -97,13 +108,18 @@ def decide_promotion(
             None if baseline is None else EvaluationResult(baseline, {}),
         )
     except ModelValidationFailedException as failed:
-        return PromotionDecision(False, version, f"version {version} fails MLflow's model validation: {failed.message}", gate)
+        few = replay is not None and replay.images < min_replay_images
+        advice = " (too few labeled images held out to compare with the champion: label more and retrain)" if few else ""
+        reason = f"version {version} fails MLflow's model validation: {failed.message}{advice}"
+        return PromotionDecision(False, version, reason, gate)
     if already:
         return PromotionDecision(
             True, version, f"version {version} is already the champion and still clears {threshold:.4f}", gate
         )
     replayed = (
-        "" if replay is None else f", and {replay.challenger:.4f} on the replay set against the champion's {replay.parent:.4f}"
+        ""
+        if replay is None
+        else f", and {replay.challenger:.4f} on {replay.images} replay images against the champion's {replay.parent:.4f}"
     )
     reason = (
         f"version {version} passes MLflow's model validation: MNIST test accuracy {accuracy:.4f} >= {threshold:.4f}{replayed}; "
@@ -119,7 +135,16 @@ def champion_version(model_name: str) -> str | None:
         return None
 
 
-def promote(model_name: str, threshold: float) -> PromotionDecision:
+def replay_figures(run) -> ReplayFigures | None:
+    """A retrained challenger's replay figures from its MLflow run; None for a model trained from scratch."""
+    metrics, params = run.data.metrics, run.data.params
+    if PARENT_VERSION_TAG not in run.data.tags:
+        return None
+    images = int(metrics.get(REPLAY_IMAGES_METRIC, params.get(REPLAY_IMAGES_PARAM, 0)))
+    return ReplayFigures(metrics.get(REPLAY_METRIC), metrics.get(REPLAY_PARENT_METRIC), run.data.tags[PARENT_VERSION_TAG], images)
+
+
+def promote(model_name: str, threshold: float, min_replay_images: int = PROMOTION_MIN_REPLAY_IMAGES) -> PromotionDecision:
     """Read the challenger's accuracy from its run and move the champion role if it qualifies: the alias where the
     registry has aliases, and the digitdrift_role tag always (Azure ML's registry has tags, not aliases)."""
     client = mlflow.MlflowClient()
@@ -130,15 +155,18 @@ def promote(model_name: str, threshold: float) -> PromotionDecision:
     champion = champion_version(model_name)
     run = client.get_run(challenger.run_id)
     metrics = run.data.metrics
-    replay = None
-    if REPLAY_METRIC in metrics:
-        replay = ReplayFigures(metrics[REPLAY_METRIC], metrics[REPLAY_PARENT_METRIC], run.data.tags.get(PARENT_VERSION_TAG, ""))
     champion_accuracy = None
     if champion is not None:
         champion_run = client.get_model_version(model_name, champion).run_id
         champion_accuracy = client.get_run(champion_run).data.metrics.get(ACCURACY_METRIC) if champion_run else None
     decision = decide_promotion(
-        str(challenger.version), metrics.get(ACCURACY_METRIC), threshold, champion, replay, champion_accuracy
+        str(challenger.version),
+        metrics.get(ACCURACY_METRIC),
+        threshold,
+        champion,
+        replay_figures(run),
+        champion_accuracy,
+        min_replay_images,
     )
     if decision.promoted:  # the role first: a run is never tagged promoted while the alias stayed put
         set_role(client, model_name, CHAMPION_ALIAS, str(challenger.version))

@@ -41,7 +41,13 @@ from training.keras_job import (
     register_challenger,
 )
 from training.model import compile_cnn
-from training.registry import PARENT_VERSION_TAG, REPLAY_METRIC, REPLAY_PARENT_METRIC
+from training.registry import (
+    PARENT_VERSION_TAG,
+    REPLAY_IMAGES_METRIC,
+    REPLAY_IMAGES_PARAM,
+    REPLAY_METRIC,
+    REPLAY_PARENT_METRIC,
+)
 from training.tracking import start_training_run
 
 log = logging.getLogger(__name__)
@@ -155,7 +161,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 "validation_size": int(parent_params["validation_size"]),
                 "seed": seed,
                 "labeled_train_images": len(trained),
-                "labeled_replay_images": len(replay),
+                REPLAY_IMAGES_PARAM: len(replay),
                 "labeled_repeats": repeats,
                 "train_size": len(images),
             }
@@ -178,6 +184,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         mlflow.log_params({f"{name}_images": len(digits) for name, digits in evaluation_sets.items()})
         evaluations, _ = evaluate_and_log(model, evaluation_sets, config.low_confidence_threshold)
         replay_accuracy = replay_parent_accuracy = None
+        mlflow.log_metric(REPLAY_IMAGES_METRIC, len(replay))  # the gate refuses too few to compare on
         if parent_replay is not None:
             replay_accuracy = float((model.predict(to_model_input(replay.images), verbose=0).argmax(1) == replay.labels).mean())
             replay_parent_accuracy = float((parent_replay.argmax(1) == replay.labels).mean())

@@ -66,7 +66,7 @@ def loop(shared_data, tmp_path_factory):
     env = {"DIGITDRIFT_HOME": str(home), "DIGITDRIFT_DATA": str(shared_data), "MLFLOW_TRACKING_URI": settings.tracking_uri}
     command = [
         sys.executable, "-m", "loop", "simulate", "--scenario", str(scenario), "--labels-per-window", "20",
-        "--retrain-after", "25", "--max-retrains", "2", "--epochs", "1", "--train-limit", "4000",
+        "--retrain-after", "40", "--max-retrains", "2", "--epochs", "2", "--train-limit", "4000",
         "--min-accuracy", "0.8", "--out", str(out),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=900)

@@ -60,22 +60,35 @@ def test_promotion_without_the_metric_is_refused():
 def test_a_retrained_challenger_must_beat_its_parent_on_the_replay_set():
     from training.registry import ReplayFigures
 
-    better = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
-    assert better.promoted and "0.9400 on the replay set against the champion's 0.3100" in better.reason
-    assert better.gate["baseline"] == {"version": "2", "mnist_test_accuracy": None, "replay_accuracy": 0.31}  # unknown: null
+    better = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2", 12))
+    assert better.promoted and "0.9400 on 12 replay images against the champion's 0.3100" in better.reason
+    baseline = {"version": "2", "mnist_test_accuracy": None, "replay_images": 12, "replay_accuracy": 0.31}
+    assert better.gate["baseline"] == baseline  # an unknown accuracy: null
     assert better.gate["thresholds"]["replay_accuracy"]["greater_is_better"] is True
-    worse = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2"), champion_accuracy=0.99)
+    worse = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2", 12), champion_accuracy=0.99)
     assert not worse.promoted and "baseline model replay_accuracy = 0.31" in worse.reason
-    tie = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.0, 0.0, "2"), champion_accuracy=0.99)
+    tie = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.0, 0.0, "2", 12), champion_accuracy=0.99)
     assert not tie.promoted, "no better than the champion on the replay set is no reason to switch"
-    floor = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2"))
+    floor = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2", 12))
     assert not floor.promoted and "mnist_test_accuracy threshold = 0.993" in floor.reason
+
+
+def test_a_retrained_challenger_with_too_few_replay_images_fails_the_gate():
+    from training.registry import ReplayFigures
+
+    none = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(None, None, "2", 0))
+    assert not none.promoted and "candidate model replay_images = 0, replay_images threshold = 5" in none.reason
+    assert "too few labeled images held out" in none.reason and "replay_accuracy" not in none.gate["thresholds"]
+    lucky = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(1 / 3, 0.0, "2", 3))
+    assert not lucky.promoted and "replay_images = 3" in lucky.reason and lucky.gate["candidate"]["replay_images"] == 3
+    enough = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.4, 0.0, "2", 5), min_replay_images=5)
+    assert enough.promoted and "0.4000 on 5 replay images" in enough.reason
 
 
 def test_the_champion_as_challenger_still_has_to_clear_the_floor():
     from training.registry import ReplayFigures
 
-    kept = decide_promotion("3", 0.995, 0.993, champion="3", replay=ReplayFigures(0.94, 0.31, "2"))
+    kept = decide_promotion("3", 0.995, 0.993, champion="3", replay=ReplayFigures(0.94, 0.31, "2", 12))
     assert kept.promoted and "already the champion" in kept.reason
     under = decide_promotion("3", 0.990, 0.999, champion="3")
     assert not under.promoted and "mnist_test_accuracy threshold = 0.999" in under.reason
@@ -84,7 +97,7 @@ def test_the_champion_as_challenger_still_has_to_clear_the_floor():
 def test_a_challenger_retrained_from_a_former_champion_is_not_promoted():
     from training.registry import ReplayFigures
 
-    decision = decide_promotion("4", 0.996, 0.993, champion="3", replay=ReplayFigures(0.95, 0.30, "2"))
+    decision = decide_promotion("4", 0.996, 0.993, champion="3", replay=ReplayFigures(0.95, 0.30, "2", 12))
     assert not decision.promoted and "retrained from version 2, but the champion is now 3" in decision.reason
 
 

@@ -450,6 +450,7 @@ def start_replicas(state: dict, model: str) -> None:
                 str(stack_dir() / f"staging-{index}"),
                 "--flush-seconds",
                 "2",
+                "--drop-abandoned",  # a request HAProxy timed out on and sent to the other replica is logged there only
                 *(
                     ["--follow-seconds", str(FOLLOW_SECONDS), "--webhook-url", f"http://127.0.0.1:{port}/webhooks/mlflow"]
                     if follows
@@ -475,7 +476,8 @@ defaults
     # a scoring request takes milliseconds, and the server answers 504 itself after its own 30 s at most
     timeout server 10s
     timeout check 1s
-    # a request a dead or hung replica did not answer goes to the other one (the log ignores a repeated request id)
+    # a request a dead or hung replica did not answer goes to the other one (and the hung one, woken, refuses it:
+    # HAProxy has hung up on it)
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout 502 503 504

@@ -89,6 +89,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="scoring time per request; more is a 504 (default: %(default)s)",
     )
     parser.add_argument(
+        "--drop-abandoned",
+        action="store_true",
+        help="refuse and do not log a request whose client hung up before its records were committed (behind a proxy "
+        "that retries a timed-out request on another replica, so that only the replica that answered logs it)",
+    )
+    parser.add_argument(
         "--max-queued-images",
         type=int,
         default=defaults.max_queued_images,
@@ -169,6 +175,7 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
         max_body_bytes=args.max_body_bytes,
         timeout_s=args.timeout_s,
         max_queued_images=args.max_queued_images or None,
+        drop_abandoned=args.drop_abandoned,
         api_key=os.environ.get(args.api_key_env) or None,
         follow_seconds=args.follow_seconds,
         webhook_url=args.webhook_url,

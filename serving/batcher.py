@@ -26,10 +26,16 @@ class Job:
     request_id: str
     window: int | None
     future: asyncio.Future = field(repr=False)
+    abandoned: Callable[[], bool] | None = field(default=None, repr=False)  # whether its client has hung up
 
 
 class Overloaded(RuntimeError):
     """More images wait for the model than the batcher may queue: the request is shed, not queued."""
+
+
+class Abandoned(RuntimeError):
+    """The client hung up before the request's records were committed (a proxy that timed out has sent it to
+    another replica): it is not logged, since nobody was told it was, and the replica that answered logs it."""
 
 
 class MicroBatcher:
@@ -58,6 +64,7 @@ class MicroBatcher:
         self.max_queued_images = max_queued_images  # None: no bound
         self.queued_images = 0  # submitted and not yet answered
         self.shed = 0
+        self.abandoned = 0
         self.batches = 0
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # None: stop
         self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging")
@@ -80,13 +87,16 @@ class MicroBatcher:
             await asyncio.to_thread(self._model_thread.join)
         await asyncio.to_thread(self._log_thread.shutdown, wait=True)
 
-    async def submit(self, images: np.ndarray, request_id: str, window: int | None) -> Scored:
+    async def submit(
+        self, images: np.ndarray, request_id: str, window: int | None, abandoned: Callable[[], bool] | None = None
+    ) -> Scored:
         """Queue a request and wait for its answer; over `max_queued_images` it is refused at once (Overloaded):
-        a bounded queue keeps every accepted request's latency bounded instead of letting all of them grow."""
+        a bounded queue keeps every accepted request's latency bounded instead of letting all of them grow. One
+        whose `abandoned()` is true by the time it would be committed is refused then (Abandoned), not logged."""
         if self.max_queued_images is not None and self.queued_images + len(images) > self.max_queued_images:
             self.shed += 1
             raise Overloaded(f"{self.queued_images} images are waiting for the model; the limit is {self.max_queued_images}")
-        job = Job(images, request_id, window, asyncio.get_running_loop().create_future())
+        job = Job(images, request_id, window, asyncio.get_running_loop().create_future(), abandoned)
         self.queued_images += len(images)
         try:
             self._jobs.put(job)
@@ -133,7 +143,16 @@ class MicroBatcher:
         return jobs
 
     def _commit(self, jobs: list[Job], results: list[Scored]) -> None:
-        """The log thread: commit a batch, then answer its requests on the event loop."""
+        """The log thread: commit a batch, then answer its requests on the event loop. Requests whose client has
+        hung up meanwhile (a proxy that timed out on a replica that was stopped or stalled) are refused instead."""
+        gone = [job.abandoned is not None and job.abandoned() for job in jobs]
+        if any(gone):
+            self.abandoned += sum(gone)
+            self._loop.call_soon_threadsafe(self._refuse_abandoned, [job for job, left in zip(jobs, gone) if left])
+            kept = [(job, result) for job, result, left in zip(jobs, results, gone) if not left]
+            if not kept:
+                return
+            jobs, results = [job for job, _ in kept], [result for _, result in kept]
         try:
             self.commit(jobs, results)
         except Exception as err:  # the log failed: nothing of the batch is acknowledged
@@ -146,6 +165,13 @@ class MicroBatcher:
         for job, result in zip(jobs, results):
             if not job.future.done():
                 job.future.set_result(result)
+
+    @staticmethod
+    def _refuse_abandoned(jobs: list[Job]) -> None:
+        log.warning("%d requests' clients hung up before their records were committed: not logged", len(jobs))
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(Abandoned("the client hung up before this request was logged; it is not"))
 
     @staticmethod
     def _fail(jobs: list[Job], err: BaseException) -> None:

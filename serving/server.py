@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.access import RequireApiKey, send_json
-from serving.batcher import Job, MicroBatcher, Overloaded
+from serving.batcher import Abandoned, Job, MicroBatcher, Overloaded
 from serving.core import Scored, ScoringCore, freeze_heap
 from serving.dataset_sink import DatasetSink
 from serving.follow import AliasFollower, ModelSlot
@@ -122,6 +122,10 @@ class ServerConfig:
     # MLflow's deliveries there, signed with the secret, make the follower check at once
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # behind a proxy that times out and retries on another replica: refuse (and do not log) a request whose client
+    # hung up before its records were committed, so that only the replica that answered logs it. Off by default:
+    # watching each request for the hang-up costs the event loop a task per request
+    drop_abandoned: bool = False
 
 
 def create_app(
@@ -200,19 +204,27 @@ def create_app(
 
     app.openapi = openapi
 
-    async def score_images(images: np.ndarray, request_id: str, window: int | None) -> Scored:
+    async def score_images(images: np.ndarray, request_id: str, window: int | None, receive: Receive) -> Scored:
+        # with the body read, the only message left is the client hanging up: a proxy that timed out on this
+        # replica (stopped, stalled) and sent the request to another; then it is not logged here (not answered twice)
+        hung_up = asyncio.ensure_future(receive()) if config.drop_abandoned else None
         try:
             async with asyncio.timeout(config.timeout_s):
-                return await batcher.submit(images, request_id, window)
+                return await batcher.submit(images, request_id, window, hung_up.done if hung_up else None)
         except Overloaded as err:
             headers = {"retry-after": str(config.retry_after_s)}
             raise HttpError(f"the server is at capacity ({err}); retry later", 503, headers) from None
         except TimeoutError:
             raise HttpError(f"scoring took longer than {config.timeout_s} s", 504) from None
+        except Abandoned as err:  # nobody reads the answer; 499 is how access logs name a client that hung up
+            raise HttpError(str(err), 499) from None
         except LogUnavailable as err:  # acknowledging would promise a record the disk does not hold
             raise HttpError(str(err), 503, {"retry-after": str(config.retry_after_s)}) from None
         except Exception:  # logged by the batcher; the client learns only that it was our fault
             raise HttpError("the model failed to score this request", 500) from None
+        finally:
+            if hung_up is not None:
+                hung_up.cancel()
 
     def request_meta(headers: Mapping[bytes, bytes]) -> tuple[str, int | None]:
         supplied = headers.get(b"x-request-id")
@@ -228,13 +240,13 @@ def create_app(
         parsed = parse_score_body(await read_json(headers, receive, config.max_body_bytes), config.max_images)
         request_id = parsed.request_id or header_id
         window = parsed.window if parsed.window is not None else header_window
-        scored = await score_images(parsed.images, request_id, window)
+        scored = await score_images(parsed.images, request_id, window, receive)
         return score_answer(scored, scored.identity, request_id), request_id
 
     async def invocations(headers: Mapping[bytes, bytes], receive: Receive) -> tuple[dict, str]:
         request_id, window = request_meta(headers)
         images = parse_invocations_body(await read_json(headers, receive, config.max_body_bytes), config.max_images)
-        scored = await score_images(images, request_id, window)
+        scored = await score_images(images, request_id, window, receive)
         return invocations_answer(scored), request_id
 
     @app.get("/health")
@@ -285,6 +297,7 @@ def create_app(
                 "model_calls": slot.core.calls,
                 "batches": batcher.batches,
                 "shed": batcher.shed,
+                "abandoned": batcher.abandoned,
             },
         }
 

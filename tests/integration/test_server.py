@@ -2,6 +2,7 @@
 
 import json
 import math
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -149,6 +150,27 @@ def test_a_retried_request_id_is_logged_once(server):
     assert raw_post(url + "/score", body).status_code == 200
     log = read_prediction_log(log_path)
     assert list(log["request_id"]).count("retry-me") == 2  # two images, once each
+
+
+def test_a_request_whose_client_hung_up_while_the_server_was_stopped_is_answered_by_nobody_and_not_logged(champion, tmp_path):
+    """What a proxy does to a replica that hangs: it times out, hangs up and sends the request to another replica,
+    which logs it. The hung one, woken, must not log it too."""
+    port = free_port()
+    url, log_path = f"http://127.0.0.1:{port}", tmp_path / "predictions.db"
+    command = serving_command(champion.uri, port, "--prediction-log", str(log_path), "--drop-abandoned")
+    with running(command, f"{url}/ready", {"MLFLOW_TRACKING_URI": champion.tracking_uri}, tmp_path / "server.log") as server:
+        held = json.dumps({"data": [GOOD], "request_id": "held-while-stopped"}).encode()
+        server.send_signal(signal.SIGSTOP)
+        try:  # the kernel takes the connection and the body; the client gives up waiting and hangs up
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url + "/score", content=held, headers={"content-type": "application/json"}, timeout=1)
+        finally:
+            server.send_signal(signal.SIGCONT)
+        after = json.dumps({"data": [GOOD], "request_id": "after-the-hang"}).encode()
+        assert raw_post(url + "/score", after).status_code == 200
+        stats = httpx.get(f"{url}/metadata", timeout=5).json()["stats"]
+    assert stats["abandoned"] == 1
+    assert list(read_prediction_log(log_path)["request_id"]) == ["after-the-hang"]
 
 
 def test_api_key_guards_every_route_but_health_and_ready_and_is_checked_first(champion, tmp_path):

@@ -106,3 +106,28 @@ def test_a_split_call_scores_chunks_at_once_and_answers_in_the_batch_order():
     small, callers = batch[: 2 * MIN_CHUNK_IMAGES - 1], []  # too small to cut: one call, on the caller's thread
     probabilities, _ = split_call(lambda images: (callers.append(threading.get_ident()) or images[:, :10], None), 2)(small)
     assert (probabilities == small[:, :10]).all() and callers == [threading.get_ident()]
+
+
+def test_a_request_whose_client_hung_up_before_its_commit_is_refused_and_not_committed_while_its_batch_mates_are():
+    from serving.batcher import Abandoned
+
+    committed: list[str] = []
+
+    def commit(jobs, results):
+        committed.extend(job.request_id for job in jobs)
+
+    async def scenario():
+        batcher = MicroBatcher(scored_for, commit, max_batch=8, max_wait_s=0.2)
+        batcher.start()
+        gone = asyncio.create_task(batcher.submit(image(1), "gone", None, abandoned=lambda: True))
+        waiting = asyncio.create_task(batcher.submit(image(2), "waiting", None, abandoned=lambda: False))
+        unwatched = asyncio.create_task(batcher.submit(image(3), "unwatched", None))
+        with pytest.raises(Abandoned, match="hung up before this request was logged"):
+            await gone
+        answers = [int((await task).predicted[0]) for task in (waiting, unwatched)]
+        await batcher.stop()
+        return answers, batcher.abandoned, batcher.batches
+
+    answers, abandoned, batches = asyncio.run(scenario())
+    assert answers == [2, 3] and abandoned == 1 and batches == 1
+    assert committed == ["waiting", "unwatched"]

@@ -5,33 +5,22 @@ nothing from a refused request, and the prediction log must hold only the images
 Seeds are fixed (derandomize) and example counts bounded, so `make test` runs the same cases every time.
 """
 
-import codecs
 import json
 
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 from schemathesis import GenerationMode
 
 from common.records import read_prediction_log
+from devtools.fuzzing import FUZZ, MAX_IMAGES, check_answer, count_answered, malformed, post
 from devtools.processes import free_port, running
 from tests.helpers import serving_command
 
 pytestmark = pytest.mark.slow
 
 DOORS = ("/score", "/invocations")
-MAX_IMAGES = 8
-FUZZ = settings(
-    max_examples=150,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
-
-
 # 413 is a documented refusal of both doors (more images than `maxItems`, a body over the byte limit); schemathesis'
 # default list of statuses that reject schema-violating data leaves it out. (Hypothesis mixes string constants
 # of the project's own modules into its examples, so a code change elsewhere can change the cases drawn: a
@@ -69,88 +58,6 @@ def fuzzed_server(champion, tmp_path_factory):
     assert "Traceback" not in server_log and "ERROR" not in server_log, server_log[-3000:]
     logged = read_prediction_log(home / "predictions.db")
     assert set(zip(logged["request_id"], logged["image_index"].tolist())) == answered
-
-
-def count_answered(request_id: str, predictions: list, answered: set) -> None:
-    answered.update((request_id, index) for index in range(len(predictions)))
-
-
-def check_answer(response: httpx.Response, answered: set) -> None:
-    """A 200 with as many predictions as images, or a 4xx with a one-line message; never a 5xx."""
-    assert response.status_code < 500, response.text[:500]
-    if response.status_code == 200:
-        count_answered(response.headers["x-request-id"], response.json()["predictions"], answered)
-    else:
-        assert 400 <= response.status_code < 500
-        message = response.json()["error"]
-        assert 10 < len(message) < 300 and "\n" not in message, message
-
-
-def post(url: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
-    return httpx.post(url, content=body, headers={"content-type": content_type}, timeout=30)
-
-
-json_leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_leaves,
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=40,
-)
-# numbers as JSON text the encoders never write: huge, tiny, signed zero, long digit strings
-odd_numbers = st.sampled_from(["1e400", "-1e400", "1e-400", "-0", "0.0000000000000000000001", "9" * 5000, "1E2", "255.0000001"])
-image_like = st.lists(
-    st.lists(st.integers(-2, 300) | st.floats(-1, 256), min_size=0, max_size=30), min_size=0, max_size=30
-) | st.lists(st.integers(0, 255), min_size=780, max_size=790)
-
-
-@st.composite
-def door_shaped(draw, door: str) -> bytes:
-    """An object with the door's keys (and some others) around image-like values."""
-    keys = (
-        ["data", "request_id", "window"]
-        if door == "/score"
-        else ["instances", "inputs", "dataframe_split", "dataframe_records", "params"]
-    )
-    chosen = draw(st.lists(st.sampled_from(keys) | st.text(max_size=8), min_size=0, max_size=3, unique=True))
-    payload = {key: draw(st.lists(image_like, max_size=MAX_IMAGES + 2) | json_values) for key in chosen}
-    return json.dumps(payload).encode()
-
-
-@st.composite
-def malformed(draw, door: str) -> tuple[bytes, str]:
-    """Bodies a careless or hostile client sends, with the content type it claims."""
-    kind = draw(st.sampled_from(["value", "door", "nesting", "number", "bytes", "encoding", "truncated", "content-type"]))
-    if kind == "value":
-        return json.dumps(draw(json_values)).encode(), "application/json"
-    if kind == "door":
-        return draw(door_shaped(door)), "application/json"
-    if kind == "nesting":
-        depth = draw(st.integers(1, 100_000))
-        opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}")]))
-        return (opener * depth + "0" + closer * depth).encode(), "application/json"
-    if kind == "number":
-        number = draw(odd_numbers)
-        key = "data" if door == "/score" else "instances"
-        return f'{{"{key}": [[{",".join([number] * 784)}]], "window": {number}}}'.encode(), "application/json"
-    if kind == "bytes":
-        return draw(st.binary(max_size=300)), "application/json"
-    if kind == "encoding":
-        text = json.dumps({"data" if door == "/score" else "inputs": [[0] * 784]})
-        codec = draw(st.sampled_from(["utf-16", "utf-32", "latin-1", "utf-8-sig"]))
-        prefix = draw(st.sampled_from([b"", codecs.BOM_UTF8]))
-        return prefix + text.encode(codec), "application/json; charset=" + codec
-    if kind == "truncated":
-        text = json.dumps({"data" if door == "/score" else "instances": [[7] * 784]}).encode()
-        return text[: draw(st.integers(0, len(text) - 1))], "application/json"
-    return draw(door_shaped(door)), draw(
-        st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "", "application/jsonx"])
-    )
 
 
 @pytest.mark.parametrize("door", DOORS)

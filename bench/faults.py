@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from common.logs import configure_logging
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.settings import PROJECT_ROOT, load_settings
 from devtools import stack
+from devtools.fuzzing import FUZZ, answer_problem, count_answered, malformed, post
 from simulation.sidecar import acknowledged_images
 
 log = logging.getLogger(__name__)
@@ -159,10 +161,64 @@ def hang_replica(state: dict, seconds: float = 15.0) -> dict:
     finally:
         os.kill(pid, signal.SIGCONT)
     back = until(lambda: replica_status(state, 1).startswith("UP"), 60, "the resumed replica back in HAProxy")
+    key = {"authorization": f"Bearer {stack.credentials()['api_key']}"}
+    stats = httpx.get(f"{state['replicas'][1]['url']}/metadata", headers=key, timeout=5).json()["stats"]
     return {
         "what": f"replica 1 stopped (SIGSTOP) {seconds:.0f} s under traffic, then resumed",
         "seconds_until_taken_out": round(taken_out, 1),
         "seconds_to_recover": round(back, 1),
+        # woken, it refused these rather than log them: HAProxy had hung up on them, or they had waited too long
+        "requests_refused_by_the_woken_replica": {"client_hung_up": stats["abandoned"], "stale": stats["stale"]},
+    }
+
+
+def fuzz_door(url: str, door: str, examples: int, headers: dict, trusted: str, answered: set) -> dict:
+    """`examples` generated bodies (devtools.fuzzing: hypothesis, seeded) at one door: the statuses, and the answers
+    that were wrong (a 5xx, a page not the server's, a message of more than one line). Images answered 200 go to
+    `answered`."""
+    from hypothesis import given, settings
+
+    statuses: Counter = Counter()
+    problems: list[str] = []
+
+    @settings(FUZZ, max_examples=examples)
+    @given(case=malformed(door))
+    def send(case: tuple[bytes, str]) -> None:
+        response = post(url + door, *case, headers=headers, verify=trusted)
+        statuses[response.status_code] += 1
+        problem = answer_problem(response)
+        if problem is not None:
+            problems.append(problem)
+        elif response.status_code == 200:
+            count_answered(response.headers["x-request-id"], response.json()["predictions"], answered)
+
+    send()
+    return {
+        "cases": sum(statuses.values()),
+        "statuses": {str(status): count for status, count in sorted(statuses.items())},
+        "wrong_answers": len(problems),
+        "first_wrong_answers": problems[:3],
+    }
+
+
+def fuzz_through_proxy(state: dict, examples: int = 150) -> dict:
+    """The fuzz tests' bodies at both doors through HAProxy and TLS, as the server's own tests send them to it
+    directly; then whether every image answered 200 reached the dataset, once, and the stack still answers."""
+    url, trusted = state["proxy"]["url"], state["proxy"]["certificate"]
+    key = {"authorization": f"Bearer {stack.credentials()['api_key']}"}
+    answered: set[tuple[str, int]] = set()
+    doors = {door: fuzz_door(url, door, examples, key, trusted, answered) for door in ("/score", "/invocations")}
+    ids = {request_id for request_id, _ in answered}
+    until(lambda: answered <= dataset_rows(state, ids)[1], 60, "every image answered 200 in the dataset")
+    written, present = dataset_rows(state, ids)
+    return {
+        "fault": "fuzzed_bodies_through_the_proxy",
+        "what": f"{examples} generated bodies per door through HAProxy with TLS, the API key sent",
+        **doors,
+        "images_answered": len(answered),
+        "images_in_dataset": len(present & answered),
+        "images_written_twice": written - len(present),
+        "ready_after": httpx.get(f"{url}/ready", verify=trusted, timeout=5).status_code,
     }
 
 
@@ -384,6 +440,8 @@ def run_benchmark(scratch: Path, windows: int, requests: int) -> dict:
         for job in spark_jobs(state):
             faults.append(spark_worker_killed(state, scratch, job))
             log.info("%s", faults[-1])
+        faults.append(fuzz_through_proxy(state))  # last: its records carry no window, which the monitoring above refuses
+        log.info("%s", faults[-1])
     finally:
         stack.down()
     return {"traffic": {"windows": windows, "requests_per_window": requests, "concurrency": 4}, "faults": faults}

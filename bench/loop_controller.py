@@ -34,7 +34,7 @@ from common.logs import configure_logging
 from common.prediction_dataset import read_records
 from common.records import read_prediction_log, records_of_frame
 from common.settings import MODEL_NAME, PROJECT_ROOT, load_settings
-from loop.controller import ControllerConfig, ControllerState, record, run_cycle
+from loop.controller import ControllerConfig, ControllerState, read_keyed_csv, record, run_cycle
 from serving.dataset_sink import DatasetSink
 
 RESULTS = Path(__file__).parent / "results"
@@ -79,7 +79,7 @@ def answer_queue(config: ControllerConfig, records: pd.DataFrame) -> None:
     """Every queued image labeled (with the model's guess: the count is what the cycle reads)."""
     if not config.queue.is_file():
         return
-    queued = pd.read_csv(config.queue, dtype={"request_id": str})[["request_id", "image_index"]]
+    queued = read_keyed_csv(config.queue)[["request_id", "image_index"]]
     guesses = queued.merge(records[["request_id", "image_index", "predicted"]], on=["request_id", "image_index"])
     write_labels(guesses.rename(columns={"predicted": "label"}), config.labels)
 

@@ -147,12 +147,20 @@ def new_records(config: ControllerConfig, state: ControllerState) -> tuple[pd.Da
     return records.astype({"image_index": int}), consumed
 
 
+def read_keyed_csv(path: Path) -> pd.DataFrame:
+    """A CSV of the controller's keyed by request id and image index (the queue, the kept images), the ids exactly as
+    written (a client's id "NA" or "00123" stays text); empty with those two columns when there is none."""
+    if not path.is_file():
+        return pd.DataFrame({"request_id": pd.Series(dtype=str), "image_index": pd.Series(dtype=int)})
+    return pd.read_csv(path, dtype={"request_id": str}, keep_default_na=False)
+
+
 def kept_images(out: Path, records: pd.DataFrame | None = None) -> pd.DataFrame:
     """The controller's list of the records read whose image the dataset kept (its KEPT_FILE), with those of
     `records` added."""
     path = out / KEPT_FILE
     keys = ["request_id", "image_index"]
-    known = pd.read_csv(path, dtype={"request_id": str}) if path.is_file() else pd.DataFrame(columns=keys)
+    known = read_keyed_csv(path)
     if records is None:
         return known
     fresh = records.loc[records["image"].notna(), keys]
@@ -217,11 +225,13 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
     if windows:
         state.judged_through = max(windows)
     save_state(config.out, state)  # the monitor's watermark has moved: what it judged is not judged again
+    queued = read_keyed_csv(config.queue)
+    if len(queued):  # the queue is ahead of the state when a cycle stopped after writing it: no window twice
+        state.queued_through = max(state.queued_through or 0, int(queued["window"].max()))
     to_queue = windows_to_queue(since, state.judged_through, state.queued_through) if since is not None else range(0)
     records, consumed = new_records(config, state) if windows or len(to_queue) else (None, [])
     kept = kept_images(config.out, records)
     if records is not None and len(to_queue):
-        queued = pd.read_csv(config.queue) if config.queue.is_file() else pd.DataFrame(columns=["request_id", "image_index"])
         fresh = queue_windows(config, records, to_queue, queued)
         write_whole(config.queue, pd.concat([queued, fresh], ignore_index=True).to_csv(index=False).encode())
         state.queued_through = to_queue[-1]

@@ -91,8 +91,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument(
         "--drop-abandoned",
         action="store_true",
-        help="refuse and do not log a request whose client hung up before its records were committed (behind a proxy "
-        "that retries a timed-out request on another replica, so that only the replica that answered logs it)",
+        help="refuse and do not log a request whose client hung up before its records were committed, or that waited "
+        "more than --stale-after-s (behind a proxy that retries a timed-out request on another replica, so that only "
+        "the replica that answered logs it)",
+    )
+    parser.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=defaults.stale_after_s,
+        help="with --drop-abandoned: seconds a request may wait before its commit; under the proxy's server timeout "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-queued-images",
@@ -176,6 +184,7 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
         timeout_s=args.timeout_s,
         max_queued_images=args.max_queued_images or None,
         drop_abandoned=args.drop_abandoned,
+        stale_after_s=args.stale_after_s,
         api_key=os.environ.get(args.api_key_env) or None,
         follow_seconds=args.follow_seconds,
         webhook_url=args.webhook_url,

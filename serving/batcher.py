@@ -27,6 +27,7 @@ class Job:
     window: int | None
     future: asyncio.Future = field(repr=False)
     abandoned: Callable[[], bool] | None = field(default=None, repr=False)  # whether its client has hung up
+    submitted_at: float = field(default_factory=time.monotonic, repr=False)
 
 
 class Overloaded(RuntimeError):
@@ -36,6 +37,11 @@ class Overloaded(RuntimeError):
 class Abandoned(RuntimeError):
     """The client hung up before the request's records were committed (a proxy that timed out has sent it to
     another replica): it is not logged, since nobody was told it was, and the replica that answered logs it."""
+
+
+class Stale(RuntimeError):
+    """The request waited longer than a retrying proxy should let it before its records were committed (the process
+    was stopped or stalled): it is not logged and the client is told to retry, since its proxy may have already."""
 
 
 class MicroBatcher:
@@ -56,15 +62,18 @@ class MicroBatcher:
         max_batch: int,
         max_wait_s: float,
         max_queued_images: int | None = None,
+        stale_after_s: float | None = None,
     ) -> None:
         self.score = score
         self.commit = commit
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queued_images = max_queued_images  # None: no bound
+        self.stale_after_s = stale_after_s  # None: a request is committed however long it waited
         self.queued_images = 0  # submitted and not yet answered
         self.shed = 0
         self.abandoned = 0
+        self.stale = 0
         self.batches = 0
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # None: stop
         self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging")
@@ -144,12 +153,13 @@ class MicroBatcher:
 
     def _commit(self, jobs: list[Job], results: list[Scored]) -> None:
         """The log thread: commit a batch, then answer its requests on the event loop. Requests whose client has
-        hung up meanwhile (a proxy that timed out on a replica that was stopped or stalled) are refused instead."""
-        gone = [job.abandoned is not None and job.abandoned() for job in jobs]
-        if any(gone):
-            self.abandoned += sum(gone)
-            self._loop.call_soon_threadsafe(self._refuse_abandoned, [job for job, left in zip(jobs, gone) if left])
-            kept = [(job, result) for job, result, left in zip(jobs, results, gone) if not left]
+        hung up meanwhile, or that waited past `stale_after_s` (a process stopped or stalled: a retrying proxy may
+        have sent them to another replica, and the hang-up may not have reached this thread yet), are refused."""
+        now = time.monotonic()
+        refusals = [self._refusal(job, now) for job in jobs]
+        if any(refusals):
+            self._loop.call_soon_threadsafe(self._refuse, [(job, err) for job, err in zip(jobs, refusals) if err])
+            kept = [(job, result) for job, result, err in zip(jobs, results, refusals) if not err]
             if not kept:
                 return
             jobs, results = [job for job, _ in kept], [result for _, result in kept]
@@ -166,12 +176,24 @@ class MicroBatcher:
             if not job.future.done():
                 job.future.set_result(result)
 
+    def _refusal(self, job: Job, now: float) -> Exception | None:
+        """Why `job` may not be committed now, or None."""
+        if job.abandoned is not None and job.abandoned():
+            self.abandoned += 1
+            return Abandoned("the client hung up before this request was logged; it is not")
+        waited = now - job.submitted_at
+        if self.stale_after_s is not None and waited > self.stale_after_s:
+            self.stale += 1
+            limit = f"{self.stale_after_s:g} s"
+            return Stale(f"the server stalled {waited:.1f} s with this request (limit {limit}); not recorded, retry")
+        return None
+
     @staticmethod
-    def _refuse_abandoned(jobs: list[Job]) -> None:
-        log.warning("%d requests' clients hung up before their records were committed: not logged", len(jobs))
-        for job in jobs:
+    def _refuse(refused: list[tuple[Job, Exception]]) -> None:
+        log.warning("%d requests refused before their records were committed (%s)", len(refused), refused[0][1])
+        for job, err in refused:
             if not job.future.done():
-                job.future.set_exception(Abandoned("the client hung up before this request was logged; it is not"))
+                job.future.set_exception(err)
 
     @staticmethod
     def _fail(jobs: list[Job], err: BaseException) -> None:

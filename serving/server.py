@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.access import RequireApiKey, send_json
-from serving.batcher import Abandoned, Job, MicroBatcher, Overloaded
+from serving.batcher import Abandoned, Job, MicroBatcher, Overloaded, Stale
 from serving.core import Scored, ScoringCore, freeze_heap
 from serving.dataset_sink import DatasetSink
 from serving.follow import AliasFollower, ModelSlot
@@ -75,6 +75,13 @@ async def read_json(headers: Mapping[bytes, bytes], receive: Receive, max_body_b
             return decode_json(bytes(body))
 
 
+def _set_if_disconnected(watch: asyncio.Future, hung_up: asyncio.Event) -> None:
+    """The watch on a request's `receive()` ended: set `hung_up` only if the client went away (not when the watch was
+    cancelled because the request ended, nor when it failed)."""
+    if not watch.cancelled() and watch.exception() is None and watch.result().get("type") == "http.disconnect":
+        hung_up.set()
+
+
 class ScoringDoors:
     """POST /score and /invocations as plain ASGI in front of FastAPI, which serves every other path (and
     describes these two in its OpenAPI schema).
@@ -123,9 +130,10 @@ class ServerConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     # behind a proxy that times out and retries on another replica: refuse (and do not log) a request whose client
-    # hung up before its records were committed, so that only the replica that answered logs it. Off by default:
-    # watching each request for the hang-up costs the event loop a task per request
+    # hung up before its records were committed, or that waited more than stale_after_s, so that only the replica
+    # that answered logs it. Off by default: watching each request for the hang-up costs a task per request
     drop_abandoned: bool = False
+    stale_after_s: float = 5.0  # with drop_abandoned: under the proxy's server timeout (HAProxy's 10 s on the stack)
 
 
 def create_app(
@@ -142,7 +150,8 @@ def create_app(
     def commit(jobs: list[Job], results: list[Scored]) -> None:
         log_scored(prediction_log, jobs, results)
 
-    batcher = MicroBatcher(score, commit, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images)
+    stale_after_s = config.stale_after_s if config.drop_abandoned else None
+    batcher = MicroBatcher(score, commit, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images, stale_after_s)
 
     alias_set = asyncio.Event()  # a webhook said the alias was set: check now
 
@@ -207,24 +216,28 @@ def create_app(
     async def score_images(images: np.ndarray, request_id: str, window: int | None, receive: Receive) -> Scored:
         # with the body read, the only message left is the client hanging up: a proxy that timed out on this
         # replica (stopped, stalled) and sent the request to another; then it is not logged here (not answered twice)
-        hung_up = asyncio.ensure_future(receive()) if config.drop_abandoned else None
+        hung_up, watch = (asyncio.Event(), asyncio.ensure_future(receive())) if config.drop_abandoned else (None, None)
+        if watch is not None:
+            watch.add_done_callback(lambda done: _set_if_disconnected(done, hung_up))
         try:
             async with asyncio.timeout(config.timeout_s):
-                return await batcher.submit(images, request_id, window, hung_up.done if hung_up else None)
+                return await batcher.submit(images, request_id, window, hung_up.is_set if hung_up else None)
         except Overloaded as err:
             headers = {"retry-after": str(config.retry_after_s)}
             raise HttpError(f"the server is at capacity ({err}); retry later", 503, headers) from None
         except TimeoutError:
             raise HttpError(f"scoring took longer than {config.timeout_s} s", 504) from None
-        except Abandoned as err:  # nobody reads the answer; 499 is how access logs name a client that hung up
+        except Abandoned as err:  # nobody reads it (uvicorn sends nothing to a closed connection); 499 as nginx logs it
             raise HttpError(str(err), 499) from None
+        except Stale as err:  # a proxy still waiting retries it on another replica
+            raise HttpError(str(err), 503, {"retry-after": str(config.retry_after_s)}) from None
         except LogUnavailable as err:  # acknowledging would promise a record the disk does not hold
             raise HttpError(str(err), 503, {"retry-after": str(config.retry_after_s)}) from None
         except Exception:  # logged by the batcher; the client learns only that it was our fault
             raise HttpError("the model failed to score this request", 500) from None
         finally:
-            if hung_up is not None:
-                hung_up.cancel()
+            if watch is not None:
+                watch.cancel()
 
     def request_meta(headers: Mapping[bytes, bytes]) -> tuple[str, int | None]:
         supplied = headers.get(b"x-request-id")
@@ -298,6 +311,7 @@ def create_app(
                 "batches": batcher.batches,
                 "shed": batcher.shed,
                 "abandoned": batcher.abandoned,
+                "stale": batcher.stale,
             },
         }
 

@@ -158,7 +158,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
-    args = build_parser(settings).parse_args(argv)
+    parser = build_parser(settings)
+    args = parser.parse_args(argv)
+    if args.command == "promote" and args.min_replay_images < 1:
+        parser.error(f"--min-replay-images {args.min_replay_images}: a replay set needs at least 1 image to compare on")
     configure_logging()
     if args.command == "keras":
         return _train_keras(args, settings)

@@ -131,3 +131,29 @@ def test_a_request_whose_client_hung_up_before_its_commit_is_refused_and_not_com
     answers, abandoned, batches = asyncio.run(scenario())
     assert answers == [2, 3] and abandoned == 1 and batches == 1
     assert committed == ["waiting", "unwatched"]
+
+
+def test_a_request_that_waited_past_the_stale_limit_is_refused_and_not_committed():
+    from serving.batcher import Stale
+
+    committed: list[str] = []
+    release = threading.Event()
+
+    def score(jobs):
+        release.wait(10)  # the process stalls with the first batch in hand
+        return scored_for(jobs)
+
+    async def scenario():
+        batcher = MicroBatcher(score, lambda jobs, results: committed.extend(j.request_id for j in jobs), 1, 0, None, 0.2)
+        batcher.start()
+        stalled = asyncio.create_task(batcher.submit(image(1), "stalled", None))
+        await asyncio.sleep(0.4)
+        release.set()
+        with pytest.raises(Stale, match=r"stalled \d+\.\d s with this request \(limit 0.2 s\); not recorded, retry"):
+            await stalled
+        fresh = await batcher.submit(image(2), "fresh", None)
+        await batcher.stop()
+        return int(fresh.predicted[0]), batcher.stale
+
+    assert asyncio.run(scenario()) == (2, 1)
+    assert committed == ["fresh"]

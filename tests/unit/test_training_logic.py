@@ -203,3 +203,22 @@ def test_augmented_copies_keep_the_first_as_it_is_and_move_the_others_a_little()
             assert abs(moved.sum() - original.sum()) < 0.35 * original.sum()
             assert np.corrcoef(moved.ravel(), original.ravel())[0, 1] > 0.2
     assert (augmented_copies(images, 4, seed=0) == copies).all()
+
+
+def test_a_retrained_runs_replay_figures_come_from_its_metrics_or_older_runs_param_and_a_fresh_run_has_none():
+    from types import SimpleNamespace
+
+    from training.registry import replay_figures
+
+    def run(tags, metrics, params):
+        return SimpleNamespace(data=SimpleNamespace(tags=tags, metrics=metrics, params=params))
+
+    assert replay_figures(run({}, {"mnist_test_accuracy": 0.99}, {})) is None  # trained from scratch
+    tag = {"digitdrift.parent_version": "2"}
+    figures = replay_figures(run(tag, {"replay_images": 12, "replay_accuracy": 0.9, "replay_parent_accuracy": 0.3}, {}))
+    assert (figures.images, figures.challenger, figures.parent, figures.parent_version) == (12, 0.9, 0.3, "2")
+    older = replay_figures(run(tag, {"replay_accuracy": 0.9, "replay_parent_accuracy": 0.3}, {"labeled_replay_images": "7"}))
+    assert older.images == 7
+    none_held_out = replay_figures(run(tag, {"replay_images": 0}, {"labeled_replay_images": "0"}))
+    assert (none_held_out.images, none_held_out.challenger) == (0, None)
+    assert not decide_promotion("3", 0.995, 0.993, champion="2", replay=none_held_out).promoted

@@ -252,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
+    if args.drop_abandoned and not 0 < args.stale_after_s < args.timeout_s:
+        print(
+            f"error: --stale-after-s {args.stale_after_s:g} must be above 0 and under --timeout-s ({args.timeout_s:g}), "
+            "and under the proxy's server timeout",
+            file=sys.stderr,
+        )
+        return 2
     if args.webhook_url and not os.environ.get(args.webhook_secret_env):
         print(f"error: --webhook-url needs the signing secret in {args.webhook_secret_env}", file=sys.stderr)
         return 2

@@ -284,9 +284,11 @@ def test_workers_that_cannot_serve_the_model_stop_the_server_with_its_error(tmp_
     [
         (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--workers", "2", "--prediction-dataset", "/tmp/dataset"], "start one server per --staging-dir instead"),
+        (["--drop-abandoned", "--stale-after-s", "40"], "--stale-after-s 40 must be above 0 and under --timeout-s (30)"),
+        (["--drop-abandoned", "--stale-after-s", "0"], "--stale-after-s 0 must be above 0"),
     ],
 )
-def test_workers_options_that_cannot_work_are_refused_before_anything_starts(extra, message):
+def test_options_that_cannot_work_are_refused_before_anything_starts(extra, message):
     result = subprocess.run(
         serving_command("models:/never-loaded@champion", free_port(), *extra),
         cwd=PROJECT_ROOT,

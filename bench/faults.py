@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from bench.result_file import write_result
+from common.access import api_key_header
 from common.logs import configure_logging
 from common.prediction_dataset import filesystem, list_parts, read_parts
 from common.settings import PROJECT_ROOT, load_settings
@@ -161,7 +162,7 @@ def hang_replica(state: dict, seconds: float = 15.0) -> dict:
     finally:
         os.kill(pid, signal.SIGCONT)
     back = until(lambda: replica_status(state, 1).startswith("UP"), 60, "the resumed replica back in HAProxy")
-    key = {"authorization": f"Bearer {stack.credentials()['api_key']}"}
+    key = api_key_header(stack.credentials()["api_key"])
     stats = httpx.get(f"{state['replicas'][1]['url']}/metadata", headers=key, timeout=5).json()["stats"]
     return {
         "what": f"replica 1 stopped (SIGSTOP) {seconds:.0f} s under traffic, then resumed",
@@ -205,7 +206,7 @@ def fuzz_through_proxy(state: dict, examples: int = 150) -> dict:
     """The fuzz tests' bodies at both doors through HAProxy and TLS, as the server's own tests send them to it
     directly; then whether every image answered 200 reached the dataset, once, and the stack still answers."""
     url, trusted = state["proxy"]["url"], state["proxy"]["certificate"]
-    key = {"authorization": f"Bearer {stack.credentials()['api_key']}"}
+    key = api_key_header(stack.credentials()["api_key"])
     answered: set[tuple[str, int]] = set()
     doors = {door: fuzz_door(url, door, examples, key, trusted, answered) for door in ("/score", "/invocations")}
     ids = {request_id for request_id, _ in answered}

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +32,8 @@ from common.labels import write_labels
 from common.logs import configure_logging
 from common.prediction_dataset import read_records
 from common.records import read_prediction_log, records_of_frame
-from common.settings import MODEL_NAME, PROJECT_ROOT, load_settings
-from loop.controller import ControllerConfig, ControllerState, read_keyed_csv, record, run_cycle
+from common.settings import MODEL_NAME, load_settings
+from loop.controller import ControllerConfig, ControllerState, read_keyed_csv, record, run_command, run_cycle
 from serving.dataset_sink import DatasetSink
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,25 +52,27 @@ def scenario(windows: int, per_window: int) -> dict:
     }
 
 
-def run_part(command: list[str], env: dict[str, str]) -> None:
-    log.info("running %s", " ".join(command[1:4]))
-    subprocess.run([sys.executable, "-m", *command], cwd=PROJECT_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-
-
 def scratch_environment(scratch: Path) -> dict[str, str]:
     """The environment of a store and state in `scratch`, reading the datasets where they are."""
     data = str(load_settings().data_dir)
     return {"DIGITDRIFT_HOME": str(scratch), "DIGITDRIFT_DATA": data, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}"}
 
 
-def traffic(scratch: Path, env: dict[str, str], windows: int, per_window: int) -> pd.DataFrame:
+def run_part(scratch: Path, name: str, *arguments: str) -> None:
+    """A part's command (`python -m <arguments>`) in the scratch environment, its output in scratch/<name>.log."""
+    code, last = run_command([sys.executable, "-m", *arguments], scratch / f"{name}.log")
+    if code != 0:
+        raise RuntimeError(f"{' '.join(arguments[:2])} failed ({last}): see {scratch / f'{name}.log'}")
+
+
+def traffic(scratch: Path, windows: int, per_window: int) -> pd.DataFrame:
     """A small champion, then the scenario scored by it in process; its records."""
-    run_part(["training", "keras", "--epochs", "1", "--train-limit", "5000", "--foreign-limit-per-class", "20"], env)
-    run_part(["training", "promote", "--model-name", MODEL_NAME, "--min-accuracy", "0"], env)
+    run_part(scratch, "train", "training", "keras", "--epochs", "1", "--train-limit", "5000", "--foreign-limit-per-class", "20")
+    run_part(scratch, "promote", "training", "promote", "--model-name", MODEL_NAME, "--min-accuracy", "0")
     (scratch / "scenario.yaml").write_text(yaml.safe_dump(scenario(windows, per_window)))
     command = ["simulation", "run", "--scenario", str(scratch / "scenario.yaml"), "--url", "inprocess"]
     command += ["--model", f"models:/{MODEL_NAME}@champion", "--prediction-log", str(scratch / "traffic.db")]
-    run_part([*command, "--run-dir", str(scratch / "run"), "--no-mlflow"], env)
+    run_part(scratch, "traffic", *command, "--run-dir", str(scratch / "run"), "--no-mlflow")
     return pd.DataFrame(read_prediction_log(scratch / "traffic.db"))
 
 
@@ -140,8 +141,8 @@ def main() -> None:
     configure_logging()
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        os.environ.update(scratch_environment(scratch))  # the controller's commands inherit it
-        records = traffic(scratch, dict(os.environ), args.windows, args.per_window)
+        os.environ.update(scratch_environment(scratch))  # the parts' commands and the controller's inherit it
+        records = traffic(scratch, args.windows, args.per_window)
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         cycles = follow(records, scratch)
     result = write_result(

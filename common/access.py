@@ -12,6 +12,11 @@ API_KEY_ENV = "DIGITDRIFT_API_KEY"  # where the commands read the key by default
 WEBHOOK_SECRET_ENV = "DIGITDRIFT_WEBHOOK_SECRET"  # the secret MLflow signs a following server's webhook deliveries with
 
 
+def api_key_header(api_key: str) -> dict[str, str]:
+    """The header a client sends the key in."""
+    return {"authorization": f"Bearer {api_key}"}
+
+
 async def send_json(send: Send, status: int, content: object, headers: Mapping[str, str] | None = None) -> None:
     """An ASGI response of `content` encoded by orjson, with `headers`."""
     body = orjson.dumps(content)

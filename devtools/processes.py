@@ -109,12 +109,13 @@ def running(
     log_path: Path | None = None,
     timeout: float = 120.0,
     poll_s: float = 0.3,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Start `command` in the project's folder, wait until `health_url` answers 200, and stop it afterwards;
-    its output goes to `log_path` (whose tail a failed start quotes), else nowhere."""
+    """Start `command` in the project's folder (or `cwd`), wait until `health_url` answers 200, and stop it
+    afterwards; its output goes to `log_path` (whose tail a failed start quotes), else nowhere."""
     output = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT
+        command, cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT
     )
     try:
         try:

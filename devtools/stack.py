@@ -426,8 +426,9 @@ def start_replicas(state: dict, model: str) -> None:
     from common.settings import parse_registry_uri
 
     env = {**stack_environment(state), "DIGITDRIFT_HOME": str(stack_dir() / "serving-home")}
-    env[WEBHOOK_SECRET_ENV] = credentials()["webhook_secret"]
-    env[API_KEY_ENV] = credentials()["api_key"]  # HAProxy passes the clients' key through; /ready stays open to it
+    made = credentials()
+    env[WEBHOOK_SECRET_ENV] = made["webhook_secret"]
+    env[API_KEY_ENV] = made["api_key"]  # HAProxy passes the clients' key through; /ready stays open to it
     follows = parse_registry_uri(model).alias is not None
     replicas = state.get("replicas", [{} for _ in range(REPLICAS)])
     for index, replica in enumerate(replicas):

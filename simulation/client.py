@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from common.access import api_key_header
 from common.datasets import Digits
 from common.quality import DUPLICATE_CAUSE, corrupt
 from common.windows import WALL, WindowClock
@@ -70,9 +71,7 @@ class HttpTransport:
     ) -> None:
         self.urls = [score_url(part) for part in url.split(",") if part.strip()]
         self._turn = itertools.count()
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
+        headers = {"content-type": "application/json", **(api_key_header(api_key) if api_key else {})}
         self.client = httpx.Client(
             timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
         )

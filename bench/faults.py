@@ -168,8 +168,13 @@ def hang_replica(state: dict, seconds: float = 15.0) -> dict:
         "what": f"replica 1 stopped (SIGSTOP) {seconds:.0f} s under traffic, then resumed",
         "seconds_until_taken_out": round(taken_out, 1),
         "seconds_to_recover": round(back, 1),
-        # woken, it refused these rather than log them: HAProxy had hung up on them, or they had waited too long
-        "requests_refused_by_the_woken_replica": {"client_hung_up": stats["abandoned"], "stale": stats["stale"]},
+        # woken, it refused these rather than log them: HAProxy had hung up on them, or they had waited too long;
+        # withdrawn: committed before the stop, their records taken back before publication as their answer left late
+        "requests_refused_by_the_woken_replica": {
+            "client_hung_up": stats["abandoned"],
+            "stale": stats["stale"],
+            "withdrawn": stats["withdrawn"],
+        },
     }
 
 

@@ -44,6 +44,9 @@ class Stale(RuntimeError):
     was stopped or stalled): it is not logged and the client is told to retry, since its proxy may have already."""
 
 
+Withdraw = Callable[[list[str]], set[str]]  # request ids -> those whose records were all taken back from the log
+
+
 class MicroBatcher:
     """Scores queued jobs in batches on a model thread and commits each batch on a log thread: a pipeline, so the
     model scores the next batch while the log waits for the disk.
@@ -63,6 +66,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_queued_images: int | None = None,
         stale_after_s: float | None = None,
+        withdraw: Withdraw | None = None,
     ) -> None:
         self.score = score
         self.commit = commit
@@ -70,10 +74,14 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queued_images = max_queued_images  # None: no bound
         self.stale_after_s = stale_after_s  # None: a request is committed however long it waited
+        # takes back a committed request's records that were not yet published; used for an answer about to leave
+        # late or to a client that hung up (the process stopped between the commit and the answer)
+        self.withdraw = withdraw
         self.queued_images = 0  # submitted and not yet answered
         self.shed = 0
         self.abandoned = 0
         self.stale = 0
+        self.withdrawn = 0
         self.batches = 0
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # None: stop
         self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging")
@@ -101,7 +109,8 @@ class MicroBatcher:
     ) -> Scored:
         """Queue a request and wait for its answer; over `max_queued_images` it is refused at once (Overloaded):
         a bounded queue keeps every accepted request's latency bounded instead of letting all of them grow. One
-        whose `abandoned()` is true by the time it would be committed is refused then (Abandoned), not logged."""
+        whose `abandoned()` is true by the time it would be committed is refused then (Abandoned), not logged; so is
+        one whose answer would leave late or to nobody, when its records can still be withdrawn."""
         if self.max_queued_images is not None and self.queued_images + len(images) > self.max_queued_images:
             self.shed += 1
             raise Overloaded(f"{self.queued_images} images are waiting for the model; the limit is {self.max_queued_images}")
@@ -109,9 +118,17 @@ class MicroBatcher:
         self.queued_images += len(images)
         try:
             self._jobs.put(job)
-            return await job.future
+            result = await job.future
         finally:
             self.queued_images -= len(images)
+        if self.withdraw is not None and (late := self._late(job, time.monotonic(), "its records were taken back")):
+            # the commit's records may sit unpublished while a retrying proxy has had the request answered elsewhere
+            taken_back = await asyncio.wrap_future(self._log_thread.submit(self.withdraw, [request_id]))
+            if request_id in taken_back:
+                self.withdrawn += 1
+                log.warning("a committed request's records were taken back before its answer left (%s)", late)
+                raise late
+        return result
 
     def _score_batches(self) -> None:
         """The model thread: take a batch, score it, hand it to the log thread; until stopped."""
@@ -178,14 +195,21 @@ class MicroBatcher:
 
     def _refusal(self, job: Job, now: float) -> Exception | None:
         """Why `job` may not be committed now, or None."""
-        if job.abandoned is not None and job.abandoned():
+        refusal = self._late(job, now, "not recorded")
+        if isinstance(refusal, Abandoned):
             self.abandoned += 1
-            return Abandoned("the client hung up before this request was logged; it is not")
+        elif isinstance(refusal, Stale):
+            self.stale += 1
+        return refusal
+
+    def _late(self, job: Job, now: float, outcome: str) -> Exception | None:
+        """Abandoned when `job`'s client has hung up, Stale when it has waited past `stale_after_s`, else None."""
+        if job.abandoned is not None and job.abandoned():
+            return Abandoned(f"the client hung up before this request was answered; {outcome}")
         waited = now - job.submitted_at
         if self.stale_after_s is not None and waited > self.stale_after_s:
-            self.stale += 1
             limit = f"{self.stale_after_s:g} s"
-            return Stale(f"the server stalled {waited:.1f} s with this request (limit {limit}); not recorded, retry")
+            return Stale(f"the server stalled {waited:.1f} s with this request (limit {limit}); {outcome}, retry")
         return None
 
     @staticmethod

@@ -97,6 +97,10 @@ class CollectorSink:
         self.outputs.collect(outputs, context)  # one correlation id joins a request's inputs and outputs
         return len(records)
 
+    def withdraw(self, request_ids: list[str]) -> set[str]:
+        """Nothing: collected records are already on their way to the collector's sidecar."""
+        return set()
+
     def close(self) -> None:
         from azureml.ai.monitoring.init import teardown
 

@@ -6,6 +6,10 @@ turns staged records into parts of the dataset (a folder or a blob container) ev
 writes down which staged records it is about to publish, then uploads, then forgets them; a writer killed
 at any point (SIGKILL included) publishes on its next start exactly the parts it had begun, under the same
 names, before anything newer. Nothing the client was told is lost, and a part is never written twice.
+
+A staged record not yet cut for publication can be withdrawn: a replica stopped between a commit and its answer
+(a proxy meanwhile had the request answered by another) takes it back when it wakes, before its publisher (which
+wakes too, and waits a moment after such a stall) publishes it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections import defaultdict
 from contextlib import closing
@@ -41,6 +46,10 @@ INSERT = insert_sql("staged", STAGED_COLUMNS)
 TIMESTAMP_INDEX = list(PREDICTION_COLUMNS).index("timestamp")
 STAGED_NAMES = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
 SELECT_STAGED = f"SELECT sequence, {STAGED_NAMES} FROM staged WHERE sequence <= ? ORDER BY sequence"
+# the publisher overslept its round by more than this: the process was stopped or starved, and the requests it
+# held wake with it; it waits STALL_GRACE_S before the next cut so that late answers withdraw their records first
+STALL_S = 1.0
+STALL_GRACE_S = 2.0
 
 
 class DatasetSink:
@@ -119,6 +128,27 @@ class DatasetSink:
         if full:
             self._wake.set()
         return added
+
+    def withdraw(self, request_ids: list[str]) -> set[str]:
+        """Delete the staged records of these requests where none of a request's records is published or cut for
+        publication yet; return the ids whose records were taken back (an id with no staged record is not)."""
+        withdrawn = set()
+        with self._lock:
+            cut = int(self._meta("publishing_through") or -1)
+            self._connection.execute("BEGIN")
+            try:
+                for request_id in request_ids:
+                    first = self._connection.execute(
+                        "SELECT MIN(sequence) FROM staged WHERE request_id = ?", (request_id,)
+                    ).fetchone()[0]
+                    if first is not None and first > cut:
+                        self._connection.execute("DELETE FROM staged WHERE request_id = ?", (request_id,))
+                        withdrawn.add(request_id)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+        return withdrawn
 
     def staged(self) -> int:
         with self._lock:
@@ -203,8 +233,16 @@ class DatasetSink:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.monotonic()
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
+            if time.monotonic() - began > self.flush_seconds + STALL_S:
+                log.info(
+                    "the publisher woke %.1f s late; waiting %g s for late answers first",
+                    time.monotonic() - began - self.flush_seconds,
+                    STALL_GRACE_S,
+                )
+                self._stop.wait(STALL_GRACE_S)
             self._publish_noting_failure()
 
     def close(self) -> None:

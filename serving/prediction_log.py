@@ -51,6 +51,10 @@ class PredictionLog:
                 raise
             return self._connection.total_changes - before
 
+    def withdraw(self, request_ids: list[str]) -> set[str]:
+        """Nothing: a reader of the log may have read a record the moment it was committed."""
+        return set()
+
     def count(self) -> int:
         with self._lock:
             return self._connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]

@@ -22,6 +22,10 @@ class RecordSink(Protocol):
 
     def write(self, records: list[PredictionRecord]) -> int: ...
 
+    def withdraw(self, request_ids: list[str]) -> set[str]:
+        """Take back committed records that no reader can have seen yet; return the request ids taken back whole."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -151,7 +151,10 @@ def create_app(
         log_scored(prediction_log, jobs, results)
 
     stale_after_s = config.stale_after_s if config.drop_abandoned else None
-    batcher = MicroBatcher(score, commit, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images, stale_after_s)
+    withdraw = prediction_log.withdraw if config.drop_abandoned and prediction_log is not None else None
+    batcher = MicroBatcher(
+        score, commit, config.max_batch, config.max_wait_ms / 1000, config.max_queued_images, stale_after_s, withdraw
+    )
 
     alias_set = asyncio.Event()  # a webhook said the alias was set: check now
 
@@ -312,6 +315,7 @@ def create_app(
                 "shed": batcher.shed,
                 "abandoned": batcher.abandoned,
                 "stale": batcher.stale,
+                "withdrawn": batcher.withdrawn,
             },
         }
 

@@ -3,6 +3,7 @@ failures reach the client, chunks are scored at once."""
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_a_request_whose_client_hung_up_before_its_commit_is_refused_and_not_com
         gone = asyncio.create_task(batcher.submit(image(1), "gone", None, abandoned=lambda: True))
         waiting = asyncio.create_task(batcher.submit(image(2), "waiting", None, abandoned=lambda: False))
         unwatched = asyncio.create_task(batcher.submit(image(3), "unwatched", None))
-        with pytest.raises(Abandoned, match="hung up before this request was logged"):
+        with pytest.raises(Abandoned, match="hung up before this request was answered; not recorded"):
             await gone
         answers = [int((await task).predicted[0]) for task in (waiting, unwatched)]
         await batcher.stop()
@@ -157,3 +158,57 @@ def test_a_request_that_waited_past_the_stale_limit_is_refused_and_not_committed
 
     assert asyncio.run(scenario()) == (2, 1)
     assert committed == ["fresh"]
+
+
+def test_a_committed_request_whose_answer_would_leave_late_is_withdrawn_and_refused_unless_it_is_published():
+    from serving.batcher import Stale
+
+    committed: list[str] = []
+    asked: list[list[str]] = []
+
+    def commit(jobs, results):
+        committed.extend(job.request_id for job in jobs)
+        time.sleep(0.4)  # the process stops right after the commit, before the answer leaves
+
+    def withdraw(request_ids):
+        asked.append(request_ids)
+        return {request_id for request_id in request_ids if request_id != "published"}
+
+    async def scenario():
+        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 0.2, withdraw)
+        batcher.start()
+        with pytest.raises(Stale, match=r"stalled 0\.\d s with this request \(limit 0.2 s\); its records were taken back"):
+            await batcher.submit(image(1), "late", None)
+        answered = await batcher.submit(image(2), "published", None)  # too late to take back: answered as committed
+        await batcher.stop()
+        return int(answered.predicted[0]), batcher.withdrawn, batcher.stale
+
+    assert asyncio.run(scenario()) == (2, 1, 0)
+    assert committed == ["late", "published"] and asked == [["late"], ["published"]]
+
+
+def test_a_request_whose_client_hung_up_after_its_commit_is_withdrawn_and_one_answered_in_time_is_not():
+    from serving.batcher import Abandoned
+
+    hung_up = threading.Event()
+    asked: list[list[str]] = []
+
+    def commit(jobs, results):
+        if jobs[0].request_id == "gone":
+            hung_up.set()  # the proxy gives up while the batch commits
+
+    def withdraw(request_ids):
+        asked.append(request_ids)
+        return set(request_ids)
+
+    async def scenario():
+        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 5.0, withdraw)
+        batcher.start()
+        with pytest.raises(Abandoned, match="hung up before this request was answered; its records were taken back"):
+            await batcher.submit(image(1), "gone", None, abandoned=hung_up.is_set)
+        kept = await batcher.submit(image(2), "kept", None, abandoned=lambda: False)
+        await batcher.stop()
+        return int(kept.predicted[0]), batcher.withdrawn, batcher.abandoned
+
+    assert asyncio.run(scenario()) == (2, 1, 0)
+    assert asked == [["gone"]]

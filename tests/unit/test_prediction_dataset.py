@@ -97,6 +97,23 @@ def test_a_publication_cut_short_is_finished_under_the_same_names_without_duplic
     assert sorted(frame["request_id"]) == ["req-1", "req-2", "req-3"]
 
 
+def test_staged_records_are_withdrawn_until_they_are_cut_for_publication_a_whole_request_at_a_time(tmp_path):
+    sink = FailingUpload(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    sink._stop.set()
+    two_images = record(2, 0)
+    sink.write([record(1, 0, hour=10), two_images, two_images._replace(image_index=1)])
+    assert sink.withdraw(["req-1", "req-unknown"]) == {"req-1"}
+    with pytest.raises(KeyboardInterrupt):  # req-2 is cut for publication (its part uploaded), not yet forgotten
+        sink.publish()
+    sink.write([record(3, 1, hour=10)])
+    assert sink.withdraw(["req-2", "req-3"]) == {"req-3"}
+    restarted = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
+    restarted.close()
+    fs, root = filesystem(str(tmp_path / "dataset"))
+    frame = read_parts(fs, list_parts(fs, root))
+    assert sorted(zip(frame["request_id"], frame["image_index"])) == [("req-2", 0), ("req-2", 1)]
+
+
 def collector_line(records: list[PredictionRecord], hour: int) -> str:
     """One CloudEvent as Azure ML's data collector stores it, batching several requests."""
     return json.dumps(

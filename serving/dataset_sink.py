@@ -7,6 +7,11 @@ writes down which staged records it is about to publish, then uploads, then forg
 at any point (SIGKILL included) publishes on its next start exactly the parts it had begun, under the same
 names, before anything newer. Nothing the client was told is lost, and a part is never written twice.
 
+Records a killed predecessor staged but never began to publish are held back: some were committed just before the
+kill, their answers never left, and the proxy retried those requests on another replica. They are published after
+a few rounds, less those another writer has published meanwhile (same request id and image index), so that a
+retried request is in the dataset once. A publication the kill cut short is finished at start, as it was cut.
+
 A staged record not yet cut for publication can be withdrawn: a replica stopped between a commit and its answer
 (a proxy meanwhile had the request answered by another) takes it back when it wakes, before its publisher (which
 wakes too, and waits a moment after such a stall) publishes it.
@@ -30,7 +35,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from common.files import write_whole
-from common.prediction_dataset import filesystem, part_name, partition_of, records_table
+from common.prediction_dataset import filesystem, list_parts, part_name, partition_of, read_parts, records_table
 from common.records import PREDICTION_COLUMNS, PredictionRecord, create_table_sql, insert_sql
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,7 @@ SELECT_STAGED = f"SELECT sequence, {STAGED_NAMES} FROM staged WHERE sequence <= 
 # held wake with it; it waits STALL_GRACE_S before the next cut so that late answers withdraw their records first
 STALL_S = 1.0
 STALL_GRACE_S = 2.0
+LEFTOVER_ROUNDS = 2  # a killed predecessor's staged records wait this many rounds for the other writers to publish
 
 
 class DatasetSink:
@@ -91,7 +97,8 @@ class DatasetSink:
         self._stop = threading.Event()
         self.failure: str | None = None  # why the last publication failed; None once one works
         self.failing_since: str | None = None  # when publications started failing (UTC, ISO 8601)
-        self._publish_noting_failure()  # what a killed predecessor staged or began to publish; storage may be down
+        self._leftovers_through = self._connection.execute("SELECT MAX(sequence) FROM staged").fetchone()[0]
+        self._publish_noting_failure(finish_only=True)  # what a killed predecessor began to publish; storage may be down
         self._thread = threading.Thread(target=self._run, name="dataset-publisher", daemon=True)
         self._thread.start()
 
@@ -172,9 +179,17 @@ class DatasetSink:
             answer |= {"since": self.failing_since, "error": self.failure}
         return answer
 
-    def publish(self) -> int:
-        """Publish every staged record as parts (finishing a publication a crash interrupted first); return the count."""
+    def publish(self, finish_only: bool = False) -> int:
+        """Publish every staged record as parts (finishing a publication a crash interrupted first, and only that with
+        `finish_only`); return the count."""
         with self._publishing:
+            with self._lock:
+                cut = self._meta("publishing_through")
+            if cut is None and finish_only:
+                return 0
+            if cut is None and self._leftovers_through is not None:
+                self._drop_published_elsewhere(self._leftovers_through)
+                self._leftovers_through = None
             with self._lock:
                 pending = self._meta("publishing_through")
                 if pending is None:
@@ -205,6 +220,27 @@ class DatasetSink:
                 log.info("published %d records in %d part(s) to %s", len(rows), len(by_partition), self.location)
             return len(rows)
 
+    def _drop_published_elsewhere(self, through: int) -> None:
+        """Forget staged records up to `through` that another writer has published (a retried request)."""
+        with self._lock:
+            staged = self._connection.execute(
+                "SELECT request_id, image_index, timestamp FROM staged WHERE sequence <= ?", (through,)
+            ).fetchall()
+        own = f"part-{self.writer_id}-"
+        elsewhere: set[tuple[str, int]] = set()
+        for partition in sorted({partition_of(timestamp) for _, _, timestamp in staged}):
+            parts = [part for part in list_parts(self.fs, f"{self.root}/{partition}") if own not in part.path]
+            if parts:
+                keys = read_parts(self.fs, parts, [])
+                elsewhere |= set(zip(keys["request_id"], keys["image_index"].astype(int)))
+        duplicates = [(request_id, index) for request_id, index, _ in staged if (request_id, index) in elsewhere]
+        if duplicates:
+            with self._lock:
+                self._connection.execute("BEGIN")
+                self._connection.executemany("DELETE FROM staged WHERE request_id = ? AND image_index = ?", duplicates)
+                self._connection.execute("COMMIT")
+            log.info("%d records staged before a restart were published by another writer meanwhile; not again", len(duplicates))
+
     def _upload(self, partition: str, name: str, records: list[tuple]) -> None:
         buffer = io.BytesIO()
         pq.write_table(records_table(records), buffer, compression="zstd")
@@ -216,10 +252,10 @@ class DatasetSink:
         else:
             self.fs.pipe_file(final, buffer.getvalue())  # one committed blob: whole or none
 
-    def _publish_noting_failure(self) -> None:
+    def _publish_noting_failure(self, finish_only: bool = False) -> None:
         """One round: publish, or note why not (once per outage in the log; /ready says it meanwhile)."""
         try:
-            self.publish()
+            self.publish(finish_only)
         except Exception as err:  # the records stay staged; the next round tries again
             first = self.failure is None
             self.failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
@@ -232,6 +268,8 @@ class DatasetSink:
             self.failure = self.failing_since = None
 
     def _run(self) -> None:
+        if self._leftovers_through is not None:  # the other writers publish what they were retried meanwhile
+            self._stop.wait(LEFTOVER_ROUNDS * self.flush_seconds)
         while not self._stop.is_set():
             began = time.monotonic()
             self._wake.wait(self.flush_seconds)

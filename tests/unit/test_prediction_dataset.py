@@ -59,16 +59,24 @@ def test_staged_records_are_published_as_parts_by_hour_once_each(tmp_path):
     assert summary.times[0] <= summary.times[1] and summary.times[0].startswith("2026-11-22T10:")
 
 
-def test_a_writer_that_died_before_publishing_publishes_its_staged_records_on_restart(tmp_path):
+def test_a_writer_that_died_before_publishing_publishes_its_staged_records_on_restart_less_those_retried_elsewhere(
+    tmp_path,
+):
     first = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
     first.write([record(i, 0) for i in range(4)])
     first._stop.set()  # gone without close(): its staged records stay in staging.db
     assert published(tmp_path / "dataset") == []
+    # the proxy retried two of its requests on another replica, which published them
+    other = DatasetSink(str(tmp_path / "dataset"), tmp_path / "other-staging", flush_seconds=3600)
+    other.write([record(1, 0), record(3, 0)])
+    other.close()
     second = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
-    assert second.writer_id == first.writer_id and second.staged() == 0
+    assert second.writer_id == first.writer_id and second.staged() == 4  # held back until a round or close
     second.close()
     fs, root = filesystem(str(tmp_path / "dataset"))
-    assert len(read_parts(fs, list_parts(fs, root))) == 4
+    by_writer = read_parts(fs, [part for part in list_parts(fs, root) if second.writer_id in part.path])
+    assert sorted(by_writer["request_id"]) == ["req-0", "req-2"]
+    assert sorted(read_parts(fs, list_parts(fs, root))["request_id"]) == ["req-0", "req-1", "req-2", "req-3"]
 
 
 class FailingUpload(DatasetSink):

@@ -1,4 +1,4 @@
-"""python -m cloud submit train|register|deploy|monitor [--dry-run]: run digitdrift's jobs on Azure ML."""
+"""python -m cloud submit train|retrain|register|deploy|monitor [--dry-run]: run digitdrift's jobs on Azure ML."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-from cloud.submit import ACTIONS, CloudError, find_workspace, load_specs, resolved_yaml, rest_body, submit
+from cloud.submit import (
+    ACTIONS,
+    CloudError,
+    RetrainRequest,
+    find_workspace,
+    load_specs,
+    resolved_yaml,
+    rest_body,
+    submit,
+)
 from common.logs import configure_logging
 
 
@@ -19,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument(
         "action",
         choices=list(ACTIONS),
-        help="train: the training job, then its model registered as the challenger; register: a finished training job's "
-        "model; deploy: the champion to a new blue/green deployment, smoke-tested, then all traffic; monitor: the daily "
-        "monitoring schedules (digitdrift's and Azure ML's) of the deployment taking traffic",
+        help="train: the training job, then its model registered as the challenger; retrain: the retrain job (the "
+        "champion fine-tuned on --labels), then its model registered as the challenger with its parent; register: a "
+        "finished training or retrain job's model; deploy: the champion to a new blue/green deployment, smoke-tested, "
+        "then all traffic; monitor: the daily monitoring schedules (digitdrift's and Azure ML's) of the deployment "
+        "taking traffic",
     )
     submit_cmd.add_argument(
         "--dry-run",
@@ -30,9 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit_cmd.add_argument("--config", type=Path, help="the workspace's config.json (default: ./config.json)")
     submit_cmd.add_argument(
-        "--no-stream", dest="stream", action="store_false", help="train: submit and return; register later with --job"
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="train, retrain: submit and return; register later with --job",
     )
-    submit_cmd.add_argument("--job", help="register: the training job whose model output to register")
+    submit_cmd.add_argument("--job", help="register: the training or retrain job whose model output to register")
+    submit_cmd.add_argument(
+        "--labels",
+        type=Path,
+        help="retrain: the label file (CSV or JSONL: request_id,image_index,label), uploaded with the job",
+    )
+    submit_cmd.add_argument("--parent", help="retrain: the version number to retrain (default: the champion's)")
+    submit_cmd.add_argument(
+        "--predictions",
+        help="retrain: the collector folder holding the labeled images, an azureml:// URI (default: the model_outputs "
+        "of the deployment that takes the traffic)",
+    )
     submit_cmd.add_argument(
         "--endpoint-name",
         help="the online endpoint (unique in its region; default: digitdrift- and a digest of the workspace)",
@@ -41,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.action == "retrain" and not args.dry_run and args.labels is None:
+        parser.error("retrain needs --labels PATH: the label file (CSV or JSONL: request_id,image_index,label)")
     configure_logging()
     try:
         specs = load_specs(args.action)
@@ -60,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {args.action}: {len(specs)} spec(s) valid", file=sys.stderr)
             return 0
         workspace = find_workspace(dict(os.environ), args.config)
-        print(submit(args.action, specs, workspace, args.stream, args.job, args.endpoint_name))
+        retrain = RetrainRequest(args.labels, args.parent, args.predictions) if args.labels is not None else None
+        print(submit(args.action, specs, workspace, args.stream, args.job, args.endpoint_name, retrain))
         return 0
     except CloudError as err:
         print(f"error: {err}", file=sys.stderr)

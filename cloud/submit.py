@@ -31,8 +31,8 @@ from azure.ai.ml import (
 )
 from azure.ai.ml.entities._load_functions import load_schedule  # the loader `az ml schedule create` uses
 
-from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME
-from common.tracking import ROLE_TAG, newest_with_role
+from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, parse_registry_uri
+from common.tracking import PARENT_VERSION_TAG, ROLE_TAG, newest_with_role
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ SPEC_FILES = {
     "compute": "compute.yaml",
     "data": "data.yaml",
     "train-job": "train-job.yaml",
+    "retrain-job": "retrain-job.yaml",
     "model": "model.yaml",
     "endpoint": "endpoint.yaml",
     "deployment": "deployment.yaml",
@@ -55,6 +56,7 @@ LOADERS = {
     "compute": load_compute,
     "data": load_data,
     "train-job": load_job,
+    "retrain-job": load_job,
     "model": load_model,
     "endpoint": load_online_endpoint,
     "deployment": load_online_deployment,
@@ -65,6 +67,7 @@ LOADERS = {
 }
 ACTIONS = {
     "train": ("environment", "compute", "data", "train-job", "model"),
+    "retrain": ("environment", "compute", "retrain-job", "model"),
     "register": ("model",),
     "deploy": ("environment", "endpoint", "deployment"),
     "monitor": ("environment", "compute", "monitor-schedule", "window-signal", "monitor-azure"),
@@ -202,11 +205,34 @@ def model_reference(model: str | None) -> tuple[str, str] | None:
     return (short.group(1), short.group(2)) if short else None
 
 
-def registered_tags(job_name: str, metrics: dict[str, float]) -> dict[str, str]:
-    """The tags a model version registered from a training job carries: its role, its job, its metrics."""
+def registered_tags(job_name: str, metrics: dict[str, float], parent_version: str | None = None) -> dict[str, str]:
+    """The tags a model version registered from a training job carries: its role, its job, its metrics and, from a
+    retrain job, the version it was retrained from (the lineage `training retrain` follows back to what the
+    ancestors trained on)."""
     tags = {ROLE_TAG: CHALLENGER_ALIAS, "job": job_name}
     tags.update({name: f"{metrics[name]:.6f}" for name in METRIC_TAGS if name in metrics})
+    if parent_version is not None:
+        tags[PARENT_VERSION_TAG] = str(parent_version)
     return tags
+
+
+def parent_version_of(run_tags: dict[str, str], job_inputs: dict[str, Any]) -> str | None:
+    """The version a job retrained from: its run's lineage tag; where the run could not be read, the job's `parent`
+    input when it names a version (`models:/name/N`); None for a job trained from scratch."""
+    if run_tags.get(PARENT_VERSION_TAG):
+        return str(run_tags[PARENT_VERSION_TAG])
+    parent = job_inputs.get("parent")
+    if not isinstance(parent, str):
+        return None
+    try:
+        return parse_registry_uri(parent).version
+    except ValueError:
+        return None
+
+
+def collector_folder(endpoint: str, slot: str) -> str:
+    """Where Azure ML's data collector writes the model outputs (the records, flagged images kept) of a deployment."""
+    return f"{COLLECTOR_ROOT}{endpoint}/{slot}/model_outputs"
 
 
 def live_slot(traffic: dict[str, int]) -> str | None:
@@ -319,9 +345,15 @@ def plan_deploy(state: DeployState, specs: dict[str, Any], endpoint: str, enviro
 
 
 def plan_register(
-    job_name: str, status: str, versions: list[tuple[str, dict[str, str]]], model_spec: Any, metrics: dict
+    job_name: str,
+    status: str,
+    versions: list[tuple[str, dict[str, str]]],
+    model_spec: Any,
+    metrics: dict,
+    parent_version: str | None = None,
 ) -> list[Call]:
-    """Register a training job's model output once, and only from a completed job."""
+    """Register a training (or retrain) job's model output once, and only from a completed job; a retrained one
+    tagged with its parent version."""
     if status != COMPLETED:
         raise CloudError(
             f"job {job_name} is {status}, not {COMPLETED}: nothing registered; once it has completed, run "
@@ -331,14 +363,39 @@ def plan_register(
     if done:
         log.info("job %s's model is already %s version %s", job_name, MODEL_NAME, done[0])
         return []
-    model = replace_entity(model_spec, path=f"azureml://jobs/{job_name}/outputs/model", tags=registered_tags(job_name, metrics))
-    return [Call("models.create_or_update", {"model": model}, f"{MODEL_NAME} from job {job_name}, as the challenger")]
+    tags = registered_tags(job_name, metrics, parent_version)
+    model = replace_entity(model_spec, path=f"azureml://jobs/{job_name}/outputs/model", tags=tags)
+    retrained = f" (retrained from version {parent_version})" if parent_version is not None else ""
+    return [Call("models.create_or_update", {"model": model}, f"{MODEL_NAME} from job {job_name}{retrained}, as the challenger")]
+
+
+def plan_retrain(labels: str, parent_version: str, predictions: str, environment_id: str) -> list[Call]:
+    """The retrain job: version `parent_version` fine-tuned on the images `labels` (an absolute local path, which the
+    SDK uploads, or a datastore URI) labels in the collector folder `predictions`."""
+    if not str(parent_version).isdigit():
+        raise CloudError(
+            f"--parent {parent_version!r}: a version number of {MODEL_NAME} (Azure's registry has no aliases to name one by)"
+        )
+    if "://" not in labels and not Path(labels).is_absolute():
+        raise CloudError(f"labels {labels!r}: give an absolute path (the SDK would look for a relative one beside the spec)")
+    # the job as `az ml job create --set` would give it
+    job = load_job(
+        SPECS / SPEC_FILES["retrain-job"],
+        params_override=[
+            {"inputs.labels.path": labels},
+            {"inputs.parent": f"models:/{MODEL_NAME}/{parent_version}"},
+            {"inputs.predictions.path": predictions},
+        ],
+    )
+    job.environment = environment_id
+    why = f"the retrain job: {MODEL_NAME} version {parent_version} on the labels in {Path(labels).name}"
+    return [Call("jobs.create_or_update", {"job": job}, why)]
 
 
 def plan_monitor(specs: dict[str, Any], endpoint: str, slot: str, version: str, environment_id: str) -> list[Call]:
     """Both monitors of the deployment `slot` serving `version`: ours (a pipeline on a daily schedule, its watermark
     keyed by a dataset id that stays when Azure mounts the data at a new path) and Azure's own."""
-    collected = f"{COLLECTOR_ROOT}{endpoint}/{slot}/model_outputs"
+    collected = collector_folder(endpoint, slot)
     # the job as `az ml ... --set` would give it: the pipeline's inputs are bound to its step, so they are set at load
     job = load_job(
         SPECS / SPEC_FILES["monitor-job"],
@@ -427,16 +484,18 @@ def model_versions(client: Any) -> list[tuple[str, dict[str, str]]]:
         return []
 
 
-def job_metrics(client: Any, job_name: str) -> dict[str, float]:
-    """The training run's metrics from the workspace's MLflow (the job is the run); {} when they cannot be read."""
+def job_run(client: Any, job_name: str) -> tuple[dict[str, float], dict[str, str]]:
+    """The training run's metrics and tags from the workspace's MLflow (the job is the run); empty when they cannot
+    be read."""
     try:
         import mlflow
 
         mlflow.set_tracking_uri(client.workspaces.get(client.workspace_name).mlflow_tracking_uri)
-        return dict(mlflow.get_run(job_name).data.metrics)
-    except Exception as err:  # the tags are a convenience: registration goes on without them
-        log.warning("metrics of job %s not read (%s): the version is registered without them", job_name, one_line(err))
-        return {}
+        data = mlflow.get_run(job_name).data
+        return dict(data.metrics), dict(data.tags)
+    except Exception as err:  # the metric tags are a convenience: registration goes on without them
+        log.warning("run of job %s not read (%s): the version is registered without its metrics", job_name, one_line(err))
+        return {}, {}
 
 
 def submit(
@@ -446,6 +505,7 @@ def submit(
     stream: bool = True,
     job: str | None = None,
     endpoint: str | None = None,
+    retrain: RetrainRequest | None = None,
 ) -> str:
     """Create what the action needs in the workspace; a refusal or missing credentials is a one-line CloudError."""
     from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -453,7 +513,7 @@ def submit(
 
     try:
         client = ml_client(workspace)
-        return _submit(client, action, specs, workspace, stream, job, endpoint)
+        return _submit(client, action, specs, workspace, stream, job, endpoint, retrain)
     except (ClientAuthenticationError, CredentialUnavailableError) as err:
         raise CloudError(
             f"no usable Azure credentials ({type(err).__name__}): run `az login`, or set AZURE_CLIENT_ID, "
@@ -467,14 +527,52 @@ def submit(
         raise CloudError(f"{action}: {type(err).__name__}: {one_line(err)}") from None
 
 
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What `submit retrain` is given: the label file, and overrides of the parent version and the collector folder."""
+
+    labels: Path
+    parent_version: str | None = None  # default: the champion
+    predictions: str | None = None  # default: the collector folder of the deployment that takes the traffic
+
+
+def _retrain_calls(client: Any, retrain: RetrainRequest | None, endpoint: str, environment_id: str) -> list[Call]:
+    """The retrain job's plan, with what it reads from the workspace: the champion, the live deployment."""
+    if retrain is None:
+        raise CloudError("retrain needs --labels PATH: the label file (CSV or JSONL: request_id,image_index,label)")
+    labels = retrain.labels.expanduser().resolve()
+    if not labels.is_file():
+        raise CloudError(f"--labels {retrain.labels}: no label file here")
+    parent = retrain.parent_version or champion_of(model_versions(client))
+    predictions = retrain.predictions
+    if predictions is None:
+        slot = live_slot(dict(client.online_endpoints.get(endpoint).traffic or {}))
+        if slot is None:
+            raise CloudError(
+                f"endpoint {endpoint} sends no traffic to any deployment: give --predictions (the collector folder "
+                "the labeled images are in) or deploy first"
+            )
+        predictions = collector_folder(endpoint, slot)
+    return plan_retrain(str(labels), parent, predictions, environment_id)
+
+
 def _submit(
-    client: Any, action: str, specs: dict[str, Any], workspace: Workspace, stream: bool, job: str | None, endpoint: str | None
+    client: Any,
+    action: str,
+    specs: dict[str, Any],
+    workspace: Workspace,
+    stream: bool,
+    job: str | None,
+    endpoint: str | None,
+    retrain: RetrainRequest | None = None,
 ) -> str:
     if action == "register":
         if not job:
-            raise CloudError("register needs --job NAME: the training job whose model output to register")
+            raise CloudError("register needs --job NAME: the training or retrain job whose model output to register")
         found = client.jobs.get(job)
-        calls = plan_register(job, found.status, model_versions(client), specs["model"], job_metrics(client, job))
+        metrics, tags = job_run(client, job)
+        parent = parent_version_of(tags, dict(found.inputs or {}))
+        calls = plan_register(job, found.status, model_versions(client), specs["model"], metrics, parent)
         results = execute(client, calls)
         return (
             f"registered {MODEL_NAME} version {results[0].version} from job {job}"
@@ -483,15 +581,24 @@ def _submit(
         )
     environment, exists = versioned_environment(client, specs["environment"])
     environment_id = f"azureml:{environment.name}:{environment.version}"
-    if action in ("train", "monitor"):
+    if action in ("train", "retrain", "monitor"):
         setup = [] if exists else [Call("environments.create_or_update", {"environment": environment}, "the environment is new")]
         setup.append(Call("compute.begin_create_or_update", {"compute": specs["compute"]}, "the cluster (scales to 0)"))
         execute(client, setup)
     name = endpoint_name(workspace, endpoint)
-    if action == "train":
-        execute(client, [Call("data.create_or_update", {"data": specs["data"]}, "the datasets")])
-        train = replace_entity(specs["train-job"], environment=environment_id)
-        (submitted,) = execute(client, [Call("jobs.create_or_update", {"job": train}, "the training job")])
+    if action in ("train", "retrain"):
+        if action == "train":
+            execute(client, [Call("data.create_or_update", {"data": specs["data"]}, "the datasets")])
+            calls = [
+                Call(
+                    "jobs.create_or_update",
+                    {"job": replace_entity(specs["train-job"], environment=environment_id)},
+                    "the training job",
+                )
+            ]
+        else:
+            calls = _retrain_calls(client, retrain, name, environment_id)
+        (submitted,) = execute(client, calls)
         log.info("submitted job %s: %s", submitted.name, submitted.studio_url)
         if not stream:
             return (

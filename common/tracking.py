@@ -29,6 +29,9 @@ EXPERIMENT_KIND = "custom_model_development"
 # A model version's role (champion, challenger) as a tag, beside the alias of the same name: Azure ML's MLflow
 # registry documents versions, tags and `latest`, not aliases, so there the tag is what names the champion.
 ROLE_TAG = "digitdrift_role"
+# On a retrained version and its run: the version it was retrained from (its lineage, which a version registered
+# from an Azure ML job's output carries too)
+PARENT_VERSION_TAG = "digitdrift.parent_version"
 AZURE_TRACKING_SCHEME = "azureml:"  # an Azure ML workspace's MLflow tracking URI (needs the azureml-mlflow plugin)
 
 

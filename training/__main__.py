@@ -107,6 +107,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     retrain_cmd.add_argument(
         "--parent", default=f"models:/{MODEL_NAME}@champion", help="the version to start from (default: %(default)s)"
     )
+    retrain_cmd.add_argument(
+        "--data-dir",
+        help=f"datasets in their public layouts (default: the parent run's where it holds MNIST, else {settings.data_dir})",
+    )
     retrain_cmd.add_argument("--epochs", type=int, default=2, help="passes over MNIST plus the labels (default: %(default)s)")
     retrain_cmd.add_argument("--learning-rate", type=float, default=5e-4, help="Adam's initial rate (default: %(default)s)")
     retrain_cmd.add_argument(
@@ -131,6 +135,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         dest="self_training",
         action="store_false",
         help="no epoch on the incident's unlabeled images the model is sure of (default: one, when there are enough)",
+    )
+    retrain_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
+    retrain_cmd.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="keep the model only in --model-output: no MLflow logged model, no registration (an Azure ML job's "
+        "output, which `python -m cloud submit` registers with its parent); implied when MLflow tracks to an "
+        "azureml:// workspace",
     )
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
@@ -222,9 +235,16 @@ def _reference(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def _train_keras(args: argparse.Namespace, settings) -> int:
+def _refuse_keeping_the_model_nowhere(args: argparse.Namespace) -> bool:
+    """Whether a training command was asked to neither register its model nor write it anywhere (said on stderr)."""
     if not args.register and not args.model_output:
         print("error: --no-register needs --model-output: the model would be kept nowhere", file=sys.stderr)
+        return True
+    return False
+
+
+def _train_keras(args: argparse.Namespace, settings) -> int:
+    if _refuse_keeping_the_model_nowhere(args):
         return 2
     if args.skip_if_champion:
         from training.registry import champion_version
@@ -234,7 +254,7 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
             print(f"reusing {MODEL_NAME} version {version}, the @champion (train anyway without --skip-if-champion)")
             return 0
     with native_stderr_filtered():  # TensorFlow loads only for this command
-        from training.keras_job import KerasJobConfig, run_keras_job
+        from training.keras_job import KerasJobConfig, ModelKeptNowhere, run_keras_job
 
     config = KerasJobConfig(
         data_dir=args.data_dir,
@@ -254,6 +274,9 @@ def _train_keras(args: argparse.Namespace, settings) -> int:
     )
     try:
         result = run_keras_job(config, settings)
+    except ModelKeptNowhere as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -274,7 +297,10 @@ def _retrain(args: argparse.Namespace, settings) -> int:
     from common.labels import LabelFileError
     from common.prediction_dataset import DatasetError as PredictionDataError
 
+    if _refuse_keeping_the_model_nowhere(args):
+        return 2
     with native_stderr_filtered():
+        from training.keras_job import ModelKeptNowhere
         from training.retrain import RetrainConfig, RetrainError, run_retrain
 
     config = RetrainConfig(
@@ -289,9 +315,15 @@ def _retrain(args: argparse.Namespace, settings) -> int:
         run_name=args.run_name,
         augment=args.augment,
         self_training=args.self_training,
+        data_dir=args.data_dir,
+        model_output=args.model_output,
+        register=args.register,
     )
     try:
         result = run_retrain(config, settings)
+    except ModelKeptNowhere as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (LabelFileError, RetrainError, DatasetError, PredictionDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -302,7 +334,11 @@ def _retrain(args: argparse.Namespace, settings) -> int:
             f"  replay set ({result.replay_images} labeled digits): challenger {result.replay_accuracy:.4f}, "
             f"parent {result.replay_parent_accuracy:.4f}"
         )
-    print(f"registered version {result.model_version} as @challenger (parent: version {result.parent_version})")
+    if result.model_version:
+        print(f"registered version {result.model_version} as @challenger (parent: version {result.parent_version})")
+    if result.model_output:
+        registered = "" if result.model_version else ", not registered (register it from there, tagged with its parent)"
+        print(f"saved the model to {result.model_output}{registered} (parent: version {result.parent_version})")
     return 0
 
 

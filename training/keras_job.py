@@ -70,6 +70,10 @@ class KerasJobConfig:
     register: bool = True  # log the model to MLflow and register it (False: only the folder at model_output)
 
 
+class ModelKeptNowhere(ValueError):
+    """A training job asked to keep its model nowhere: not registered in MLflow, and no model output folder."""
+
+
 @dataclass(frozen=True)
 class KerasJobResult:
     run_id: str
@@ -89,8 +93,7 @@ def run_keras_job(
 
     `callbacks` join the fit's own (a benchmark's clock, for one)."""
     config = replace(config, precision=resolve_precision(config.precision))
-    if not config.register and not config.model_output:
-        raise ValueError("training without registering (--no-register) needs --model-output: the model would be kept nowhere")
+    check_model_kept(config.register, config.model_output)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     data_dir = Path(config.data_dir)
@@ -108,11 +111,7 @@ def run_keras_job(
     )
 
     use_tracking(settings)
-    # Inside an Azure ML job MLflow 3's log_model calls the logged-models API, which the workspace's tracking
-    # service has answered with 404: there the job's output folder is the model, and `cloud submit` registers it.
-    registers = config.register and not is_azure_workspace(mlflow.get_tracking_uri())
-    if not registers and not config.model_output:
-        raise ValueError(f"MLflow tracks to {mlflow.get_tracking_uri()}, where the model is not logged: give --model-output")
+    registers = registers_in_mlflow(config.register, config.model_output)
     model = build_cnn(
         augment=config.augment,
         batch_norm_momentum=config.batch_norm_momentum,
@@ -144,10 +143,7 @@ def run_keras_job(
         example = to_model_input(evaluation_sets["mnist_test"].images[:2])
         info = register_challenger(model, example, config.model_name) if registers else None
         if config.model_output:  # e.g. an Azure ML job's mlflow_model output, registered from there
-            signature, requirements = serving_signature(model, example)
-            save_keras_model(Path(config.model_output), model, signature, example, requirements)
-            save_reference(reference, Path(config.model_output) / REFERENCE_FILE)
-            mlflow.set_tag("model_output", str(config.model_output))
+            save_model_output(Path(config.model_output), model, example, reference)
         model_version = str(info.registered_model_version) if info and info.registered_model_version else None
         return KerasJobResult(
             run_id=run.info.run_id,
@@ -181,6 +177,37 @@ def evaluate_and_log(
             evaluation.mean_confidence,
         )
     return evaluations, probabilities
+
+
+def check_model_kept(register: bool, model_output: str | None) -> None:
+    """ModelKeptNowhere when a job would neither register its model nor write it to a model output folder."""
+    if not register and not model_output:
+        raise ModelKeptNowhere("--no-register needs --model-output: the model would be kept nowhere")
+
+
+def registers_in_mlflow(register: bool, model_output: str | None) -> bool:
+    """Whether a training job logs and registers its model in MLflow (the tracking set up already): when asked to,
+    and not on an Azure ML workspace. Inside an Azure ML job MLflow 3's log_model calls the logged-models API, which
+    the workspace's tracking service has answered with 404: there the job's model output folder is the model, and
+    `python -m cloud submit` registers it. ModelKeptNowhere when the model would then be kept nowhere."""
+    check_model_kept(register, model_output)
+    registers = register and not is_azure_workspace(mlflow.get_tracking_uri())
+    if not registers and not model_output:
+        raise ModelKeptNowhere(
+            f"MLflow tracks to {mlflow.get_tracking_uri()}, where the model is not logged: give --model-output"
+        )
+    return registers
+
+
+def save_model_output(folder: Path, model: keras.Model, example: np.ndarray, reference: Reference) -> Path:
+    """The model as a job's model output: the MLflow model folder log_model would log (signature, input example,
+    pinned requirements) with the version's monitoring reference beside MLmodel (REFERENCE_FILE), which an Azure ML
+    deployment and the monitor job read; the active run is tagged with where it went."""
+    signature, requirements = serving_signature(model, example)
+    save_keras_model(folder, model, signature, example, requirements)
+    save_reference(reference, folder / REFERENCE_FILE)
+    mlflow.set_tag("model_output", str(folder))
+    return folder
 
 
 def serving_signature(model: keras.Model, example: np.ndarray) -> tuple[ModelSignature, list[str]]:

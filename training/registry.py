@@ -13,14 +13,13 @@ from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
 from common.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS, PROMOTION_MIN_REPLAY_IMAGES
-from common.tracking import set_role, version_by_role
+from common.tracking import PARENT_VERSION_TAG, set_role, version_by_role
 
 ACCURACY_METRIC = "mnist_test_accuracy"
 REPLAY_METRIC = "replay_accuracy"  # a retrained challenger's accuracy on held-out labeled traffic
 REPLAY_PARENT_METRIC = "replay_parent_accuracy"  # its parent's on the same images
 REPLAY_IMAGES_METRIC = "replay_images"  # how many labeled images the replay set holds
 REPLAY_IMAGES_PARAM = "labeled_replay_images"  # the same, as runs logged it before the metric
-PARENT_VERSION_TAG = "digitdrift.parent_version"
 PROMOTION_TAG = "digitdrift.promotion"  # on the challenger's run: promoted or refused, with the reason beside it
 GATE_ARTIFACT = "promotion/gate.json"  # on the challenger's run: the thresholds, both sides' metrics, the decision
 # Replay accuracy must rise, not tie: MLflow's "at least baseline + change" with a change under any 1/n step

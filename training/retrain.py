@@ -1,5 +1,5 @@
 """Retraining with lineage: the parent version fine-tuned on MNIST plus labeled served digits, registered as the challenger
-with a reference that takes in the incident traffic the labels came from."""
+(or written to a job's model output) with a reference that takes in the incident traffic the labels came from."""
 
 from __future__ import annotations
 
@@ -17,8 +17,16 @@ from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist, load_source
 from common.images import fingerprint, to_model_input
 from common.labels import read_labels
 from common.prediction_dataset import read_records
+from common.reference import Reference
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
-from common.tracking import describe_run, log_digit_sets, log_frame_input, resolve_registered, use_tracking
+from common.tracking import (
+    PARENT_VERSION_TAG,
+    describe_run,
+    log_digit_sets,
+    log_frame_input,
+    resolve_registered,
+    use_tracking,
+)
 from training.data import (
     MIN_INCIDENT_IMAGES,
     IncidentTraffic,
@@ -32,6 +40,7 @@ from training.data import (
 )
 from training.evaluate import SetEvaluation
 from training.keras_job import (
+    check_model_kept,
     evaluate_and_log,
     fit_cnn,
     fit_model_reference,
@@ -39,10 +48,11 @@ from training.keras_job import (
     log_served_graph,
     log_served_images,
     register_challenger,
+    registers_in_mlflow,
+    save_model_output,
 )
 from training.model import compile_cnn
 from training.registry import (
-    PARENT_VERSION_TAG,
     REPLAY_IMAGES_METRIC,
     REPLAY_IMAGES_PARAM,
     REPLAY_METRIC,
@@ -79,12 +89,16 @@ class RetrainConfig:
     foreign_limit_per_class: int | None = None
     low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
     run_name: str | None = None
+    data_dir: str | None = None  # the datasets (default: the parent run's data_dir where it exists, else the settings')
+    model_output: str | None = None  # also save the MLflow model folder (and reference.npz) here
+    register: bool = True  # log the model to MLflow and register it (False: only the folder at model_output)
 
 
 @dataclass(frozen=True)
 class RetrainResult:
     run_id: str
     model_version: str | None
+    model_output: str | None  # where the model folder went, when it was asked for
     parent_version: str
     trained_on: int  # labeled images in training
     replay_images: int
@@ -100,8 +114,11 @@ def unseen(digits: Digits, trained_fingerprints: set[str]) -> Digits:
 
 
 def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
-    """Fine-tune the parent on MNIST train plus the labeled images, evaluate, log the lineage, register @challenger."""
+    """Fine-tune the parent on MNIST train plus the labeled images, evaluate, log the lineage, register @challenger;
+    with `model_output`, also write the model folder there (an Azure ML job's output; only there without `register`)."""
+    check_model_kept(config.register, config.model_output)
     use_tracking(settings)
+    registers = registers_in_mlflow(config.register, config.model_output)
     labels = read_labels(config.labels)
     log_columns = {name: values.to_numpy() for name, values in read_records(config.prediction_log).items()}
     found, without_image = labeled_images(log_columns, labels)
@@ -121,7 +138,7 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
     trained_fingerprints = set(found.fingerprints[~held_out])
 
     parent_params = mlflow.get_run(parent.run_id).data.params
-    data_dir = Path(parent_params["data_dir"]) if (Path(parent_params["data_dir"]) / "mnist").is_dir() else settings.data_dir
+    data_dir = _data_dir(config.data_dir, parent_params["data_dir"], settings)
     seed = int(parent_params["seed"])
     keras.utils.set_random_seed(seed)
     mnist_train, validation = split_train_validation(
@@ -152,7 +169,8 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 "digitdrift.parent_run_id": parent.run_id,
             }
         )
-        mlflow.log_params({key: value for key, value in asdict(config).items() if key != "run_name"})
+        # data_dir as resolved below: a parameter keeps its first value
+        mlflow.log_params({key: value for key, value in asdict(config).items() if key not in ("run_name", "data_dir")})
         mlflow.log_params(
             {
                 "parent_version": parent.version,
@@ -173,7 +191,11 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
             f"and {len(trained)} labeled served digits (each repeated {repeats} times"
             f"{', turned, scaled and moved a little' if config.augment else ''}); {len(replay)} labeled digits held "
             f"out as the replay set promotion compares on. Foreign sets are evaluated without the images trained on. "
-            f"Registered as {parent.name} @{CHALLENGER_ALIAS}."
+            + (
+                f"Registered as {parent.name} @{CHALLENGER_ALIAS}."
+                if registers
+                else "The model is the job's model output, registered from there with its parent."
+            )
         )
         fit_cnn(model, images, targets, validation, config.epochs, config.batch_size, run)
         if config.self_training and traffic is not None and len(traffic.images) >= 2 * MIN_INCIDENT_IMAGES:
@@ -195,16 +217,22 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
                 replay_accuracy,
                 replay_parent_accuracy,
             )
-        _log_reference_with_traffic(model, validation, seed, traffic, run.info.run_id)
+        reference = _log_reference_with_traffic(model, validation, seed, traffic, run.info.run_id)
         log_served_graph(model, run.info.run_id)
         mlflow.log_text("\n".join(sorted(trained_fingerprints)) + "\n", TRAINED_FINGERPRINTS)
-        info = register_challenger(model, to_model_input(validation.images[:2]), parent.name)
-        model_version = str(info.registered_model_version) if info.registered_model_version else None
+        example = to_model_input(validation.images[:2])
+        model_version = None
+        if registers:
+            info = register_challenger(model, example, parent.name)
+            model_version = str(info.registered_model_version) if info.registered_model_version else None
         if model_version:
             mlflow.MlflowClient().set_model_version_tag(parent.name, model_version, PARENT_VERSION_TAG, parent.version)
+        if config.model_output:  # e.g. an Azure ML job's mlflow_model output, registered from there with its parent
+            save_model_output(Path(config.model_output), model, example, reference)
         return RetrainResult(
             run.info.run_id,
             model_version,
+            config.model_output,
             parent.version,
             len(trained),
             len(replay),
@@ -267,15 +295,25 @@ def ancestor_fingerprints(model_name: str, version: str) -> set[str]:
     return found
 
 
+def _data_dir(given: str | None, parents: str, settings: Settings) -> Path:
+    """Where the datasets are: `given`; else the parent run's folder where it still holds MNIST (another machine's,
+    or an earlier Azure ML job's mount path, does not), else the settings'."""
+    if given:
+        return Path(given)
+    return Path(parents) if (Path(parents) / "mnist").is_dir() else settings.data_dir
+
+
 def _log_reference_with_traffic(
     model: keras.Model, validation: Digits, seed: int, traffic: IncidentTraffic | None, run_id: str
-) -> None:
-    """The retrained version's reference: held-out MNIST, and the incident traffic it was trained for when there is
-    one, so that the traffic it now handles is no longer foreign to it (its images kept on the run)."""
+) -> Reference:
+    """The retrained version's reference, logged on its run and returned: held-out MNIST, and the incident traffic
+    it was trained for when there is one, so that the traffic it now handles is no longer foreign to it (its images
+    kept on the run)."""
     if traffic is None:
         mlflow.log_param(SERVED_IMAGES_PARAM, 0)
-        log_reference(fit_model_reference(model, validation, seed), run_id)
-        return
+        reference = fit_model_reference(model, validation, seed)
+        log_reference(reference, run_id)
+        return reference
     mlflow.log_params(
         {
             SERVED_IMAGES_PARAM: len(traffic.images),
@@ -291,8 +329,10 @@ def _log_reference_with_traffic(
         traffic.last_timestamp,
         100 * traffic.share,
     )
-    log_reference(fit_model_reference(model, validation, seed, traffic.images, traffic.share), run_id)
+    reference = fit_model_reference(model, validation, seed, traffic.images, traffic.share)
+    log_reference(reference, run_id)
     log_served_images(run_id, traffic.images, traffic.fingerprints, traffic.share)
+    return reference
 
 
 def _log_label_sets(found: LabeledImages, held_out: np.ndarray, path: str) -> None:

@@ -43,6 +43,20 @@ def test_every_spec_loads_with_the_sdk_and_says_what_we_meant():
     assert specs["compute"].min_instances == 0 and specs["compute"].type == "amlcompute"
     assert specs["train-job"].outputs["model"].type == "mlflow_model"
     assert specs["train-job"].inputs["data"].type == "uri_folder" and "--no-register" in specs["train-job"].command
+    retrain, train = specs["retrain-job"], specs["train-job"]
+    assert retrain.outputs["model"].type == "mlflow_model" and retrain.outputs["model"].mode == "upload"
+    assert retrain.inputs["labels"].type == "uri_file" and retrain.inputs["data"].type == "uri_folder"
+    assert retrain.inputs["predictions"].type == "uri_folder" and retrain.inputs["predictions"].mode == "ro_mount"
+    assert "--no-register" in retrain.command and "--model-output ${{outputs.model}}" in retrain.command
+    assert "--data-dir ${{inputs.data}}" in retrain.command and "--parent ${{inputs.parent}}" in retrain.command
+    parent = rest_body(retrain)["properties"]["inputs"]["parent"]
+    assert parent["jobInputType"] == "literal" and re.fullmatch(r"models:/digits-cnn/\d+", parent["value"])  # no aliases
+    assert (retrain.environment, retrain.compute, retrain.experiment_name, retrain.code) == (
+        train.environment,
+        train.compute,
+        train.experiment_name,
+        train.code,
+    )
     deployment = specs["deployment"]
     assert deployment.code_configuration.scoring_script == "serving/score.py"
     assert (PROJECT_ROOT / deployment.code_configuration.scoring_script).is_file()
@@ -199,6 +213,99 @@ def test_records_served_from_azures_model_folder_carry_the_registered_version(re
     fs, root = filesystem(str(rehearsal.collected))
     records = read_parts(fs, list_parts(fs, root), ["model_name", "model_version"])
     assert len(records) >= 120 and set(records["model_version"]) == {"1"} and set(records["model_name"]) == {"digits-cnn"}
+
+
+def register_job_output(client, name: str, run_id: str, output: Path) -> str:
+    """A model version as `cloud submit register` leaves one: its source the job's model output folder (here
+    uploaded to the job's run, as Azure uploads an output to the workspace's storage), its run the job's, tagged by
+    `registered_tags`. Through the registry itself, as Azure's models API registers it, not through MLflow's logged
+    models. Returns the version."""
+    from cloud.submit import parent_version_of, registered_tags
+
+    client.log_artifacts(run_id, str(output), "outputs/model")
+    run = client.get_run(run_id)
+    tags = registered_tags(run_id, run.data.metrics, parent_version_of(run.data.tags, {}))
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, f"{run.info.artifact_uri}/outputs/model", run_id, tags=tags).version)
+
+
+def test_the_retrain_job_fine_tunes_a_version_registered_from_a_job_and_outputs_the_model_with_its_lineage(
+    rehearsal, mlflow_server, shared_data, images_of_every_source
+):
+    """The retrain job's command against the Azure-like tracking: labels (the simulation's ground truth) for the
+    collected traffic's kept images, the parent registered from the training job's output as `submit register`
+    leaves it. No refused call, the model folder with its reference, the lineage on the run; the version later
+    registered from the output carries its parent, so the gate's replay figures and the ancestors' fingerprints
+    are found."""
+    import mlflow
+
+    from common.images import to_model_input
+    from common.prediction_dataset import read_records
+    from common.records import read_ground_truth
+    from common.reference import load_reference
+    from common.tracking import PARENT_VERSION_TAG
+    from training.registry import REPLAY_IMAGES_METRIC, REPLAY_METRIC, REPLAY_PARENT_METRIC, replay_figures
+    from training.retrain import TRAINED_FINGERPRINTS, ancestor_fingerprints
+
+    home = rehearsal.home
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    name = f"digits-cnn-rehearsal-{uuid.uuid4().hex[:6]}"
+    train_run = re.search(r"^run \S+ \((\w+)\)", rehearsal.trained.stdout, re.MULTILINE).group(1)
+    parent = register_job_output(client, name, train_run, home / "model")
+    assert PARENT_VERSION_TAG not in client.get_model_version(name, parent).tags  # trained from scratch
+
+    kept = read_records(str(rehearsal.collected), ["request_id", "image_index", "image"]).dropna(subset=["image"])
+    truth = read_ground_truth(next((home / "run").rglob("ground_truth.db")))
+    labels = kept.merge(truth, on=["request_id", "image_index"])[["request_id", "image_index", "label"]]
+    assert len(labels) >= 12, f"{len(labels)} labeled kept images: too few to hold some out for replay"
+    labels.to_csv(home / "labels.csv", index=False)
+
+    output = home / "retrained"
+    with azure_like_tracking(mlflow_server) as (tracking_uri, refused):
+        command = step_command(
+            "retrain-job.yaml",
+            {
+                "inputs.labels": home / "labels.csv",
+                "inputs.predictions": rehearsal.collected,
+                "inputs.parent": f"models:/{name}/{parent}",
+                "inputs.data": shared_data,
+                "inputs.epochs": 1,
+                "inputs.train_limit": 1500,
+                "inputs.foreign_limit_per_class": 3,
+                "outputs.model": output,
+            },
+        )
+        env = {"MLFLOW_TRACKING_URI": tracking_uri, "DIGITDRIFT_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        retrained = run_command(command, env)
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert not refused, refused
+    assert "not registered (register it from there" in retrained.stdout
+
+    model = mlflow.pyfunc.load_model(str(output))
+    probabilities = np.asarray(model.predict(to_model_input(images_of_every_source)))
+    assert probabilities.shape == (len(images_of_every_source), 10)
+    assert load_reference(output / "reference.npz").threshold > 0
+    run_id = re.search(r"^run (\w+): retrained version", retrained.stdout, re.MULTILINE).group(1)
+    run = client.get_run(run_id)
+    assert run.data.tags[PARENT_VERSION_TAG] == parent and run.data.params["data_dir"] == str(shared_data)
+    assert {REPLAY_IMAGES_METRIC, REPLAY_METRIC, REPLAY_PARENT_METRIC} <= set(run.data.metrics)
+    assert run.data.metrics[REPLAY_IMAGES_METRIC] >= 1
+    assert [version.version for version in client.search_model_versions(f"name = '{name}'")] == [parent]  # none new
+
+    child = register_job_output(client, name, run_id, output)
+    assert client.get_model_version(name, child).tags[PARENT_VERSION_TAG] == parent
+    figures = replay_figures(client.get_run(client.get_model_version(name, child).run_id))
+    assert figures.parent_version == parent and figures.images == run.data.metrics[REPLAY_IMAGES_METRIC]
+    trained_on = set(filter(None, mlflow.artifacts.load_text(f"runs:/{run_id}/{TRAINED_FINGERPRINTS}").splitlines()))
+    assert trained_on and ancestor_fingerprints(name, child) == trained_on
+
+
+def test_retrain_refuses_to_keep_the_model_nowhere():
+    result = run_command("python -m training retrain --labels labels.csv --no-register", {})
+    assert result.returncode == 2
+    assert "error: --no-register needs --model-output: the model would be kept nowhere" in result.stderr
 
 
 def two_days_earlier(event: dict) -> dict:

@@ -9,18 +9,21 @@ from cloud.submit import (
     DeployState,
     Workspace,
     check_smoke_answer,
+    collector_folder,
     endpoint_name,
     environment_version,
     live_slot,
     load_spec,
     model_reference,
     one_line,
+    parent_version_of,
     plan_deploy,
     plan_monitor,
     plan_register,
+    plan_retrain,
     rest_body,
 )
-from common.tracking import ROLE_TAG
+from common.tracking import PARENT_VERSION_TAG, ROLE_TAG
 
 WORKSPACE = Workspace("sub-1", "rg-1", "ws-1", "test")
 ENVIRONMENT_ID = "azureml:digitdrift-env:0123456789abcdef"
@@ -104,6 +107,45 @@ def test_a_completed_job_is_registered_once_as_the_challenger_with_its_metrics()
     assert model.tags == {ROLE_TAG: "challenger", "job": "j-1", "mnist_test_accuracy": "0.991000"}
     assert rest_body(model)
     assert plan_register("j-1", "Completed", [("2", {"job": "j-1"})], load_spec("model"), {}) == []
+
+
+def test_the_retrain_job_fine_tunes_the_given_version_on_labels_uploaded_from_here():
+    collected = collector_folder("digitdrift-abc", "green")
+    (call,) = plan_retrain("/home/me/labels.jsonl", "7", collected, ENVIRONMENT_ID)
+    job = call.arguments["job"]
+    assert call.operation == "jobs.create_or_update" and job.environment == ENVIRONMENT_ID
+    body = rest_body(job)["properties"]
+    inputs = body["inputs"]
+    # an absolute local path: the SDK uploads the file when it creates the job, and passes its datastore URI
+    assert inputs["labels"] == {"uri": "/home/me/labels.jsonl", "mode": "Download", "jobInputType": "uri_file"}
+    assert inputs["parent"] == {"value": "models:/digits-cnn/7", "jobInputType": "literal"}  # a version: no aliases
+    assert inputs["predictions"] == {"uri": collected, "mode": "ReadOnlyMount", "jobInputType": "uri_folder"}
+    assert body["outputs"]["model"] == {"mode": "Upload", "jobOutputType": "mlflow_model"}
+    assert "--model-output ${{outputs.model}}" in body["command"] and "--no-register" in body["command"]
+    assert plan_retrain("azureml://datastores/workspaceblobstore/paths/l.csv", "7", collected, ENVIRONMENT_ID)
+
+
+def test_the_retrain_job_is_refused_an_alias_or_a_relative_label_path():
+    collected = collector_folder("digitdrift-abc", "blue")
+    with pytest.raises(CloudError, match="--parent 'champion': a version number of digits-cnn"):
+        plan_retrain("/home/me/labels.jsonl", "champion", collected, ENVIRONMENT_ID)
+    with pytest.raises(CloudError, match="labels 'labels.jsonl': give an absolute path"):
+        plan_retrain("labels.jsonl", "7", collected, ENVIRONMENT_ID)
+
+
+def test_a_retrained_version_is_registered_with_its_parent_for_the_lineage():
+    (call,) = plan_register("j-2", "Completed", [("7", {"job": "j-1"})], load_spec("model"), {}, parent_version="7")
+    model = call.arguments["model"]
+    assert model.tags == {ROLE_TAG: "challenger", "job": "j-2", PARENT_VERSION_TAG: "7"}
+    assert rest_body(model)["properties"]["tags"][PARENT_VERSION_TAG] == "7"
+    assert "retrained from version 7" in call.why
+
+
+def test_the_parent_of_a_job_comes_from_its_run_else_from_its_parent_input():
+    assert parent_version_of({PARENT_VERSION_TAG: "7"}, {"parent": "models:/digits-cnn/6"}) == "7"
+    assert parent_version_of({}, {"parent": "models:/digits-cnn/6", "epochs": "2"}) == "6"  # the run was not read
+    assert parent_version_of({}, {"parent": "models:/digits-cnn@champion"}) is None  # names no version
+    assert parent_version_of({"mlflow.runName": "train"}, {"data": object(), "epochs": "8"}) is None  # trained from scratch
 
 
 def test_the_monitors_follow_the_live_deployment_and_key_the_watermark_by_a_dataset_id():

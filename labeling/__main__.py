@@ -81,6 +81,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     queue.add_argument(
         "--since", help="with time windows: only windows that start at or after this ISO-8601 time (e.g. 2026-12-01T00:00+01:00)"
     )
+    queue.add_argument(
+        "--judged",
+        type=Path,
+        metavar="MONITORING_RUN",
+        help="only the windows a monitoring run judged: its output folder (window_metrics.csv); none when it judged "
+        "none (a scheduled pipeline queues each day's windows once)",
+    )
     queue.add_argument("--seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
     queue.add_argument("--out", type=Path, required=True, help="the queue as CSV (request_id, image_index, window, stratum, ...)")
     queue.add_argument(
@@ -132,10 +139,11 @@ def export_queue(
     since: datetime | None = None,
     allocation: str = "fixed",
     cluster: pd.DataFrame | None = None,
+    windows: set[int] | None = None,
 ) -> pd.DataFrame:
     """The queue of a prediction log as CSV (and the kept images as PNG files), a budget per window as the monitor
     numbers them (`clock`: auto, simulated or wall; `wall`: the time windows); a time window's queue rows carry its
-    start and end. `cluster` (request_id, image_index): only those records."""
+    start and end. `cluster` (request_id, image_index): only those records; `windows`: only those windows."""
     records = read_records(log_path)
     chosen = choose_clock(clock, int(records["window"].notna().sum()), int(records["window"].isna().sum()), wall, log_path)
     records, left_out = with_windows(records, chosen, log_path)
@@ -154,6 +162,8 @@ def export_queue(
         records = records[records["window"] >= first]
     if cluster is not None:
         records = records.merge(cluster[["request_id", "image_index"]], on=["request_id", "image_index"])
+    if windows is not None:
+        records = records[records["window"].isin(windows)]
     queue = select_for_labeling(records, per_window, random_share, seed, allocation=allocation)
     if chosen.is_wall:
         bounds = chosen.bounds_columns(queue["window"])
@@ -179,6 +189,19 @@ def _since(text: str | None) -> datetime | None:
     except ValueError:
         raise WindowError(f"--since {text!r}: expected an ISO-8601 time such as 2026-12-01T00:00+01:00") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def judged_windows(folder: Path | None) -> set[int] | None:
+    """The windows a monitoring run judged (its window_metrics.csv); empty when it judged none, which writes none."""
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise WindowError(f"--judged {folder}: no monitoring run's output folder here")
+    metrics = folder / "window_metrics.csv"
+    if not metrics.is_file():
+        log.info("%s has no window_metrics.csv: the monitoring run judged no window, so none is queued", folder)
+        return set()
+    return set(pd.read_csv(metrics, usecols=["window"])["window"].astype(int))
 
 
 def _cluster(spec: str | None) -> pd.DataFrame | None:
@@ -265,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 since,
                 args.allocation,
                 _cluster(args.cluster),
+                judged_windows(args.judged),
             )
         except (WindowError, DatasetError) as err:
             print(f"error: {err}", file=sys.stderr)

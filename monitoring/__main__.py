@@ -321,7 +321,11 @@ def _run_dataset(args, model, config, truth, label, out, settings, policy) -> in
     clock = increment.clock
     if result is None:
         judged = "no window judged yet" if increment.after is None else f"judged through {clock.name(increment.after)}"
-        print(f"nothing to judge: {parts} part(s); {judged}; every other window is still open or holds no record")
+        message = f"nothing to judge: {parts} part(s); {judged}; every other window is still open or holds no record"
+        if not args.every:  # a run's folder says so too (a pipeline's next step reads it); not one a period
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "nothing_to_judge.txt").write_text(message + "\n")
+        print(message)
         return 0
     after = "" if increment.after is None else f"after {clock.name(increment.after)} "
     print(

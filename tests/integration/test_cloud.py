@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -70,8 +71,13 @@ def test_every_spec_loads_with_the_sdk_and_says_what_we_meant():
     }
     schedule = specs["monitor-schedule"]
     assert schedule.trigger.expression == "0 6 * * *" and type(schedule.create_job).__name__ == "PipelineJob"
-    (step,) = schedule.create_job.jobs.values()
+    step, queue = schedule.create_job.jobs["monitor"], schedule.create_job.jobs["queue"]
     assert "python -m monitoring run" in step.command and "--dataset-id" in step.command and "--window 1d" in step.command
+    assert "python -m labeling queue" in queue.command and "--judged ${{inputs.report}}/monitoring" in queue.command
+    # the queue step reads what the monitor step judged: the pipeline runs them in that order
+    queue_body = rest_body(schedule)["properties"]["action"]["jobDefinition"]["jobs"]["queue"]
+    assert queue_body["inputs"]["report"]["value"] == "${{parent.jobs.monitor.outputs.report}}"
+    assert queue_body["outputs"]["queue"]["value"] == "${{parent.outputs.queue}}"
     assert rest_body(schedule)["properties"]["action"]["jobDefinition"]["inputs"]["model"]["jobInputType"] == "mlflow_model"
     signals = specs["monitor-azure"].create_monitor.monitoring_signals
     assert set(signals["image_features_drift"].features) >= {"foreign_score", "emb_0", "pixel_mean", "ink_share"}
@@ -109,13 +115,13 @@ def test_the_azure_environment_resolves_in_one_pass(tmp_path):
     assert resolved["azureml-mlflow"] == pins["azureml-mlflow"] and resolved["mlflow"] == pins["mlflow"]
 
 
-def step_command(spec: str, values: dict[str, str]) -> str:
-    """The spec's command line (a pipeline's one step's) with ${{inputs.x}} / ${{outputs.y}} mapped to local
-    values, as Azure ML maps them."""
+def step_command(spec: str, values: dict[str, str], step: str | None = None) -> str:
+    """The spec's command line (a pipeline's `step`'s, by default its first) with ${{inputs.x}} / ${{outputs.y}}
+    mapped to local values, as Azure ML maps them."""
     from azure.ai.ml import load_job
 
     job = load_job(SPECS / spec)
-    command = job.command if hasattr(job, "command") else next(iter(job.jobs.values())).command
+    command = job.command if hasattr(job, "command") else (job.jobs[step] if step else next(iter(job.jobs.values()))).command
 
     def local(match):
         key = match.group(1)
@@ -338,15 +344,32 @@ def test_two_scheduled_runs_over_new_mount_paths_judge_each_window_once(rehearsa
         "inputs.dataset_id": "digitdrift-digits/blue/model_outputs",
     }
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'monitor.db'}", "DIGITDRIFT_HOME": str(tmp_path)}
-    first = run_command(
-        step_command("monitor-job.yaml", {**values, "inputs.predictions": mounts[0], "outputs.report": tmp_path / "r1"}), env
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
+    queued = []
+    for run, mount in zip(("r1", "r2"), mounts):
+        judged = run_command(
+            step_command("monitor-job.yaml", {**values, "inputs.predictions": mount, "outputs.report": tmp_path / run}), env
+        )
+        assert judged.returncode == 0, judged.stdout[-2000:] + judged.stderr[-3000:]
+        # the pipeline's next step: the labeling queue of the windows this run judged
+        queue_values = {
+            "inputs.predictions": mount,
+            "inputs.report": tmp_path / run,
+            "inputs.labels_per_window": 10,
+            "outputs.queue": tmp_path / f"queue-{run}",
+        }
+        queue = run_command(step_command("monitor-job.yaml", queue_values, "queue"), env)
+        assert queue.returncode == 0, queue.stdout[-2000:] + queue.stderr[-3000:]
+        queued.append((judged.stdout, pd.read_csv(tmp_path / f"queue-{run}" / "queue.csv", dtype={"request_id": str})))
+    (first, first_queue), (second, second_queue) = queued
     assert (tmp_path / "r1" / "monitoring" / "dashboard.html").is_file()
-    second = run_command(
-        step_command("monitor-job.yaml", {**values, "inputs.predictions": mounts[1], "outputs.report": tmp_path / "r2"}), env
-    )
-    assert second.returncode == 0 and "nothing to judge" in second.stdout, second.stdout[-2000:] + second.stderr[-2000:]
+    judged_windows = set(pd.read_csv(tmp_path / "r1" / "monitoring" / "window_metrics.csv")["window"])
+    assert len(first_queue) > 0 and set(first_queue["window"]) <= judged_windows
+    assert first_queue.groupby("window").size().max() <= 10 and first_queue["window_start"].notna().all()
+    images = {path.name for path in (tmp_path / "queue-r1" / "images").glob("*.png")}
+    assert images and images <= {f"{row.request_id}-{row.image_index}.png" for row in first_queue.itertuples()}
+    assert "nothing to judge" in second, second[-2000:]
+    assert (tmp_path / "r2" / "monitoring" / "nothing_to_judge.txt").is_file()
+    assert second_queue.empty  # the next day's run judged nothing new: nothing is queued twice
 
 
 def test_score_py_under_azmlinfsrv_with_azures_environment_collects_the_version_and_image_features(

@@ -150,7 +150,7 @@ def test_the_queue_of_real_clients_records_spends_its_budget_per_window_of_time(
 
     from common.records import PredictionRecord
     from common.windows import WindowClock
-    from labeling.__main__ import export_queue
+    from labeling.__main__ import export_queue, judged_windows
     from serving.prediction_log import PredictionLog
 
     def record(number: int, hour: int) -> PredictionRecord:
@@ -170,6 +170,32 @@ def test_the_queue_of_real_clients_records_spends_its_budget_per_window_of_time(
     )
     assert later["window_start"].unique().tolist() == ["2026-12-01T10:00:00+00:00"]
     assert pd.read_csv(tmp_path / "q2.csv")["window_end"].unique().tolist() == ["2026-12-01T11:00:00+00:00"]
+    # only what a monitoring run judged: the 09:00 window, by the number the monitor gave it
+    run = tmp_path / "monitoring"
+    run.mkdir()
+    pd.DataFrame({"window": [int(queue["window"].unique()[1])], "volume": [30]}).to_csv(run / "window_metrics.csv")
+    judged = export_queue(
+        str(tmp_path / "log.db"),
+        4,
+        0.25,
+        None,
+        0,
+        tmp_path / "q3.csv",
+        None,
+        wall=WindowClock.wall("1h"),
+        windows=judged_windows(run),
+    )
+    assert judged["window_start"].unique().tolist() == ["2026-12-01T09:00:00+00:00"]
+
+
+def test_a_monitoring_run_that_judged_nothing_queues_nothing_and_a_missing_one_is_named(tmp_path):
+    from common.windows import WindowError
+    from labeling.__main__ import judged_windows
+
+    (tmp_path / "quiet").mkdir()  # a run with nothing to judge writes no window_metrics.csv
+    assert judged_windows(tmp_path / "quiet") == set()
+    with pytest.raises(WindowError, match="--judged .*absent: no monitoring run's output folder here"):
+        judged_windows(tmp_path / "absent")
 
 
 def test_neyman_allocation_follows_size_times_spread_and_spends_the_whole_budget():

@@ -84,6 +84,13 @@ def replica_status(state: dict, index: int) -> str:
     raise LookupError(f"HAProxy's stats list no replica{index}")
 
 
+def staged_records(state: dict) -> int:
+    """Records staged and not yet published, over the replicas (their /ready)."""
+    return sum(
+        httpx.get(f"{replica['url']}/ready", timeout=5).json()["publishing"]["staged_records"] for replica in state["replicas"]
+    )
+
+
 def dataset_rows(state: dict, request_ids: set[str]) -> tuple[int, set[tuple[str, int]]]:
     """Of `request_ids`: how many rows the prediction dataset holds (a row written twice counts twice), and which
     (request id, image index) pairs."""
@@ -121,6 +128,10 @@ def under_traffic(state: dict, scratch: Path, name: str, windows: int, requests:
         until(lambda: acknowledged <= dataset_rows(state, ids)[1], 180, f"{name}: every acknowledged image published")
     except TimeoutError:
         log.warning("%s: not every acknowledged image reached the dataset within 180 s", name)
+    try:  # and what each replica staged is out (a restarted one holds its leftovers back two rounds): rows counted whole
+        until(lambda: staged_records(state) == 0, 60, f"{name}: every replica's staging empty")
+    except TimeoutError:
+        log.warning("%s: a replica still held staged records after 60 s", name)
     written, present = dataset_rows(state, ids)
     requests_acknowledged = len(ids)
     ledger = {

@@ -536,8 +536,9 @@ class RetrainRequest:
     predictions: str | None = None  # default: the collector folder of the deployment that takes the traffic
 
 
-def _retrain_calls(client: Any, retrain: RetrainRequest | None, endpoint: str, environment_id: str) -> list[Call]:
-    """The retrain job's plan, with what it reads from the workspace: the champion, the live deployment."""
+def _retrain_inputs(client: Any, retrain: RetrainRequest | None, endpoint: str) -> tuple[str, str, str]:
+    """The retrain job's label file, parent version and collector folder, with what it reads from the workspace
+    (the champion, the live deployment); checked before anything is created."""
     if retrain is None:
         raise CloudError("retrain needs --labels PATH: the label file (CSV or JSONL: request_id,image_index,label)")
     labels = retrain.labels.expanduser().resolve()
@@ -553,7 +554,7 @@ def _retrain_calls(client: Any, retrain: RetrainRequest | None, endpoint: str, e
                 "the labeled images are in) or deploy first"
             )
         predictions = collector_folder(endpoint, slot)
-    return plan_retrain(str(labels), parent, predictions, environment_id)
+    return str(labels), parent, predictions
 
 
 def _submit(
@@ -579,13 +580,14 @@ def _submit(
             if results
             else f"job {job}: already registered"
         )
+    name = endpoint_name(workspace, endpoint)
+    retrain_inputs = _retrain_inputs(client, retrain, name) if action == "retrain" else None
     environment, exists = versioned_environment(client, specs["environment"])
     environment_id = f"azureml:{environment.name}:{environment.version}"
     if action in ("train", "retrain", "monitor"):
         setup = [] if exists else [Call("environments.create_or_update", {"environment": environment}, "the environment is new")]
         setup.append(Call("compute.begin_create_or_update", {"compute": specs["compute"]}, "the cluster (scales to 0)"))
         execute(client, setup)
-    name = endpoint_name(workspace, endpoint)
     if action in ("train", "retrain"):
         if action == "train":
             execute(client, [Call("data.create_or_update", {"data": specs["data"]}, "the datasets")])
@@ -597,7 +599,7 @@ def _submit(
                 )
             ]
         else:
-            calls = _retrain_calls(client, retrain, name, environment_id)
+            calls = plan_retrain(*retrain_inputs, environment_id)
         (submitted,) = execute(client, calls)
         log.info("submitted job %s: %s", submitted.name, submitted.studio_url)
         if not stream:

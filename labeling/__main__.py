@@ -30,7 +30,7 @@ from common.windows import (
     with_windows,
 )
 from labeling.annotator import LABEL_DELAY_WINDOWS, simulated_labels
-from labeling.queue import ALLOCATIONS, select_for_labeling
+from labeling.queue import ALLOCATIONS, QUEUE_COLUMNS, select_for_labeling
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,11 @@ def export_queue(
     """The queue of a prediction log as CSV (and the kept images as PNG files), a budget per window as the monitor
     numbers them (`clock`: auto, simulated or wall; `wall`: the time windows); a time window's queue rows carry its
     start and end. `cluster` (request_id, image_index): only those records; `windows`: only those windows."""
+    if windows is not None and not windows:  # nothing judged (the collector may not even have written yet)
+        queue = pd.DataFrame(columns=list(QUEUE_COLUMNS))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        queue.to_csv(out, index=False)
+        return queue
     records = read_records(log_path)
     chosen = choose_clock(clock, int(records["window"].notna().sum()), int(records["window"].isna().sum()), wall, log_path)
     records, left_out = with_windows(records, chosen, log_path)

@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Stale(RuntimeError):
 
 
 Withdraw = Callable[[list[str]], set[str]]  # request ids -> those whose records were all taken back from the log
+RECENT_COMMITS = 65_536  # request ids remembered for withdrawals, which concern requests answered seconds late
 
 
 class MicroBatcher:
@@ -77,6 +79,7 @@ class MicroBatcher:
         # takes back a committed request's records that were not yet published; used for an answer about to leave
         # late or to a client that hung up (the process stopped between the commit and the answer)
         self.withdraw = withdraw
+        self._last_commit: OrderedDict[str, Job] = OrderedDict()  # on the log thread: recent commits by request id
         self.queued_images = 0  # submitted and not yet answered
         self.shed = 0
         self.abandoned = 0
@@ -119,16 +122,30 @@ class MicroBatcher:
         try:
             self._jobs.put(job)
             result = await job.future
+        except asyncio.CancelledError:  # the server gave up on it (504): what its commit wrote goes too, if it can
+            if self.withdraw is not None and job.future.done() and not job.future.cancelled():
+                self._log_thread.submit(self._withdraw_latest, job)
+            raise
         finally:
             self.queued_images -= len(images)
         if self.withdraw is not None and (late := self._late(job, time.monotonic(), "its records were taken back")):
             # the commit's records may sit unpublished while a retrying proxy has had the request answered elsewhere
-            taken_back = await asyncio.wrap_future(self._log_thread.submit(self.withdraw, [request_id]))
-            if request_id in taken_back:
+            try:
+                taken_back = await asyncio.wrap_future(self._log_thread.submit(self._withdraw_latest, job))
+            except RuntimeError:  # the log thread has stopped (the server is shutting down): answer as committed
+                return result
+            if taken_back:
                 self.withdrawn += 1
                 log.warning("a committed request's records were taken back before its answer left (%s)", late)
                 raise late
         return result
+
+    def _withdraw_latest(self, job: Job) -> bool:
+        """On the log thread: withdraw `job`'s records unless a later request with its id was committed since (it
+        added nothing, the rows being `job`'s, and it is answered from them); whether they were taken back."""
+        if self._last_commit.get(job.request_id) is not job:
+            return False
+        return job.request_id in self.withdraw([job.request_id])
 
     def _score_batches(self) -> None:
         """The model thread: take a batch, score it, hand it to the log thread; until stopped."""
@@ -185,6 +202,12 @@ class MicroBatcher:
         except Exception as err:  # the log failed: nothing of the batch is acknowledged
             self._loop.call_soon_threadsafe(self._fail, jobs, err)
             return
+        if self.withdraw is not None:  # which job's commit each request id's rows belong to, for a withdrawal
+            for job in jobs:
+                self._last_commit[job.request_id] = job
+                self._last_commit.move_to_end(job.request_id)
+            while len(self._last_commit) > RECENT_COMMITS:
+                self._last_commit.popitem(last=False)
         self._loop.call_soon_threadsafe(self._answer, jobs, results)
 
     @staticmethod
@@ -195,6 +218,9 @@ class MicroBatcher:
 
     def _refusal(self, job: Job, now: float) -> Exception | None:
         """Why `job` may not be committed now, or None."""
+        if job.future.cancelled():  # the server gave up waiting (504): nobody is told it was recorded
+            self.abandoned += 1
+            return Abandoned("the server gave up on this request before it was logged; not recorded")
         refusal = self._late(job, now, "not recorded")
         if isinstance(refusal, Abandoned):
             self.abandoned += 1

@@ -28,14 +28,22 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from common.files import write_whole
-from common.prediction_dataset import filesystem, list_parts, part_name, partition_of, read_parts, records_table
+from common.prediction_dataset import (
+    PART_NAME,
+    filesystem,
+    list_parts,
+    part_name,
+    partition_of,
+    read_parts,
+    records_table,
+)
 from common.records import PREDICTION_COLUMNS, PredictionRecord, create_table_sql, insert_sql
 
 log = logging.getLogger(__name__)
@@ -55,7 +63,9 @@ SELECT_STAGED = f"SELECT sequence, {STAGED_NAMES} FROM staged WHERE sequence <= 
 # held wake with it; it waits STALL_GRACE_S before the next cut so that late answers withdraw their records first
 STALL_S = 1.0
 STALL_GRACE_S = 2.0
+HEARTBEAT_S = 0.5  # the publisher waits in slices this long, so that a stall shows however its round falls
 LEFTOVER_ROUNDS = 2  # a killed predecessor's staged records wait this many rounds for the other writers to publish
+LEFTOVER_CLOSE_WAIT_S = 30.0  # at most this long, when the writer is closed first
 
 
 class DatasetSink:
@@ -98,6 +108,7 @@ class DatasetSink:
         self.failure: str | None = None  # why the last publication failed; None once one works
         self.failing_since: str | None = None  # when publications started failing (UTC, ISO 8601)
         self._leftovers_through = self._connection.execute("SELECT MAX(sequence) FROM staged").fetchone()[0]
+        self._leftovers_due = time.monotonic() + LEFTOVER_ROUNDS * flush_seconds
         self._publish_noting_failure(finish_only=True)  # what a killed predecessor began to publish; storage may be down
         self._thread = threading.Thread(target=self._run, name="dataset-publisher", daemon=True)
         self._thread.start()
@@ -226,10 +237,11 @@ class DatasetSink:
             staged = self._connection.execute(
                 "SELECT request_id, image_index, timestamp FROM staged WHERE sequence <= ?", (through,)
             ).fetchall()
-        own = f"part-{self.writer_id}-"
+        # the retry was stamped by the other replica, in the same hour or, across its end, the next
+        hours = {moment for _, _, timestamp in staged for moment in _this_and_next_hour(timestamp)}
         elsewhere: set[tuple[str, int]] = set()
-        for partition in sorted({partition_of(timestamp) for _, _, timestamp in staged}):
-            parts = [part for part in list_parts(self.fs, f"{self.root}/{partition}") if own not in part.path]
+        for partition in sorted({partition_of(moment) for moment in hours}):
+            parts = [part for part in list_parts(self.fs, f"{self.root}/{partition}") if _writer_of(part.path) != self.writer_id]
             if parts:
                 keys = read_parts(self.fs, parts, [])
                 elsewhere |= set(zip(keys["request_id"], keys["image_index"].astype(int)))
@@ -237,8 +249,12 @@ class DatasetSink:
         if duplicates:
             with self._lock:
                 self._connection.execute("BEGIN")
-                self._connection.executemany("DELETE FROM staged WHERE request_id = ? AND image_index = ?", duplicates)
-                self._connection.execute("COMMIT")
+                try:
+                    self._connection.executemany("DELETE FROM staged WHERE request_id = ? AND image_index = ?", duplicates)
+                    self._connection.execute("COMMIT")
+                except BaseException:
+                    self._connection.execute("ROLLBACK")
+                    raise
             log.info("%d records staged before a restart were published by another writer meanwhile; not again", len(duplicates))
 
     def _upload(self, partition: str, name: str, records: list[tuple]) -> None:
@@ -271,25 +287,48 @@ class DatasetSink:
         if self._leftovers_through is not None:  # the other writers publish what they were retried meanwhile
             self._stop.wait(LEFTOVER_ROUNDS * self.flush_seconds)
         while not self._stop.is_set():
-            began = time.monotonic()
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
-            if time.monotonic() - began > self.flush_seconds + STALL_S:
-                log.info(
-                    "the publisher woke %.1f s late; waiting %g s for late answers first",
-                    time.monotonic() - began - self.flush_seconds,
-                    STALL_GRACE_S,
-                )
+            stalled = self._wait_round()
+            if self._stop.is_set():  # close() publishes the last round
+                break
+            if stalled > STALL_S:
+                log.info("the process stalled %.1f s; waiting %g s for late answers first", stalled, STALL_GRACE_S)
                 self._stop.wait(STALL_GRACE_S)
             self._publish_noting_failure()
 
+    def _wait_round(self) -> float:
+        """Wait for the next round (flush_seconds, or a wake-up); return the longest stall seen meanwhile: how much
+        longer than asked one slice of the wait took (the process stopped or starved)."""
+        deadline = time.monotonic() + self.flush_seconds
+        stalled = 0.0
+        while (remaining := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+            began, asked = time.monotonic(), min(HEARTBEAT_S, remaining)
+            woken = self._wake.wait(asked)
+            stalled = max(stalled, time.monotonic() - began - asked)
+            if woken:
+                break
+        self._wake.clear()
+        return stalled
+
     def close(self) -> None:
-        """Publish what is staged and stop; with storage down, what is staged waits for the next start."""
+        """Publish what is staged and stop; with storage down, what is staged waits for the next start. Held-back
+        leftovers of a killed predecessor wait out their rounds first (at most LEFTOVER_CLOSE_WAIT_S)."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=60)
+        if self._leftovers_through is not None:
+            time.sleep(min(max(0.0, self._leftovers_due - time.monotonic()), LEFTOVER_CLOSE_WAIT_S))
         self._publish_noting_failure()
         if self.failure is not None:
             log.warning("%d records stay staged in %s for this writer's next start", self.staged(), self.path)
         with self._lock:
             self._connection.close()
+
+
+def _this_and_next_hour(timestamp: str) -> tuple[str, str]:
+    moment = datetime.fromisoformat(timestamp)
+    return timestamp, (moment + timedelta(hours=1)).isoformat()
+
+
+def _writer_of(path: str) -> str | None:
+    named = PART_NAME.search(path)
+    return named["writer"] if named else None

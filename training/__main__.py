@@ -14,6 +14,18 @@ from common.spark import DEFAULT_SPARK_MASTER
 from common.tracking import use_tracking
 
 
+def add_model_output_options(command: argparse.ArgumentParser, registration: str) -> None:
+    """--model-output and --no-register, as a training command takes them (`registration`: what `cloud submit` does)."""
+    command.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
+    command.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="keep the model only in --model-output: no MLflow logged model, no registration (an Azure ML job's "
+        f"output, which `python -m cloud submit` {registration}); implied when MLflow tracks to an azureml:// workspace",
+    )
+
+
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     """The command line: every option with its help."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -56,14 +68,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--foreign-limit-per-class", type=int, default=None, help="evaluate on at most N foreign digits per class"
     )
     keras_cmd.add_argument("--run-name", default=None, help="the MLflow run's name (default: MLflow's)")
-    keras_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
-    keras_cmd.add_argument(
-        "--no-register",
-        dest="register",
-        action="store_false",
-        help="keep the model only in --model-output: no MLflow logged model, no registration (an Azure ML job's "
-        "output, which `python -m cloud submit` registers); implied when MLflow tracks to an azureml:// workspace",
-    )
+    add_model_output_options(keras_cmd, "registers")
     keras_cmd.add_argument("--skip-if-champion", action="store_true", help="do nothing when the model already has a @champion")
 
     spark_cmd = commands.add_parser(
@@ -136,15 +141,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         action="store_false",
         help="no epoch on the incident's unlabeled images the model is sure of (default: one, when there are enough)",
     )
-    retrain_cmd.add_argument("--model-output", help="also write the MLflow model folder (with reference.npz) here")
-    retrain_cmd.add_argument(
-        "--no-register",
-        dest="register",
-        action="store_false",
-        help="keep the model only in --model-output: no MLflow logged model, no registration (an Azure ML job's "
-        "output, which `python -m cloud submit` registers with its parent); implied when MLflow tracks to an "
-        "azureml:// workspace",
-    )
+    add_model_output_options(retrain_cmd, "registers with its parent")
 
     promote_cmd = commands.add_parser("promote", help="move @champion to @challenger if it clears the accuracy bar")
     promote_cmd.add_argument("--model-name", default=MODEL_NAME, help="the registered model (default: %(default)s)")

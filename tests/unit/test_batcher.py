@@ -212,3 +212,31 @@ def test_a_request_whose_client_hung_up_after_its_commit_is_withdrawn_and_one_an
 
     assert asyncio.run(scenario()) == (2, 1, 0)
     assert asked == [["gone"]]
+
+
+def test_a_retry_committed_under_the_same_id_keeps_the_rows_a_late_first_attempt_would_withdraw():
+    hung_up = threading.Event()
+    asked: list[list[str]] = []
+
+    def commit(jobs, results):
+        if int(jobs[0].images[0, 0, 0]) == 1:  # the first attempt: its client hangs up while it commits
+            hung_up.set()
+            time.sleep(0.3)  # meanwhile the retry is scored and queued behind it on the log thread
+
+    def withdraw(request_ids):
+        asked.append(request_ids)
+        return set(request_ids)
+
+    async def scenario():
+        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 5.0, withdraw)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(image(1), "same", None, abandoned=hung_up.is_set))
+        await asyncio.sleep(0.05)
+        retry = asyncio.create_task(batcher.submit(image(2), "same", None))
+        answers = [int((await task).predicted[0]) for task in (first, retry)]
+        await batcher.stop()
+        return answers, batcher.withdrawn
+
+    # the retry added no row (the same key) and is answered from the first attempt's: those stay
+    assert asyncio.run(scenario()) == ([1, 2], 0)
+    assert asked == []

@@ -190,10 +190,13 @@ def test_the_queue_of_real_clients_records_spends_its_budget_per_window_of_time(
 
 def test_a_monitoring_run_that_judged_nothing_queues_nothing_and_a_missing_one_is_named(tmp_path):
     from common.windows import WindowError
-    from labeling.__main__ import judged_windows
+    from labeling.__main__ import export_queue, judged_windows
 
     (tmp_path / "quiet").mkdir()  # a run with nothing to judge writes no window_metrics.csv
     assert judged_windows(tmp_path / "quiet") == set()
+    # a new deployment's collector has written nothing yet: an empty queue, not an error
+    queue = export_queue(str(tmp_path / "no-collector-files"), 10, 0.3, None, 0, tmp_path / "queue.csv", None, windows=set())
+    assert queue.empty and list(pd.read_csv(tmp_path / "queue.csv").columns)[:3] == ["request_id", "image_index", "window"]
     with pytest.raises(WindowError, match="--judged .*absent: no monitoring run's output folder here"):
         judged_windows(tmp_path / "absent")
 

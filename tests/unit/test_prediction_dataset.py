@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -70,8 +71,14 @@ def test_a_writer_that_died_before_publishing_publishes_its_staged_records_on_re
     other = DatasetSink(str(tmp_path / "dataset"), tmp_path / "other-staging", flush_seconds=3600)
     other.write([record(1, 0), record(3, 0)])
     other.close()
-    second = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
-    assert second.writer_id == first.writer_id and second.staged() == 4  # held back until a round or close
+    second = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=1.0)
+    assert second.writer_id == first.writer_id and second.staged() == 4  # held back two rounds
+    time.sleep(1.0)
+    assert second.staged() == 4
+    deadline = time.monotonic() + 30
+    while second.staged():  # its publisher's first round after the hold-back
+        assert time.monotonic() < deadline, "the held-back records were never published"
+        time.sleep(0.1)
     second.close()
     fs, root = filesystem(str(tmp_path / "dataset"))
     by_writer = read_parts(fs, [part for part in list_parts(fs, root) if second.writer_id in part.path])
@@ -96,8 +103,8 @@ def test_a_publication_cut_short_is_finished_under_the_same_names_without_duplic
     half = published(tmp_path / "dataset")
     assert len(half) == 1
     sink.write([record(3, 1, hour=10)])  # staged after the cut: published later, in a part of its own
-    restarted = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
-    restarted.close()
+    restarted = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=0.5)
+    restarted.close()  # after waiting out the hold-back of what it found staged (two rounds: 1 s)
     names = published(tmp_path / "dataset")
     assert half[0] in names and len(names) == 3
     fs, root = filesystem(str(tmp_path / "dataset"))
@@ -115,8 +122,8 @@ def test_staged_records_are_withdrawn_until_they_are_cut_for_publication_a_whole
         sink.publish()
     sink.write([record(3, 1, hour=10)])
     assert sink.withdraw(["req-2", "req-3"]) == {"req-3"}
-    restarted = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=3600)
-    restarted.close()
+    restarted = DatasetSink(str(tmp_path / "dataset"), tmp_path / "staging", flush_seconds=0.5)
+    restarted.close()  # after waiting out the hold-back of what it found staged (two rounds: 1 s)
     fs, root = filesystem(str(tmp_path / "dataset"))
     frame = read_parts(fs, list_parts(fs, root))
     assert sorted(zip(frame["request_id"], frame["image_index"])) == [("req-2", 0), ("req-2", 1)]

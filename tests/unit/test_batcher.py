@@ -21,6 +21,16 @@ def image(value: int) -> np.ndarray:
     return np.full((1, 28, 28), value, dtype=np.uint8)
 
 
+def withdrawing(asked: list[list[str]]):
+    """A withdraw that takes back every request it is asked for, noting each call in `asked`."""
+
+    def withdraw(request_ids: list[str]) -> set[str]:
+        asked.append(request_ids)
+        return set(request_ids)
+
+    return withdraw
+
+
 def test_an_answer_waits_for_its_commit_and_commits_keep_the_order_batches_were_scored():
     release = threading.Event()
     committed: list[list[int]] = []
@@ -197,12 +207,8 @@ def test_a_request_whose_client_hung_up_after_its_commit_is_withdrawn_and_one_an
         if jobs[0].request_id == "gone":
             hung_up.set()  # the proxy gives up while the batch commits
 
-    def withdraw(request_ids):
-        asked.append(request_ids)
-        return set(request_ids)
-
     async def scenario():
-        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 5.0, withdraw)
+        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 5.0, withdrawing(asked))
         batcher.start()
         with pytest.raises(Abandoned, match="hung up before this request was answered; its records were taken back"):
             await batcher.submit(image(1), "gone", None, abandoned=hung_up.is_set)
@@ -223,12 +229,8 @@ def test_a_retry_committed_under_the_same_id_keeps_the_rows_a_late_first_attempt
             hung_up.set()
             time.sleep(0.3)  # meanwhile the retry is scored and queued behind it on the log thread
 
-    def withdraw(request_ids):
-        asked.append(request_ids)
-        return set(request_ids)
-
     async def scenario():
-        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 5.0, withdraw)
+        batcher = MicroBatcher(scored_for, commit, 1, 0, None, 5.0, withdrawing(asked))
         batcher.start()
         first = asyncio.create_task(batcher.submit(image(1), "same", None, abandoned=hung_up.is_set))
         await asyncio.sleep(0.05)

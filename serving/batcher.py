@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -124,7 +125,8 @@ class MicroBatcher:
             result = await job.future
         except asyncio.CancelledError:  # the server gave up on it (504): what its commit wrote goes too, if it can
             if self.withdraw is not None and job.future.done() and not job.future.cancelled():
-                self._log_thread.submit(self._withdraw_latest, job)
+                with contextlib.suppress(RuntimeError):  # the log thread has stopped: the server is shutting down
+                    self._log_thread.submit(self._withdraw_latest, job)
             raise
         finally:
             self.queued_images -= len(images)

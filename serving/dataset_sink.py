@@ -59,8 +59,8 @@ INSERT = insert_sql("staged", STAGED_COLUMNS)
 TIMESTAMP_INDEX = list(PREDICTION_COLUMNS).index("timestamp")
 STAGED_NAMES = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
 SELECT_STAGED = f"SELECT sequence, {STAGED_NAMES} FROM staged WHERE sequence <= ? ORDER BY sequence"
-# the publisher overslept its round by more than this: the process was stopped or starved, and the requests it
-# held wake with it; it waits STALL_GRACE_S before the next cut so that late answers withdraw their records first
+# a slice of the publisher's wait took this much longer than asked: the process was stopped or starved, and the
+# requests it held wake with it; it waits STALL_GRACE_S before the next cut so that late answers withdraw first
 STALL_S = 1.0
 STALL_GRACE_S = 2.0
 HEARTBEAT_S = 0.5  # the publisher waits in slices this long, so that a stall shows however its round falls

@@ -40,6 +40,7 @@ STATE_FILE = "controller.json"
 DECISIONS_FILE = "decisions.jsonl"
 DECISIONS_ARTIFACT = "loop/decisions.json"
 KEPT_FILE = "kept_images.csv"  # request_id, image_index of every record read whose image the dataset kept
+GATE_SAYS = ("promoted: ", "not promoted: ")  # how `training promote` states its decision
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ def retrain_and_promote(config: ControllerConfig, state: ControllerState, folder
     promote = [sys.executable, "-m", "training", "promote", "--model-name", MODEL_NAME]
     promote += ["--min-accuracy", str(config.min_accuracy)]
     code, reason = run_command(promote, folder / "promote.log")
+    said = [line for line in (folder / "promote.log").read_text(errors="replace").splitlines() if line.startswith(GATE_SAYS)]
+    reason = said[-1] if said else reason  # its decision, whatever a library logged after it
     outcome = "promoted" if code == 0 else "promotion_refused" if reason.startswith("not promoted") else "promotion_failed"
     decisions.append(Decision(state.cycles, outcome, reason if outcome != "promotion_failed" else f"{reason} (see {folder})"))
     return decisions

@@ -109,7 +109,8 @@ def decide_promotion(
     except ModelValidationFailedException as failed:
         few = replay is not None and replay.images < min_replay_images
         advice = " (too few labeled images held out to compare with the champion: label more and retrain)" if few else ""
-        reason = f"version {version} fails MLflow's model validation: {failed.message}{advice}"
+        failures = "; ".join(line.strip() for line in failed.message.splitlines() if line.strip())  # one per metric
+        reason = f"version {version} fails MLflow's model validation: {failures}{advice}"
         return PromotionDecision(False, version, reason, gate)
     if already:
         return PromotionDecision(

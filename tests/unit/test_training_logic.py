@@ -78,11 +78,20 @@ def test_a_retrained_challenger_with_too_few_replay_images_fails_the_gate():
 
     none = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(None, None, "2", 0))
     assert not none.promoted and "candidate model replay_images = 0, replay_images threshold = 5" in none.reason
+
     assert "too few labeled images held out" in none.reason and "replay_accuracy" not in none.gate["thresholds"]
     lucky = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(1 / 3, 0.0, "2", 3))
     assert not lucky.promoted and "replay_images = 3" in lucky.reason and lucky.gate["candidate"]["replay_images"] == 3
     enough = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.4, 0.0, "2", 5), min_replay_images=5)
     assert enough.promoted and "0.4000 on 5 replay images" in enough.reason
+
+
+def test_a_refusal_for_several_metrics_is_one_line_naming_each():
+    from training.registry import ReplayFigures
+
+    both = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.30, 0.31, "2", 12), champion_accuracy=0.99)
+    assert not both.promoted and "\n" not in both.reason, "the loop reads the decision from the promote command's line"
+    assert "mnist_test_accuracy threshold = 0.993" in both.reason and "baseline model replay_accuracy = 0.31" in both.reason
 
 
 def test_the_champion_as_challenger_still_has_to_clear_the_floor():

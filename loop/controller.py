@@ -123,9 +123,18 @@ def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], l
     if not (out / "window_metrics.csv").is_file():
         return [], [], last
     windows = pd.read_csv(out / "window_metrics.csv")["window"].astype(int).tolist()
-    alerts_path = out / "alerts.jsonl"
-    alerts = [json.loads(line) for line in alerts_path.read_text().splitlines() if line.strip()] if alerts_path.is_file() else []
-    return windows, alerts, last
+    return windows, read_alerts(out), last
+
+
+def read_alerts(out: Path) -> list[dict]:
+    """The alerts a monitoring run raised (its alerts.jsonl), none when it judged nothing."""
+    path = out / "alerts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def cycle_folder(config: ControllerConfig, cycle: int) -> Path:
+    """Where a cycle keeps the logs of what it ran, its monitoring run's outputs under monitor/."""
+    return config.out / f"cycle-{cycle:04d}"
 
 
 def queue_windows(config: ControllerConfig, records: pd.DataFrame, windows: range, queued: pd.DataFrame) -> pd.DataFrame:
@@ -209,7 +218,7 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
     retrain and try to promote once enough labels are in. Updates `state`."""
     state.cycles += 1
     save_state(config.out, state)  # each attempt its own folder, even one that fails
-    folder = config.out / f"cycle-{state.cycles:04d}"
+    folder = cycle_folder(config, state.cycles)
     windows, alerts, said = judge_new_windows(config, folder / "monitor")
     cycle = state.cycles
     if not windows:

@@ -2,22 +2,21 @@
 
     python -m loop simulate [--scenario closed-loop] [--labels-per-window 10] [--retrain-after 100] ...
 
-Starts our server on models:/digits-cnn@champion (following the alias), sends the scenario window by window,
-and after each window judges the served version's records against that version's reference. From the first
-alert on, each window's labeling queue (a budget per window, drawn within flag strata) goes to the annotator
-(in simulation the ground-truth sidecar, answering some windows later); the labels in hand go to
-labels.csv. Once enough labeled images are in, `python -m training retrain` fine-tunes the champion on MNIST
-plus them and `python -m training promote` promotes it only if it beats the champion on the held-out replay
-set and keeps its MNIST test floor; the running server then switches to it between two batches. At the end
-the loop writes its per-window table, the label-assisted estimate's errors, a dashboard and closed_loop.json,
-and logs them as one MLflow run. Every step is a command of its own part; the loop orders them, and takes its
-decisions (when labeling starts, which labels are in hand, when to retrain) from loop.decisions.
+Starts our server on models:/digits-cnn@champion (following the alias), writing a prediction dataset as a
+deployment does, and sends the scenario window by window. After each window is published, one cycle of the
+loop's controller (`loop.controller.run_cycle`, as `python -m loop run` runs it against a deployment) judges the
+new window with the incremental monitor, queues images to label from the first alert on, counts the labels in
+hand, and retrains and promotes when enough are in; the simulation only stands in for the world around it: the
+annotator (the ground-truth sidecar answering the queue some windows later, into labels.csv) and the wait for
+the server to follow a promotion. At the end the loop writes its per-window table, the label-assisted
+estimate's errors, a dashboard and closed_loop.json, and logs them as one MLflow run beside the controller's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -32,15 +31,23 @@ import pandas as pd
 
 from common.labels import read_labels, write_labels
 from common.machine import describe_machine, shown_path
-from common.records import read_ground_truth, read_prediction_log
+from common.prediction_dataset import read_records
+from common.records import read_ground_truth
 from common.reference import Reference, expected_accuracy, load_reference
 from common.settings import MODEL_NAME, PROJECT_ROOT, Settings
 from common.tracking import describe_run, download_reference, resolve_registered, use_tracking
 from labeling.annotator import simulated_labels
-from labeling.queue import select_for_labeling
-from loop.controller import run_command
-from loop.decisions import incidents_after, labeling_since, labels_in_hand, retrain_due, serving_version
-from monitoring.alerts import evaluate_rules
+from loop.controller import (
+    ControllerConfig,
+    ControllerState,
+    Decision,
+    cycle_folder,
+    read_alerts,
+    read_keyed_csv,
+    record,
+    run_cycle,
+)
+from loop.decisions import incidents_after, labels_in_hand, serving_version
 from monitoring.dashboard import closed_loop_figure, write_dashboard
 from monitoring.incidents import incident_events, window_checks
 from monitoring.label_assisted import label_assisted_accuracy
@@ -53,6 +60,7 @@ from simulation.scenario import load_scenario
 log = logging.getLogger(__name__)
 DRIFTED_SHARE = 0.4  # windows at least this foreign judge the recovery (50/50 traffic sits near 0.5)
 CLEAN_SHARE = 0.05  # windows under this judge the estimate on clean traffic (as monitoring's scorecard does)
+DATASET = "dataset"  # the server's prediction dataset in the loop's folder (a folder of an older loop: predictions.db)
 
 
 @dataclass(frozen=True)
@@ -76,20 +84,18 @@ class LoopConfig:
 
 @dataclass
 class LoopState:
-    """What the loop has done so far: labels queued and answered, retrains, events in window order."""
+    """What the simulation around the controller has done: the annotator's answers, and events in window order."""
 
-    queued: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["request_id", "image_index"]))
     answered: list[pd.DataFrame] = field(default_factory=list)
-    labeling_since: int | None = None
-    images_at_last_retrain: int = 0
-    retrains: int = 0
+    queued: int = 0  # rows of the controller's queue the annotator has been given
     events: list[dict] = field(default_factory=list)
 
 
 def start_server(config: LoopConfig, port: int) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "serving", "--model", f"models:/{MODEL_NAME}@champion", "--port", str(port),
-        "--prediction-log", str(config.out / "predictions.db"), "--follow-seconds", "1",
+        "--prediction-dataset", str(config.out / DATASET), "--staging-dir", str(config.out / "staging"),
+        "--flush-seconds", "1", "--follow-seconds", "1",
     ]  # fmt: skip
     with open(config.out / "server.log", "wb") as output:  # the child keeps its own handle
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
@@ -122,6 +128,15 @@ def served_version(port: int) -> str:
     return str(httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["version"])
 
 
+def wait_published(port: int, window: int) -> None:
+    """Until the server has published every record it staged (a window's traffic is in the dataset)."""
+    deadline = time.monotonic() + 120
+    while (staged := httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["publishing"]["staged_records"]) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"window {window}: the server still held {staged} staged records after 120 s")
+        time.sleep(0.2)
+
+
 class References:
     """Each served version's monitoring reference, downloaded once."""
 
@@ -135,22 +150,16 @@ class References:
         return self._found[version]
 
 
-def records_frame(path: Path) -> pd.DataFrame:
-    frame = pd.DataFrame(read_prediction_log(path))
-    return frame.astype({"window": int, "image_index": int})
-
-
-def version_alerts(records: pd.DataFrame, version: str, reference: Reference) -> list:
-    """The alerts of one version's records judged against its own reference."""
-    metrics = window_metrics(records, reference)
-    policy = load_policy(None, reference)
-    return evaluate_rules(metrics, policy.rules, MODEL_NAME, version, policy.cooldown_windows)
+def records_frame(out: Path) -> pd.DataFrame:
+    """Every record a loop's server wrote: its prediction dataset (an older loop's SQLite log)."""
+    location = out / DATASET if (out / DATASET).is_dir() else out / "predictions.db"
+    return read_records(str(location)).astype({"window": int, "image_index": int})
 
 
 def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
     """The incidents of the whole run, as the monitor would raise them: each window judged against the reference of
     the version that served most of it, under that version's policy."""
-    main_version = records.groupby("window")["model_version"].agg(lambda versions: versions.mode().iloc[0])
+    main_version = records.groupby("window")["model_version"].agg(lambda versions: serving_version(versions.to_frame()))
     checks, policy = [], None
     for version, mine in records.groupby("model_version", sort=False):
         reference = references(str(version))
@@ -162,93 +171,97 @@ def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
     return [event.as_dict() for event in incident_events(every, policy.rules, policy.resolve_after_quiet_windows)]
 
 
-def step_window(
-    window: int, records: pd.DataFrame, truth: pd.DataFrame, config: LoopConfig, state: LoopState, references: References
-) -> None:
-    """Judge the served version after `window`, start labeling at the first alert, queue this window's labels."""
-    served = records[records["window"] == window]
-    version = serving_version(served)
-    mine = records[records["model_version"] == version]
-    alerts = [alert for alert in version_alerts(mine, version, references(version)) if alert.window == window]
-    for alert in alerts:
-        state.events.append({"window": window, "event": "alert", "version": version, "rule": alert.rule})
-        log.info("window %d: alert %s on version %s", window, alert.rule, version)
-    since = labeling_since(state.labeling_since, window, bool(alerts))
-    if since is not None and state.labeling_since is None:
-        state.events.append({"window": window, "event": "labeling_started", "version": version})
-    state.labeling_since = since
-    if since is None:
-        return
-    queue = select_for_labeling(served, config.labels_per_window, config.random_share, config.seed, already=state.queued)
-    state.queued = pd.concat([state.queued, queue[["request_id", "image_index"]]], ignore_index=True)
-    state.answered.append(simulated_labels(queue, truth, config.label_delay))
-
-
-def retrain_and_promote(window: int, config: LoopConfig, state: LoopState, port: int) -> None:
-    """Retrain the champion on the labels in hand, try to promote it, and wait for the server to follow."""
-    state.retrains += 1
-    labels_path = config.out / "labels.csv"
-    command = [sys.executable, "-m", "training", "retrain", "--labels", str(labels_path),
-               "--prediction-log", str(config.out / "predictions.db"), "--epochs", str(config.epochs),
-               "--run-name", f"retrain-{state.retrains}-window-{window}"]  # fmt: skip
-    if config.train_limit:
-        command += ["--train-limit", str(config.train_limit)]
-    if config.foreign_limit_per_class:
-        command += ["--foreign-limit-per-class", str(config.foreign_limit_per_class)]
-    retrain_log = config.out / f"retrain-{state.retrains}.log"
-    log.info("window %d: retraining the champion on %s (progress: %s)", window, labels_path, retrain_log)
-    code, _ = run_command(command, retrain_log)
-    if code != 0:
-        raise RuntimeError(f"retraining failed: see {retrain_log}")
-    challenger = str(mlflow.MlflowClient().get_model_version_by_alias(MODEL_NAME, "challenger").version)
-    state.events.append({"window": window, "event": "retrained", "version": challenger})
-    code, reason = run_command(
-        [sys.executable, "-m", "training", "promote", "--min-accuracy", str(config.min_accuracy)],
-        config.out / f"promote-{state.retrains}.log",
+def controller_config(config: LoopConfig) -> ControllerConfig:
+    """The controller's settings for the loop's folder: the server's dataset, the annotator's labels.csv, windows
+    as the simulator stamps them, each judged as soon as its traffic is in."""
+    shared = ("labels_per_window", "random_share", "retrain_after", "max_retrains", "epochs", "train_limit")
+    shared += ("foreign_limit_per_class", "min_accuracy", "seed")
+    return ControllerConfig(
+        dataset=str(config.out / DATASET),
+        labels=config.out / "labels.csv",
+        out=config.out / "controller",
+        clock="simulated",
+        close_windows=True,
+        **{name: getattr(config, name) for name in shared},
     )
-    event = "promoted" if code == 0 else "promotion_refused"
-    state.events.append({"window": window, "event": event, "version": challenger, "reason": reason})
-    if code != 0:
-        return
+
+
+def annotate(window: int, control: ControllerConfig, truth: pd.DataFrame, config: LoopConfig, state: LoopState) -> None:
+    """The annotator stand-in: the images the controller queued since it was last asked, answered from the
+    ground truth `label_delay` windows after theirs; the answers in hand by `window` go to the label store."""
+    queue = read_keyed_csv(control.queue)
+    fresh = queue.iloc[state.queued :]
+    state.queued = len(queue)
+    if len(fresh):
+        state.answered.append(simulated_labels(fresh, truth, config.label_delay))
+    in_hand = labels_in_hand(state.answered, window)
+    if len(in_hand):
+        write_labels(in_hand, control.labels)
+
+
+def note_decisions(window: int, decisions: list[Decision], alerts: list[dict], state: LoopState, port: int) -> None:
+    """The cycle's decisions as the loop's events (the window they came after); after a promotion, the wait for the
+    server to follow."""
+    for alert in alerts:
+        state.events.append({"window": window, "event": "alert", "version": str(alert["model_version"]), "rule": alert["rule"]})
+        log.info("window %d: alert %s on version %s", window, alert["rule"], alert["model_version"])
+    challenger = None
+    for decision in decisions:
+        if decision.decision in ("retrain_failed", "promotion_failed"):
+            raise RuntimeError(f"window {window}: {decision.decision}: {decision.reason}")
+        if decision.decision == "labeling_started":
+            state.events.append({"window": window, "event": "labeling_started", "version": served_version(port)})
+        elif decision.decision == "retrained":
+            challenger = str(mlflow.MlflowClient().get_model_version_by_alias(MODEL_NAME, "challenger").version)
+            state.events.append({"window": window, "event": "retrained", "version": challenger})
+        elif decision.decision in ("promoted", "promotion_refused"):
+            event = {"window": window, "event": decision.decision, "version": challenger, "reason": decision.reason}
+            state.events.append(event)
+    if state.events and state.events[-1]["event"] == "promoted" and state.events[-1]["window"] == window:
+        wait_for_switch(window, state.events[-1]["version"], port)
+        state.events.append({"window": window, "event": "server_switched", "version": state.events[-1]["version"]})
+
+
+def wait_for_switch(window: int, version: str, port: int) -> None:
     deadline = time.monotonic() + 180
-    while served_version(port) != challenger:
+    while served_version(port) != version:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not switch to version {challenger} in 180 s")
+            raise RuntimeError(f"the server did not switch to version {version} in 180 s")
         time.sleep(0.5)
-    state.events.append({"window": window, "event": "server_switched", "version": challenger})
-    log.info("window %d: the server now serves version %s", window, challenger)
+    log.info("window %d: the server now serves version %s", window, version)
 
 
 def run_loop(config: LoopConfig, settings: Settings) -> dict:
     """The whole loop; returns closed_loop.json's figures."""
     config.out.mkdir(parents=True, exist_ok=True)
     use_tracking(settings)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())  # the controller's commands use the same store
     overrides = {"windows": config.windows, "requests_per_window": config.requests_per_window}
     scenario = load_scenario(config.scenario, **{key: value for key, value in overrides.items() if value})
     sim_dir = config.out / "simulation"
+    control = controller_config(config)
+    control.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     server = start_server(config, port)
     transport = HttpTransport(f"http://127.0.0.1:{port}")
-    references, state = References(), LoopState()
+    state, controlled, every = LoopState(), ControllerState(), []
     started = time.perf_counter()
     try:
         first_version = served_version(port)
-        for window in range(scenario.windows):
-            result = run_simulation(
-                scenario, sim_dir, transport, settings, config.concurrency, track=False, until_window=window + 1, progress=False
-            )
-            if result.stats.stopped_by:
-                raise RuntimeError(f"window {window}: the traffic stopped: {result.stats.stopped_by}")
-            records, truth = records_frame(config.out / "predictions.db"), read_ground_truth(sim_dir / SIDECAR_FILE)
-            step_window(window, records, truth, config, state, references)
-            in_hand = labels_in_hand(state.answered, window)
-            if len(in_hand):
-                write_labels(in_hand, config.out / "labels.csv")
-            with_image = in_hand.merge(records[records["image"].notna()], on=["request_id", "image_index"]).shape[0]
-            if retrain_due(with_image, state.images_at_last_retrain, state.retrains, config.retrain_after, config.max_retrains):
-                state.images_at_last_retrain = with_image
-                retrain_and_promote(window, config, state, port)
-            log.info("window %d/%d done: %d labels in hand", window + 1, scenario.windows, len(in_hand))
+        with mlflow.start_run(run_name="loop-controller", tags={"digitdrift.loop.dataset": control.dataset}):
+            for window in range(scenario.windows):
+                until = {"track": False, "until_window": window + 1, "progress": False}
+                sent = run_simulation(scenario, sim_dir, transport, settings, config.concurrency, **until)
+                if sent.stats.stopped_by:
+                    raise RuntimeError(f"window {window}: the traffic stopped: {sent.stats.stopped_by}")
+                wait_published(port, window)
+                annotate(window, control, read_ground_truth(sim_dir / SIDECAR_FILE), config, state)
+                decisions = run_cycle(control, controlled)
+                every += decisions
+                record(control, controlled, decisions, every)
+                alerts = read_alerts(cycle_folder(control, controlled.cycles) / "monitor")
+                note_decisions(window, decisions, alerts, state, port)
+                log.info("window %d/%d done: %s", window + 1, scenario.windows, ", ".join(d.decision for d in decisions))
         run_simulation(scenario, sim_dir, transport, settings, config.concurrency)  # sends nothing; logs the run
     finally:
         transport.close()
@@ -264,7 +277,7 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
 def judge_loop(config: LoopConfig, state: LoopState, answered: pd.DataFrame, first_version: str, seconds: float) -> dict:
     """A finished loop's per-window table and figures, from its folder: each version judged on the images it and
     its ancestors never trained on. {"windows": table, "figures": closed_loop.json's figures}"""
-    records = records_frame(config.out / "predictions.db")
+    records = records_frame(config.out)
     truth = read_ground_truth(config.out / "simulation" / SIDECAR_FILE)
     references = References()
     trained = trained_fingerprints(set(records["model_version"].astype(str)))
@@ -282,7 +295,7 @@ def reanalyse(out: Path) -> dict:
     state = LoopState(events=old["events"])
     answered_path = out / "labels_answered.csv" if (out / "labels_answered.csv").is_file() else out / "labels.csv"
     answered = read_labels(answered_path)
-    first_version = str(records_frame(out / "predictions.db")["model_version"].iloc[0])
+    first_version = str(records_frame(out)["model_version"].iloc[0])
     judged = judge_loop(config, state, answered, first_version, old["seconds"])
     figures = {**judged["figures"], "date": old["date"], "command": old["command"], "machine": old["machine"]}
     if answered_path.name == "labels.csv":  # the last window's labels had not arrived: the run's own count stands

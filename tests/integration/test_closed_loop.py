@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from common.prediction_dataset import read_records
 from common.settings import PROJECT_ROOT
 from devtools.processes import (
     free_port,
@@ -105,6 +106,11 @@ def test_the_loop_goes_from_an_alert_through_labels_and_retrains_to_a_promotion_
     assert switched == [e["version"] for e in _events(figures, "promoted")]
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0].startswith("request_id,image_index,label")
+    # the controller took those decisions, one cycle a window, each window judged once as its traffic was in
+    decided = [json.loads(line) for line in (out / "controller" / "decisions.jsonl").read_text().splitlines()]
+    judged = [decision["reason"].split(":")[0] for decision in decided if decision["decision"] == "judged"]
+    assert judged == [f"windows {window}-{window}" for window in range(SMALL_SCENARIO["windows"])]
+    assert [decision["decision"] for decision in decided].count("retrained") == 2
     assert figures["labels"]["queued"] <= 20 * (SMALL_SCENARIO["windows"] - first_alert)
 
 
@@ -113,11 +119,9 @@ def test_every_acknowledged_image_is_in_the_log_and_the_later_windows_are_served
     promoted = _first_promotion(figures)
     with sqlite3.connect(out / "simulation" / "ground_truth.db") as connection:
         acknowledged = set(connection.execute("SELECT request_id, image_index FROM ground_truth"))
-    with sqlite3.connect(out / "predictions.db") as connection:
-        logged = {
-            (r, i): (w, v)
-            for r, i, w, v in connection.execute("SELECT request_id, image_index, window, model_version FROM predictions")
-        }
+    records = read_records(str(out / "dataset"), ["request_id", "image_index", "window", "model_version"])
+    logged = {(r, int(i)): (int(w), v) for r, i, w, v in records.values}
+    assert len(logged) == len(records), "a record written twice"
     assert len(acknowledged) == SMALL_SCENARIO["windows"] * SMALL_SCENARIO["requests_per_window"]
     assert acknowledged == set(logged)
     assert {v for w, v in logged.values() if w <= promoted["window"]} == {"1"}
@@ -143,9 +147,7 @@ def test_later_windows_are_judged_against_the_new_versions_reference_and_recover
 
 def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_reference_and_stops_calling_it_foreign(loop):
     import mlflow
-    import pandas as pd
 
-    from common.records import read_prediction_log
     from common.reference import load_reference
     from common.tracking import download_reference
     from monitoring.metrics import window_metrics
@@ -173,8 +175,8 @@ def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_referenc
     reference = load_reference(download_reference(run.info.run_id))
     assert 0.2 < float(reference.served_share) < 0.7 and reference.class_means.shape[0] > 10
     # the Devanagari half of the traffic is foreign to version 1, not to the version trained on it
-    with sqlite3.connect(out / "predictions.db") as connection:
-        records = pd.read_sql("SELECT window, model_version, flags FROM predictions WHERE window >= 4", connection)
+    log = read_records(str(out / "dataset"))
+    records = log[log["window"] >= 4]
     foreign = records.assign(foreign=records["flags"].str.contains("foreign")).groupby("model_version")["foreign"].mean()
     assert foreign["1"] > 0.3 and foreign[promoted["version"]] < foreign["1"] / 3
     # so the foreign-digit test that opened the incident, firing on every drifted window of version 1's, no longer
@@ -185,7 +187,6 @@ def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_referenc
     opened = [event for event in figures["incidents"] if event["event"] == "opened"]
     assert opened[0]["window"] == figures["first_alert_window"] and "foreign_digits" in opened[0]["rules"]
     bound = next(rule.threshold for rule in load_policy(None, reference).rules if rule.name == "foreign_digits")
-    log = pd.DataFrame(read_prediction_log(out / "predictions.db"))
     firing = []
     for version, mine in log[log["window"] >= 4].groupby("model_version"):
         served = download_reference(client.get_model_version("digits-cnn", version).run_id)
@@ -394,7 +395,7 @@ def test_the_labeling_commands_queue_a_log_and_answer_the_queue_from_the_sidecar
     settings, out, _ = loop
     env = {**os.environ, "DIGITDRIFT_HOME": str(settings.state_dir)}
     queue, images = tmp_path / "queue.csv", tmp_path / "images"
-    command = [sys.executable, "-m", "labeling", "queue", "--prediction-log", str(out / "predictions.db"),
+    command = [sys.executable, "-m", "labeling", "queue", "--prediction-log", str(out / "dataset"),
                "--per-window", "5", "--from-window", "4", "--out", str(queue), "--images-dir", str(images)]  # fmt: skip
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -402,8 +403,8 @@ def test_the_labeling_commands_queue_a_log_and_answer_the_queue_from_the_sidecar
     assert len(queued) == 5 * (SMALL_SCENARIO["windows"] - 4) and queued["window"].min() == 4
     # an image for each queued record whose image the log kept: every flagged one (a clean one too when a version
     # trained on the incident marked it `learned`)
-    with sqlite3.connect(out / "predictions.db") as connection:
-        kept = set(connection.execute("SELECT request_id, image_index FROM predictions WHERE image IS NOT NULL"))
+    records = read_records(str(out / "dataset"), ["request_id", "image_index", "image"])
+    kept = {(r, int(i)) for r, i in records.loc[records["image"].notna(), ["request_id", "image_index"]].values}
     with_image = {(r, i) for r, i in zip(queued.request_id, queued.image_index) if (r, i) in kept}
     flagged = queued[queued["stratum"] != "clean"]
     assert set(zip(flagged.request_id, flagged.image_index)) <= with_image

@@ -40,6 +40,13 @@ def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig | Con
         "--labels-per-window", type=int, default=defaults.labels_per_window, help="label budget per window (default: %(default)s)"
     )
     parser.add_argument(
+        "--labels-after-retrains",
+        type=int,
+        default=defaults.labels_after_retrains,
+        help="label budget per window once the retrains are spent: labels then only check the accuracy estimate "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--random-share",
         type=float,
         default=defaults.random_share,
@@ -64,6 +71,7 @@ def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig | Con
 
 LOOP_OPTIONS = (
     "labels_per_window",
+    "labels_after_retrains",
     "random_share",
     "retrain_after",
     "max_retrains",
@@ -114,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--windows", type=int, help="override the scenario's windows")
     parser.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
     parser.add_argument(
-        "--label-delay", type=int, default=defaults.label_delay, help="windows before labels come back (default: %(default)s)"
+        "--label-delay",
+        type=int,
+        default=defaults.label_delay,
+        help="windows before labels come back, 1 or more: the controller counts them at its next cycle (default: %(default)s)",
     )
     add_loop_options(parser, defaults)
     parser.add_argument("--out", type=Path, help="a new folder for the loop (default: .digitdrift/loops/<scenario>-<time>)")
@@ -165,7 +176,10 @@ def run_controller(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "simulate" and args.label_delay < 1:
+        parser.error(f"--label-delay {args.label_delay}: expected 1 or more (labels reach the controller at its next cycle)")
     configure_logging()
     logging.getLogger("common.datasets").setLevel(logging.WARNING)  # a line per pool load; the loop logs each window
     if args.command == "run":
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         use_tracking(settings)
         figures = reanalyse(args.reanalyse)
     else:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the server it started is stopped too
         figures = run_loop(config, settings)
     if args.result:
         args.result.write_text(json.dumps(figures, indent=2, default=str) + "\n")

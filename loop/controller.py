@@ -20,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +34,7 @@ from common.prediction_dataset import Part, filesystem, read_parts
 from common.settings import MODEL_NAME, PROJECT_ROOT
 from common.windows import DAILY_CLOCK, WindowClock, with_windows
 from labeling.queue import select_for_labeling
-from loop.decisions import labeling_since, retrain_due, windows_to_queue
+from loop.decisions import labeling_since, retrain_due, window_label_budget, windows_to_queue
 from monitoring.incremental import WATERMARK_FILE, Watermark
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class ControllerConfig:
     labels: Path  # the label store the labeling page (or a CSV/JSONL route) answers into
     out: Path  # the controller's folder: its state, watermark, queue, decisions, the logs of what it ran
     labels_per_window: int = 10
+    labels_after_retrains: int = 5  # a window's budget once the retrains are spent: labels then only check the estimate
     random_share: float = 0.3
     retrain_after: int = 100  # labeled images with their image kept, since the last retrain
     max_retrains: int = 3
@@ -137,10 +140,12 @@ def cycle_folder(config: ControllerConfig, cycle: int) -> Path:
     return config.out / f"cycle-{cycle:04d}"
 
 
-def queue_windows(config: ControllerConfig, records: pd.DataFrame, windows: range, queued: pd.DataFrame) -> pd.DataFrame:
-    """The images to label of `windows` (a budget per window, drawn within flag strata), none queued before."""
+def queue_windows(
+    config: ControllerConfig, records: pd.DataFrame, windows: range, queued: pd.DataFrame, budget: int
+) -> pd.DataFrame:
+    """The images to label of `windows` (`budget` per window, drawn within flag strata), none queued before."""
     mine = records[records["window"].isin(list(windows))]
-    return select_for_labeling(mine, config.labels_per_window, config.random_share, config.seed, already=queued)
+    return select_for_labeling(mine, budget, config.random_share, config.seed, already=queued)
 
 
 def new_records(config: ControllerConfig, state: ControllerState) -> tuple[pd.DataFrame, list[str]]:
@@ -244,12 +249,14 @@ def run_cycle(config: ControllerConfig, state: ControllerState) -> list[Decision
     records, consumed = new_records(config, state) if windows or len(to_queue) else (None, [])
     kept = kept_images(config.out, records)
     if records is not None and len(to_queue):
-        fresh = queue_windows(config, records, to_queue, queued)
+        budget = window_label_budget(config.labels_per_window, config.labels_after_retrains, state.retrains, config.max_retrains)
+        fresh = queue_windows(config, records, to_queue, queued, budget)
         write_whole(config.queue, pd.concat([queued, fresh], ignore_index=True).to_csv(index=False).encode())
         state.queued_through = to_queue[-1]
-        decisions.append(
-            Decision(cycle, "queued", f"{len(fresh)} images of windows {to_queue[0]}-{to_queue[-1]} to {config.queue}")
-        )
+        said = f"{len(fresh)} images of windows {to_queue[0]}-{to_queue[-1]} to {config.queue}"
+        if budget < config.labels_per_window:
+            said += f" (at most {budget} a window: the retrains are spent, labels only check the accuracy estimate)"
+        decisions.append(Decision(cycle, "queued", said))
     state.parts_read += consumed  # only now: a cycle that stops earlier reads them again
     save_state(config.out, state)
     if since is None:
@@ -287,6 +294,17 @@ def record(config: ControllerConfig, state: ControllerState, decisions: list[Dec
     mlflow.set_tags({"digitdrift.loop.last_decision": last.decision, "digitdrift.loop.reason": last.reason[:5000]})
 
 
+@contextmanager
+def controller_run(config: ControllerConfig) -> Iterator[None]:
+    """The MLflow run that holds a controller's decisions (`record`), with its settings as params."""
+    import mlflow
+
+    with mlflow.start_run(run_name="loop-controller", tags={"digitdrift.loop.dataset": config.dataset}):
+        settings = ("retrain_after", "max_retrains", "labels_per_window", "labels_after_retrains", "min_accuracy")
+        mlflow.log_params({name: getattr(config, name) for name in settings})
+        yield
+
+
 def control(config: ControllerConfig, cycles: int | None, every_s: float, stopping: threading.Event) -> list[Decision]:
     """Cycles, one each `every_s`, until `cycles` are done (None: until stopped) or `stopping` is set; the decisions,
     each recorded as it is taken. One MLflow run holds this controller's decisions. A first cycle that fails stops
@@ -297,9 +315,7 @@ def control(config: ControllerConfig, cycles: int | None, every_s: float, stoppi
     state = load_state(config.out)
     every: list[Decision] = []
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())  # the parts' commands use the same store
-    with mlflow.start_run(run_name="loop-controller", tags={"digitdrift.loop.dataset": config.dataset}):
-        settings = ("retrain_after", "max_retrains", "labels_per_window", "min_accuracy")
-        mlflow.log_params({name: getattr(config, name) for name in settings})
+    with controller_run(config):
         done = 0
         while not stopping.is_set():
             started = time.monotonic()

@@ -1,5 +1,5 @@
-"""The loop's decisions as pure functions: when labeling starts, which labels are in hand, when to retrain, and
-what opened after a promotion."""
+"""The loop's decisions as pure functions: when labeling starts, how many images a window gets labeled, which labels
+are in hand, when to retrain, and what opened after a promotion."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def retrain_due(images_in_hand: int, images_at_last_retrain: int, retrains: int,
     """Whether to retrain now: `retrain_after` more labeled images (with their image kept) than at the last retrain,
     and retrains left."""
     return retrains < max_retrains and images_in_hand - images_at_last_retrain >= retrain_after
+
+
+def window_label_budget(per_window: int, after_retrains: int, retrains: int, max_retrains: int) -> int:
+    """Images to label in a newly queued window: `per_window` while retrains are left; once they are spent the labels
+    train nothing more and only keep the label-assisted accuracy estimate close, so at most `after_retrains`."""
+    return per_window if retrains < max_retrains else min(per_window, after_retrains)
 
 
 def incidents_after(incidents: list[dict], window: int | None, windows: int) -> dict:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,11 +40,13 @@ from loop.controller import (
     ControllerConfig,
     ControllerState,
     Decision,
+    controller_run,
     cycle_folder,
     read_alerts,
     read_keyed_csv,
     record,
     run_cycle,
+    save_state,
 )
 from loop.decisions import incidents_after, labels_in_hand, serving_version
 from monitoring.dashboard import closed_loop_figure, write_dashboard
@@ -70,6 +71,7 @@ class LoopConfig:
     windows: int | None = None
     requests_per_window: int | None = None
     labels_per_window: int = 10
+    labels_after_retrains: int = 5
     random_share: float = 0.3
     label_delay: int = 1
     retrain_after: int = 100  # labeled images in hand (with their image) since the last retrain
@@ -131,9 +133,9 @@ def served_version(port: int) -> str:
 def wait_published(port: int, window: int) -> None:
     """Until the server has published every record it staged (a window's traffic is in the dataset)."""
     deadline = time.monotonic() + 120
-    while (staged := httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["publishing"]["staged_records"]) > 0:
+    while (publishing := httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["publishing"])["staged_records"]:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"window {window}: the server still held {staged} staged records after 120 s")
+            raise RuntimeError(f"window {window}: the server has not published its staged records in 120 s: {publishing}")
         time.sleep(0.2)
 
 
@@ -172,10 +174,9 @@ def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
 
 
 def controller_config(config: LoopConfig) -> ControllerConfig:
-    """The controller's settings for the loop's folder: the server's dataset, the annotator's labels.csv, windows
-    as the simulator stamps them, each judged as soon as its traffic is in."""
-    shared = ("labels_per_window", "random_share", "retrain_after", "max_retrains", "epochs", "train_limit")
-    shared += ("foreign_limit_per_class", "min_accuracy", "seed")
+    """The controller's settings for the loop's folder (the labels, retrains and gate as the loop's): the server's
+    dataset, the annotator's labels.csv, windows as the simulator stamps them, each judged once its traffic is in."""
+    shared = ({item.name for item in fields(ControllerConfig)} & {item.name for item in fields(LoopConfig)}) - {"out"}
     return ControllerConfig(
         dataset=str(config.out / DATASET),
         labels=config.out / "labels.csv",
@@ -186,14 +187,18 @@ def controller_config(config: LoopConfig) -> ControllerConfig:
     )
 
 
-def annotate(window: int, control: ControllerConfig, truth: pd.DataFrame, config: LoopConfig, state: LoopState) -> None:
-    """The annotator stand-in: the images the controller queued since it was last asked, answered from the
-    ground truth `label_delay` windows after theirs; the answers in hand by `window` go to the label store."""
+def answer_queue(control: ControllerConfig, truth: pd.DataFrame, config: LoopConfig, state: LoopState) -> None:
+    """The annotator stand-in: the images the controller queued since it was last asked (it only appends), answered
+    from the ground truth, to come back `label_delay` windows after theirs."""
     queue = read_keyed_csv(control.queue)
     fresh = queue.iloc[state.queued :]
     state.queued = len(queue)
     if len(fresh):
         state.answered.append(simulated_labels(fresh, truth, config.label_delay))
+
+
+def hand_in(window: int, control: ControllerConfig, state: LoopState) -> None:
+    """The answers that have come back by the end of `window`, written to the label store the controller reads."""
     in_hand = labels_in_hand(state.answered, window)
     if len(in_hand):
         write_labels(in_hand, control.labels)
@@ -203,8 +208,9 @@ def note_decisions(window: int, decisions: list[Decision], alerts: list[dict], s
     """The cycle's decisions as the loop's events (the window they came after); after a promotion, the wait for the
     server to follow."""
     for alert in alerts:
-        state.events.append({"window": window, "event": "alert", "version": str(alert["model_version"]), "rule": alert["rule"]})
-        log.info("window %d: alert %s on version %s", window, alert["rule"], alert["model_version"])
+        version, judged = str(alert["model_version"]), int(alert["window"])
+        state.events.append({"window": judged, "event": "alert", "version": version, "rule": alert["rule"]})
+        log.info("window %d: alert %s on version %s", judged, alert["rule"], version)
     challenger = None
     for decision in decisions:
         if decision.decision in ("retrain_failed", "promotion_failed"):
@@ -235,7 +241,6 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
     """The whole loop; returns closed_loop.json's figures."""
     config.out.mkdir(parents=True, exist_ok=True)
     use_tracking(settings)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())  # the controller's commands use the same store
     overrides = {"windows": config.windows, "requests_per_window": config.requests_per_window}
     scenario = load_scenario(config.scenario, **{key: value for key, value in overrides.items() if value})
     sim_dir = config.out / "simulation"
@@ -248,17 +253,19 @@ def run_loop(config: LoopConfig, settings: Settings) -> dict:
     started = time.perf_counter()
     try:
         first_version = served_version(port)
-        with mlflow.start_run(run_name="loop-controller", tags={"digitdrift.loop.dataset": control.dataset}):
+        with controller_run(control):
             for window in range(scenario.windows):
                 until = {"track": False, "until_window": window + 1, "progress": False}
                 sent = run_simulation(scenario, sim_dir, transport, settings, config.concurrency, **until)
                 if sent.stats.stopped_by:
                     raise RuntimeError(f"window {window}: the traffic stopped: {sent.stats.stopped_by}")
                 wait_published(port, window)
-                annotate(window, control, read_ground_truth(sim_dir / SIDECAR_FILE), config, state)
+                hand_in(window, control, state)
                 decisions = run_cycle(control, controlled)
+                save_state(control.out, controlled)
                 every += decisions
                 record(control, controlled, decisions, every)
+                answer_queue(control, read_ground_truth(sim_dir / SIDECAR_FILE), config, state)
                 alerts = read_alerts(cycle_folder(control, controlled.cycles) / "monitor")
                 note_decisions(window, decisions, alerts, state, port)
                 log.info("window %d/%d done: %s", window + 1, scenario.windows, ", ".join(d.decision for d in decisions))
@@ -402,6 +409,7 @@ def loop_figures(
         for version, group in drifted.groupby("model_version")
     }
     promotions = [event for event in state.events if event["event"] == "promoted"]
+    served_after = drifted[drifted["window"] > promotions[0]["window"]] if promotions else drifted.iloc[0:0]
     first_alert = next((event["window"] for event in state.events if event["event"] == "alert"), None)
     final_version = windows["model_version"].iloc[-1]
     inside = (windows["label_assisted_accuracy_low"] <= windows["realised_accuracy"]) & (
@@ -416,6 +424,12 @@ def loop_figures(
             "before": by_version.get(first_version),
             "after": by_version.get(final_version) if final_version != first_version else None,
             "by_version": by_version,
+            "from_first_promotion_on": {
+                "windows": len(served_after),
+                "realised_accuracy": round(float(served_after["realised_accuracy"].mean()), 4),
+            }
+            if len(served_after)
+            else None,
             "drifted_means_true_foreign_share_at_least": DRIFTED_SHARE,
         },
         "labels": {

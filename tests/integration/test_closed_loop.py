@@ -88,6 +88,8 @@ def _first_promotion(figures: dict) -> dict:
 
 
 def test_the_loop_goes_from_an_alert_through_labels_and_retrains_to_a_promotion_the_server_follows(loop):
+    import pandas as pd
+
     _, out, figures = loop
     first_alert = figures["first_alert_window"]
     assert first_alert is not None and first_alert <= 6  # Devanagari is a quarter of the traffic by window 3
@@ -111,6 +113,9 @@ def test_the_loop_goes_from_an_alert_through_labels_and_retrains_to_a_promotion_
     judged = [decision["reason"].split(":")[0] for decision in decided if decision["decision"] == "judged"]
     assert judged == [f"windows {window}-{window}" for window in range(SMALL_SCENARIO["windows"])]
     assert [decision["decision"] for decision in decided].count("retrained") == 2
+    # once both retrains are spent, a window's labels only check the estimate: 5 a window, not 20
+    queued = pd.read_csv(out / "controller" / "queue.csv").groupby("window").size()
+    assert (queued[queued.index <= second["window"]] == 20).all() and (queued[queued.index > second["window"]] == 5).all()
     assert figures["labels"]["queued"] <= 20 * (SMALL_SCENARIO["windows"] - first_alert)
 
 

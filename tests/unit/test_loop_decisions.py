@@ -2,7 +2,15 @@
 
 import pandas as pd
 
-from loop.decisions import incidents_after, labeling_since, labels_in_hand, retrain_due, serving_version, windows_to_queue
+from loop.decisions import (
+    incidents_after,
+    labeling_since,
+    labels_in_hand,
+    retrain_due,
+    serving_version,
+    window_label_budget,
+    windows_to_queue,
+)
 
 
 def test_labeling_starts_at_the_first_alert_and_goes_on_without_alerts():
@@ -56,3 +64,10 @@ def test_each_judged_window_from_the_first_alert_is_queued_once():
     assert list(windows_to_queue(since=4, judged_through=7, queued_through=None)) == [4, 5, 6, 7]
     assert list(windows_to_queue(since=4, judged_through=7, queued_through=7)) == []  # no new window
     assert list(windows_to_queue(since=4, judged_through=9, queued_through=7)) == [8, 9]
+
+
+def test_a_window_gets_fewer_labels_once_the_retrains_are_spent():
+    assert window_label_budget(10, 5, retrains=2, max_retrains=3) == 10  # labels still feed a retrain
+    assert window_label_budget(10, 5, retrains=3, max_retrains=3) == 5  # they only check the estimate now
+    assert window_label_budget(4, 5, retrains=3, max_retrains=3) == 4  # never more than the budget
+    assert window_label_budget(10, 0, retrains=3, max_retrains=3) == 0

@@ -78,7 +78,6 @@ def test_a_retrained_challenger_with_too_few_replay_images_fails_the_gate():
 
     none = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(None, None, "2", 0))
     assert not none.promoted and "candidate model replay_images = 0, replay_images threshold = 5" in none.reason
-
     assert "too few labeled images held out" in none.reason and "replay_accuracy" not in none.gate["thresholds"]
     lucky = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(1 / 3, 0.0, "2", 3))
     assert not lucky.promoted and "replay_images = 3" in lucky.reason and lucky.gate["candidate"]["replay_images"] == 3

@@ -369,6 +369,11 @@ def plan_register(
     return [Call("models.create_or_update", {"model": model}, f"{MODEL_NAME} from job {job_name}{retrained}, as the challenger")]
 
 
+def load_job_with(name: str, values: dict[str, str]) -> Any:
+    """A job spec loaded by the SDK with `values` set on it, as `az ml job create --set path=value` gives it."""
+    return load_job(SPECS / SPEC_FILES[name], params_override=[{path: value} for path, value in values.items()])
+
+
 def plan_retrain(labels: str, parent_version: str, predictions: str, environment_id: str) -> list[Call]:
     """The retrain job: version `parent_version` fine-tuned on the images `labels` (an absolute local path, which the
     SDK uploads, or a datastore URI) labels in the collector folder `predictions`."""
@@ -378,15 +383,8 @@ def plan_retrain(labels: str, parent_version: str, predictions: str, environment
         )
     if "://" not in labels and not Path(labels).is_absolute():
         raise CloudError(f"labels {labels!r}: give an absolute path (the SDK would look for a relative one beside the spec)")
-    # the job as `az ml job create --set` would give it
-    job = load_job(
-        SPECS / SPEC_FILES["retrain-job"],
-        params_override=[
-            {"inputs.labels.path": labels},
-            {"inputs.parent": f"models:/{MODEL_NAME}/{parent_version}"},
-            {"inputs.predictions.path": predictions},
-        ],
-    )
+    overrides = {"inputs.labels.path": labels, "inputs.parent": f"models:/{MODEL_NAME}/{parent_version}"}
+    job = load_job_with("retrain-job", {**overrides, "inputs.predictions.path": predictions})
     job.environment = environment_id
     why = f"the retrain job: {MODEL_NAME} version {parent_version} on the labels in {Path(labels).name}"
     return [Call("jobs.create_or_update", {"job": job}, why)]
@@ -396,16 +394,10 @@ def plan_monitor(specs: dict[str, Any], endpoint: str, slot: str, version: str, 
     """Both monitors of the deployment `slot` serving `version`: ours (a pipeline on a daily schedule, its watermark
     keyed by a dataset id that stays when Azure mounts the data at a new path) and Azure's own."""
     collected = collector_folder(endpoint, slot)
-    # the job as `az ml ... --set` would give it: the pipeline's inputs are bound to its step, so they are set at load
-    job = load_job(
-        SPECS / SPEC_FILES["monitor-job"],
-        params_override=[
-            {"inputs.predictions.path": collected},
-            {"inputs.model.path": f"azureml:{MODEL_NAME}:{version}"},
-            {"inputs.model_version": version},
-            {"inputs.dataset_id": f"{endpoint}/{slot}/model_outputs"},
-        ],
-    )
+    # the pipeline's inputs are bound to its steps, so they are set at load
+    overrides = {"inputs.predictions.path": collected, "inputs.model.path": f"azureml:{MODEL_NAME}:{version}"}
+    overrides |= {"inputs.model_version": version, "inputs.dataset_id": f"{endpoint}/{slot}/model_outputs"}
+    job = load_job_with("monitor-job", overrides)
     for step in job.jobs.values():
         step.environment = environment_id
     schedule = replace_entity(specs["monitor-schedule"], create_job=job)

@@ -101,12 +101,14 @@ def save_state(out: Path, state: ControllerState) -> None:
     write_whole(out / STATE_FILE, json.dumps(asdict(state), indent=2).encode())
 
 
-def run_command(command: list[str], log_path: Path) -> tuple[int, str]:
-    """A part's command, its output written to `log_path` as it runs (follow it there); (exit code, last line)."""
+def run_command(command: list[str], log_path: Path, says: tuple[str, ...] = ()) -> tuple[int, str]:
+    """A part's command, its output written to `log_path` as it runs (follow it there); (exit code, what it said
+    last: its last line starting with one of `says`, else its last line)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as output:
         code = subprocess.run(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
-    last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
+    lines = log_path.read_text(errors="replace").strip().splitlines() or [""]
+    last = next((line for line in reversed(lines) if line.startswith(says)), lines[-1])
     log.info("  %s", last)
     return code, last
 
@@ -210,9 +212,7 @@ def retrain_and_promote(config: ControllerConfig, state: ControllerState, folder
     decisions = [Decision(state.cycles, "retrained", last)]
     promote = [sys.executable, "-m", "training", "promote", "--model-name", MODEL_NAME]
     promote += ["--min-accuracy", str(config.min_accuracy)]
-    code, reason = run_command(promote, folder / "promote.log")
-    said = [line for line in (folder / "promote.log").read_text(errors="replace").splitlines() if line.startswith(GATE_SAYS)]
-    reason = said[-1] if said else reason  # its decision, whatever a library logged after it
+    code, reason = run_command(promote, folder / "promote.log", says=GATE_SAYS)  # whatever a library logged after it
     outcome = "promoted" if code == 0 else "promotion_refused" if reason.startswith("not promoted") else "promotion_failed"
     decisions.append(Decision(state.cycles, outcome, reason if outcome != "promotion_failed" else f"{reason} (see {folder})"))
     return decisions

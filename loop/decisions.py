@@ -8,9 +8,10 @@ import pandas as pd
 ANSWER_COLUMNS = ["request_id", "image_index", "label", "window", "arrived_window"]
 
 
-def serving_version(records: pd.DataFrame) -> str:
-    """The version that served most of these records (a window split by a switch counts for its main version)."""
-    return str(records["model_version"].mode().iloc[0])
+def serving_version(versions: pd.Series) -> str:
+    """The version that served most of these records' `versions` (a window split by a switch counts for its main
+    version)."""
+    return str(versions.mode().iloc[0])
 
 
 def labeling_since(since: int | None, window: int, alerted: bool) -> int | None:

@@ -161,7 +161,7 @@ def records_frame(out: Path) -> pd.DataFrame:
 def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
     """The incidents of the whole run, as the monitor would raise them: each window judged against the reference of
     the version that served most of it, under that version's policy."""
-    main_version = records.groupby("window")["model_version"].agg(lambda versions: serving_version(versions.to_frame()))
+    main_version = records.groupby("window")["model_version"].agg(serving_version)
     checks, policy = [], None
     for version, mine in records.groupby("model_version", sort=False):
         reference = references(str(version))

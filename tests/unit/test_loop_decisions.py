@@ -44,7 +44,7 @@ def test_a_retrain_is_due_after_enough_new_labeled_images_while_retrains_are_lef
 
 def test_the_version_of_a_window_split_by_a_switch_is_the_one_that_served_most_of_it():
     records = pd.DataFrame({"model_version": ["1", "2", "2", "1", "2"]})
-    assert serving_version(records) == "2"
+    assert serving_version(records["model_version"]) == "2"
 
 
 def test_incidents_after_the_first_promotion_are_counted_per_100_windows():

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -224,6 +225,30 @@ def read_records(location: str, columns: list[str] | None = None) -> pd.DataFram
         return pd.DataFrame(read_prediction_log(location, columns))  # in scoring order already
     frame = frame.sort_values(["timestamp", "request_id", "image_index"], kind="stable").reset_index(drop=True)
     return frame if columns is None else frame.reindex(columns=columns)
+
+
+def local_parquet(fs, parts: list[Part], cache_dir: Path) -> list[str]:
+    """Local Parquet paths of `parts` for engines that read local Parquet only (DuckDB, Spark): local Parquet parts
+    as they are, blobs and collector JSON lines copied into `cache_dir` (as Parquet) once each."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    files = []
+    for part in parts:
+        if isinstance(fs, LocalFileSystem) and part.kind == "parquet":
+            files.append(part.path)
+            continue
+        name = part.path.replace("/", "__")
+        target = cache_dir / (name if part.kind == "parquet" else name.removesuffix(COLLECTOR_SUFFIX) + PART_SUFFIX)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(".tmp")
+            if part.kind == "parquet":
+                fs.get_file(part.path, str(temporary))
+            else:
+                read_parts(fs, [part]).to_parquet(temporary, index=False)
+            temporary.replace(target)
+        files.append(str(target))
+    return files
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from common.images import NUM_CLASSES
+from common.prediction_dataset import Part, local_parquet
 from common.quality import DUPLICATE_MIN_COUNT, QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.reference import CONFIDENCE_BINS, Reference
 from common.windows import DAILY_CLOCK, NOTHING_LEFT_OUT, ORIGIN_S, SIMULATED_CLOCK, LeftOut, WindowClock, choose_clock
+from monitoring.errors import MonitoringError
+from monitoring.incremental import Increment
 from monitoring.metrics import (
     AGGREGATE_COLUMNS,
     CONFIDENCE_QUANTILES,
@@ -29,10 +32,6 @@ from monitoring.metrics import (
 # DuckDB's own limit is 80% of the machine's memory; the engine's promise is a bounded footprint, spilling past it
 MEMORY_LIMIT = os.environ.get("DIGITDRIFT_DUCKDB_MEMORY", "2GB")
 _views = itertools.count()
-
-
-class DuckLogError(ValueError):
-    """A log the DuckDB engine cannot read; the message names the path and what was expected."""
 
 
 def literal(text: str) -> str:
@@ -71,19 +70,28 @@ class DuckLog:
         self.left_out = left_out  # records the reading could not place in a window
 
     @classmethod
-    def read(cls, path: str | Path, clock: str = "auto", wall: WindowClock = DAILY_CLOCK) -> DuckLog:
+    def read(cls, path: str | Path, clock: str = "auto", wall: WindowClock = DAILY_CLOCK, spark_master: str = "") -> DuckLog:
         """A Parquet log (a file, or a folder of part files), each record in its window under the clock `clock`
         names (auto, simulated, wall; `wall`: the time windows' length and timezone)."""
         path = Path(path)
         if path.suffix == ".db":
-            raise DuckLogError(
+            raise MonitoringError(
                 f"{path}: the DuckDB engine reads Parquet logs; export the SQLite log first "
                 "(python -m serving --prediction-log LOG --export-parquet LOG.parquet), or use --engine pandas"
             )
         if not path.exists():
-            raise DuckLogError(f"{path}: no prediction log here (a Parquet file or folder)")
+            raise MonitoringError(f"{path}: no prediction log here (a Parquet file or folder)")
         files = [str(path / "**" / "*.parquet")] if path.is_dir() else [str(path)]
         return cls._load(files, str(path), clock, wall)
+
+    @classmethod
+    def read_increment(
+        cls, fs, parts: list[Part], increment: Increment, location: str, cache_dir: Path, spark_master: str = ""
+    ) -> DuckLog:
+        """The records of the windows an increment judges, from a dataset's parts read where they are (local
+        Parquet) or from their copies in `cache_dir`."""
+        files = local_parquet(fs, parts, cache_dir)
+        return cls.read_files(files, location, increment.after, increment.through, increment.clock)
 
     @classmethod
     def read_files(cls, files: list[str], label: str, after: int | None, through: int, clock: WindowClock) -> DuckLog:
@@ -114,10 +122,10 @@ class DuckLog:
             present = [row[0] for row in connection.execute(f"DESCRIBE {raw}").fetchall()]
             missing = [column for column in REQUIRED_COLUMNS if column not in present]
             if missing:
-                raise DuckLogError(f"{label}: not a prediction log (missing column(s) {', '.join(missing)})")
+                raise MonitoringError(f"{label}: not a prediction log (missing column(s) {', '.join(missing)})")
             stamped, total = connection.execute(f'SELECT count("window"), count(*) FROM {raw}').fetchone()
             if not total:
-                raise DuckLogError(f"{label}: the prediction log is empty: nothing to monitor yet")
+                raise MonitoringError(f"{label}: the prediction log is empty: nothing to monitor yet")
             chosen = choose_clock(clock, stamped, total - stamped, wall, label)
             # logs from before a column existed: NULLs
             absent = ", ".join(f"NULL::DOUBLE AS {column}" for column in PREDICTION_COLUMNS if column not in present)
@@ -136,9 +144,9 @@ class DuckLog:
             ).df()
         except duckdb.Error as err:
             connection.close()
-            raise DuckLogError(f"{label}: not a readable Parquet log ({str(err).splitlines()[0][:300]})") from None
+            raise MonitoringError(f"{label}: not a readable Parquet log ({str(err).splitlines()[0][:300]})") from None
         if inventory.empty:
-            raise DuckLogError(f"{label}: no record has a readable window ({'; '.join(left_out.messages())})")
+            raise MonitoringError(f"{label}: no record has a readable window ({'; '.join(left_out.messages())})")
         return cls(connection, view, inventory, chosen, left_out)
 
     def query(self, sql: str) -> pd.DataFrame:

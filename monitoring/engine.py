@@ -1,4 +1,4 @@
-"""The interface every monitoring engine implements, and how a log is opened with one.
+"""The interface every monitoring engine implements, the engines by name, and how a log is opened with one.
 
 An engine reads a prediction log and computes, per window, only counts, sums, quantiles and keyed
 samples; `monitoring.metrics.judge_windows` turns those into every metric, test and alert, so the
@@ -7,25 +7,32 @@ pandas engine (in memory) and the Spark engine (a cluster) reach the same verdic
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
-from common.prediction_dataset import COLLECTOR_SUFFIX, PART_SUFFIX, DatasetError, Part, filesystem, read_parts
+from common.prediction_dataset import DatasetError, Part, filesystem, read_parts
 from common.records import read_ground_truth
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
 from common.windows import DAILY_CLOCK, LeftOut, WindowClock, WindowError, with_windows
 from monitoring.errors import MonitoringError
-from monitoring.incremental import Increment, in_increment
+from monitoring.incremental import Increment
 
 if TYPE_CHECKING:
     from monitoring.model import ModelRef
 
 logger = logging.getLogger(__name__)
-ENGINES = ("auto", "pandas", "duckdb", "spark")
+# Each engine by name: the module and class that read a log file (`read`) and a dataset's increment (`read_increment`)
+ENGINE_CLASSES = {
+    "pandas": ("monitoring.pandas_engine", "PandasLog"),
+    "duckdb": ("monitoring.duckdb_engine", "DuckLog"),
+    "spark": ("monitoring.spark_engine", "SparkLog"),
+}
+ENGINES = ("auto", *ENGINE_CLASSES)
 
 
 class LogEngine(Protocol):
@@ -34,6 +41,18 @@ class LogEngine(Protocol):
     engine: str
     clock: WindowClock  # how the records' windows were numbered
     left_out: LeftOut  # records the reading could not place in a window (counted, named)
+
+    @classmethod
+    def read(cls, path: str | Path, clock: str, wall: WindowClock, spark_master: str) -> LogEngine:
+        """A log file, each record in its window under the clock `clock` names (`wall`: the time windows' length
+        and timezone); MonitoringError names a log it cannot read."""
+
+    @classmethod
+    def read_increment(
+        cls, fs, parts: list[Part], increment: Increment, location: str, cache_dir: Path, spark_master: str
+    ) -> LogEngine:
+        """The records of the windows an increment judges, read from a dataset's `parts` (a blob or collector part
+        copied into `cache_dir` first by engines that read local Parquet only); `left_out` is the caller's."""
 
     def versions(self) -> list[str]:
         """The model versions the log holds records of."""
@@ -72,6 +91,14 @@ def chosen_engine(engine: str, path: str | Path | None = None) -> str:
     return "pandas"
 
 
+def engine_class(engine: str) -> type[LogEngine]:
+    """The class of the engine named `engine` (not auto), imported now: Spark's import alone takes seconds."""
+    if engine not in ENGINE_CLASSES:
+        raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    module, name = ENGINE_CLASSES[engine]
+    return getattr(importlib.import_module(module), name)
+
+
 def open_log(
     path: str | Path,
     engine: str = "auto",
@@ -82,25 +109,9 @@ def open_log(
     """The prediction log at `path`, read by the pandas engine (SQLite or Parquet), DuckDB (Parquet) or Spark
     (Parquet), each record in its window under `clock` (auto, simulated or wall; `wall`: the time windows' length
     and timezone)."""
-    engine = chosen_engine(engine, path)
-    if engine == "pandas":
-        from monitoring.pandas_engine import PandasLog
-
-        return PandasLog.read(path, clock, wall)
-    if engine == "duckdb":
-        from monitoring.duckdb_engine import DuckLog, DuckLogError
-
-        try:
-            return DuckLog.read(path, clock, wall)
-        except (DuckLogError, WindowError) as err:
-            raise MonitoringError(str(err)) from None
-    if engine != "spark":
-        raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    from monitoring.spark_engine import SparkLog, SparkLogError
-
     try:
-        return SparkLog.read(path, spark_master, clock, wall)
-    except (SparkLogError, WindowError) as err:
+        return engine_class(chosen_engine(engine, path)).read(path, clock, wall, spark_master)
+    except WindowError as err:
         raise MonitoringError(str(err)) from None
 
 
@@ -135,47 +146,14 @@ def open_dataset(
     DuckDB and Spark read local Parquet parts where they are; parts in a blob container, and collector JSON
     lines, are first copied into `cache_dir` as Parquet (neither has an Azure connector here), once each.
     """
-    engine = chosen_engine(engine)
     fs, _ = filesystem(location)
     parts = list(increment.parts)
-    clock = increment.clock
     if increment.through is None or not parts:
         raise MonitoringError(f"{location}: no complete window to judge yet (every window so far is judged or still open)")
     try:
         left_out = _left_out(fs, [part for part in parts if part.path not in set(increment.reread)], increment, location)
+        log = engine_class(chosen_engine(engine)).read_increment(fs, parts, increment, location, cache_dir, spark_master)
     except DatasetError as err:
-        raise MonitoringError(str(err)) from None
-    if engine == "pandas":
-        from monitoring.pandas_engine import IMAGE_COLUMNS, JUDGED_COLUMNS, PandasLog
-
-        def images(windows: list[int]) -> pd.DataFrame:
-            frame, _ = with_windows(read_parts(fs, parts, IMAGE_COLUMNS), clock, location)
-            return frame[frame["window"].isin(windows) & frame["image"].notna()]
-
-        try:
-            frame = read_parts(fs, parts, JUDGED_COLUMNS + ["timestamp"])
-        except DatasetError as err:
-            raise MonitoringError(str(err)) from None
-        placed, _ = with_windows(frame, clock, location)
-        keep = in_increment(placed["window"], increment)
-        return PandasLog(placed[keep].drop(columns=["timestamp"]), images, clock, left_out)
-    if engine == "duckdb":
-        from monitoring.duckdb_engine import DuckLog, DuckLogError
-
-        try:
-            log = DuckLog.read_files(local_parquet(fs, parts, cache_dir), location, increment.after, increment.through, clock)
-        except (DuckLogError, DatasetError) as err:
-            raise MonitoringError(str(err)) from None
-        log.left_out = left_out
-        return log
-    if engine != "spark":
-        raise MonitoringError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    from monitoring.spark_engine import SparkLog, SparkLogError
-
-    try:
-        files = local_parquet(fs, parts, cache_dir)
-        log = SparkLog.read_files(files, location, spark_master, increment.after, increment.through, clock)
-    except (SparkLogError, DatasetError) as err:
         raise MonitoringError(str(err)) from None
     log.left_out = left_out
     return log
@@ -189,26 +167,3 @@ def _left_out(fs, fresh: list[Part], increment: Increment, location: str) -> Lef
     placed, left_out = with_windows(frame, increment.clock, location)
     late = int((placed["window"] <= increment.after).sum()) if increment.after is not None else 0
     return left_out + LeftOut(late=late)
-
-
-def local_parquet(fs, parts: list[Part], cache_dir: Path) -> list[str]:
-    """Local Parquet paths of `parts`: local Parquet parts as they are, others copied (and converted) once."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    files = []
-    for part in parts:
-        if isinstance(fs, LocalFileSystem) and part.kind == "parquet":
-            files.append(part.path)
-            continue
-        name = part.path.replace("/", "__")
-        target = cache_dir / (name if part.kind == "parquet" else name.removesuffix(COLLECTOR_SUFFIX) + PART_SUFFIX)
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_suffix(".tmp")
-            if part.kind == "parquet":
-                fs.get_file(part.path, str(temporary))
-            else:
-                read_parts(fs, [part]).to_parquet(temporary, index=False)
-            temporary.replace(target)
-        files.append(str(target))
-    return files

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from common.prediction_dataset import Part, read_parts
 from common.records import PREDICTION_COLUMNS, read_prediction_log
 from common.reference import Reference
 from common.windows import (
@@ -25,6 +26,7 @@ from common.windows import (
 from monitoring.clusters import flagged_mask
 from monitoring.errors import MonitoringError
 from monitoring.gallery import least_confident
+from monitoring.incremental import Increment, in_increment
 from monitoring.metrics import sample_keys, truth_metrics, window_aggregates, window_samples
 
 # What judging reads: every column but the image blobs, which only the gallery needs (for a few records of a
@@ -122,7 +124,7 @@ class PandasLog:
         self.left_out = left_out  # records the reading could not place in a window
 
     @classmethod
-    def read(cls, path: str | Path, clock: str = "auto", wall: WindowClock = DAILY_CLOCK) -> PandasLog:
+    def read(cls, path: str | Path, clock: str = "auto", wall: WindowClock = DAILY_CLOCK, spark_master: str = "") -> PandasLog:
         """A log file's judged columns in memory, each record in its window under the clock `clock` names
         (auto, simulated, wall; `wall` is the time windows' length and timezone), its images left on disk
         until the gallery asks for some."""
@@ -135,6 +137,21 @@ class PandasLog:
         if placed.empty:
             raise MonitoringError(f"{path}: no record has a readable window ({'; '.join(left_out.messages())})")
         return cls(placed.drop(columns=["timestamp"], errors="ignore"), log_images(path, chosen), chosen, left_out)
+
+    @classmethod
+    def read_increment(
+        cls, fs, parts: list[Part], increment: Increment, location: str, cache_dir: Path, spark_master: str = ""
+    ) -> PandasLog:
+        """The judged columns of a dataset's `parts` in memory, only the records of the windows the increment
+        judges, their images left in the parts until the gallery asks for some."""
+
+        def images(windows: list[int]) -> pd.DataFrame:
+            frame, _ = with_windows(read_parts(fs, parts, IMAGE_COLUMNS), increment.clock, location)
+            return frame[frame["window"].isin(windows) & frame["image"].notna()]
+
+        placed, _ = with_windows(read_parts(fs, parts, JUDGED_COLUMNS + ["timestamp"]), increment.clock, location)
+        keep = in_increment(placed["window"], increment)
+        return cls(placed[keep].drop(columns=["timestamp"]), images, increment.clock)
 
     def versions(self) -> list[str]:
         return sorted(set(self.frame["model_version"].astype(str)))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.images import NUM_CLASSES
+from common.prediction_dataset import Part, local_parquet
 from common.quality import DUPLICATE_MIN_COUNT, QUALITY_CAUSES
 from common.records import FOREIGN_FLAG, LOW_CONFIDENCE_FLAG, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from common.reference import CONFIDENCE_BINS, Reference
@@ -20,6 +21,8 @@ from common.windows import (
     WindowClock,
     choose_clock,
 )
+from monitoring.errors import MonitoringError
+from monitoring.incremental import Increment
 from monitoring.metrics import (
     AGGREGATE_COLUMNS,
     CONFIDENCE_QUANTILES,
@@ -30,10 +33,6 @@ from monitoring.metrics import (
     SAMPLE_KEY_HEX_DIGITS,
     key_cut,
 )
-
-
-class SparkLogError(ValueError):
-    """A log the Spark engine cannot read; the message names the path and what was expected."""
 
 
 class SparkLog:
@@ -51,19 +50,28 @@ class SparkLog:
 
     @classmethod
     def read(
-        cls, path: str | Path, spark_master: str = DEFAULT_SPARK_MASTER, clock: str = "auto", wall: WindowClock = DAILY_CLOCK
+        cls, path: str | Path, clock: str = "auto", wall: WindowClock = DAILY_CLOCK, spark_master: str = DEFAULT_SPARK_MASTER
     ) -> SparkLog:
         """A Parquet log (a file, or a folder of part files as Spark writes), each record in its window under the
         clock `clock` names (auto, simulated, wall; `wall`: the time windows' length and timezone)."""
         path = Path(path)
         if path.suffix == ".db":
-            raise SparkLogError(
+            raise MonitoringError(
                 f"{path}: the Spark engine reads Parquet logs; export the SQLite log first "
                 "(python -m serving --prediction-log LOG --export-parquet LOG.parquet), or use --engine pandas"
             )
         if not path.exists():
-            raise SparkLogError(f"{path}: no prediction log here (a Parquet file or folder)")
+            raise MonitoringError(f"{path}: no prediction log here (a Parquet file or folder)")
         return cls._load([str(path)], str(path), spark_master, clock, wall)
+
+    @classmethod
+    def read_increment(
+        cls, fs, parts: list[Part], increment: Increment, location: str, cache_dir: Path, spark_master: str
+    ) -> SparkLog:
+        """The records of the windows an increment judges, from a dataset's parts read where they are (local
+        Parquet) or from their copies in `cache_dir`."""
+        files = local_parquet(fs, parts, cache_dir)
+        return cls.read_files(files, location, spark_master, increment.after, increment.through, increment.clock)
 
     @classmethod
     def read_files(
@@ -92,13 +100,13 @@ class SparkLog:
             frame = spark.read.parquet(*paths)
             missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
             if missing:
-                raise SparkLogError(f"{label}: not a prediction log (missing column(s) {', '.join(missing)})")
+                raise MonitoringError(f"{label}: not a prediction log (missing column(s) {', '.join(missing)})")
             if windows is not None:
                 frame = frame.dropDuplicates(["request_id", "image_index"])
             frame = frame.withColumn("model_version", F.col("model_version").cast("string"))
             stamped, total = frame.agg(F.count("window"), F.count(F.lit(1))).first()
             if not total:
-                raise SparkLogError(f"{label}: the prediction log is empty: nothing to monitor yet")
+                raise MonitoringError(f"{label}: the prediction log is empty: nothing to monitor yet")
             chosen = choose_clock(clock, stamped, total - stamped, wall, label)
             frame, left_out = _with_windows(frame, chosen, label)
             if windows is not None:
@@ -109,9 +117,9 @@ class SparkLog:
             inventory = frame.groupBy("model_name", "model_version").agg(F.count(F.lit(1)).alias("records")).toPandas()
         except (AnalysisException, Py4JJavaError) as err:
             reason = err.java_exception.getMessage() if isinstance(err, Py4JJavaError) else str(err)
-            raise SparkLogError(f"{label}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
+            raise MonitoringError(f"{label}: not a readable Parquet log ({reason.splitlines()[0][:300]})") from None
         if inventory.empty:
-            raise SparkLogError(f"{label}: no record has a readable window ({'; '.join(left_out.messages())})")
+            raise MonitoringError(f"{label}: no record has a readable window ({'; '.join(left_out.messages())})")
         for column in PREDICTION_COLUMNS:  # logs from before a column existed: NULLs
             if column not in frame.columns:
                 frame = frame.withColumn(column, F.lit(None).cast("double"))

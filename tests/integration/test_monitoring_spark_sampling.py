@@ -6,6 +6,7 @@ import pytest
 
 from common.records import PROJECTION_COLUMNS
 from monitoring import metrics, spark_engine
+from monitoring.errors import MonitoringError
 from monitoring.metrics import window_samples
 from monitoring.spark_engine import SparkLog
 
@@ -73,7 +74,7 @@ def test_a_log_the_spark_engine_cannot_read_is_named_with_what_was_expected(spar
         frame.head(3).assign(window=None, timestamp="never").to_parquet(path)
     elif write is not None:
         write(path)
-    with pytest.raises(spark_engine.SparkLogError) as raised:
+    with pytest.raises(MonitoringError) as raised:
         SparkLog.read(path)
     assert str(raised.value).startswith(str(path)) and message in str(raised.value)
 

@@ -7,7 +7,7 @@ import pytest
 from common.prediction_dataset import Part, filesystem, read_parts
 from common.records import PROBABILITY_COLUMNS, PROJECTION_COLUMNS
 from common.windows import WindowClock, with_windows
-from monitoring.duckdb_engine import DuckLog, DuckLogError
+from monitoring.duckdb_engine import DuckLog
 from monitoring.engine import open_log
 from monitoring.errors import MonitoringError
 from monitoring.metrics import AGGREGATE_COLUMNS, MonitorConfig, judge_windows
@@ -124,5 +124,5 @@ def test_a_sqlite_log_or_a_missing_one_is_named_with_what_to_do(tmp_path):
     with pytest.raises(MonitoringError, match=r"nothing\.parquet: no prediction log here"):
         open_log(tmp_path / "nothing.parquet", "duckdb")
     pd.DataFrame({"request_id": ["a"], "confidence": [0.5]}).to_parquet(tmp_path / "other.parquet")
-    with pytest.raises(DuckLogError, match=r"other\.parquet: not a prediction log \(missing column\(s\) image_index"):
+    with pytest.raises(MonitoringError, match=r"other\.parquet: not a prediction log \(missing column\(s\) image_index"):
         DuckLog.read(tmp_path / "other.parquet")

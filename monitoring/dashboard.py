@@ -12,17 +12,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from monitoring.alerts import Alert
-from monitoring.metrics import DATA_QUALITY_CAUSES
+from monitoring.catalog import ACCURACY, CLASS_MIX, CONFIDENCE, DRIFT_TESTS, FOREIGN, PANELS, RATES, drawn_in, label
 
 BLUE, GREEN = (31, 119, 180), (44, 160, 44)  # Plotly's first and third default colours
-PANELS = (
-    "Volume, flag rates and data-quality causes",
-    "Confidence",
-    "Predicted-class mix",
-    "Drift tests (p-values, log scale)",
-    "Accuracy: estimated without labels",
-    "Foreign digits: estimated share",
-)
 
 
 def window_axis(metrics: pd.DataFrame) -> pd.Series:
@@ -57,52 +49,45 @@ def dashboard_figure(
         specs=[[{"secondary_y": index == 0}] for index in range(len(PANELS))],
     )
     x = metrics["x"]
-    figure.add_bar(x=x, y=metrics["volume"], name="volume", marker_color="#c7d3e3", row=1, col=1, secondary_y=True)
-    figure.add_scatter(x=x, y=metrics["low_confidence_rate"], name="low-confidence rate", row=1, col=1)
-    if metrics["foreign_rate"].notna().any():
-        figure.add_scatter(x=x, y=metrics["foreign_rate"], name="foreign-flag rate", row=1, col=1)
-    for cause in DATA_QUALITY_CAUSES:  # only the causes some window holds: a clean history draws none
-        column = f"{cause}_rate"
-        if column in metrics and (metrics[column].fillna(0) > 0).any():
-            figure.add_scatter(x=x, y=metrics[column], name=f"{cause.replace('_', '-')} rate", line_dash="dash", row=1, col=1)
-    for column, name in (
-        ("confidence_p10", "confidence p10"),
-        ("confidence_p50", "confidence median"),
-        ("confidence_mean", "confidence mean"),
-    ):
-        figure.add_scatter(x=x, y=metrics[column], name=name, row=2, col=1)
-    for digit in range(10):
+    row = {panel: index + 1 for index, panel in enumerate(PANELS)}
+    volume, low_confidence, foreign, *causes = drawn_in(RATES)
+    figure.add_bar(x=x, y=metrics[volume.column], name=volume.label, marker_color="#c7d3e3", row=1, col=1, secondary_y=True)
+    figure.add_scatter(x=x, y=metrics[low_confidence.column], name=low_confidence.label, row=1, col=1)
+    if metrics[foreign.column].notna().any():
+        figure.add_scatter(x=x, y=metrics[foreign.column], name=foreign.label, row=1, col=1)
+    for metric in causes:  # only the causes some window holds: a clean history draws none
+        if metric.column in metrics and (metrics[metric.column].fillna(0) > 0).any():
+            figure.add_scatter(x=x, y=metrics[metric.column], name=metric.label, line_dash="dash", row=1, col=1)
+    for metric in drawn_in(CONFIDENCE):
+        figure.add_scatter(x=x, y=metrics[metric.column], name=metric.label, row=row[CONFIDENCE], col=1)
+    for metric in drawn_in(CLASS_MIX):
         figure.add_scatter(
             x=x,
-            y=metrics[f"class_{digit}_share"],
-            name=f"class {digit}",
+            y=metrics[metric.column],
+            name=metric.label,
             stackgroup="classes",
             mode="none",
-            row=3,
+            row=row[CLASS_MIX],
             col=1,
             legendgroup="classes",
         )
-    for column, name in (
-        ("foreign_p", "foreign-flag test"),
-        ("class_mix_p", "class mix (chi-square)"),
-        ("confidence_p", "confidence (KS)"),
-        ("embedding_p", "embeddings (MMD)"),
-    ):
-        if metrics[column].notna().any():
+    for metric in drawn_in(DRIFT_TESTS):
+        if metrics[metric.column].notna().any():
+            p_values = metrics[metric.column].clip(lower=1e-12)
             figure.add_scatter(
-                x=x, y=metrics[column].clip(lower=1e-12), name=name, mode="lines+markers", marker_size=4, row=4, col=1
+                x=x, y=p_values, name=metric.label, mode="lines+markers", marker_size=4, row=row[DRIFT_TESTS], col=1
             )
-    figure.update_yaxes(type="log", row=4, col=1)
+    figure.update_yaxes(type="log", row=row[DRIFT_TESTS], col=1)
     # the estimate is drawn only where its interval is narrow enough to mean something; the interval always
     estimable = metrics["accuracy_estimable"].fillna(True).astype(bool) if "accuracy_estimable" in metrics else True
     shown = metrics.assign(estimated_accuracy=metrics["estimated_accuracy"].where(estimable))
-    _estimate_with_interval(
-        figure, shown, "estimated_accuracy", "estimated accuracy (where estimable)", "95% interval", BLUE, row=5
-    )
-    _truth_line(figure, metrics, "realised_accuracy", "realised accuracy (sidecar)", row=5)
-    if metrics["estimated_foreign_share"].notna().any():
-        figure.add_scatter(x=x, y=metrics["estimated_foreign_share"], name="estimated foreign share", row=6, col=1)
-    _truth_line(figure, metrics, "true_foreign_share", "true foreign share (sidecar)", row=6)
+    estimate, truth = drawn_in(ACCURACY)
+    _estimate_with_interval(figure, shown, estimate.column, estimate.label, "95% interval", BLUE, row=row[ACCURACY])
+    _truth_line(figure, metrics, truth.column, truth.label, row=row[ACCURACY])
+    estimate, truth = drawn_in(FOREIGN)
+    if metrics[estimate.column].notna().any():
+        figure.add_scatter(x=x, y=metrics[estimate.column], name=estimate.label, row=row[FOREIGN], col=1)
+    _truth_line(figure, metrics, truth.column, truth.label, row=row[FOREIGN])
     at = dict(zip(metrics["window"], metrics["x"]))
     _mark_alerts(figure, alerts, at, notes or {})
     changes = [(at.get(first, first), version) for first, _, version in (versions or [])[1:]]
@@ -231,8 +216,8 @@ def closed_loop_figure(
     label_assisted = ("label_assisted_accuracy", "label-assisted estimate", "label-assisted 95% interval")
     _estimate_with_interval(figure, windows, *label_assisted, GREEN, row=1)
     figure.add_scatter(x=x, y=windows["label_free_accuracy"], name="label-free estimate", line_color="#1f77b4", row=1, col=1)
-    _truth_line(figure, windows, "realised_accuracy", "realised accuracy (sidecar)", row=1)
-    _truth_line(figure, windows, "true_foreign_share", "true foreign share (sidecar)", row=2)
+    _truth_line(figure, windows, "realised_accuracy", label("realised_accuracy"), row=1)
+    _truth_line(figure, windows, "true_foreign_share", label("true_foreign_share"), row=2)
     figure.add_bar(x=x, y=windows["labels_queued"], name="labels queued", marker_color="#c7d3e3", row=3, col=1)
     figure.add_bar(x=x, y=windows["labels_arrived"], name="labels back", marker_color="#ff7f0e", row=3, col=1)
     shades = ("rgba(0,0,0,0)", "rgba(44,160,44,0.07)")

@@ -12,40 +12,13 @@ from mlflow.entities import Metric
 from common.tracking import describe_run
 from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, format_duration
 from monitoring.alerts import Alert
+from monitoring.catalog import LOGGED_METRICS
 from monitoring.incidents import CHECK_LEVELS
 from monitoring.incremental import WATERMARK_FILE, Watermark
-from monitoring.metrics import DATA_QUALITY_CAUSES
 from monitoring.model import ModelRef
 from monitoring.policy import Policy
 from monitoring.report import DriftVerdict
 
-# Window metric -> its MLflow name: the prefixes are the sections the MLflow UI groups a run's charts into
-LOGGED_METRICS = {
-    "volume": "traffic/volume",
-    **{f"class_{digit}_share": f"traffic/class_{digit}_share" for digit in range(10)},
-    "low_confidence_rate": "confidence/low_confidence_rate",
-    "confidence_mean": "confidence/mean",
-    "confidence_p10": "confidence/p10",
-    "confidence_p50": "confidence/p50",
-    "entropy_mean": "confidence/entropy_mean",
-    "foreign_rate": "foreign/flag_rate",
-    "estimated_foreign_share": "foreign/estimated_share",
-    "true_foreign_share": "foreign/true_share",
-    "foreign_p": "drift/foreign_p",
-    "class_mix_p": "drift/class_mix_p",
-    "confidence_p": "drift/confidence_p",
-    "embedding_mmd": "drift/embedding_mmd",
-    "embedding_p": "drift/embedding_p",
-    "estimated_accuracy": "accuracy/estimated",
-    "estimated_accuracy_low": "accuracy/estimated_low",
-    "estimated_accuracy_high": "accuracy/estimated_high",
-    "accuracy_estimable": "accuracy/estimable",
-    "confidence_accuracy_low": "accuracy/confidence_low",
-    "confidence_accuracy_high": "accuracy/confidence_high",
-    "realised_accuracy": "accuracy/realised",
-    **{f"{cause}_rate": f"quality/{cause}_rate" for cause in DATA_QUALITY_CAUSES},
-    **{f"class_{digit}_recall_estimated": f"accuracy/class_{digit}_recall_estimated" for digit in range(10)},
-}
 BATCH_SIZE = 1000  # metrics per log_batch call (MLflow's limit)
 
 

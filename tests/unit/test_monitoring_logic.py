@@ -7,6 +7,7 @@ import pytest
 from common.records import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, PROJECTION_COLUMNS
 from common.reference import foreign_scores, image_statistics, load_reference, project, save_reference
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows
+from monitoring.catalog import CATALOG, LOGGED_METRICS, PANELS
 from monitoring.evaluate import accuracy_error, detection_delay
 from monitoring.metrics import MonitorConfig, mmd_permutation_test, window_metrics
 from tests.helpers import synthetic_digits
@@ -99,6 +100,19 @@ def test_window_metrics_judge_windows_and_skip_tests_on_small_ones(reference):
     assert metrics.loc[2, "foreign_p"] < 1e-6 < metrics.loc[0, "foreign_p"]
     assert metrics.loc[2, "estimated_foreign_share"] > 0.5 > metrics.loc[0, "estimated_foreign_share"]
     assert (metrics["estimated_accuracy_low"] <= metrics["estimated_accuracy"]).all()
+
+
+def test_every_window_metric_the_judge_writes_is_in_the_catalog_with_an_mlflow_section(reference):
+    metrics = window_metrics(log_frame(reference, 2, 60), reference, MonitorConfig(min_window_size=50, mmd_permutations=20))
+    numeric = {column for column in metrics.select_dtypes(["number", "bool"]) if column not in ("window", "too_small")}
+    sidecar = {"realised_accuracy", "true_foreign_share"}  # a ground-truth sidecar adds these when evaluating
+    assert numeric - set(LOGGED_METRICS) == set()
+    assert set(LOGGED_METRICS) - numeric == sidecar
+    assert all(
+        metric.logged.split("/")[0] in ("traffic", "confidence", "foreign", "drift", "accuracy", "quality") for metric in CATALOG
+    )
+    assert len({metric.logged for metric in CATALOG}) == len(CATALOG)
+    assert {metric.panel for metric in CATALOG} - {None} == set(PANELS)
 
 
 def test_rules_deduplicate_cool_down_and_skip_small_windows():

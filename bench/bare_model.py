@@ -18,7 +18,8 @@ import numpy as np
 from common.datasets import load_source
 from common.quiet import native_stderr_filtered
 from common.settings import load_settings
-from serving.core import DEFAULT_MODEL_URI, frozen_call, split_call, traced_call
+from serving.core import DEFAULT_MODEL_URI
+from serving.model_calls import frozen_call, split_call, traced_call
 
 BATCHES = (1, 8, 32, 256)
 

@@ -16,8 +16,9 @@ from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
-from serving.core import DEFAULT_MODEL_URI, RUNTIMES, LoadError, freeze_heap, load_core
+from serving.core import DEFAULT_MODEL_URI, RUNTIMES, freeze_heap, load_core
 from serving.follow import AliasFollower
+from serving.model_calls import LoadError
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
 from serving.server import ServerConfig, create_app

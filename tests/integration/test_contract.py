@@ -213,7 +213,8 @@ def test_a_downloaded_model_folder_loads_without_its_tracking_store(champion, tm
 
 
 def test_a_model_answering_classes_only_is_refused_at_load_naming_what_it_answered(tmp_path):
-    from serving.core import ModelOutputError, load_core
+    from serving.core import load_core
+    from serving.model_calls import ModelOutputError
     from tests.stand_in_models import save_stand_in
 
     save_stand_in(tmp_path / "classes-only", "classes-only")
@@ -241,14 +242,15 @@ def test_a_version_with_its_exported_graph_is_run_by_litert_answering_as_tensorf
 
 
 def test_the_litert_runtime_refuses_a_model_without_its_exported_graph_naming_what_to_do(champion):
-    from serving.core import LoadError, load_core
+    from serving.core import load_core
+    from serving.model_calls import LoadError
 
     with pytest.raises(LoadError, match=r"download: no serving/model.tflite beside it .*serve it with --runtime tensorflow"):
         load_core(str(champion.folder), runtime="litert")
 
 
 def test_a_training_run_without_the_exported_graph_is_named_when_litert_is_asked(champion):
-    from serving.core import LoadError, served_graph
+    from serving.model_calls import LoadError, served_graph
 
     mlflow.set_tracking_uri(champion.tracking_uri)
     with mlflow.start_run(run_name="no-graph") as run:  # a run that logged no serving/model.tflite

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from serving.batcher import MicroBatcher
-from serving.core import MIN_CHUNK_IMAGES, Scored, split_call
+from serving.core import Scored
+from serving.model_calls import MIN_CHUNK_IMAGES, split_call
 
 
 def scored_for(jobs) -> list[Scored]:

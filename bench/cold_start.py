@@ -33,9 +33,10 @@ def measure(model_uri: str, runtime: str = "auto") -> dict:
     from starlette.testclient import TestClient  # the test client only: not counted
 
     from common.settings import load_settings
+    from serving.config import ServerConfig
     from serving.core import load_core
     from serving.scoring import open_sink
-    from serving.server import ServerConfig, create_app
+    from serving.server import create_app
 
     started = time.perf_counter()
     import mlflow

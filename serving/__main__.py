@@ -16,12 +16,13 @@ from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
+from serving.config import ServerConfig
 from serving.core import DEFAULT_MODEL_URI, RUNTIMES, freeze_heap, load_core
 from serving.follow import AliasFollower
 from serving.model_calls import LoadError
 from serving.prediction_log import export_parquet
 from serving.scoring import open_sink
-from serving.server import ServerConfig, create_app
+from serving.server import create_app
 
 # The command line, as each worker process of `--workers N` reads it (they are spawned, not forked: TensorFlow)
 WORKER_ARGV_ENV = "DIGITDRIFT_SERVING_ARGV"

@@ -14,13 +14,13 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from common.cli import add_options, options_of
 from common.labels import LABEL_SUFFIXES, LabelFileError
 from common.logs import configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import Settings, load_settings
 from common.tracking import use_tracking
 from common.windows import (
-    CLOCKS,
     DEFAULT_TIMEZONE,
     DEFAULT_WINDOW,
     DURATION_FORMS,
@@ -34,100 +34,30 @@ from loop.controller import ControllerConfig
 from loop.simulate import LoopConfig, reanalyse, run_loop
 
 
-def add_loop_options(parser: argparse.ArgumentParser, defaults: LoopConfig | ControllerConfig) -> None:
-    """The options the simulated loop and the controller share: labels, retrains and the gate."""
-    parser.add_argument(
-        "--labels-per-window", type=int, default=defaults.labels_per_window, help="label budget per window (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--labels-after-retrains",
-        type=int,
-        default=defaults.labels_after_retrains,
-        help="label budget per window once the retrains are spent: labels then only check the accuracy estimate "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--random-share",
-        type=float,
-        default=defaults.random_share,
-        help="share of the budget drawn from unflagged images (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--retrain-after",
-        type=int,
-        default=defaults.retrain_after,
-        help="labeled images in hand since the last retrain that start one (default: %(default)s)",
-    )
-    parser.add_argument("--max-retrains", type=int, default=defaults.max_retrains, help="retrains at most (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="retraining epochs (default: %(default)s)")
-    parser.add_argument("--train-limit", type=int, help="retrain on the first N shuffled MNIST images only (quick runs)")
-    parser.add_argument(
-        "--foreign-limit-per-class", type=int, help="evaluate retrained models on at most N foreign digits per class"
-    )
-    parser.add_argument(
-        "--min-accuracy", type=float, default=defaults.min_accuracy, help="MNIST test floor of promotion (default: %(default)s)"
-    )
-
-
-LOOP_OPTIONS = (
-    "labels_per_window",
-    "labels_after_retrains",
-    "random_share",
-    "retrain_after",
-    "max_retrains",
-    "epochs",
-    "train_limit",
-    "foreign_limit_per_class",
-    "min_accuracy",
-)
-
-
-def loop_options(args: argparse.Namespace) -> dict:
-    """The values of the options `add_loop_options` declares, by their config field."""
-    return {name: getattr(args, name) for name in LOOP_OPTIONS}
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line: every option with its help."""
     top = argparse.ArgumentParser(prog="python -m loop", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
-    controlled = ControllerConfig(dataset="", labels=Path("."), out=Path("."))
     run = commands.add_parser(
         "run",
         help="the loop against a deployment: follow its prediction dataset, queue, wait for labels, retrain, promote",
         description=controller.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--dataset", required=True, help="the deployment's prediction dataset: a folder or az://container/prefix")
-    run.add_argument("--labels", type=Path, required=True, help="the label store people answer into (the labeling page's file)")
+    add_options(run, ControllerConfig)
     run.add_argument("--out", type=Path, help="the controller's folder (default: .digitdrift/loops/controller)")
     run.add_argument("--every", help=f"a cycle each period ({DURATION_FORMS}) until stopped; without it, --max-cycles cycles")
     run.add_argument("--max-cycles", type=int, help="stop after this many cycles (default: 1 without --every; with it, none)")
-    run.add_argument(
-        "--clock", choices=CLOCKS, default=controlled.clock, help="windows as the monitor numbers them (default: %(default)s)"
-    )
     run.add_argument("--window", default=DEFAULT_WINDOW, help=f"length of a time window: {DURATION_FORMS} (default: %(default)s)")
     run.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="IANA timezone of the time windows (default: %(default)s)")
-    run.add_argument("--close-windows", action="store_true", help="judge the newest window too (the traffic is over)")
-    add_loop_options(run, controlled)
 
-    defaults = LoopConfig(out=Path("."))
     parser = commands.add_parser(
         "simulate",
         help="the loop on simulated traffic, window by window, the ground-truth sidecar as annotator",
         description=simulate.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenario", default=defaults.scenario, help="a built-in scenario or a YAML file (default: %(default)s)")
-    parser.add_argument("--windows", type=int, help="override the scenario's windows")
-    parser.add_argument("--requests-per-window", type=int, help="override the scenario's requests per window")
-    parser.add_argument(
-        "--label-delay",
-        type=int,
-        default=defaults.label_delay,
-        help="windows before labels come back, 1 or more: the controller counts them at its next cycle (default: %(default)s)",
-    )
-    add_loop_options(parser, defaults)
+    add_options(parser, LoopConfig)
     parser.add_argument("--out", type=Path, help="a new folder for the loop (default: .digitdrift/loops/<scenario>-<time>)")
     parser.add_argument("--result", type=Path, help="also copy closed_loop.json here (e.g. bench/results/closed_loop.json)")
     parser.add_argument(
@@ -150,15 +80,8 @@ def run_controller(args: argparse.Namespace, settings: Settings) -> int:
     if args.labels.suffix not in LABEL_SUFFIXES:
         print(f"error: --labels {args.labels}: a label store is {' or '.join(LABEL_SUFFIXES)}", file=sys.stderr)
         return 2
-    config = ControllerConfig(
-        dataset=args.dataset,
-        labels=args.labels,
-        out=args.out or settings.state_dir / "loops" / "controller",
-        **loop_options(args),
-        clock=args.clock,
-        wall=wall,
-        close_windows=args.close_windows,
-    )
+    out = args.out or settings.state_dir / "loops" / "controller"
+    config = ControllerConfig(**options_of(args, ControllerConfig), out=out, wall=wall)
     use_tracking(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -185,14 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run_controller(args, settings)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    config = LoopConfig(
-        out=args.out or settings.state_dir / "loops" / f"{Path(args.scenario).stem}-{stamp}",
-        scenario=args.scenario,
-        windows=args.windows,
-        requests_per_window=args.requests_per_window,
-        label_delay=args.label_delay,
-        **loop_options(args),
-    )
+    out = args.out or settings.state_dir / "loops" / f"{Path(args.scenario).stem}-{stamp}"
+    config = LoopConfig(**options_of(args, LoopConfig), out=out)
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)  # the parts' commands use the same store
     if args.reanalyse:
         use_tracking(settings)

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.cli import option
 from common.files import write_whole
 from common.labels import read_labels
 from common.prediction_dataset import Part, filesystem, read_parts
 from common.settings import MODEL_NAME, PROJECT_ROOT
-from common.windows import DAILY_CLOCK, WindowClock, with_windows
+from common.windows import CLOCKS, DAILY_CLOCK, WindowClock, with_windows
 from labeling.queue import select_for_labeling
 from loop.decisions import labeling_since, retrain_due, window_label_budget, windows_to_queue
 from monitoring.incremental import WATERMARK_FILE, Watermark
@@ -45,24 +46,32 @@ KEPT_FILE = "kept_images.csv"  # request_id, image_index of every record read wh
 GATE_SAYS = ("promoted: ", "not promoted: ")  # how `training promote` states its decision
 
 
-@dataclass(frozen=True)
-class ControllerConfig:
-    dataset: str  # the deployment's prediction dataset: a folder, az://container/prefix, Azure ML's collector folder
-    labels: Path  # the label store the labeling page (or a CSV/JSONL route) answers into
-    out: Path  # the controller's folder: its state, watermark, queue, decisions, the logs of what it ran
-    labels_per_window: int = 10
-    labels_after_retrains: int = 5  # a window's budget once the retrains are spent: labels then only check the estimate
-    random_share: float = 0.3
-    retrain_after: int = 100  # labeled images with their image kept, since the last retrain
-    max_retrains: int = 3
-    epochs: int = 2
-    train_limit: int | None = None
-    foreign_limit_per_class: int | None = None
-    min_accuracy: float = 0.993
-    clock: str = "auto"
-    wall: WindowClock = DAILY_CLOCK
-    close_windows: bool = False  # judge the newest window too (the traffic is over)
+@dataclass(frozen=True, kw_only=True)
+class LoopOptions:
+    """What the controller and the simulated loop decide by: labels, retrains and the gate (each a command-line option)."""
+
+    labels_per_window: int = option(10, "label budget per window")
+    labels_after_retrains: int = option(
+        5, "label budget per window once the retrains are spent: labels then only check the accuracy estimate"
+    )
+    random_share: float = option(0.3, "share of the budget drawn from unflagged images")
+    retrain_after: int = option(100, "labeled images in hand (with their image) since the last retrain that start one")
+    max_retrains: int = option(3, "retrains at most")
+    epochs: int = option(2, "retraining epochs")
+    train_limit: int | None = option(None, "retrain on the first N shuffled MNIST images only (quick runs)")
+    foreign_limit_per_class: int | None = option(None, "evaluate retrained models on at most N foreign digits per class")
+    min_accuracy: float = option(0.993, "MNIST test floor of promotion")
     seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerConfig(LoopOptions):
+    dataset: str = option(help="the deployment's prediction dataset: a folder or az://container/prefix")
+    labels: Path = option(help="the label store people answer into (the labeling page's file)")
+    out: Path  # the controller's folder: its state, watermark, queue, decisions, the logs of what it ran
+    clock: str = option("auto", "windows as the monitor numbers them", choices=CLOCKS)
+    wall: WindowClock = DAILY_CLOCK
+    close_windows: bool = option(False, "judge the newest window too (the traffic is over)")
 
     @property
     def queue(self) -> Path:

@@ -28,6 +28,7 @@ import httpx
 import mlflow
 import pandas as pd
 
+from common.cli import option
 from common.labels import read_labels, write_labels
 from common.machine import describe_machine, shown_path
 from common.prediction_dataset import read_records
@@ -40,6 +41,7 @@ from loop.controller import (
     ControllerConfig,
     ControllerState,
     Decision,
+    LoopOptions,
     controller_run,
     cycle_folder,
     read_alerts,
@@ -64,24 +66,14 @@ CLEAN_SHARE = 0.05  # windows under this judge the estimate on clean traffic (as
 DATASET = "dataset"  # the server's prediction dataset in the loop's folder (a folder of an older loop: predictions.db)
 
 
-@dataclass(frozen=True)
-class LoopConfig:
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig(LoopOptions):
     out: Path
-    scenario: str = "closed-loop"
-    windows: int | None = None
-    requests_per_window: int | None = None
-    labels_per_window: int = 10
-    labels_after_retrains: int = 5
-    random_share: float = 0.3
-    label_delay: int = 1
-    retrain_after: int = 100  # labeled images in hand (with their image) since the last retrain
-    max_retrains: int = 3
-    epochs: int = 2
-    train_limit: int | None = None
-    foreign_limit_per_class: int | None = None
-    min_accuracy: float = 0.993
+    scenario: str = option("closed-loop", "a built-in scenario or a YAML file")
+    windows: int | None = option(None, "override the scenario's windows")
+    requests_per_window: int | None = option(None, "override the scenario's requests per window")
+    label_delay: int = option(1, "windows before labels come back, 1 or more: the controller counts them at its next cycle")
     concurrency: int = 8
-    seed: int = 0
 
 
 @dataclass
@@ -176,7 +168,7 @@ def loop_incidents(records: pd.DataFrame, references: References) -> list[dict]:
 def controller_config(config: LoopConfig) -> ControllerConfig:
     """The controller's settings for the loop's folder (the labels, retrains and gate as the loop's): the server's
     dataset, the annotator's labels.csv, windows as the simulator stamps them, each judged once its traffic is in."""
-    shared = ({item.name for item in fields(ControllerConfig)} & {item.name for item in fields(LoopConfig)}) - {"out"}
+    shared = [item.name for item in fields(LoopOptions)]
     return ControllerConfig(
         dataset=str(config.out / DATASET),
         labels=config.out / "labels.csv",

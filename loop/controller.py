@@ -4,8 +4,9 @@ monitor, queues images to label from the windows after the first alert, waits fo
 
     python -m loop run --dataset LOCATION --labels labels.jsonl [--every 1h] [--out FOLDER]
 
-A cycle is one incremental monitoring run (`python -m monitoring run` with the controller's own watermark, so no
-window is judged twice), then the decisions of `loop.decisions`, then at most one retrain
+A cycle is one incremental monitoring run (`python -m monitoring run`'s command line, run in the controller's own
+process so that its imports and connections are paid once, with the controller's own watermark, so no window is
+judged twice), then the decisions of `loop.decisions`, then at most one retrain
 (`python -m training retrain`) and promotion (`python -m training promote`, MLflow's validation gate). The servers
 keep serving the champion meanwhile and follow the alias when it moves. What the controller has done is kept in
 its folder (`controller.json`), so a controller started again goes on where it stopped.
@@ -20,8 +21,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,7 @@ import pandas as pd
 from common.cli import option
 from common.files import write_whole
 from common.labels import read_labels
+from common.logs import FORMAT as LOG_FORMAT
 from common.prediction_dataset import Part, filesystem, read_parts
 from common.settings import MODEL_NAME, PROJECT_ROOT
 from common.windows import CLOCKS, DAILY_CLOCK, WindowClock, with_windows
@@ -122,16 +125,43 @@ def run_command(command: list[str], log_path: Path, says: tuple[str, ...] = ()) 
     return code, last
 
 
+def run_in_process(main: Callable[[list[str]], int], argv: list[str], log_path: Path) -> tuple[int, str]:
+    """A part's command line run by its `main` in this process, on a thread of its own (MLflow's active run is per
+    thread: the part's run is not the controller's child), its output and log lines written to `log_path`; (exit
+    code, its last line)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(log_path, "w") as output, redirect_stdout(output), redirect_stderr(output):
+        handler = logging.StreamHandler(output)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        kept, root.handlers = root.handlers, [handler]  # the controller waits meanwhile: only the part logs
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="part") as pool:
+                code = pool.submit(main, argv).result()
+        except SystemExit as exit_:  # the part's argument parser refused the command line
+            code = exit_.code if isinstance(exit_.code, int) else 2
+        except Exception:  # as the part's own process would have ended: the traceback in its log, exit status 1
+            logging.getLogger(__name__).exception("%s failed", argv[0])
+            code = 1
+        finally:
+            root.handlers = kept
+    lines = log_path.read_text(errors="replace").strip().splitlines() or [""]
+    log.info("  %s", lines[-1])
+    return code, lines[-1]
+
+
 def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], list[dict], str]:
     """One incremental monitoring run of the dataset (the controller's watermark: each window judged once): the
     windows it judged, their alerts, and what it said last."""
-    command = [sys.executable, "-m", "monitoring", "run", "--log", config.dataset, "--out", str(out)]
+    from monitoring.__main__ import main as monitoring_main  # its imports (Evidently's, DuckDB's) once, when first used
+
+    command = ["run", "--log", config.dataset, "--out", str(out)]
     command += ["--watermark", str(config.out / WATERMARK_FILE), "--clock", config.clock]
     if config.clock != "simulated":
         command += ["--window", f"{config.wall.length_s}s", "--timezone", config.wall.timezone]
     if config.close_windows:
         command.append("--close-windows")
-    code, last = run_command(command, out.parent / "monitor.log")
+    code, last = run_in_process(monitoring_main, command, out.parent / "monitor.log")
     if code != 0:
         raise RuntimeError(f"the monitoring run failed ({last}): see {out.parent / 'monitor.log'}")
     if not (out / "window_metrics.csv").is_file():

@@ -37,7 +37,8 @@ def register_two_versions(scratch: Path, data_dir: str) -> str:
     """A small digits-cnn trained into scratch/mlflow.db, registered twice (versions 1 and 2), @champion on 1."""
     import mlflow
 
-    from training.keras_job import KerasJobConfig, run_keras_job
+    from training.configs import KerasJobConfig
+    from training.keras_job import run_keras_job
 
     store = f"sqlite:///{scratch / 'mlflow.db'}"
     settings = Settings(

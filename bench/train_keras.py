@@ -22,8 +22,9 @@ from common.datasets import Digits, load_mnist
 from common.images import to_model_input
 from common.logs import configure_logging
 from common.settings import load_settings
-from training.keras_job import KerasJobConfig, run_keras_job
-from training.model import FLOAT32, resolve_precision, servable_copy
+from training.configs import FLOAT32, KerasJobConfig
+from training.keras_job import run_keras_job
+from training.model import resolve_precision, servable_copy
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_ACCURACY = 0.993

@@ -18,8 +18,9 @@ from common.datasets import load_mnist
 from common.logs import configure_logging
 from common.settings import PROJECT_ROOT, load_settings
 from common.spark import DEFAULT_SPARK_MASTER, spark_session
+from training.configs import SparkJobConfig
 from training.data import split_train_validation
-from training.spark_job import SparkJobConfig, build_pipeline, pixels_frame, probabilities_of, run_spark_job, with_vectors
+from training.spark_job import build_pipeline, pixels_frame, probabilities_of, run_spark_job, with_vectors
 
 RESULTS = Path(__file__).parent / "results"
 ISSUE_BASELINE_SECONDS = 168.0

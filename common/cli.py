@@ -25,13 +25,14 @@ def _value_type(annotation: Any) -> Any:
     return annotation
 
 
-def add_options(parser: argparse.ArgumentParser, config_class: type, defaults: Any = None) -> None:
-    """A flag for each `option` field of `config_class`, its default the field's (or `defaults`' value, an instance)."""
+def add_options(parser: argparse.ArgumentParser, config_class: type, defaults: dict[str, Any] | None = None) -> None:
+    """A flag for each `option` field of `config_class`, its default the field's or the one `defaults` gives by field
+    name (known only when the command runs, e.g. a settings folder); a field with neither is a required flag."""
     hints = typing.get_type_hints(config_class)
     for item in fields(config_class):
         if "help" not in item.metadata:
             continue
-        default = getattr(defaults, item.name) if defaults is not None else item.default
+        default = (defaults or {}).get(item.name, item.default)
         kind, dashed = _value_type(hints[item.name]), item.name.replace("_", "-")
         flag, help_text = item.metadata["flag"], item.metadata["help"]
         if kind is bool:

@@ -79,7 +79,8 @@ def champion(shared_data, tmp_path_factory):
     import mlflow
 
     from tests.helpers import ChampionModel, settings_for
-    from training.keras_job import KerasJobConfig, run_keras_job
+    from training.configs import KerasJobConfig
+    from training.keras_job import run_keras_job
     from training.registry import promote
 
     home = tmp_path_factory.mktemp("champion")
@@ -115,7 +116,8 @@ def spark_model(spark, shared_data, tmp_path_factory):
     import mlflow
 
     from tests.helpers import SparkModel, settings_for
-    from training.spark_job import SparkJobConfig, run_spark_job
+    from training.configs import SparkJobConfig
+    from training.spark_job import run_spark_job
 
     home = tmp_path_factory.mktemp("spark-model")
     settings = settings_for(home, data_dir=shared_data)

@@ -22,8 +22,6 @@ from common.images import to_model_input
 from common.reference import EMBEDDING_LAYER, Reference, ServedImages, fit_reference, save_reference
 from common.settings import (
     CHALLENGER_ALIAS,
-    LOW_CONFIDENCE_THRESHOLD,
-    MODEL_NAME,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     SERVED_GRAPH_DIR,
@@ -31,9 +29,10 @@ from common.settings import (
     Settings,
 )
 from common.tracking import describe_run, is_azure_workspace, log_digit_sets, resolve_registered, set_role, use_tracking
+from training.configs import KerasJobConfig
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, confusion_matrix, evaluate_probabilities, worst_misclassified
-from training.model import AUTO, build_cnn, compile_cnn, resolve_precision, servable_copy
+from training.model import build_cnn, compile_cnn, resolve_precision, servable_copy
 from training.reports import confusion_matrix_html, confusion_matrix_png, digit_grid_png
 from training.tracking import log_files, log_keras_model, save_keras_model, start_training_run
 
@@ -41,33 +40,6 @@ log = logging.getLogger(__name__)
 SERVED_IMAGES_FILE = "served_images.npz"  # beside reference.npz: the served images a retrained version's reference took in
 
 SERVING_REQUIREMENTS = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas")
-
-
-@dataclass(frozen=True)
-class KerasJobConfig:
-    """Everything that decides a training run; logged as the run's parameters."""
-
-    data_dir: str
-    epochs: int = 8
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    batch_norm_momentum: float = 0.9
-    # How the training step computes (the saved model is float32 with Keras' batch norm either way): bfloat16
-    # convolutions and dense layers where the CPU has bfloat16 instructions, batch norm on TensorFlow's fused
-    # kernel; together 1.6-1.7x the images/s of float32 with Keras' batch norm on this 2-core CPU (see
-    # bench/results/README.md). The run logs the precision AUTO resolved to.
-    precision: str = AUTO
-    fused_batch_norm: bool = True
-    validation_size: int = 5000
-    seed: int = 42
-    augment: bool = True
-    train_limit: int | None = None  # first N shuffled training images, for quick runs
-    foreign_limit_per_class: int | None = None
-    low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
-    model_name: str = MODEL_NAME
-    run_name: str | None = None
-    model_output: str | None = None  # also save the MLflow model folder (and reference.npz) here
-    register: bool = True  # log the model to MLflow and register it (False: only the folder at model_output)
 
 
 class ModelKeptNowhere(ValueError):

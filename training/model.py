@@ -9,11 +9,8 @@ from keras import layers
 from common.images import IMAGE_SIDE, NUM_CLASSES, PIXELS
 from common.machine import read_cpu_flags
 from common.reference import EMBEDDING_LAYER
+from training.configs import AUTO, FLOAT32, MIXED_BFLOAT16, PRECISIONS
 
-FLOAT32 = "float32"
-MIXED_BFLOAT16 = "mixed_bfloat16"  # Keras' policy: bfloat16 compute, float32 variables
-AUTO = "auto"  # mixed_bfloat16 where the CPU computes bfloat16 natively, else float32
-PRECISIONS = (AUTO, FLOAT32, MIXED_BFLOAT16)
 NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo's names
 
 

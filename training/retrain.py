@@ -18,7 +18,7 @@ from common.images import fingerprint, to_model_input
 from common.labels import read_labels
 from common.prediction_dataset import read_records
 from common.reference import Reference
-from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, MODEL_NAME, Settings
+from common.settings import CHALLENGER_ALIAS, Settings
 from common.tracking import (
     PARENT_VERSION_TAG,
     describe_run,
@@ -27,6 +27,7 @@ from common.tracking import (
     resolve_registered,
     use_tracking,
 )
+from training.configs import RetrainConfig
 from training.data import (
     MIN_INCIDENT_IMAGES,
     IncidentTraffic,
@@ -62,7 +63,6 @@ from training.tracking import start_training_run
 
 log = logging.getLogger(__name__)
 
-REPLAY_SHARE = 0.25  # labeled images held out of training: the replay set promotion compares champion and challenger on
 TRAINED_FINGERPRINTS = "lineage/trained_fingerprints.txt"  # images this version trained on: never counted in evaluation
 PSEUDO_LABEL_CONFIDENCE = 0.97  # unlabeled incident images the first fit is at least this sure of become training images
 SERVED_IMAGES_PARAM = "reference_served_images"  # served images its reference took in (0: held-out MNIST alone)
@@ -70,28 +70,6 @@ SERVED_IMAGES_PARAM = "reference_served_images"  # served images its reference t
 
 class RetrainError(ValueError):
     """Labels that cannot retrain a model; the message says which file and what is missing."""
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """Everything that decides a retraining run; logged as the run's parameters."""
-
-    labels: str  # a label file (CSV or JSONL: request_id, image_index, label)
-    prediction_log: str  # where the labeled images are (a log, an export, a dataset; flagged images are kept)
-    parent: str = f"models:/{MODEL_NAME}@champion"
-    epochs: int = 2
-    batch_size: int = 128
-    learning_rate: float = 5e-4
-    replay_share: float = REPLAY_SHARE
-    augment: bool = True  # the labeled images' repeats turned, scaled and moved a little (augmented_copies)
-    self_training: bool = True  # one more epoch on the incident's unlabeled images the model is sure of (_self_train)
-    train_limit: int | None = None
-    foreign_limit_per_class: int | None = None
-    low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD
-    run_name: str | None = None
-    data_dir: str | None = None  # the datasets (default: the parent run's data_dir where it exists, else the settings')
-    model_output: str | None = None  # also save the MLflow model folder (and reference.npz) here
-    register: bool = True  # log the model to MLflow and register it (False: only the folder at model_output)
 
 
 @dataclass(frozen=True)

@@ -17,35 +17,18 @@ from mlflow.models import infer_signature
 from common.datasets import FOREIGN_LAYOUTS, Digits, load_mnist
 from common.images import NUM_CLASSES, PIXELS
 from common.settings import CHALLENGER_ALIAS, LOW_CONFIDENCE_THRESHOLD, Settings
-from common.spark import DEFAULT_SPARK_MASTER, spark_session
+from common.spark import spark_session
 from common.tracking import describe_run, log_digit_sets, set_role, use_tracking
+from training.configs import SparkJobConfig
 from training.data import split_train_validation
 from training.evaluate import SetEvaluation, evaluate_probabilities
 from training.tracking import start_training_run
 
 log = logging.getLogger(__name__)
 
-SPARK_MODEL_NAME = "digits-spark"
 CLASSIFIERS = ("mlp", "logistic")
 CLASS_COLUMN = "predicted_class"
 PYFUNC_OUTPUT_COLUMN = "prediction"  # the column MLflow's Spark pyfunc returns
-
-
-@dataclass(frozen=True)
-class SparkJobConfig:
-    data_dir: str
-    classifier: str = "mlp"
-    pca_k: int = 50
-    hidden: int = 256  # perceptron hidden units
-    max_iter: int = 200
-    seed: int = 42
-    validation_size: int = 5000
-    train_limit: int | None = None
-    foreign_limit_per_class: int | None = None
-    spark_master: str = DEFAULT_SPARK_MASTER
-    shared_dir: str | None = None  # where every Spark node reads the training data (default: .digitdrift/spark-data)
-    model_name: str = SPARK_MODEL_NAME
-    run_name: str | None = None
 
 
 def write_split_parquet(digits: Digits, folder: Path, parts: int = 8) -> str:

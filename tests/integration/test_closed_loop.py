@@ -52,7 +52,8 @@ def loop(shared_data, tmp_path_factory):
     """A small champion of its own store, then `python -m loop simulate` run on it; (store settings, loop folder, figures)."""
     import mlflow
 
-    from training.keras_job import KerasJobConfig, run_keras_job
+    from training.configs import KerasJobConfig
+    from training.keras_job import run_keras_job
     from training.registry import promote
 
     home = tmp_path_factory.mktemp("closed-loop")

@@ -13,11 +13,9 @@ from common.datasets import load_source
 from common.images import to_model_input
 from common.settings import PROJECT_ROOT
 from tests.helpers import settings_for
-from training.keras_job import KerasJobConfig, batches, run_keras_job
+from training.configs import AUTO, MIXED_BFLOAT16, PRECISIONS, KerasJobConfig
+from training.keras_job import batches, run_keras_job
 from training.model import (
-    AUTO,
-    MIXED_BFLOAT16,
-    PRECISIONS,
     FusedBatchNormalization,
     build_cnn,
     resolve_precision,

@@ -11,10 +11,12 @@ from dataclasses import MISSING, field, fields
 from typing import Any
 
 
-def option(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, flag: str | None = None) -> Any:
+def option(
+    default: Any = MISSING, help: str = "", *, choices: tuple | None = None, flag: str | None = None, metavar: str | None = None
+) -> Any:
     """A config field that is also a command-line option: `--field-name` (or `flag`), with `help`; a bool field with
     a true default becomes `--no-field-name`."""
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
 
 
 def _value_type(annotation: Any) -> Any:
@@ -42,6 +44,7 @@ def add_options(parser: argparse.ArgumentParser, config_class: type, defaults: d
             )
             continue
         settings: dict[str, Any] = {"dest": item.name, "type": kind, "help": help_text, "choices": item.metadata["choices"]}
+        settings["metavar"] = item.metadata["metavar"]
         if default is MISSING:
             settings["required"] = True
         else:

@@ -13,6 +13,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from common.access import API_KEY_ENV, WEBHOOK_SECRET_ENV
+from common.cli import add_options, options_of
 from common.logs import VERBOSE_HELP, configure_logging
 from common.prediction_dataset import DatasetError
 from common.settings import LOW_CONFIDENCE_THRESHOLD, Settings, load_settings
@@ -35,7 +36,6 @@ class SetupError(ValueError):
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     """The command line: every option with its help."""
-    defaults = ServerConfig()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL_URI, help="MLflow model URI or folder (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
@@ -52,15 +52,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="a top probability under this flags the prediction low_confidence (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-batch", type=int, default=defaults.max_batch, help="images per model call when batching (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=defaults.max_wait_ms,
-        help="how long a batch waits for company; 0 batches what queued meanwhile (default: %(default)s)",
-    )
-    parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
         default="auto",
@@ -74,41 +65,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="threads that score chunks of each batch at once, each op on one thread; 1: one call per batch, each op "
         "on all the cores (default: the machine's cores, %(default)s)",
-    )
-    parser.add_argument(
-        "--max-images", type=int, default=defaults.max_images, help="images per request; more is a 413 (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=defaults.max_body_bytes,
-        help="request body size; more is a 413 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--timeout-s",
-        type=float,
-        default=defaults.timeout_s,
-        help="scoring time per request; more is a 504 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--drop-abandoned",
-        action="store_true",
-        help="refuse and do not log a request whose client hung up before its records were committed, or that waited "
-        "more than --stale-after-s (behind a proxy that retries a timed-out request on another replica, so that only "
-        "the replica that answered logs it)",
-    )
-    parser.add_argument(
-        "--stale-after-s",
-        type=float,
-        default=defaults.stale_after_s,
-        help="with --drop-abandoned: seconds a request may wait before its commit; under the proxy's server timeout "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-queued-images",
-        type=int,
-        default=defaults.max_queued_images,
-        help="images waiting for the model beyond which requests get 503 with Retry-After; 0: no bound (default: %(default)s)",
     )
     parser.add_argument(
         "--api-key-env",
@@ -134,20 +90,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="with --prediction-dataset: how often staged records are published as parts (default: %(default)s)",
     )
     parser.add_argument(
-        "--follow-seconds",
-        type=float,
-        default=defaults.follow_seconds,
-        help="with --model models:/<name>@<alias>: check this often where the alias points and switch to that "
-        "version (with its reference) without a restart; 0: never (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--webhook-url",
-        metavar="URL",
-        help="with --model models:/<name>@<alias>: where the tracking server reaches this server's /webhooks/mlflow; "
-        "registers an MLflow registry webhook so that an alias set is followed at once (a SQL-backed tracking server; "
-        "--follow-seconds stays the fallback); the secret that signs deliveries is read from --webhook-secret-env",
-    )
-    parser.add_argument(
         "--webhook-secret-env",
         default=WEBHOOK_SECRET_ENV,
         help="environment variable holding the webhook's signing secret (default: %(default)s)",
@@ -159,6 +101,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="server processes sharing the port, each with its own model and event loop, all writing to the one "
         "prediction log (default: %(default)s)",
     )
+    add_options(parser, ServerConfig)
     parser.add_argument("--export-parquet", metavar="PATH", help="export the prediction log to Parquet and exit")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
@@ -179,18 +122,12 @@ def build_app(args: argparse.Namespace, settings: Settings) -> ASGIApp:
     except DatasetError as err:
         raise SetupError(str(err)) from None
     config = ServerConfig(
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_images=args.max_images,
-        max_body_bytes=args.max_body_bytes,
-        timeout_s=args.timeout_s,
-        max_queued_images=args.max_queued_images or None,
-        drop_abandoned=args.drop_abandoned,
-        stale_after_s=args.stale_after_s,
-        api_key=os.environ.get(args.api_key_env) or None,
-        follow_seconds=args.follow_seconds,
-        webhook_url=args.webhook_url,
-        webhook_secret=os.environ.get(args.webhook_secret_env) if args.webhook_url else None,
+        **options_of(args, ServerConfig)
+        | {
+            "max_queued_images": args.max_queued_images or None,
+            "api_key": os.environ.get(args.api_key_env) or None,
+            "webhook_secret": os.environ.get(args.webhook_secret_env) if args.webhook_url else None,
+        }
     )
     follower = None
     if args.follow_seconds > 0 or args.webhook_url:

@@ -4,29 +4,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.cli import option
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    """Limits and batching of the server; each has a command-line flag."""
+    """Limits and batching of the server; each has a command-line flag (the API key and the webhook's secret are read
+    from environment variables that flags name)."""
 
-    max_batch: int = 256  # images per model call when micro-batching
+    max_batch: int = option(256, "images per model call when batching")
     # How long the first request of a batch waits for company. 0: batch what queued while the model
     # was busy, which at concurrency 8 beat 2 ms (1,097 vs 928 requests/s) and halves latency at concurrency 1.
-    max_wait_ms: float = 0.0
-    max_images: int = 1024  # images per request
-    max_body_bytes: int = 16 * 2**20
-    timeout_s: float = 30.0  # scoring timeout per request
-    # Images waiting for the model beyond which requests are shed with 503 and Retry-After; None: no bound
-    max_queued_images: int | None = 4096
+    max_wait_ms: float = option(0.0, "how long a batch waits for company; 0 batches what queued meanwhile")
+    max_images: int = option(1024, "images per request; more is a 413")
+    max_body_bytes: int = option(16 * 2**20, "request body size; more is a 413")
+    timeout_s: float = option(30.0, "scoring time per request; more is a 504")
+    max_queued_images: int | None = option(
+        4096, "images waiting for the model beyond which requests get 503 with Retry-After; 0: no bound"
+    )  # None in the config: no bound
     retry_after_s: int = 1
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
-    follow_seconds: float = 0.0  # with a follower: how often to check where the served alias points; 0: never
-    # with a follower: the URL of this server's /webhooks/mlflow, registered with the tracking server while it runs;
-    # MLflow's deliveries there, signed with the secret, make the follower check at once
-    webhook_url: str | None = None
+    follow_seconds: float = option(
+        0.0,
+        "with --model models:/<name>@<alias>: check this often where the alias points and switch to that version (with "
+        "its reference) without a restart; 0: never",
+    )
+    # MLflow's deliveries to this server's /webhooks/mlflow, signed with the secret, make the follower check at once
+    webhook_url: str | None = option(
+        None,
+        "with --model models:/<name>@<alias>: where the tracking server reaches this server's /webhooks/mlflow; "
+        "registers an MLflow registry webhook so that an alias set is followed at once (a SQL-backed tracking server; "
+        "--follow-seconds stays the fallback); the secret that signs deliveries is read from --webhook-secret-env",
+        metavar="URL",
+    )
     webhook_secret: str | None = None
-    # behind a proxy that times out and retries on another replica: refuse (and do not log) a request whose client
-    # hung up before its records were committed, or that waited more than stale_after_s, so that only the replica
-    # that answered logs it. Off by default: watching each request for the hang-up costs a task per request
-    drop_abandoned: bool = False
-    stale_after_s: float = 5.0  # with drop_abandoned: under the proxy's server timeout (HAProxy's 10 s on the stack)
+    # Off by default: watching each request for the hang-up costs a task per request
+    drop_abandoned: bool = option(
+        False,
+        "refuse and do not log a request whose client hung up before its records were committed, or that waited more "
+        "than --stale-after-s (behind a proxy that retries a timed-out request on another replica, so that only the "
+        "replica that answered logs it)",
+    )
+    stale_after_s: float = option(
+        5.0,
+        "with --drop-abandoned: seconds a request may wait before its commit; under the proxy's server timeout "
+        "(HAProxy's 10 s on the stack)",
+    )

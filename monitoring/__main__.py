@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from mlflow.exceptions import MlflowException
 
+from common.cli import add_options, options_of
 from common.datasets import DatasetError, load_mnist
 from common.logs import configure_logging
 from common.machine import describe_machine, shown_path
@@ -23,7 +24,6 @@ from common.settings import MODEL_NAME, Settings, load_settings
 from common.spark import DEFAULT_SPARK_MASTER
 from common.tracking import unreachable_tracking, use_tracking
 from common.windows import (
-    CLOCKS,
     DAILY_CLOCK,
     DEFAULT_LATENESS,
     DEFAULT_TIMEZONE,
@@ -92,40 +92,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--label", default=None, help="what the traffic was (default: the log's file name)")
     run.add_argument("--out", type=Path, help="a new folder for the outputs (default: .digitdrift/monitoring/<label>-<time>)")
     run.add_argument("--webhook", help="POST each alert as JSON to this URL")
-    run.add_argument(
-        "--close-windows",
-        action="store_true",
-        help="with a dataset: judge the newest window too (the traffic is over); by default it waits for a later window",
-    )
-    run.add_argument(
-        "--full",
-        action="store_true",
-        help="with a dataset: ignore the watermark, read every part and judge every window",
-    )
-    run.add_argument(
-        "--watermark",
-        type=Path,
-        help="with a dataset: keep the watermark in this file (default: with the last MLflow monitoring run of the "
-        "dataset and model version)",
-    )
-    run.add_argument(
-        "--clock",
-        choices=CLOCKS,
-        default="auto",
-        help="which windows to judge by: the simulated window each request was stamped with, or wall-clock time by "
-        "the server's scoring timestamp (auto: simulated when every record is stamped, wall when none is; a mix is "
-        "refused) (default: %(default)s)",
-    )
-    run.add_argument(
-        "--window",
-        help=f"length of a window of wall-clock time: {DURATION_FORMS} (default: {DEFAULT_WINDOW}, or what earlier runs "
-        "of a dataset judged by)",
-    )
-    run.add_argument(
-        "--timezone",
-        help=f"IANA timezone whose local time the windows follow, when a business day is not a UTC day (e.g. "
-        f"Europe/Paris; default: {DEFAULT_TIMEZONE})",
-    )
+    add_options(run, DatasetSource)
     run.add_argument(
         "--lateness",
         default=DEFAULT_LATENESS,
@@ -150,11 +117,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "model looked up anew each time; with --out, each run writes a folder of its own in it",
     )
     run.add_argument("--max-runs", type=int, help="with --every: stop after this many runs (default: run until stopped)")
-    run.add_argument(
-        "--dataset-id",
-        help="with a dataset: a stable name that keys the watermark in MLflow instead of the location (a scheduled "
-        "job whose input is mounted at a new path each run)",
-    )
     suggest = commands.add_parser("suggest", help="write a policy file with thresholds derived from a version's reference")
     suggest.add_argument(
         "--model", default=f"models:/{MODEL_NAME}@champion", help="the model whose reference to use (default: %(default)s)"
@@ -291,18 +253,8 @@ def _history_sink(args, model, source: str, settings) -> HistorySink:
 
 
 def _run_dataset(args, model, config, truth, label, out, settings, policy) -> int:
-    source = DatasetSource(
-        args.log,
-        args.watermark,
-        args.full,
-        args.close_windows,
-        args.track,
-        args.clock,
-        args.window,
-        args.timezone,
-        parse_duration(args.lateness, "--lateness", allow_zero=True),
-        args.dataset_id,
-    )
+    lateness_s = parse_duration(args.lateness, "--lateness", allow_zero=True)
+    source = DatasetSource(args.log, track=args.track, lateness_s=lateness_s, **options_of(args, DatasetSource))
     cache = settings.state_dir / "cache" / "datasets"
     result, increment, parts = monitor_dataset(
         source,

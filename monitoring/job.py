@@ -10,12 +10,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.cli import option
 from common.files import write_whole
 from common.prediction_dataset import DatasetError, PartSummary, filesystem, list_parts, part_summary
 from common.reference import Reference
 from common.spark import DEFAULT_SPARK_MASTER
 from common.stopwatch import Stopwatch
-from common.windows import NOTHING_LEFT_OUT, SIMULATED_CLOCK, LeftOut, WindowClock, WindowError, format_duration
+from common.windows import (
+    CLOCKS,
+    DEFAULT_TIMEZONE,
+    DEFAULT_WINDOW,
+    DURATION_FORMS,
+    NOTHING_LEFT_OUT,
+    SIMULATED_CLOCK,
+    LeftOut,
+    WindowClock,
+    WindowError,
+    format_duration,
+)
 from monitoring.alerts import Alert, Rule, evaluate_rules, firing_windows, post_webhook, write_jsonl
 from monitoring.clusters import EXAMPLES, cluster_members, window_clusters
 from monitoring.dashboard import dashboard_figure, write_dashboard
@@ -365,18 +377,42 @@ def _dashboard(
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A partitioned dataset to monitor and where its watermark lives."""
+    """A partitioned dataset to monitor and where its watermark lives (the options are `monitoring run`'s)."""
 
     location: str
-    watermark_file: Path | None = None  # None: with the last MLflow monitoring run (when tracking)
-    full: bool = False  # ignore the watermark: every part, every window
-    close_windows: bool = False  # judge the newest window too
+    watermark_file: Path | None = option(
+        None,
+        "with a dataset: keep the watermark in this file (default: with the last MLflow monitoring run of the dataset "
+        "and model version)",
+        flag="--watermark",
+    )  # None: with the last MLflow monitoring run (when tracking)
+    full: bool = option(False, "with a dataset: ignore the watermark, read every part and judge every window")
+    close_windows: bool = option(
+        False, "with a dataset: judge the newest window too (the traffic is over); by default it waits for a later window"
+    )
     track: bool = True
-    clock: str = "auto"  # auto, simulated or wall (see common.windows.choose_clock)
-    window: str | None = None  # the time windows' length asked for (None: the watermark's, else 1d)
-    timezone: str | None = None  # their timezone (None: the watermark's, else UTC)
+    clock: str = option(
+        "auto",
+        "which windows to judge by: the simulated window each request was stamped with, or wall-clock time by the "
+        "server's scoring timestamp (auto: simulated when every record is stamped, wall when none is; a mix is refused)",
+        choices=CLOCKS,
+    )  # see common.windows.choose_clock
+    window: str | None = option(
+        None,
+        f"length of a window of wall-clock time: {DURATION_FORMS} (default: {DEFAULT_WINDOW}, or what earlier runs of a "
+        "dataset judged by)",
+    )  # None: the watermark's, else 1d
+    timezone: str | None = option(
+        None,
+        "IANA timezone whose local time the windows follow, when a business day is not a UTC day (e.g. Europe/Paris; "
+        f"default: {DEFAULT_TIMEZONE})",
+    )  # None: the watermark's, else UTC
     lateness_s: int = 300  # a time window is judged once its end plus this has passed
-    dataset_id: str | None = None  # what keys the watermark in MLflow (default: the location)
+    dataset_id: str | None = option(
+        None,
+        "with a dataset: a stable name that keys the watermark in MLflow instead of the location (a scheduled job whose "
+        "input is mounted at a new path each run)",
+    )  # default: the location
 
 
 def monitor_dataset(

@@ -110,6 +110,10 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
         if columns is not None and (not isinstance(columns, list) or len(columns) not in (1, PIXELS)):
             got = len(columns) if isinstance(columns, list) else type(columns).__name__
             raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns, or one column of 784 values; got {got}")
+        unnamed = next((index for index, name in enumerate(columns or []) if not isinstance(name, str)), None)
+        if unnamed is not None:
+            what = describe_json(columns[unnamed])
+            raise BadRequest(f"'dataframe_split.columns' must be column names (strings); item {unnamed} is {what}")
         value = value["data"]
         if columns is not None and len(columns) == 1:
             value = _one_column_rows(value, "dataframe_split.data")

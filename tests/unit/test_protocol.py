@@ -92,6 +92,7 @@ def test_bad_score_bodies(body, status, message):
         ({"instances": [IMAGE], "extra": 1}, "unknown key(s) 'extra'"),
         ({"dataframe_split": [IMAGE]}, "'dataframe_split' must be an object with 'data'"),
         ({"dataframe_split": {"columns": ["a", "b"], "data": [IMAGE]}}, "or one column of 784 values; got 2"),
+        ({"dataframe_split": {"columns": [None], "data": [[IMAGE]]}}, "must be column names (strings); item 0 is null"),
         ({"dataframe_split": {"columns": ["pixels"], "data": [IMAGE]}}, "must hold one value per row"),
         ({"dataframe_records": [IMAGE]}, "must be a list of objects"),
         ({"dataframe_records": [{"a": 1, "b": 2}]}, "the same 784 pixel keys"),

@@ -19,11 +19,13 @@ def option(
     return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
 
 
-def _value_type(annotation: Any) -> Any:
+def _value_type(annotation: Any, name: str) -> Any:
     """`int` for `int` and `int | None`."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (kind,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return kind
+        kinds = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(kinds) != 1:
+            raise TypeError(f"option {name}: a flag takes one type or that type | None, not {annotation}")
+        return kinds[0]
     return annotation
 
 
@@ -31,11 +33,15 @@ def add_options(parser: argparse.ArgumentParser, config_class: type, defaults: d
     """A flag for each `option` field of `config_class`, its default the field's or the one `defaults` gives by field
     name (known only when the command runs, e.g. a settings folder); a field with neither is a required flag."""
     hints = typing.get_type_hints(config_class)
-    for item in fields(config_class):
-        if "help" not in item.metadata:
-            continue
+    options = [item for item in fields(config_class) if "help" in item.metadata]
+    unknown = set(defaults or {}) - {item.name for item in options}
+    if unknown:
+        raise TypeError(f"defaults for what {config_class.__name__} has no option for: {', '.join(sorted(unknown))}")
+    for item in options:
         default = (defaults or {}).get(item.name, item.default)
-        kind, dashed = _value_type(hints[item.name]), item.name.replace("_", "-")
+        kind, dashed = _value_type(hints[item.name], item.name), item.name.replace("_", "-")
+        if kind is bool and default is MISSING:
+            raise TypeError(f"option {item.name}: a switch needs a default (its flag turns it to the other value)")
         flag, help_text = item.metadata["flag"], item.metadata["help"]
         if kind is bool:
             action = "store_false" if default else "store_true"

@@ -80,8 +80,12 @@ def run_controller(args: argparse.Namespace, settings: Settings) -> int:
     if args.labels.suffix not in LABEL_SUFFIXES:
         print(f"error: --labels {args.labels}: a label store is {' or '.join(LABEL_SUFFIXES)}", file=sys.stderr)
         return 2
-    out = args.out or settings.state_dir / "loops" / "controller"
-    config = ControllerConfig(**options_of(args, ControllerConfig), out=out, wall=wall)
+    # absolute: the monitor runs in this process, retrain and promote from the project's folder
+    out = (args.out or settings.state_dir / "loops" / "controller").resolve()
+    options = options_of(args, ControllerConfig) | {"labels": args.labels.resolve()}
+    if "://" not in args.dataset:  # a local folder (a blob container's URL stays as it is)
+        options["dataset"] = os.path.abspath(args.dataset)
+    config = ControllerConfig(**options, out=out, wall=wall)
     use_tracking(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +50,8 @@ GATE_SAYS = ("promoted: ", "not promoted: ")  # how `training promote` states it
 
 @dataclass(frozen=True, kw_only=True)
 class LoopOptions:
-    """What the controller and the simulated loop decide by: labels, retrains and the gate (each a command-line option)."""
+    """What the controller and the simulated loop decide by: labels, retrains and the gate (each but the seed a
+    command-line option)."""
 
     labels_per_window: int = option(10, "label budget per window")
     labels_after_retrains: int = option(
@@ -125,29 +125,42 @@ def run_command(command: list[str], log_path: Path, says: tuple[str, ...] = ()) 
     return code, last
 
 
-def run_in_process(main: Callable[[list[str]], int], argv: list[str], log_path: Path) -> tuple[int, str]:
-    """A part's command line run by its `main` in this process, on a thread of its own (MLflow's active run is per
-    thread: the part's run is not the controller's child), its output and log lines written to `log_path`; (exit
-    code, its last line)."""
+def run_in_process(main: Callable[[list[str]], int], argv: list[str], log_path: Path, name: str) -> tuple[int, str]:
+    """A part's command line (`name`, e.g. python -m monitoring) run by its `main` in this process, on a thread of its
+    own (MLflow's active run is per thread: the part's run is not the controller's child), its output and log lines
+    written to `log_path`; (exit code as its process would have ended, its last line).
+
+    What the part's own process gave, this does not: a crash of native code or the memory running out ends the
+    controller too, and the part's process-wide settings (MLflow's experiment, loggers' levels) stay. Output that
+    native code writes to the file descriptors themselves goes to the controller's."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, int] = {}
+
+    def part() -> None:
+        try:
+            outcome["code"] = main(argv)
+        except SystemExit as exit_:  # the part's argument parser refused the command line, or it exited
+            outcome["code"] = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+        except Exception:  # as the part's own process would have ended: the traceback in its log, exit status 1
+            logging.getLogger(__name__).exception("%s %s failed", name, argv[0])
+            outcome["code"] = 1
+
     root = logging.getLogger()
     with open(log_path, "w") as output, redirect_stdout(output), redirect_stderr(output):
         handler = logging.StreamHandler(output)
         handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
-        kept, root.handlers = root.handlers, [handler]  # the controller waits meanwhile: only the part logs
+        kept, root.handlers = root.handlers, [handler]  # the controller waits meanwhile (one thread): only the part logs
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="part") as pool:
-                code = pool.submit(main, argv).result()
-        except SystemExit as exit_:  # the part's argument parser refused the command line
-            code = exit_.code if isinstance(exit_.code, int) else 2
-        except Exception:  # as the part's own process would have ended: the traceback in its log, exit status 1
-            logging.getLogger(__name__).exception("%s failed", argv[0])
-            code = 1
+            # a daemon thread joined in steps: Ctrl-C reaches the controller at once and does not wait for the part
+            thread = threading.Thread(target=part, name=f"part-{argv[0]}", daemon=True)
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.5)
         finally:
             root.handlers = kept
     lines = log_path.read_text(errors="replace").strip().splitlines() or [""]
     log.info("  %s", lines[-1])
-    return code, lines[-1]
+    return outcome.get("code", 1), lines[-1]
 
 
 def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], list[dict], str]:
@@ -161,7 +174,7 @@ def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], l
         command += ["--window", f"{config.wall.length_s}s", "--timezone", config.wall.timezone]
     if config.close_windows:
         command.append("--close-windows")
-    code, last = run_in_process(monitoring_main, command, out.parent / "monitor.log")
+    code, last = run_in_process(monitoring_main, command, out.parent / "monitor.log", "python -m monitoring")
     if code != 0:
         raise RuntimeError(f"the monitoring run failed ({last}): see {out.parent / 'monitor.log'}")
     if not (out / "window_metrics.csv").is_file():

@@ -45,6 +45,8 @@ def _connect():
     # a folder of this process's own for what spills past the limit (DuckDB's default is .tmp in the working folder)
     spill = Path(tempfile.gettempdir()) / f"digitdrift-duckdb-{os.getpid()}"
     connection = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
+    # no progress bar: DuckDB draws it from native code, past Python's redirection of a run's output
+    connection.execute("SET enable_progress_bar = false")
     connection.execute("SET TimeZone = 'UTC'")  # a timestamp without an offset is UTC, as common.windows reads it
     connection.execute("SET preserve_insertion_order = false")  # lets aggregations stream; every query orders itself
     return connection

@@ -385,6 +385,7 @@ class DatasetSource:
         "with a dataset: keep the watermark in this file (default: with the last MLflow monitoring run of the dataset "
         "and model version)",
         flag="--watermark",
+        metavar="WATERMARK",
     )  # None: with the last MLflow monitoring run (when tracking)
     full: bool = option(False, "with a dataset: ignore the watermark, read every part and judge every window")
     close_windows: bool = option(

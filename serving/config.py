@@ -9,8 +9,8 @@ from common.cli import option
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    """Limits and batching of the server; each has a command-line flag (the API key and the webhook's secret are read
-    from environment variables that flags name)."""
+    """Limits and batching of the server; each has a command-line flag but the Retry-After seconds (the API key and the
+    webhook's secret are read from environment variables that flags name)."""
 
     max_batch: int = option(256, "images per model call when batching")
     # How long the first request of a batch waits for company. 0: batch what queued while the model

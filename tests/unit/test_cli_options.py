@@ -47,3 +47,20 @@ def test_a_field_without_a_default_is_required_and_a_choice_is_checked():
         parser().parse_args([])
     with pytest.raises(argparse.ArgumentError, match="invalid choice: 'never'"):
         parser().parse_args(["--source", "x", "--clock", "never"])
+
+
+def test_a_switch_without_a_default_a_union_of_two_types_and_an_unknown_default_are_refused():
+    @dataclass
+    class Switch:
+        on: bool = option(help="no default")
+
+    @dataclass
+    class Either:
+        size: int | str = option(1, "two types")
+
+    with pytest.raises(TypeError, match="on: a switch needs a default"):
+        add_options(argparse.ArgumentParser(), Switch)
+    with pytest.raises(TypeError, match="size: a flag takes one type"):
+        add_options(argparse.ArgumentParser(), Either)
+    with pytest.raises(TypeError, match="no option for: nothing"):
+        add_options(argparse.ArgumentParser(), Job, {"nothing": 1})

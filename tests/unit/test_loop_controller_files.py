@@ -1,8 +1,12 @@
-"""The controller's files: ids kept as written, kept images added once, labels counted against them."""
+"""The controller's files: ids kept as written, kept images added once, labels counted against them; a part run in the
+controller's process writes its own log."""
+
+import logging
+import sys
 
 import pandas as pd
 
-from loop.controller import KEPT_FILE, kept_images, labeled_with_image, read_keyed_csv
+from loop.controller import KEPT_FILE, kept_images, labeled_with_image, read_keyed_csv, run_in_process
 
 
 def test_request_ids_come_back_from_the_controllers_csvs_exactly_as_written(tmp_path):
@@ -25,3 +29,25 @@ def test_kept_images_are_added_once_and_labels_count_only_against_them(tmp_path)
     )
     assert labeled_with_image(labels, again) == 2  # ("a", 1) kept no image; "zz" is not in the dataset
     assert labeled_with_image(tmp_path / "nobody-answered.csv", again) == 0
+
+
+def test_a_part_run_in_process_writes_its_output_to_its_log_and_ends_as_its_process_would(tmp_path):
+    def says(argv: list[str]) -> int:
+        logging.getLogger("monitoring.job").warning("judged %s", argv[1])
+        print("the last line")
+        return 3
+
+    def refuses(argv: list[str]) -> int:
+        sys.exit(None)
+
+    def breaks(argv: list[str]) -> int:
+        raise RuntimeError("the store is gone")
+
+    handlers = logging.getLogger().handlers
+    assert run_in_process(says, ["run", "window 4"], tmp_path / "says.log", "python -m part") == (3, "the last line")
+    assert "judged window 4" in (tmp_path / "says.log").read_text()
+    assert run_in_process(refuses, ["run"], tmp_path / "refuses.log", "python -m part")[0] == 0
+    code, last = run_in_process(breaks, ["run"], tmp_path / "breaks.log", "python -m part")
+    assert code == 1 and last == "RuntimeError: the store is gone"
+    assert "python -m part run failed" in (tmp_path / "breaks.log").read_text()
+    assert logging.getLogger().handlers == handlers  # the controller's own logging is back

@@ -119,10 +119,15 @@ def run_command(command: list[str], log_path: Path, says: tuple[str, ...] = ()) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as output:
         code = subprocess.run(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
+    return code, said_last(log_path, says)
+
+
+def said_last(log_path: Path, says: tuple[str, ...] = ()) -> str:
+    """What a part's log says last: its last line starting with one of `says`, else its last line (logged)."""
     lines = log_path.read_text(errors="replace").strip().splitlines() or [""]
     last = next((line for line in reversed(lines) if line.startswith(says)), lines[-1])
     log.info("  %s", last)
-    return code, last
+    return last
 
 
 def run_in_process(main: Callable[[list[str]], int], argv: list[str], log_path: Path, name: str) -> tuple[int, str]:
@@ -158,9 +163,7 @@ def run_in_process(main: Callable[[list[str]], int], argv: list[str], log_path: 
                 thread.join(0.5)
         finally:
             root.handlers = kept
-    lines = log_path.read_text(errors="replace").strip().splitlines() or [""]
-    log.info("  %s", lines[-1])
-    return outcome.get("code", 1), lines[-1]
+    return outcome.get("code", 1), said_last(log_path)
 
 
 def judge_new_windows(config: ControllerConfig, out: Path) -> tuple[list[int], list[dict], str]:

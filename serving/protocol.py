@@ -13,6 +13,7 @@ from serving.core import ModelIdentity, Scored
 
 SCORE_KEYS = {"data", "request_id", "window"}
 INVOCATION_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+SPLIT_KEYS = {"data", "columns", "index"}
 MAX_WINDOW = 2**31 - 1  # windows count days or hours from 0; a bound keeps SQLite and Parquet integers in range
 
 
@@ -104,17 +105,7 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
     key = formats[0]
     value = payload[key]
     if key == "dataframe_split":
-        if not isinstance(value, dict) or "data" not in value:
-            raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values) and optionally 'columns'")
-        columns = value.get("columns")
-        if columns is not None and (not isinstance(columns, list) or len(columns) not in (1, PIXELS)):
-            got = len(columns) if isinstance(columns, list) else type(columns).__name__
-            raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns, or one column of 784 values; got {got}")
-        unnamed = next((index for index, name in enumerate(columns or []) if not isinstance(name, str)), None)
-        if unnamed is not None:
-            what = describe_json(columns[unnamed])
-            raise BadRequest(f"'dataframe_split.columns' must be column names (strings); item {unnamed} is {what}")
-        value = value["data"]
+        value, columns = _split_frame(value)
         if columns is not None and len(columns) == 1:
             value = _one_column_rows(value, "dataframe_split.data")
     elif key == "dataframe_records":
@@ -126,6 +117,37 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
             raise BadRequest(f"named 'inputs' must hold one tensor (the model has one input); got {len(value)}")
         value = next(iter(value.values()))
     return _images(value, max_images)
+
+
+def _split_frame(frame: object) -> tuple[object, list | None]:
+    """pandas' split orient: 'data', optional 'columns' (784 names, or one), optional 'index' (row labels, unused)."""
+    if not isinstance(frame, dict) or "data" not in frame:
+        raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values) and optionally 'columns'")
+    unknown = sorted(set(frame) - SPLIT_KEYS)
+    if unknown:
+        named = ", ".join(map(repr, unknown))[:200]
+        raise BadRequest(f"unknown key(s) {named} in 'dataframe_split'; it takes data, columns and index")
+    columns = frame.get("columns")
+    if "columns" in frame and (not isinstance(columns, list) or len(columns) not in (1, PIXELS)):
+        got = len(columns) if isinstance(columns, list) else describe_json(columns)
+        raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns, or one column of 784 values; got {got}")
+    unnamed = next((index for index, name in enumerate(columns or []) if not isinstance(name, str)), None)
+    if unnamed is not None:
+        what = describe_json(columns[unnamed])
+        raise BadRequest(f"'dataframe_split.columns' must be column names (strings); item {unnamed} is {what}")
+    # the index labels rows, which answers keep in data's order; OpenAPI cannot say "as long as data", so none is asked
+    index = frame.get("index", [])
+    if not isinstance(index, list):
+        raise BadRequest(f"'dataframe_split.index' must be a list of row labels; got {describe_json(index)}")
+    odd = next((number for number, label in enumerate(index) if not (isinstance(label, str) or _is_integer(label))), None)
+    if odd is not None:
+        what = describe_json(index[odd])
+        raise BadRequest(f"'dataframe_split.index' must hold row labels (integers or strings); item {odd} is {what}")
+    return frame["data"], columns
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _records_to_rows(records: object, key: str = "dataframe_records") -> list:
@@ -227,6 +249,25 @@ _HEADERS = [
 ]
 
 
+def _split_frame_schema(max_images: int) -> dict:
+    """pandas' split orient: 784 pixel columns, or one column holding each row's 784 values; an index of one label a row."""
+
+    def frame(columns: int, row: dict, required: list[str]) -> dict:
+        return {
+            "type": "object",
+            "properties": {
+                "columns": {"type": "array", "items": {"type": "string"}, "minItems": columns, "maxItems": columns},
+                "data": {"type": "array", "items": row, "minItems": 1, "maxItems": max_images},
+                "index": {"type": "array", "items": {"type": ["integer", "string"]}, "maxItems": max_images},
+            },
+            "required": required,
+            "additionalProperties": False,
+        }
+
+    one_value = {"type": "array", "items": _FLAT_IMAGE, "minItems": 1, "maxItems": 1}
+    return {"oneOf": [frame(PIXELS, _FLAT_IMAGE, ["data"]), frame(1, one_value, ["columns", "data"])]}
+
+
 def _images_schema(max_images: int) -> dict:
     return {
         "description": "28x28 grey images, all in one form: 784 values in row order each, or 28 rows of 28 each",
@@ -306,15 +347,7 @@ def invocations_openapi(max_images: int) -> dict:
                 {
                     "type": "object",
                     "properties": {
-                        "dataframe_split": {
-                            "type": "object",
-                            "properties": {
-                                "columns": {"type": "array", "items": {"type": "string"}, "minItems": PIXELS, "maxItems": PIXELS},
-                                "data": {"type": "array", "items": _FLAT_IMAGE, "minItems": 1, "maxItems": max_images},
-                            },
-                            "required": ["data"],
-                            "additionalProperties": False,
-                        },
+                        "dataframe_split": _split_frame_schema(max_images),
                         "params": {"type": "object"},
                     },
                     "required": ["dataframe_split"],

@@ -33,6 +33,7 @@ def test_score_body_takes_flat_or_square_images_with_id_and_window():
     [
         {"dataframe_split": {"columns": [f"pixel_{i}" for i in range(784)], "data": [IMAGE]}},
         {"dataframe_split": {"data": [IMAGE]}},
+        {"dataframe_split": {"index": [7], "data": [IMAGE]}},
         {"dataframe_records": [{f"pixel_{i}": v for i, v in enumerate(IMAGE)}]},
         {"instances": [IMAGE]},
         {"instances": [SQUARE]},
@@ -46,6 +47,7 @@ def test_score_body_takes_flat_or_square_images_with_id_and_window():
     ids=[
         "split-columns",
         "split",
+        "split-index",
         "records",
         "instances",
         "instances-square",
@@ -93,6 +95,10 @@ def test_bad_score_bodies(body, status, message):
         ({"dataframe_split": [IMAGE]}, "'dataframe_split' must be an object with 'data'"),
         ({"dataframe_split": {"columns": ["a", "b"], "data": [IMAGE]}}, "or one column of 784 values; got 2"),
         ({"dataframe_split": {"columns": [None], "data": [[IMAGE]]}}, "must be column names (strings); item 0 is null"),
+        ({"dataframe_split": {"columns": None, "data": [IMAGE]}}, "or one column of 784 values; got null"),
+        ({"dataframe_split": {"data": [IMAGE], "dtype": "int"}}, "unknown key(s) 'dtype' in 'dataframe_split'"),
+        ({"dataframe_split": {"index": 0, "data": [IMAGE]}}, "'dataframe_split.index' must be a list of row labels"),
+        ({"dataframe_split": {"index": [None], "data": [IMAGE]}}, "(integers or strings); item 0 is null"),
         ({"dataframe_split": {"columns": ["pixels"], "data": [IMAGE]}}, "must hold one value per row"),
         ({"dataframe_records": [IMAGE]}, "must be a list of objects"),
         ({"dataframe_records": [{"a": 1, "b": 2}]}, "the same 784 pixel keys"),

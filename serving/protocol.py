@@ -122,7 +122,7 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
 def _split_frame(frame: object) -> tuple[object, list | None]:
     """pandas' split orient: 'data', optional 'columns' (784 names, or one), optional 'index' (row labels, unused)."""
     if not isinstance(frame, dict) or "data" not in frame:
-        raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values) and optionally 'columns'")
+        raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values), optionally 'columns' and 'index'")
     unknown = sorted(set(frame) - SPLIT_KEYS)
     if unknown:
         named = ", ".join(map(repr, unknown))[:200]
@@ -250,7 +250,7 @@ _HEADERS = [
 
 
 def _split_frame_schema(max_images: int) -> dict:
-    """pandas' split orient: 784 pixel columns, or one column holding each row's 784 values; an index of one label a row."""
+    """pandas' split orient: 784 pixel columns, or one column holding each row's 784 values; an index of row labels."""
 
     def frame(columns: int, row: dict, required: list[str]) -> dict:
         return {
@@ -258,7 +258,7 @@ def _split_frame_schema(max_images: int) -> dict:
             "properties": {
                 "columns": {"type": "array", "items": {"type": "string"}, "minItems": columns, "maxItems": columns},
                 "data": {"type": "array", "items": row, "minItems": 1, "maxItems": max_images},
-                "index": {"type": "array", "items": {"type": ["integer", "string"]}, "maxItems": max_images},
+                "index": {"type": "array", "items": {"type": ["integer", "string"]}},
             },
             "required": required,
             "additionalProperties": False,

@@ -147,7 +147,8 @@ def _split_frame(frame: object) -> tuple[object, list | None]:
 
 
 def _is_integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer as JSON Schema means it: a number without a fraction (orjson reads one past 64 bits as a float)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
 
 
 def _records_to_rows(records: object, key: str = "dataframe_records") -> list:

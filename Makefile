@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 DEMO_EPOCHS ?= 4
 PYTEST_ARGS ?=
 # `make test` runs the modules on this many pytest-xdist workers, each module whole on one (tests/conftest.py); on
-# 2 cores 3 beat 2 (15 against at least 18 minutes) and 4 (21:15 against 23:41 on 2026-12-07, both cores 97% busy)
+# 2 cores 3 beat 2 (15 against at least 18 minutes when first measured, much of a test then waiting on servers)
+# and 4 (21:15 against 23:41 for 515 tests on 2026-12-07, both cores 97% busy)
 TEST_WORKERS ?= 3
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

@@ -105,9 +105,7 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
     key = formats[0]
     value = payload[key]
     if key == "dataframe_split":
-        value, columns = _split_frame(value)
-        if columns is not None and len(columns) == 1:
-            value = _one_column_rows(value, "dataframe_split.data")
+        value = _split_frame(value)
     elif key == "dataframe_records":
         value = _records_to_rows(value)
     elif key == "instances" and isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
@@ -119,8 +117,9 @@ def parse_invocations_body(payload: object, max_images: int) -> np.ndarray:
     return _images(value, max_images)
 
 
-def _split_frame(frame: object) -> tuple[object, list | None]:
-    """pandas' split orient: 'data', optional 'columns' (784 names, or one), optional 'index' (row labels, unused)."""
+def _split_frame(frame: object) -> list:
+    """pandas' split orient: 'data', optional 'columns' (784 names, or one), optional 'index' (row labels, unused);
+    the rows of 784 values."""
     if not isinstance(frame, dict) or "data" not in frame:
         raise BadRequest("'dataframe_split' must be an object with 'data' (rows of 784 values), optionally 'columns' and 'index'")
     unknown = sorted(set(frame) - SPLIT_KEYS)
@@ -143,7 +142,22 @@ def _split_frame(frame: object) -> tuple[object, list | None]:
     if odd is not None:
         what = describe_json(index[odd])
         raise BadRequest(f"'dataframe_split.index' must hold row labels (integers or strings); item {odd} is {what}")
-    return frame["data"], columns
+    rows = frame["data"]
+    if columns is not None and len(columns) == 1:
+        rows = _one_column_rows(rows, "dataframe_split.data")
+    return _flat_rows(rows, "dataframe_split.data")
+
+
+def _flat_rows(rows: object, where: str) -> list:
+    """Rows of 784 values each: the split orient's images are flat (28x28 ones come as 'instances' or 'inputs')."""
+    if not isinstance(rows, list):
+        raise BadRequest(f"'{where}' must be a list of rows of 784 values; got {describe_json(rows)}")
+    odd = next((number for number, row in enumerate(rows) if not (isinstance(row, list) and len(row) == PIXELS)), None)
+    if odd is not None:
+        row = rows[odd]
+        what = f"{len(row)} items" if isinstance(row, list) else describe_json(row)
+        raise BadRequest(f"'{where}' row {odd} must hold 784 values (an image in row order); got {what}")
+    return rows
 
 
 def _is_integer(value: object) -> bool:
@@ -329,7 +343,11 @@ def score_openapi(max_images: int) -> dict:
 
 
 def invocations_openapi(max_images: int) -> dict:
-    """/invocations in OpenAPI terms: MLflow's instances, inputs and dataframe_split bodies, and the answer."""
+    """/invocations in OpenAPI terms: MLflow's instances, inputs and dataframe_split bodies, and the answer.
+
+    The door also takes dataframe_records, instances as records and named inputs; they are left out here because
+    JSON Schema cannot say "every record with the same 784 keys", so a schema for them would call bodies valid that
+    the door rightly refuses."""
     return _door(
         {
             "oneOf": [

@@ -186,24 +186,24 @@ def test_a_version_retrained_on_the_incident_takes_its_traffic_into_its_referenc
     foreign = records.assign(foreign=records["flags"].str.contains("foreign")).groupby("model_version")["foreign"].mean()
     assert foreign["1"] > 0.3 and foreign[promoted["version"]] < foreign["1"] / 3
     # so the foreign-digit test that opened the incident, firing on every drifted window of version 1's, sees a
-    # foreign rate under a third of that in every window after the promotion and stops firing on some, each window
-    # judged against the reference of the version serving it (this small model, one epoch on few labels, stays poor
-    # on Devanagari digits: its accuracy rule may rightly keep the incident open). How often it still fires depends
-    # on the reference: a small run's calibrates its 1% threshold on a few hundred held-out images, so on new images
-    # of their kind it flags 1 to 6 percent, and at 150 records a window crosses the test's bound from about 5.
+    # foreign rate under a third of that in every window after the promotion, each window judged against the
+    # reference of the version serving it (this small model, one epoch on few labels, stays poor on Devanagari
+    # digits: its accuracy rule may rightly keep the incident open). Whether the test still fires on some of them
+    # is left to chance: a small run's reference calibrates its 1% threshold on a few hundred held-out images, so on
+    # new images of their kind it flags 1 to 6 percent, and at 150 records a window fires from 9 flagged (6%).
     opened = [event for event in figures["incidents"] if event["event"] == "opened"]
     assert opened[0]["window"] == figures["first_alert_window"] and "foreign_digits" in opened[0]["rules"]
     bound = next(rule.threshold for rule in load_policy(None, reference).rules if rule.name == "foreign_digits")
-    judged = []  # (window, foreign rate, fired)
+    judged = []  # (window, foreign rate, fired) of each window of a version's, a whole window each
     for version, mine in log[log["window"] >= 4].groupby("model_version"):
         served = download_reference(client.get_model_version("digits-cnn", version).run_id)
         metrics = window_metrics(mine, load_reference(served))
+        assert not metrics["too_small"].any() and metrics["foreign_p"].notna().all(), (version, metrics)
         judged += zip(metrics["window"], metrics["foreign_rate"], metrics["foreign_p"] < bound)
     before = [(rate, fired) for window, rate, fired in judged if window <= promoted["window"]]
-    after = [(rate, fired) for window, rate, fired in judged if window > promoted["window"]]
+    after = [rate for window, rate, _ in judged if window > promoted["window"]]
     assert before and all(fired for _, fired in before) and len(after) >= 3, judged
-    assert max(rate for rate, _ in after) < min(rate for rate, _ in before) / 3, judged
-    assert sum(fired for _, fired in after) < len(after), judged
+    assert max(after) < min(rate for rate, _ in before) / 3, judged
     first = _first_promotion(figures)["window"]
     assert figures["incidents_after_first_promotion"]["windows"] == SMALL_SCENARIO["windows"] - first - 1
 

@@ -186,7 +186,8 @@ def _one_column_rows(rows: object, where: str) -> list:
 
 
 def _images(values: object, max_images: int) -> np.ndarray:
-    if isinstance(values, list) and len(values) > max_images:
+    # a list longer than one image can be (784 values) is a batch: refused before it is converted
+    if isinstance(values, list) and len(values) > max(max_images, PIXELS):
         raise BadRequest(f"{len(values)} images in one request; the limit is {max_images}", status=413)
     try:
         images = to_image_batch(values)
@@ -285,10 +286,12 @@ def _split_frame_schema(max_images: int) -> dict:
 
 def _images_schema(max_images: int) -> dict:
     return {
-        "description": "28x28 grey images, all in one form: 784 values in row order each, or 28 rows of 28 each",
+        "description": "28x28 grey images, all in one form (784 values in row order each, or 28 rows of 28 each), or one alone",
         "oneOf": [
             {"type": "array", "items": _FLAT_IMAGE, "minItems": 1, "maxItems": max_images},
             {"type": "array", "items": _SQUARE_IMAGE, "minItems": 1, "maxItems": max_images},
+            _FLAT_IMAGE,
+            _SQUARE_IMAGE,
         ],
     }
 

@@ -26,6 +26,8 @@ def test_score_body_takes_flat_or_square_images_with_id_and_window():
     square = parse_score_body({"data": [SQUARE]}, max_images=10)
     assert square.request_id is None and square.window is None
     assert (square.images[0] == request.images[1]).all()
+    for alone in (IMAGE, SQUARE):  # one image alone, as the image contract takes it, whatever the limit
+        assert (parse_score_body({"data": alone}, max_images=1).images == request.images[:1]).all()
 
 
 @pytest.mark.parametrize(
@@ -79,6 +81,8 @@ def test_every_mlflow_body_gives_the_same_images(body):
         ({"data": [IMAGE[:-28]]}, 400, "got shape 1x756"),
         ({"data": []}, 400, "the batch is empty"),
         ({"data": [IMAGE] * 11}, 413, "11 images in one request; the limit is 10"),
+        ({"data": [IMAGE] * 785}, 413, "785 images in one request; the limit is 10"),
+        ({"data": [0] * 700}, 400, "got shape 700"),
         ({"data": [IMAGE], "window": "monday"}, 400, "the window must be a whole number"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +131,7 @@ def _split_frame(frame: object) -> list:
     if "columns" in frame and (not isinstance(columns, list) or len(columns) not in (1, PIXELS)):
         got = len(columns) if isinstance(columns, list) else describe_json(columns)
         raise BadRequest(f"'dataframe_split.columns' must name the 784 pixel columns, or one column of 784 values; got {got}")
-    unnamed = next((index for index, name in enumerate(columns or []) if not isinstance(name, str)), None)
+    unnamed = _first_refused(columns or [], lambda name: isinstance(name, str))
     if unnamed is not None:
         what = describe_json(columns[unnamed])
         raise BadRequest(f"'dataframe_split.columns' must be column names (strings); item {unnamed} is {what}")
@@ -138,7 +139,7 @@ def _split_frame(frame: object) -> list:
     index = frame.get("index", [])
     if not isinstance(index, list):
         raise BadRequest(f"'dataframe_split.index' must be a list of row labels; got {describe_json(index)}")
-    odd = next((number for number, label in enumerate(index) if not (isinstance(label, str) or _is_integer(label))), None)
+    odd = _first_refused(index, lambda label: isinstance(label, str) or _is_integer(label))
     if odd is not None:
         what = describe_json(index[odd])
         raise BadRequest(f"'dataframe_split.index' must hold row labels (integers or strings); item {odd} is {what}")
@@ -152,12 +153,17 @@ def _flat_rows(rows: object, where: str) -> list:
     """Rows of 784 values each: the split orient's images are flat (28x28 ones come as 'instances' or 'inputs')."""
     if not isinstance(rows, list):
         raise BadRequest(f"'{where}' must be a list of rows of 784 values; got {describe_json(rows)}")
-    odd = next((number for number, row in enumerate(rows) if not (isinstance(row, list) and len(row) == PIXELS)), None)
+    odd = _first_refused(rows, lambda row: isinstance(row, list) and len(row) == PIXELS)
     if odd is not None:
         row = rows[odd]
         what = f"{len(row)} items" if isinstance(row, list) else describe_json(row)
         raise BadRequest(f"'{where}' row {odd} must hold 784 values (an image in row order); got {what}")
     return rows
+
+
+def _first_refused(items: list, accepted: Callable[[object], bool]) -> int | None:
+    """The position of the first item that `accepted` refuses, or None."""
+    return next((number for number, item in enumerate(items) if not accepted(item)), None)
 
 
 def _is_integer(value: object) -> bool:

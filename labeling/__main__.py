@@ -58,8 +58,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--allocation",
         choices=ALLOCATIONS,
         default="fixed",
-        help="how a window's budget is split across strata: fixed (--random-share unflagged, the rest flagged) or "
-        "neyman (in proportion to each stratum's size times its spread) (default: %(default)s)",
+        help="how a window's budget is split across strata: fixed (--random-share unflagged, the rest flagged), spread "
+        "(as fixed, the flagged share spread evenly over the predicted classes) or neyman (in proportion to each "
+        "stratum's size times its spread) (default: %(default)s)",
     )
     queue.add_argument(
         "--cluster",

@@ -1,5 +1,6 @@
 """The labeling queue: per window, a budget of images drawn at random within strata: a fixed split (mostly
-flagged, a random share unflagged) or Neyman's allocation (each stratum in proportion to its size times its spread)."""
+flagged, a random share unflagged), the same split with the flagged share spread over the predicted classes, or
+Neyman's allocation (each stratum in proportion to its size times its spread)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 from common.labels import CLEAN_STRATUM, FOREIGN_STRATUM, STRATA, strata_of
 
 QUEUE_COLUMNS = ("request_id", "image_index", "window", "stratum", "confidence", "foreign_score")
-ALLOCATIONS = ("fixed", "neyman")
+ALLOCATIONS = ("fixed", "spread", "neyman")
 
 
 def neyman_counts(group: pd.DataFrame, budget: int) -> dict[str, int]:
@@ -37,6 +38,22 @@ def neyman_counts(group: pd.DataFrame, budget: int) -> dict[str, int]:
     return counts
 
 
+def spread_counts(predicted: np.ndarray, budget: int, rng: np.random.Generator) -> dict[int, int]:
+    """`budget` labels spread as evenly as they go over the predicted classes present (each capped at its size,
+    what a small class cannot take passed on; ties broken at random): few labels still reach every way the model
+    reads the drifted images, where a uniform draw leaves its rarer readings unlabeled."""
+    classes, sizes = np.unique(predicted, return_counts=True)
+    counts = np.zeros(len(classes), dtype=int)
+    order = rng.permutation(len(classes))
+    left = min(budget, int(sizes.sum()))
+    while left > 0:
+        for index in order:
+            if left and counts[index] < sizes[index]:
+                counts[index] += 1
+                left -= 1
+    return {int(cls): int(count) for cls, count in zip(classes, counts) if count}
+
+
 def select_for_labeling(
     records: pd.DataFrame,
     per_window: int,
@@ -48,7 +65,10 @@ def select_for_labeling(
     """At most `per_window` records of each window to label (QUEUE_COLUMNS), drawn uniformly within strata.
 
     Fixed allocation: `1 - random_share` of the budget goes to flagged records (foreign or low confidence), the
-    rest to unflagged ones; a stratum too small passes its share to the other. Neyman allocation (`neyman_counts`)
+    rest to unflagged ones; a stratum too small passes its share to the other. Spread allocation: the same shares,
+    the flagged one spread evenly over the predicted classes (`spread_counts`; the records need `predicted`), and
+    the label-assisted estimate corrects each (stratum, predicted class) cell by its own labels (`by_prediction`).
+    Neyman allocation (`neyman_counts`)
     ignores `random_share`. Drawing at random inside each stratum, not the most extreme first, keeps each
     stratum's labeled accuracy an unbiased sample of it. Records in `already` (request_id, image_index) are not
     drawn again. The draw of a window depends only on the seed and the window.
@@ -77,7 +97,11 @@ def select_for_labeling(
         want_clean = min(len(clean), round(per_window * random_share))
         want_flagged = min(len(flagged), per_window - want_clean)
         want_clean = min(len(clean), per_window - want_flagged)
-        for part, count in ((flagged, want_flagged), (clean, want_clean)):
+        draws = [(flagged, want_flagged), (clean, want_clean)]
+        if allocation == "spread":  # the flagged share drawn evenly over the predicted classes, uniformly within each
+            counts = spread_counts(flagged["predicted"].to_numpy(), want_flagged, rng)
+            draws[:1] = [(flagged[flagged["predicted"] == predicted], count) for predicted, count in counts.items()]
+        for part, count in draws:
             if count:
                 picked.append(part.iloc[np.sort(rng.choice(len(part), count, replace=False))])
     if not picked:

@@ -58,6 +58,12 @@ class LoopOptions:
         5, "label budget per window once the retrains are spent: labels then only check the accuracy estimate"
     )
     random_share: float = option(0.3, "share of the budget drawn from unflagged images")
+    allocation: str = option(
+        "spread",
+        "how a window's budget is drawn: spread (the flagged share evenly over the predicted classes, so that few "
+        "labels reach each way the model reads the drifted images) or fixed (the flagged share uniformly)",
+        choices=("spread", "fixed"),
+    )
     retrain_after: int = option(100, "labeled images in hand (with their image) since the last retrain that start one")
     max_retrains: int = option(3, "retrains at most")
     epochs: int = option(2, "retraining epochs")
@@ -202,7 +208,7 @@ def queue_windows(
 ) -> pd.DataFrame:
     """The images to label of `windows` (`budget` per window, drawn within flag strata), none queued before."""
     mine = records[records["window"].isin(list(windows))]
-    return select_for_labeling(mine, budget, config.random_share, config.seed, already=queued)
+    return select_for_labeling(mine, budget, config.random_share, config.seed, already=queued, allocation=config.allocation)
 
 
 def new_records(config: ControllerConfig, state: ControllerState) -> tuple[pd.DataFrame, list[str]]:

@@ -280,7 +280,7 @@ def judge_loop(config: LoopConfig, state: LoopState, answered: pd.DataFrame, fir
     truth = read_ground_truth(config.out / "simulation" / SIDECAR_FILE)
     references = References()
     trained = trained_fingerprints(set(records["model_version"].astype(str)))
-    windows = window_table(records, truth, answered, references, config.label_delay, trained)
+    windows = window_table(records, truth, answered, references, config.label_delay, trained, config.allocation == "spread")
     incidents = loop_incidents(records, references)
     return {"windows": windows, "figures": loop_figures(windows, state, config, first_version, seconds, incidents)}
 
@@ -290,6 +290,7 @@ def reanalyse(out: Path) -> dict:
     closed_loop.json); rewrites closed_loop.json and windows.csv in its folder."""
     old = json.loads((out / "closed_loop.json").read_text())
     fields = {key: value for key, value in old["config"].items() if key in LoopConfig.__dataclass_fields__}
+    fields.setdefault("allocation", "fixed")  # a loop from before the choice drew its flagged labels uniformly
     config = LoopConfig(**{**fields, "out": out})
     state = LoopState(events=old["events"])
     answered_path = out / "labels_answered.csv" if (out / "labels_answered.csv").is_file() else out / "labels.csv"
@@ -335,10 +336,12 @@ def window_table(
     references: References,
     delay: int,
     trained: dict[str, set[str]],
+    by_prediction: bool,
 ) -> pd.DataFrame:
     """Per window and serving version: truth, label-free and label-assisted accuracy, labels that came back.
 
-    Records of a retrained version whose image it trained on are left out of its realised accuracy."""
+    Records of a retrained version whose image it trained on are left out of its realised accuracy. `by_prediction`:
+    the labels were drawn by the spread allocation, and the estimate corrects each predicted class by its own."""
     parts = []
     for version, mine in records.groupby("model_version", sort=False):
         reference = references(str(version))
@@ -349,7 +352,10 @@ def window_table(
         truths = truth_metrics(judged, truth)
         label_free = judged.groupby("window")["p_correct"].mean().rename("label_free_accuracy").reset_index()
         assisted = {
-            lag: label_assisted_accuracy(judged, judged["p_correct"], labels, lag=lag).set_index("window") for lag in (0, delay)
+            lag: label_assisted_accuracy(judged, judged["p_correct"], labels, lag=lag, by_prediction=by_prediction).set_index(
+                "window"
+            )
+            for lag in (0, delay)
         }
         table = truths.merge(label_free, on="window")
         table = table.merge(assisted[delay].reset_index(), on="window")

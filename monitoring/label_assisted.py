@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from common.labels import STRATA, strata_of
+from common.labels import CLEAN_STRATUM, STRATA, strata_of
 
 HORIZON_WINDOWS = 10  # labels of this many windows (the judged one and those before) correct a window's estimate
 UNKNOWN_RESIDUAL_VARIANCE = 0.25  # a stratum without labels: its correction could be anything (Bernoulli's maximum)
@@ -20,6 +20,7 @@ def label_assisted_accuracy(
     horizon: int = HORIZON_WINDOWS,
     lag: int = 0,
     looks: int | None = None,
+    by_prediction: bool = False,
 ) -> pd.DataFrame:
     """Per window: the estimated accuracy with a 95% interval, the same estimate's interval that holds in every
     window at once when each is checked (95% over `looks` windows, by default all of them: Bonferroni's
@@ -31,6 +32,10 @@ def label_assisted_accuracy(
     what its label says. A window uses the labels that had come back by `lag` windows after it (`arrived_window`,
     else its own window): lag 0 is the estimate as the window closes, lag = the annotator's delay the estimate
     once the window's own labels are in. `records`: window, request_id, image_index, predicted, flags.
+
+    `by_prediction`: the flagged strata are split by predicted class, each cell corrected by its own labels (the
+    stratum's where it has fewer than two), as the queue's "spread" allocation draws them: evenly over the
+    predicted classes, so that a stratum's labels are no uniform sample of it but each cell's are of that cell.
     """
     frame = records[["window", "request_id", "image_index", "predicted"]].copy()
     frame["window"] = frame["window"].astype(int)
@@ -56,14 +61,17 @@ def label_assisted_accuracy(
             if members.empty:
                 continue
             mine = usable[usable["stratum"] == stratum]
-            residuals = (mine["correct"] - mine["p_correct"]).to_numpy()
-            correction = residuals.mean() if len(residuals) else 0.0
-            residual_variance = residuals.var(ddof=1) / len(residuals) if len(residuals) > 1 else UNKNOWN_RESIDUAL_VARIANCE
-            known_here = in_window.loc[members.index]
-            unknown = members[~known_here]
-            rates = np.clip(unknown["p_correct"].to_numpy() + correction, 0, 1)
-            correct_count += members.loc[known_here, "correct"].sum() + rates.sum()
-            variance += len(unknown) ** 2 * residual_variance + float(np.sum(rates * (1 - rates)))
+            pooled = _correction((mine["correct"] - mine["p_correct"]).to_numpy())
+            cells = members.groupby("predicted") if by_prediction and stratum != CLEAN_STRATUM else [(None, members)]
+            for predicted, cell in cells:
+                labeled_cell = mine if predicted is None else mine[mine["predicted"] == predicted]
+                residuals = (labeled_cell["correct"] - labeled_cell["p_correct"]).to_numpy()
+                correction, residual_variance = _correction(residuals) if len(residuals) > 1 else pooled
+                known_here = in_window.loc[cell.index]
+                unknown = cell[~known_here]
+                rates = np.clip(unknown["p_correct"].to_numpy() + correction, 0, 1)
+                correct_count += cell.loc[known_here, "correct"].sum() + rates.sum()
+                variance += len(unknown) ** 2 * residual_variance + float(np.sum(rates * (1 - rates)))
         volume = len(group)
         estimate = correct_count / volume
         spread = Z95 * np.sqrt(variance) / volume
@@ -80,3 +88,11 @@ def label_assisted_accuracy(
             }
         )
     return pd.DataFrame(rows)
+
+
+def _correction(residuals: np.ndarray) -> tuple[float, float]:
+    """The mean of (correct - P(correct)) over some labeled records, and that mean's variance (UNKNOWN_RESIDUAL_VARIANCE
+    with fewer than two: no spread to measure)."""
+    correction = float(residuals.mean()) if len(residuals) else 0.0
+    variance = float(residuals.var(ddof=1)) / len(residuals) if len(residuals) > 1 else UNKNOWN_RESIDUAL_VARIANCE
+    return correction, variance

@@ -6,7 +6,7 @@ import pytest
 
 from common.labels import CLEAN_STRATUM, FOREIGN_STRATUM, UNSURE_STRATUM, LabelFileError, read_labels, strata_of, write_labels
 from labeling.annotator import simulated_labels
-from labeling.queue import select_for_labeling
+from labeling.queue import select_for_labeling, spread_counts
 from monitoring.label_assisted import label_assisted_accuracy
 
 
@@ -223,7 +223,7 @@ def test_the_queue_takes_neyman_allocation_and_refuses_an_unknown_one():
     records = traffic(windows=4)
     queue = select_for_labeling(records, 10, seed=0, allocation="neyman")
     assert queue.groupby("window").size().tolist() == [10, 10, 10, 10]
-    with pytest.raises(ValueError, match="allocation 'best' is not one of fixed, neyman"):
+    with pytest.raises(ValueError, match="allocation 'best' is not one of fixed, spread, neyman"):
         select_for_labeling(records, 10, allocation="best")
 
 
@@ -306,3 +306,63 @@ def test_the_label_store_keeps_the_columns_a_file_had_and_refuses_a_path_it_cann
     for bad, message in ((tmp_path / "labels.txt", ".csv or .jsonl"), (tmp_path / "missing" / "l.jsonl", "cannot be written")):
         with pytest.raises(LabelFileError, match=message):
             LabelStore(bad)
+
+
+def skewed_traffic(windows=12, per_window=200):
+    """Half the traffic foreign and flagged: 90% of it read as an 8 and wrong, 10% read as a 0 and right; the
+    label-free P(correct) says 0.95 for all of it. The rest clean and right."""
+    rows = []
+    for window in range(windows):
+        for index in range(per_window):
+            foreign, read_as_zero = index % 2 == 0, index % 20 == 0
+            label = 0 if read_as_zero or not foreign else 4
+            rows.append(
+                {
+                    "request_id": f"w{window}-{index}",
+                    "image_index": 0,
+                    "window": window,
+                    "label": label,
+                    "predicted": 0 if read_as_zero or not foreign else 8,
+                    "flags": "foreign" if foreign else "",
+                    "confidence": 0.95 if foreign else 0.999,
+                    "foreign_score": 5.0 if foreign else 0.1,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_spread_counts_share_the_budget_evenly_over_the_predicted_classes_within_their_sizes():
+    rng = np.random.default_rng(0)
+    assert spread_counts(np.array([8] * 90 + [0] * 6 + [3] * 4), 6, rng) == {0: 2, 3: 2, 8: 2}
+    assert spread_counts(np.array([0] + [1] * 10), 6, rng) == {0: 1, 1: 5}  # what a small class cannot take passes on
+    assert sum(spread_counts(np.array([2, 2, 5]), 10, rng).values()) == 3
+
+
+def test_the_spread_queue_labels_the_rarer_readings_of_the_flagged_images_the_uniform_draw_misses():
+    records = skewed_traffic()
+    spread = select_for_labeling(records, 10, 0.3, seed=0, allocation="spread")
+    fixed = select_for_labeling(records, 10, 0.3, seed=0)
+    for queue in (spread, fixed):
+        assert (queue.groupby("window")["stratum"].agg(lambda s: (s != CLEAN_STRATUM).sum()) == 7).all()
+    flagged = records.set_index(["request_id", "image_index"])["predicted"]
+    read_as_zero = {
+        name: int(
+            (flagged.loc[list(zip(queue.request_id, queue.image_index))].to_numpy()[queue.stratum != CLEAN_STRATUM] == 0).sum()
+        )
+        for name, queue in (("spread", spread), ("fixed", fixed))
+    }
+    assert read_as_zero["spread"] >= 3 * 12  # 3 or 4 of each window's 7
+    assert read_as_zero["fixed"] < read_as_zero["spread"] / 2
+
+
+def test_the_estimate_corrects_each_predicted_class_by_its_own_labels_when_they_were_spread():
+    records = skewed_traffic()
+    p_correct = np.where(records["flags"] == "foreign", 0.95, 0.999)
+    labels = simulated_labels(select_for_labeling(records, 10, 0.3, seed=0, allocation="spread"), records, delay_windows=1)
+    truth = realised(records)
+    error = {}
+    for by_prediction in (False, True):
+        estimate = label_assisted_accuracy(records, p_correct, labels, lag=1, by_prediction=by_prediction)
+        error[by_prediction] = (estimate.set_index("window")["label_assisted_accuracy"] - truth).abs().mean()
+    assert error[True] < 0.01
+    assert error[False] > 0.1  # pooled, the evenly drawn labels over-count the rare right readings

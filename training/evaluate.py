@@ -51,3 +51,8 @@ def worst_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: in
     wrong = np.flatnonzero(predicted != labels)
     order = np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")
     return wrong[order][:count]
+
+
+def replay_log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log P(true label) (scikit-learn's log loss over the ten classes, probabilities clipped off 0 and 1)."""
+    return float(metrics.log_loss(labels, probabilities.astype(np.float64), labels=np.arange(NUM_CLASSES)))

@@ -18,11 +18,14 @@ from common.tracking import PARENT_VERSION_TAG, set_role, version_by_role
 ACCURACY_METRIC = "mnist_test_accuracy"
 REPLAY_METRIC = "replay_accuracy"  # a retrained challenger's accuracy on held-out labeled traffic
 REPLAY_PARENT_METRIC = "replay_parent_accuracy"  # its parent's on the same images
+REPLAY_LOSS_METRIC = "replay_log_loss"  # the challenger's mean -log P(true label) on them: breaks a tie in accuracy
+REPLAY_PARENT_LOSS_METRIC = "replay_parent_log_loss"  # its parent's
 REPLAY_IMAGES_METRIC = "replay_images"  # how many labeled images the replay set holds
 REPLAY_IMAGES_PARAM = "labeled_replay_images"  # the same, as runs logged it before the metric
 PROMOTION_TAG = "digitdrift.promotion"  # on the challenger's run: promoted or refused, with the reason beside it
 GATE_ARTIFACT = "promotion/gate.json"  # on the challenger's run: the thresholds, both sides' metrics, the decision
-# Replay accuracy must rise, not tie: MLflow's "at least baseline + change" with a change under any 1/n step
+# Replay accuracy must rise, not tie: MLflow's "at least baseline + change" with a change under any 1/n step (and,
+# on a tie, the log loss must fall by it)
 REPLAY_MIN_GAIN = 1e-9
 
 
@@ -43,15 +46,28 @@ class ReplayFigures:
     parent: float | None
     parent_version: str
     images: int
+    challenger_loss: float | None = None  # the log losses on the same images (runs from before they were logged: None)
+    parent_loss: float | None = None
+
+    @property
+    def tied(self) -> bool:
+        """Both as accurate on the replay set, with the log losses that can tell them apart."""
+        known = None not in (self.challenger, self.parent, self.challenger_loss, self.parent_loss)
+        return known and self.challenger == self.parent
 
 
 def gate_thresholds(threshold: float, replay: ReplayFigures | None, min_replay_images: int) -> dict[str, MetricThreshold]:
     """The promotion gate as MLflow metric thresholds: the MNIST floor; for a retrained challenger, enough replay
-    images to compare on and, when it has any, a replay accuracy above its parent's."""
+    images to compare on and, when it has any, a replay accuracy above its parent's, or, when the two are as
+    accurate (a small replay set both models nearly ace cannot tell them apart by counting), as accurate and a lower
+    log loss on the same images: the challenger puts more probability on the right answers."""
     thresholds = {ACCURACY_METRIC: MetricThreshold(threshold=threshold, greater_is_better=True)}
     if replay is not None:
         thresholds[REPLAY_IMAGES_METRIC] = MetricThreshold(threshold=min_replay_images, greater_is_better=True)
-        if replay.challenger is not None:
+        if replay.tied:
+            thresholds[REPLAY_METRIC] = MetricThreshold(threshold=replay.parent, greater_is_better=True)
+            thresholds[REPLAY_LOSS_METRIC] = MetricThreshold(min_absolute_change=REPLAY_MIN_GAIN, greater_is_better=False)
+        elif replay.challenger is not None:
             thresholds[REPLAY_METRIC] = MetricThreshold(min_absolute_change=REPLAY_MIN_GAIN, greater_is_better=True)
     return thresholds
 
@@ -95,6 +111,8 @@ def decide_promotion(
         baseline[REPLAY_IMAGES_METRIC] = replay.images  # the same images, both sides
         if replay.challenger is not None:
             candidate[REPLAY_METRIC], baseline[REPLAY_METRIC] = replay.challenger, replay.parent
+        if replay.tied:
+            candidate[REPLAY_LOSS_METRIC], baseline[REPLAY_LOSS_METRIC] = replay.challenger_loss, replay.parent_loss
     gate = {  # as JSON: an unknown champion accuracy is null, not NaN
         "thresholds": {name: threshold_fields(rule) for name, rule in thresholds.items()},
         "candidate": {"version": version, **candidate},
@@ -120,6 +138,11 @@ def decide_promotion(
         ""
         if replay is None
         else f", and {replay.challenger:.4f} on {replay.images} replay images against the champion's {replay.parent:.4f}"
+        + (
+            f" (a tie: log loss {replay.challenger_loss:.4f} against the champion's {replay.parent_loss:.4f})"
+            if replay.tied
+            else ""
+        )
     )
     reason = (
         f"version {version} passes MLflow's model validation: MNIST test accuracy {accuracy:.4f} >= {threshold:.4f}{replayed}; "
@@ -141,7 +164,14 @@ def replay_figures(run) -> ReplayFigures | None:
     if PARENT_VERSION_TAG not in run.data.tags:
         return None
     images = int(metrics.get(REPLAY_IMAGES_METRIC, params.get(REPLAY_IMAGES_PARAM, 0)))
-    return ReplayFigures(metrics.get(REPLAY_METRIC), metrics.get(REPLAY_PARENT_METRIC), run.data.tags[PARENT_VERSION_TAG], images)
+    return ReplayFigures(
+        metrics.get(REPLAY_METRIC),
+        metrics.get(REPLAY_PARENT_METRIC),
+        run.data.tags[PARENT_VERSION_TAG],
+        images,
+        metrics.get(REPLAY_LOSS_METRIC),
+        metrics.get(REPLAY_PARENT_LOSS_METRIC),
+    )
 
 
 def promote(model_name: str, threshold: float, min_replay_images: int = PROMOTION_MIN_REPLAY_IMAGES) -> PromotionDecision:

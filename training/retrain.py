@@ -39,7 +39,7 @@ from training.data import (
     replay_mask,
     split_train_validation,
 )
-from training.evaluate import SetEvaluation
+from training.evaluate import SetEvaluation, replay_log_loss
 from training.keras_job import (
     check_model_kept,
     evaluate_and_log,
@@ -56,7 +56,9 @@ from training.model import compile_cnn
 from training.registry import (
     REPLAY_IMAGES_METRIC,
     REPLAY_IMAGES_PARAM,
+    REPLAY_LOSS_METRIC,
     REPLAY_METRIC,
+    REPLAY_PARENT_LOSS_METRIC,
     REPLAY_PARENT_METRIC,
 )
 from training.tracking import start_training_run
@@ -186,9 +188,17 @@ def run_retrain(config: RetrainConfig, settings: Settings) -> RetrainResult:
         replay_accuracy = replay_parent_accuracy = None
         mlflow.log_metric(REPLAY_IMAGES_METRIC, len(replay))  # the gate refuses too few to compare on
         if parent_replay is not None:
-            replay_accuracy = float((model.predict(to_model_input(replay.images), verbose=0).argmax(1) == replay.labels).mean())
+            challenger_replay = model.predict(to_model_input(replay.images), verbose=0)
+            replay_accuracy = float((challenger_replay.argmax(1) == replay.labels).mean())
             replay_parent_accuracy = float((parent_replay.argmax(1) == replay.labels).mean())
-            mlflow.log_metrics({REPLAY_METRIC: replay_accuracy, REPLAY_PARENT_METRIC: replay_parent_accuracy})
+            mlflow.log_metrics(
+                {
+                    REPLAY_METRIC: replay_accuracy,
+                    REPLAY_PARENT_METRIC: replay_parent_accuracy,
+                    REPLAY_LOSS_METRIC: replay_log_loss(challenger_replay, replay.labels),
+                    REPLAY_PARENT_LOSS_METRIC: replay_log_loss(parent_replay, replay.labels),
+                }
+            )
             log.info(
                 "replay set (%d labeled digits): challenger %.4f, parent %.4f",
                 len(replay),

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.evaluate import confusion_matrix, evaluate_probabilities, worst_misclassified
+from training.evaluate import confusion_matrix, evaluate_probabilities, replay_log_loss, worst_misclassified
 from training.registry import decide_promotion
 
 
@@ -69,6 +69,7 @@ def test_a_retrained_challenger_must_beat_its_parent_on_the_replay_set():
     assert not worse.promoted and "baseline model replay_accuracy = 0.31" in worse.reason
     tie = decide_promotion("3", 0.995, 0.993, champion="2", replay=ReplayFigures(0.0, 0.0, "2", 12), champion_accuracy=0.99)
     assert not tie.promoted, "no better than the champion on the replay set is no reason to switch"
+    assert "replay_log_loss" not in tie.gate["thresholds"]  # a run from before the losses were logged: the tie stands
     floor = decide_promotion("3", 0.990, 0.993, champion="2", replay=ReplayFigures(0.94, 0.31, "2", 12))
     assert not floor.promoted and "mnist_test_accuracy threshold = 0.993" in floor.reason
 
@@ -230,3 +231,27 @@ def test_a_retrained_runs_replay_figures_come_from_its_metrics_or_older_runs_par
     none_held_out = replay_figures(run(tag, {"replay_images": 0}, {"labeled_replay_images": "0"}))
     assert (none_held_out.images, none_held_out.challenger) == (0, None)
     assert not decide_promotion("3", 0.995, 0.993, champion="2", replay=none_held_out).promoted
+
+
+def test_a_tie_on_the_replay_set_is_broken_by_the_log_loss_on_it():
+    from training.registry import ReplayFigures
+
+    surer = ReplayFigures(10 / 11, 10 / 11, "2", 11, challenger_loss=0.21, parent_loss=0.35)
+    promoted = decide_promotion("3", 0.995, 0.993, champion="2", replay=surer, champion_accuracy=0.99)
+    assert promoted.promoted and "(a tie: log loss 0.2100 against the champion's 0.3500)" in promoted.reason
+    assert promoted.gate["thresholds"]["replay_accuracy"]["threshold"] == 10 / 11
+    assert promoted.gate["thresholds"]["replay_log_loss"]["greater_is_better"] is False
+    assert (promoted.gate["candidate"]["replay_log_loss"], promoted.gate["baseline"]["replay_log_loss"]) == (0.21, 0.35)
+    less_sure = ReplayFigures(10 / 11, 10 / 11, "2", 11, challenger_loss=0.35, parent_loss=0.35)
+    refused = decide_promotion("3", 0.995, 0.993, champion="2", replay=less_sure, champion_accuracy=0.99)
+    assert not refused.promoted and "baseline model replay_log_loss = 0.35" in refused.reason
+    # the loss only breaks a tie: a challenger less accurate on the replay set stays refused however sure it is
+    worse = ReplayFigures(9 / 11, 10 / 11, "2", 11, challenger_loss=0.01, parent_loss=0.35)
+    assert not decide_promotion("3", 0.995, 0.993, champion="2", replay=worse, champion_accuracy=0.99).promoted
+
+
+def test_the_replay_log_loss_is_the_mean_negative_log_probability_of_the_true_labels():
+    probabilities = one_hot_probabilities([3, 5], [0.9, 0.6])
+    assert replay_log_loss(probabilities, np.array([3, 5])) == pytest.approx(-(np.log(0.9) + np.log(0.6)) / 2)
+    wrong = replay_log_loss(one_hot_probabilities([3], [1.0]), np.array([4]))
+    assert np.isfinite(wrong) and wrong > 20  # a sure wrong answer: clipped, not infinite

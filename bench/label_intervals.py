@@ -1,5 +1,5 @@
-"""The label-assisted interval checked every window, over seeded label draws, and Neyman's allocation of the
-label budget against the fixed 70/30 split, on the scorecard's simulated traffic.
+"""The label-assisted interval checked every window, over seeded label draws, and the spread and Neyman allocations
+of the label budget against the fixed 70/30 split, on the scorecard's simulated traffic.
 
     python -m bench.label_intervals --log .digitdrift/demo-<stamp>-predictions.db --runs .digitdrift/simulations/<run> ...
 
@@ -36,7 +36,8 @@ def seeded_figures(
     """One seeded run: per-window coverage, whether every window held at once, the mean widths, labels used."""
     queue = select_for_labeling(records, budget, 0.3, seed=seed, allocation=allocation)
     labels = simulated_labels(queue, records, delay)
-    estimate = label_assisted_accuracy(records, p_correct, labels, lag=delay).set_index("window")
+    spread = allocation == "spread"  # labels drawn evenly over the predicted classes: each class corrected by its own
+    estimate = label_assisted_accuracy(records, p_correct, labels, lag=delay, by_prediction=spread).set_index("window")
     truth = realised.reindex(estimate.index)
     inside = estimate["label_assisted_accuracy_low"].le(truth) & truth.le(estimate["label_assisted_accuracy_high"])
     every = estimate["label_assisted_accuracy_every_window_low"].le(truth) & truth.le(

@@ -68,10 +68,9 @@ def select_for_labeling(
     rest to unflagged ones; a stratum too small passes its share to the other. Spread allocation: the same shares,
     the flagged one spread evenly over the predicted classes (`spread_counts`; the records need `predicted`), and
     the label-assisted estimate corrects each (stratum, predicted class) cell by its own labels (`by_prediction`).
-    Neyman allocation (`neyman_counts`)
-    ignores `random_share`. Drawing at random inside each stratum, not the most extreme first, keeps each
-    stratum's labeled accuracy an unbiased sample of it. Records in `already` (request_id, image_index) are not
-    drawn again. The draw of a window depends only on the seed and the window.
+    Neyman allocation (`neyman_counts`) ignores `random_share`. Drawing at random inside each stratum (each cell,
+    spread), not the most extreme first, keeps its labeled accuracy an unbiased sample of it. Records in `already`
+    (request_id, image_index) are not drawn again. The draw of a window depends only on the seed and the window.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")

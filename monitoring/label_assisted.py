@@ -10,6 +10,7 @@ from common.labels import CLEAN_STRATUM, STRATA, strata_of
 
 HORIZON_WINDOWS = 10  # labels of this many windows (the judged one and those before) correct a window's estimate
 UNKNOWN_RESIDUAL_VARIANCE = 0.25  # a stratum without labels: its correction could be anything (Bernoulli's maximum)
+MIN_CELL_LABELS = 5  # labels a predicted class needs to be corrected by its own (fewer agree by chance too often)
 Z95 = 1.96
 
 
@@ -33,9 +34,9 @@ def label_assisted_accuracy(
     else its own window): lag 0 is the estimate as the window closes, lag = the annotator's delay the estimate
     once the window's own labels are in. `records`: window, request_id, image_index, predicted, flags.
 
-    `by_prediction`: the flagged strata are split by predicted class, each cell corrected by its own labels (the
-    stratum's where it has fewer than two), as the queue's "spread" allocation draws them: evenly over the
-    predicted classes, so that a stratum's labels are no uniform sample of it but each cell's are of that cell.
+    `by_prediction`: the flagged strata are split by predicted class (`_stratum_terms`), as the queue's "spread"
+    allocation draws them: evenly over the predicted classes, so that a stratum's labels are no uniform sample of it
+    but each cell's are of that cell.
     """
     frame = records[["window", "request_id", "image_index", "predicted"]].copy()
     frame["window"] = frame["window"].astype(int)
@@ -61,17 +62,10 @@ def label_assisted_accuracy(
             if members.empty:
                 continue
             mine = usable[usable["stratum"] == stratum]
-            pooled = _correction((mine["correct"] - mine["p_correct"]).to_numpy())
-            cells = members.groupby("predicted") if by_prediction and stratum != CLEAN_STRATUM else [(None, members)]
-            for predicted, cell in cells:
-                labeled_cell = mine if predicted is None else mine[mine["predicted"] == predicted]
-                residuals = (labeled_cell["correct"] - labeled_cell["p_correct"]).to_numpy()
-                correction, residual_variance = _correction(residuals) if len(residuals) > 1 else pooled
-                known_here = in_window.loc[cell.index]
-                unknown = cell[~known_here]
-                rates = np.clip(unknown["p_correct"].to_numpy() + correction, 0, 1)
-                correct_count += cell.loc[known_here, "correct"].sum() + rates.sum()
-                variance += len(unknown) ** 2 * residual_variance + float(np.sum(rates * (1 - rates)))
+            split = by_prediction and stratum != CLEAN_STRATUM
+            count, spread = _stratum_terms(members, mine, in_window.loc[members.index], split)
+            correct_count += count
+            variance += spread
         volume = len(group)
         estimate = correct_count / volume
         spread = Z95 * np.sqrt(variance) / volume
@@ -88,6 +82,43 @@ def label_assisted_accuracy(
             }
         )
     return pd.DataFrame(rows)
+
+
+def _stratum_terms(members: pd.DataFrame, labeled: pd.DataFrame, known: pd.Series, split: bool) -> tuple[float, float]:
+    """One stratum's expected correct count in the window and its variance. Unsplit: one correction, the mean
+    residual of its labels. Split by predicted class: a cell with MIN_CELL_LABELS labels or more is corrected by its
+    own; the others share one, each labeled cell's mean residual weighted by the cell's size in the window (its
+    labels are a uniform sample of their cell, not of the stratum), whose error they share: its variance counts once
+    for all their unknown records together."""
+    if not split:
+        correction, residual_variance = _correction(_residuals(labeled))
+        count, unknown, bernoulli = _cell_terms(members, known, correction)
+        return count, unknown**2 * residual_variance + bernoulli
+    cells = [(cell, labeled[labeled["predicted"] == predicted]) for predicted, cell in members.groupby("predicted")]
+    sized = [(len(cell), _residuals(mine).mean()) for cell, mine in cells if len(mine)]
+    shared = float(np.average([mean for _, mean in sized], weights=[size for size, _ in sized])) if sized else 0.0
+    shared_variance = _correction(_residuals(labeled))[1]
+    count, variance, sharing = 0.0, 0.0, 0
+    for cell, mine in cells:
+        own = len(mine) >= MIN_CELL_LABELS
+        correction, residual_variance = _correction(_residuals(mine)) if own else (shared, 0.0)
+        cell_count, unknown, bernoulli = _cell_terms(cell, known.loc[cell.index], correction)
+        count += cell_count
+        variance += unknown**2 * residual_variance + bernoulli
+        sharing += 0 if own else unknown
+    return count, variance + sharing**2 * shared_variance
+
+
+def _cell_terms(cell: pd.DataFrame, known: pd.Series, correction: float) -> tuple[float, int, float]:
+    """Records of one cell: their expected correct count (labeled ones as their label says, the others at their
+    P(correct) plus `correction`), how many are not labeled, and the Bernoulli variance of those."""
+    unknown = cell[~known]
+    rates = np.clip(unknown["p_correct"].to_numpy() + correction, 0, 1)
+    return float(cell.loc[known, "correct"].sum() + rates.sum()), len(unknown), float(np.sum(rates * (1 - rates)))
+
+
+def _residuals(labeled: pd.DataFrame) -> np.ndarray:
+    return (labeled["correct"] - labeled["p_correct"]).to_numpy()
 
 
 def _correction(residuals: np.ndarray) -> tuple[float, float]:

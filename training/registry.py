@@ -1,9 +1,11 @@
 """Promotion: move the champion role (alias and digitdrift_role tag) to the challenger only when MLflow's model
 validation passes it: the accuracy bar on MNIST test and, for a retrained challenger, a replay accuracy above its
-parent's on the labeled traffic it never trained on. The decision is logged on the challenger's run."""
+parent's on the labeled traffic it never trained on (or, on a tie, a lower log loss there). The decision is logged
+on the challenger's run."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import mlflow
@@ -52,7 +54,8 @@ class ReplayFigures:
     @property
     def tied(self) -> bool:
         """Both as accurate on the replay set, with the log losses that can tell them apart."""
-        known = None not in (self.challenger, self.parent, self.challenger_loss, self.parent_loss)
+        losses = (self.challenger_loss, self.parent_loss)
+        known = None not in (self.challenger, self.parent, *losses) and all(map(math.isfinite, losses))
         return known and self.challenger == self.parent
 
 

@@ -366,3 +366,16 @@ def test_the_estimate_corrects_each_predicted_class_by_its_own_labels_when_they_
         error[by_prediction] = (estimate.set_index("window")["label_assisted_accuracy"] - truth).abs().mean()
     assert error[True] < 0.01
     assert error[False] > 0.1  # pooled, the evenly drawn labels over-count the rare right readings
+    # the first window's few labels per class (under MIN_CELL_LABELS) still correct it: their classes weighted by
+    # size, not by labels (pooled, its 7 flagged labels, 4 of them right, put it 0.23 off)
+    first = label_assisted_accuracy(records[records["window"] == 0], p_correct[:200], labels, lag=1, by_prediction=True)
+    assert abs(first["label_assisted_accuracy"].iloc[0] - truth[0]) < 0.03
+
+
+def test_split_by_prediction_without_labels_the_interval_is_as_wide_as_unsplit():
+    records = skewed_traffic(windows=2)
+    p_correct = np.where(records["flags"] == "foreign", 0.95, 0.999)
+    empty = pd.DataFrame(columns=["request_id", "image_index", "label", "window", "arrived_window"])
+    split, whole = (label_assisted_accuracy(records, p_correct, empty, by_prediction=flag) for flag in (True, False))
+    columns = ["label_assisted_accuracy", "label_assisted_accuracy_low", "label_assisted_accuracy_high"]
+    assert np.allclose(split[columns], whole[columns])  # the classes share one unknown correction, not one each

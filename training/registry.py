@@ -62,8 +62,8 @@ class ReplayFigures:
 def gate_thresholds(threshold: float, replay: ReplayFigures | None, min_replay_images: int) -> dict[str, MetricThreshold]:
     """The promotion gate as MLflow metric thresholds: the MNIST floor; for a retrained challenger, enough replay
     images to compare on and, when it has any, a replay accuracy above its parent's, or, when the two are as
-    accurate (a small replay set both models nearly ace cannot tell them apart by counting), as accurate and a lower
-    log loss on the same images: the challenger puts more probability on the right answers."""
+    accurate (on a few dozen images two models a few points apart often get the same count right), as accurate and
+    a lower log loss on the same images: the challenger puts more probability on the right answers."""
     thresholds = {ACCURACY_METRIC: MetricThreshold(threshold=threshold, greater_is_better=True)}
     if replay is not None:
         thresholds[REPLAY_IMAGES_METRIC] = MetricThreshold(threshold=min_replay_images, greater_is_better=True)

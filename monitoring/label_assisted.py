@@ -85,28 +85,25 @@ def label_assisted_accuracy(
 
 
 def _stratum_terms(members: pd.DataFrame, labeled: pd.DataFrame, known: pd.Series, split: bool) -> tuple[float, float]:
-    """One stratum's expected correct count in the window and its variance. Unsplit: one correction, the mean
+    """One stratum's expected correct count in the window and its variance. Unsplit: one cell, corrected by the mean
     residual of its labels. Split by predicted class: a cell with MIN_CELL_LABELS labels or more is corrected by its
     own; the others share one, each labeled cell's mean residual weighted by the cell's size in the window (its
-    labels are a uniform sample of their cell, not of the stratum), whose error they share: its variance counts once
+    labels are a uniform sample of their cell, not of the stratum), and so share its error: its variance counts once
     for all their unknown records together."""
-    if not split:
-        correction, residual_variance = _correction(_residuals(labeled))
-        count, unknown, bernoulli = _cell_terms(members, known, correction)
-        return count, unknown**2 * residual_variance + bernoulli
-    cells = [(cell, labeled[labeled["predicted"] == predicted]) for predicted, cell in members.groupby("predicted")]
-    sized = [(len(cell), _residuals(mine).mean()) for cell, mine in cells if len(mine)]
-    shared = float(np.average([mean for _, mean in sized], weights=[size for size, _ in sized])) if sized else 0.0
-    shared_variance = _correction(_residuals(labeled))[1]
+    cells, shared = [(members, labeled)], 0.0
+    if split:
+        cells = [(cell, labeled[labeled["predicted"] == predicted]) for predicted, cell in members.groupby("predicted")]
+        sized = [(len(cell), _residuals(mine).mean()) for cell, mine in cells if len(mine)]
+        shared = float(np.average([mean for _, mean in sized], weights=[size for size, _ in sized])) if sized else 0.0
     count, variance, sharing = 0.0, 0.0, 0
     for cell, mine in cells:
-        own = len(mine) >= MIN_CELL_LABELS
+        own = not split or len(mine) >= MIN_CELL_LABELS
         correction, residual_variance = _correction(_residuals(mine)) if own else (shared, 0.0)
         cell_count, unknown, bernoulli = _cell_terms(cell, known.loc[cell.index], correction)
         count += cell_count
         variance += unknown**2 * residual_variance + bernoulli
         sharing += 0 if own else unknown
-    return count, variance + sharing**2 * shared_variance
+    return count, variance + (sharing**2 * _correction(_residuals(labeled))[1] if sharing else 0.0)
 
 
 def _cell_terms(cell: pd.DataFrame, known: pd.Series, correction: float) -> tuple[float, int, float]:
